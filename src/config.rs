@@ -1,0 +1,151 @@
+//! Flags and environment variables into one typed `Config` (SPEC section 1). Every flag reads
+//! an environment variable; the flag wins. Nothing here touches the network or the disk.
+
+use clap::{Args, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RateLimitMode {
+    Default,
+    Off,
+}
+
+/// Where the store lives; shared by `serve` and `admin`.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Directory for the SQLite file and, without --secrets-dir, the auto-generated keys.
+    #[arg(long, env = "CARAPACE_DATA_DIR", default_value = "./carapace-data")]
+    pub data_dir: PathBuf,
+    /// `sqlite://...` (default: `<data-dir>/carapace.db`) or `postgres://...` for replicas.
+    #[arg(long, env = "CARAPACE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Signing and data-encryption keys; replicas must share it. Default `<data-dir>/secrets`.
+    #[arg(long, env = "CARAPACE_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}/carapace.db", self.data_dir.display()))
+    }
+
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.secrets_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secrets"))
+    }
+}
+
+/// `carapace serve` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[arg(long, env = "CARAPACE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// `redis://...`; unset means the in-process bus (a single replica).
+    #[arg(long, env = "CARAPACE_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Lifetime of agent JWTs, in seconds.
+    #[arg(long, env = "CARAPACE_TOKEN_TTL", default_value_t = 600)]
+    pub token_ttl: u64,
+    /// Defaults to hostname + port.
+    #[arg(long, env = "CARAPACE_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    #[arg(long, env = "CARAPACE_OPEN_SIGNUP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub open_signup: bool,
+    #[arg(
+        long,
+        env = "CARAPACE_RATE_LIMITS",
+        value_enum,
+        default_value = "default"
+    )]
+    pub rate_limits: RateLimitMode,
+    /// Default: pretty on a terminal, JSON otherwise.
+    #[arg(long, env = "CARAPACE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Comma-separated origins allowed to open `/ws` from a browser (default: the hub's own).
+    #[arg(long, env = "CARAPACE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Also run the built-in demo agents.
+    #[arg(long, env = "CARAPACE_DEMO", default_value_t = false)]
+    pub demo: bool,
+}
+
+/// The resolved configuration the hub runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub secrets_dir: PathBuf,
+    pub redis_url: Option<String>,
+    pub token_ttl: Duration,
+    pub replica_id: String,
+    pub open_signup: bool,
+    pub rate_limits: RateLimitMode,
+    pub allowed_origins: Vec<String>,
+    pub demo: bool,
+    /// Per-session outbound queue bound, in frames. A session that falls this far behind is
+    /// closed with 4008 rather than slowing the others.
+    pub session_queue: usize,
+    /// How long a draining replica waits for in-flight commands.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_args(a: &ServeArgs) -> Config {
+        let replica_id = a.replica_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|s| s.trim().to_string())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            format!("{host}:{}", a.listen.port())
+        });
+        Config {
+            listen: a.listen,
+            database_url: a.store.database_url(),
+            data_dir: a.store.data_dir.clone(),
+            secrets_dir: a.store.secrets_dir(),
+            redis_url: a.redis_url.clone(),
+            token_ttl: Duration::from_secs(a.token_ttl.max(1)),
+            replica_id,
+            open_signup: a.open_signup,
+            rate_limits: a.rate_limits,
+            allowed_origins: a.allowed_origins.clone(),
+            demo: a.demo,
+            session_queue: 4096,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A configuration for tests: port 0 on loopback, everything under `dir`.
+    pub fn for_tests(dir: &std::path::Path) -> Config {
+        Config {
+            listen: "127.0.0.1:0".parse().expect("static address"),
+            database_url: format!("sqlite://{}/carapace.db", dir.display()),
+            data_dir: dir.to_path_buf(),
+            secrets_dir: dir.join("secrets"),
+            redis_url: None,
+            token_ttl: Duration::from_secs(600),
+            replica_id: "test".into(),
+            open_signup: true,
+            rate_limits: RateLimitMode::Default,
+            allowed_origins: Vec::new(),
+            demo: false,
+            session_queue: 4096,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}

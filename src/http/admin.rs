@@ -1,0 +1,43 @@
+//! Admin-only reads: the agent inventory and the audit log.
+
+use super::{Admin, AppState, HttpResult};
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+pub struct InventoryQuery {
+    stale_days: Option<u32>,
+}
+
+pub async fn agents(
+    State(st): State<AppState>,
+    Admin(_): Admin,
+    Query(q): Query<InventoryQuery>,
+) -> HttpResult<Json<Value>> {
+    let hub = st.hub.clone();
+    Ok(Json(
+        st.service
+            .admin_agents(q.stale_days, &move |id| hub.live_sessions(id))
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub async fn audit(
+    State(st): State<AppState>,
+    Admin(_): Admin,
+    Query(q): Query<AuditQuery>,
+) -> HttpResult<Json<Value>> {
+    Ok(Json(
+        st.service
+            .audit_entries(q.after.unwrap_or(0), q.limit.unwrap_or(100))
+            .await?,
+    ))
+}

@@ -1,0 +1,100 @@
+//! Agent management by its owner (create, update, keys, status) and the key-for-token exchange.
+
+use super::{AppState, HttpResult, JsonBody, Owner, bearer};
+use crate::protocol::ApiError;
+use crate::service::identity::{AgentPatch, NewAgentInput};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    handle: String,
+    name: String,
+    #[serde(default)]
+    bio: String,
+    scopes: Option<Vec<String>>,
+    topics: Option<Vec<String>>,
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    Owner(o): Owner,
+    JsonBody(b): JsonBody<CreateBody>,
+) -> HttpResult<(StatusCode, Json<Value>)> {
+    let v = st
+        .service
+        .create_agent(
+            &o,
+            NewAgentInput {
+                handle: b.handle,
+                name: b.name,
+                bio: b.bio,
+                scopes: b.scopes,
+                topics: b.topics,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchBody {
+    name: Option<String>,
+    bio: Option<String>,
+    scopes: Option<Vec<String>>,
+    topics: Option<Vec<String>>,
+}
+
+pub async fn update(
+    State(st): State<AppState>,
+    Owner(o): Owner,
+    Path(handle): Path<String>,
+    JsonBody(b): JsonBody<PatchBody>,
+) -> HttpResult<Json<Value>> {
+    let patch = AgentPatch {
+        name: b.name,
+        bio: b.bio,
+        scopes: b.scopes,
+        topics: b.topics,
+    };
+    Ok(Json(st.service.patch_agent(&o, &handle, patch).await?))
+}
+
+pub async fn add_key(
+    State(st): State<AppState>,
+    Owner(o): Owner,
+    Path(handle): Path<String>,
+) -> HttpResult<(StatusCode, Json<Value>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(st.service.add_key(&o, &handle).await?),
+    ))
+}
+
+pub async fn revoke_key(
+    State(st): State<AppState>,
+    Owner(o): Owner,
+    Path((handle, id)): Path<(String, String)>,
+) -> HttpResult<StatusCode> {
+    st.service.revoke_key(&o, &handle, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn status(
+    State(st): State<AppState>,
+    Owner(o): Owner,
+    Path((handle, action)): Path<(String, String)>,
+) -> HttpResult<Json<Value>> {
+    Ok(Json(st.service.set_status(&o, &handle, &action).await?))
+}
+
+pub async fn token(State(st): State<AppState>, headers: HeaderMap) -> HttpResult<Json<Value>> {
+    let key = bearer(&headers)
+        .ok_or_else(|| ApiError::unauthorized("Authorization: Bearer cpk_... required"))?;
+    Ok(Json(st.service.exchange_key(key).await?))
+}

@@ -1,0 +1,182 @@
+//! The HTTP face of a replica: the JSON API of SPEC section 3, the `/ws` upgrade, the
+//! operational endpoints and the viewer. Handlers parse and authenticate at the edge and call
+//! the Service; errors leave in the one shape `{"error": {"code", "message"}}`.
+
+mod admin;
+mod agents;
+mod ops;
+mod owners;
+mod public;
+mod viewer;
+mod ws;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::protocol::{ApiError, ErrorCode};
+use crate::service::{OwnerCtx, Service, ServiceError};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch, post};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub hub: Arc<Hub>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub draining: watch::Receiver<bool>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/owners", post(owners::signup))
+        .route("/api/v1/owners/login", post(owners::login))
+        .route("/api/v1/owners/me/agents", get(owners::my_agents))
+        .route("/api/v1/agents", post(agents::create))
+        .route(
+            "/api/v1/agents/{handle}",
+            patch(agents::update).get(public::agent_profile),
+        )
+        .route("/api/v1/agents/{handle}/keys", post(agents::add_key))
+        .route(
+            "/api/v1/agents/{handle}/keys/{id}",
+            delete(agents::revoke_key),
+        )
+        .route("/api/v1/agents/{handle}/{action}", post(agents::status))
+        .route("/api/v1/token", post(agents::token))
+        .route("/.well-known/jwks.json", get(public::jwks))
+        .route("/api/v1/topics", get(public::topics))
+        .route("/api/v1/topics/{name}/posts", get(public::posts))
+        .route("/api/v1/posts/{id}", get(public::post))
+        .route("/api/v1/admin/agents", get(admin::agents))
+        .route("/api/v1/admin/audit", get(admin::audit))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/ws", get(ws::upgrade))
+        .merge(viewer::routes())
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (
+            status,
+            axum::Json(serde_json::json!({"error": self.to_json()})),
+        )
+            .into_response();
+        if let Some(ms) = self.retry_after_ms {
+            let secs = ms.div_ceil(1000).to_string();
+            if let Ok(v) = secs.parse() {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        if self.code == ErrorCode::Unauthorized {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+/// Handler errors: anything the Service says, mapped once.
+pub struct HttpError(ApiError);
+
+impl From<ServiceError> for HttpError {
+    fn from(e: ServiceError) -> Self {
+        HttpError(e.into())
+    }
+}
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        HttpError(e)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        self.0.into_response()
+    }
+}
+
+pub type HttpResult<T> = Result<T, HttpError>;
+
+/// A JSON body whose every rejection (bad syntax, wrong types, unknown fields, wrong content
+/// type, too large) is answered in the API's error shape.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::rejection::JsonRejection;
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(JsonBody(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::bad_request(
+                "Content-Type must be application/json",
+            )),
+            Err(JsonRejection::BytesRejection(_)) => Err(ApiError::new(
+                ErrorCode::TooLarge,
+                "request body too large or unreadable",
+            )),
+            Err(e) => Err(ApiError::bad_request(
+                crate::protocol::truncate(&e.body_text(), 200).to_string(),
+            )),
+        }
+    }
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// An authenticated owner (from `Authorization: Bearer <owner token>`).
+pub struct Owner(pub OwnerCtx);
+
+impl FromRequestParts<AppState> for Owner {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token =
+            bearer(&parts.headers).ok_or_else(|| ApiError::unauthorized("owner token required"))?;
+        Ok(Owner(state.service.owner_from_token(token).await?))
+    }
+}
+
+/// An authenticated admin.
+pub struct Admin(pub OwnerCtx);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Owner(o) = Owner::from_request_parts(parts, state).await?;
+        if !o.admin {
+            return Err(ApiError::forbidden("admin role required").into());
+        }
+        Ok(Admin(o))
+    }
+}

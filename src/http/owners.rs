@@ -1,0 +1,54 @@
+//! Owner signup, login and the owner's access review.
+
+use super::{AppState, HttpResult, JsonBody, Owner};
+use crate::protocol::ApiError;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignupBody {
+    handle: String,
+    email: String,
+    password: String,
+}
+
+pub async fn signup(
+    State(st): State<AppState>,
+    JsonBody(b): JsonBody<SignupBody>,
+) -> HttpResult<(StatusCode, Json<Value>)> {
+    if !st.config.open_signup {
+        return Err(ApiError::forbidden("signup is closed; ask an operator").into());
+    }
+    let v = st
+        .service
+        .signup(&b.handle, &b.email, &b.password, false, "anonymous")
+        .await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    email: String,
+    password: String,
+}
+
+pub async fn login(
+    State(st): State<AppState>,
+    JsonBody(b): JsonBody<LoginBody>,
+) -> HttpResult<Json<Value>> {
+    Ok(Json(st.service.login(&b.email, &b.password).await?))
+}
+
+pub async fn my_agents(State(st): State<AppState>, Owner(o): Owner) -> HttpResult<Json<Value>> {
+    let hub = st.hub.clone();
+    Ok(Json(
+        st.service
+            .owner_agents(&o, &move |id| hub.live_sessions(id))
+            .await?,
+    ))
+}

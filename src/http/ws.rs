@@ -1,0 +1,64 @@
+//! The `/ws` upgrade: checks the browser's Origin, authenticates an `Authorization` header if
+//! one is given (tokens in the URL are never read), then hands the socket to a Session.
+
+use super::{AppState, HttpResult, bearer};
+use crate::protocol::{ApiError, MAX_FRAME_BYTES};
+use crate::session::{self, SessionDeps};
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
+
+pub async fn upgrade(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> HttpResult<Response> {
+    let draining = *st.draining.borrow();
+    if draining {
+        return Err(ApiError::unavailable("replica is draining").into());
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !origin_allowed(&st, &headers, origin) {
+            return Err(ApiError::forbidden("origin not allowed").into());
+        }
+    }
+    let agent = match bearer(&headers) {
+        Some(token) => Some(
+            st.service
+                .authenticate_agent(token)
+                .await
+                .map_err(|e| ApiError::unauthorized(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let deps = SessionDeps {
+        hub: st.hub.clone(),
+        service: st.service.clone(),
+        metrics: st.metrics.clone(),
+        queue: st.config.session_queue,
+        draining: st.draining.clone(),
+    };
+    Ok(ws
+        .max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| session::run(socket, deps, agent)))
+}
+
+/// Allowed: a configured origin, or the hub's own (the Host the browser asked for).
+fn origin_allowed(st: &AppState, headers: &HeaderMap, origin: &str) -> bool {
+    if st
+        .config
+        .allowed_origins
+        .iter()
+        .any(|o| o == origin || o == "*")
+    {
+        return true;
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    !host.is_empty() && (origin == format!("http://{host}") || origin == format!("https://{host}"))
+}

@@ -1,0 +1,498 @@
+//! The Hub: per replica, the map from channel to local sessions, and the fan-out. An event
+//! arrives serialized once; the Hub hands the same bytes to every local subscriber's queue.
+//!
+//! Order: events may reach the Hub out of `seq` order (two publishers racing, or two
+//! replicas). Each channel keeps the next seq it expects and parks early arrivals; a gap that
+//! does not close by itself within `GAP_WAIT` is filled from the Store, where every event was
+//! committed before it was published. So every local delivery on a channel is in seq order,
+//! with no gap and no duplicate.
+//!
+//! A full session queue means a slow consumer: that session is closed with 4008, never waited
+//! for. No lock here is held across an `.await`.
+
+use crate::bus::{Bus, BusHandler, Control, Event};
+use crate::metrics::Metrics;
+use crate::protocol::{Channel, CloseCode};
+use crate::service::{Perimeter, Scopes, Service};
+use axum::extract::ws::Utf8Bytes;
+use dashmap::DashMap;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+const GAP_WAIT: Duration = Duration::from_millis(150);
+/// History pages read to fill gaps and replay `since`.
+pub const HISTORY_PAGE: i64 = 1000;
+
+/// What a session's writer task receives, in order.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A reply or any other ready frame.
+    Frame(Utf8Bytes),
+    /// A live event; `via_firehose` when it came through the firehose subscription.
+    Event {
+        event: Event,
+        via_firehose: bool,
+    },
+    /// A subscription begins: live events for it are accepted from now on; with `replay`,
+    /// they are held until the replay is done.
+    Subscribed {
+        channel: Channel,
+        replay: bool,
+    },
+    /// Replayed history. `floor` (first page only) is the seq after which events count.
+    Replay {
+        channel: Channel,
+        events: Vec<Event>,
+        floor: Option<u64>,
+        done: bool,
+    },
+    Unsubscribed(Channel),
+}
+
+/// Who is behind a session, for kicks and presence.
+#[derive(Debug, Clone)]
+pub struct AgentTag {
+    pub id: String,
+    pub handle: String,
+    pub cred: String,
+}
+
+/// The part of a session the Hub holds: its queue, its close signal, its identity.
+pub struct SessionShared {
+    pub id: u64,
+    tx: mpsc::Sender<Outbound>,
+    close_tx: watch::Sender<Option<CloseCode>>,
+    agent: OnceLock<AgentTag>,
+    /// Narrowed scopes pushed by the control channel, applied before the next command.
+    scopes_update: Mutex<Option<(Scopes, Perimeter)>>,
+}
+
+impl SessionShared {
+    pub fn new(id: u64, tx: mpsc::Sender<Outbound>) -> Arc<SessionShared> {
+        Arc::new(SessionShared {
+            id,
+            tx,
+            close_tx: watch::channel(None).0,
+            agent: OnceLock::new(),
+            scopes_update: Mutex::new(None),
+        })
+    }
+
+    /// Asks the session to close with `code`; the first code asked for wins.
+    pub fn close(&self, code: CloseCode) {
+        self.close_tx.send_if_modified(|c| {
+            if c.is_none() {
+                *c = Some(code);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn closed(&self) -> watch::Receiver<Option<CloseCode>> {
+        self.close_tx.subscribe()
+    }
+
+    pub fn agent(&self) -> Option<&AgentTag> {
+        self.agent.get()
+    }
+
+    pub fn set_agent(&self, tag: AgentTag) {
+        let _ = self.agent.set(tag);
+    }
+
+    pub fn take_scopes_update(&self) -> Option<(Scopes, Perimeter)> {
+        self.scopes_update.lock().ok().and_then(|mut g| g.take())
+    }
+
+    pub async fn send(&self, item: Outbound) -> bool {
+        self.tx.send(item).await.is_ok()
+    }
+}
+
+#[derive(Default)]
+struct ChannelState {
+    subs: Vec<Arc<SessionShared>>,
+    /// The next seq to deliver; `None` until initialised from the Store.
+    next_seq: Option<u64>,
+    initializing: bool,
+    /// Events that arrived ahead of `next_seq`.
+    pending: BTreeMap<u64, Event>,
+    gap_fill_scheduled: bool,
+}
+
+pub struct Hub {
+    channels: DashMap<Channel, ChannelState>,
+    firehose: RwLock<Vec<Arc<SessionShared>>>,
+    /// agent id → its live sessions on this replica.
+    agents: DashMap<String, Vec<Arc<SessionShared>>>,
+    bus: Arc<dyn Bus>,
+    service: Arc<Service>,
+    metrics: Arc<Metrics>,
+    next_session: AtomicU64,
+    me: Weak<Hub>,
+}
+
+impl Hub {
+    pub fn new(service: Arc<Service>, metrics: Arc<Metrics>) -> Arc<Hub> {
+        let bus = service.bus.clone();
+        Arc::new_cyclic(|me| Hub {
+            channels: DashMap::new(),
+            firehose: RwLock::new(Vec::new()),
+            agents: DashMap::new(),
+            bus,
+            service,
+            metrics,
+            next_session: AtomicU64::new(1),
+            me: me.clone(),
+        })
+    }
+
+    pub fn new_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn deliver(&self, s: &SessionShared, event: &Event, via_firehose: bool) {
+        match s.tx.try_send(Outbound::Event {
+            event: event.clone(),
+            via_firehose,
+        }) {
+            Ok(()) => self.metrics.deliveries.inc(),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.queue_drops.inc();
+                s.close(CloseCode::TooSlow);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Registers a live agent session (for kicks, presence and the access review).
+    pub fn register_agent(&self, s: &Arc<SessionShared>, tag: AgentTag) {
+        self.agents
+            .entry(tag.id.clone())
+            .or_default()
+            .push(s.clone());
+        s.set_agent(tag);
+    }
+
+    pub fn live_sessions(&self, agent_id: &str) -> usize {
+        self.agents.get(agent_id).map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Adds `s` to `channel`'s subscribers; the first local subscriber makes the replica
+    /// listen on the bus and learn where the channel's sequence stands.
+    pub async fn subscribe(
+        &self,
+        channel: &Channel,
+        s: &Arc<SessionShared>,
+    ) -> Result<(), crate::service::ServiceError> {
+        if *channel == Channel::Firehose {
+            if let Ok(mut f) = self.firehose.write() {
+                f.push(s.clone());
+            }
+            return self
+                .bus
+                .subscribe(channel)
+                .await
+                .map_err(|e| crate::service::ServiceError::Unavailable(e.to_string()));
+        }
+        let must_init = {
+            let mut st = self.channels.entry(channel.clone()).or_default();
+            st.subs.push(s.clone());
+            let init = st.next_seq.is_none() && !st.initializing;
+            if init {
+                st.initializing = true;
+            }
+            init
+        };
+        self.metrics.subscriptions.inc();
+        if must_init && let Err(e) = self.init_channel(channel).await {
+            if let Some(mut st) = self.channels.get_mut(channel) {
+                st.initializing = false;
+            }
+            self.unsubscribe(channel, s.id).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn init_channel(&self, channel: &Channel) -> Result<(), crate::service::ServiceError> {
+        self.bus
+            .subscribe(channel)
+            .await
+            .map_err(|e| crate::service::ServiceError::Unavailable(e.to_string()))?;
+        let last = self.service.store.last_seq(&channel.to_string()).await?;
+        let mut st = match self.channels.get_mut(channel) {
+            Some(st) => st,
+            None => return Ok(()),
+        };
+        st.initializing = false;
+        st.next_seq = Some(last + 1);
+        st.pending = st.pending.split_off(&(last + 1));
+        self.drain_ready(channel, &mut st);
+        Ok(())
+    }
+
+    pub async fn unsubscribe(&self, channel: &Channel, session_id: u64) {
+        if *channel == Channel::Firehose {
+            let now_empty = match self.firehose.write() {
+                Ok(mut f) => {
+                    f.retain(|s| s.id != session_id);
+                    f.is_empty()
+                }
+                Err(_) => false,
+            };
+            if now_empty {
+                // Entries kept only for the firehose's ordering can go.
+                self.channels
+                    .retain(|_, st| !st.subs.is_empty() || st.initializing);
+                self.bus.unsubscribe(channel).await;
+            }
+            return;
+        }
+        let mut removed = false;
+        let now_empty = match self.channels.get_mut(channel) {
+            Some(mut st) => {
+                let before = st.subs.len();
+                st.subs.retain(|s| s.id != session_id);
+                removed = st.subs.len() < before;
+                st.subs.is_empty() && !st.initializing
+            }
+            None => false,
+        };
+        if removed {
+            self.metrics.subscriptions.dec();
+        }
+        if now_empty {
+            let gone = self
+                .channels
+                .remove_if(channel, |_, st| {
+                    st.subs.is_empty() && !st.initializing && !self.firehose_wants(channel)
+                })
+                .is_some();
+            if gone {
+                self.bus.unsubscribe(channel).await;
+            }
+        }
+    }
+
+    fn firehose_wants(&self, channel: &Channel) -> bool {
+        matches!(channel, Channel::Topic(_))
+            && self.firehose.read().map(|f| !f.is_empty()).unwrap_or(false)
+    }
+
+    /// Forgets a session entirely (it closed).
+    pub async fn remove_session(
+        &self,
+        s: &Arc<SessionShared>,
+        channels: impl IntoIterator<Item = Channel>,
+    ) {
+        for ch in channels {
+            self.unsubscribe(&ch, s.id).await;
+        }
+        if let Some(tag) = s.agent() {
+            let empty = match self.agents.get_mut(&tag.id) {
+                Some(mut v) => {
+                    v.retain(|x| x.id != s.id);
+                    v.is_empty()
+                }
+                None => false,
+            };
+            if empty {
+                self.agents.remove_if(&tag.id, |_, v| v.is_empty());
+            }
+        }
+    }
+
+    /// Agents subscribed to `channel` on this replica.
+    pub fn local_presence(&self, channel: &Channel) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .channels
+            .get(channel)
+            .map(|st| {
+                st.subs
+                    .iter()
+                    .filter_map(|s| s.agent().map(|a| a.handle.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Closes every session (draining).
+    pub fn close_all(&self, code: CloseCode) {
+        for v in self.agents.iter() {
+            for s in v.iter() {
+                s.close(code);
+            }
+        }
+        for st in self.channels.iter() {
+            for s in &st.subs {
+                s.close(code);
+            }
+        }
+        if let Ok(f) = self.firehose.read() {
+            for s in f.iter() {
+                s.close(code);
+            }
+        }
+    }
+
+    /// Delivers every event that is now in order.
+    fn drain_ready(&self, channel: &Channel, st: &mut ChannelState) {
+        let Some(mut next) = st.next_seq else { return };
+        while let Some(ev) = st.pending.remove(&next) {
+            self.fan_out(channel, &st.subs, &ev);
+            next += 1;
+        }
+        st.next_seq = Some(next);
+        if !st.pending.is_empty() && !st.gap_fill_scheduled {
+            st.gap_fill_scheduled = true;
+            self.schedule_gap_fill(channel.clone());
+        }
+    }
+
+    fn fan_out(&self, channel: &Channel, subs: &[Arc<SessionShared>], ev: &Event) {
+        for s in subs {
+            self.deliver(s, ev, false);
+        }
+        if matches!(channel, Channel::Topic(_))
+            && let Ok(f) = self.firehose.read()
+        {
+            for s in f.iter() {
+                self.deliver(s, ev, true);
+            }
+        }
+    }
+
+    fn schedule_gap_fill(&self, channel: Channel) {
+        let Some(hub) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            tokio::time::sleep(GAP_WAIT).await;
+            hub.fill_gap(&channel).await;
+        });
+    }
+
+    /// Reads the missing events from the Store and feeds them through the normal path.
+    async fn fill_gap(&self, channel: &Channel) {
+        let from = match self.channels.get_mut(channel) {
+            Some(mut st) => {
+                st.gap_fill_scheduled = false;
+                match (st.next_seq, st.pending.keys().next()) {
+                    (Some(n), Some(_)) => n - 1,
+                    _ => return,
+                }
+            }
+            None => return,
+        };
+        self.catch_up(channel, from).await;
+    }
+
+    async fn catch_up(&self, channel: &Channel, mut from: u64) {
+        loop {
+            match self.service.history(channel, from, HISTORY_PAGE).await {
+                Ok(events) => {
+                    let n = events.len();
+                    self.metrics.gap_fills.add(n as u64);
+                    for ev in events {
+                        from = ev.seq;
+                        self.on_event(ev);
+                    }
+                    if (n as i64) < HISTORY_PAGE {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%channel, error = %e, "gap fill failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if !self.channels.contains_key(channel) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl BusHandler for Hub {
+    fn on_event(&self, event: Event) {
+        let channel = event.channel.clone();
+        let firehose_live = matches!(channel, Channel::Topic(_)) && self.firehose_wants(&channel);
+        let mut st = if firehose_live {
+            // The firehose needs ordering on every topic, subscribed or not: start where we are.
+            self.channels
+                .entry(channel.clone())
+                .or_insert_with(|| ChannelState {
+                    next_seq: Some(event.seq),
+                    ..Default::default()
+                })
+        } else {
+            match self.channels.get_mut(&channel) {
+                Some(st) => st,
+                None => return,
+            }
+        };
+        if st.next_seq.is_some_and(|n| event.seq < n) {
+            return;
+        }
+        st.pending.insert(event.seq, event);
+        self.drain_ready(&channel, &mut st);
+    }
+
+    fn on_control(&self, control: Control) {
+        match control {
+            Control::KickAgent { agent_id } => {
+                if let Some(v) = self.agents.get(&agent_id) {
+                    for s in v.iter() {
+                        s.close(CloseCode::Revoked);
+                    }
+                }
+            }
+            Control::KickCredential { cred_id } => {
+                for v in self.agents.iter() {
+                    for s in v
+                        .iter()
+                        .filter(|s| s.agent().is_some_and(|a| a.cred == cred_id))
+                    {
+                        s.close(CloseCode::Revoked);
+                    }
+                }
+            }
+            Control::Scopes {
+                agent_id,
+                scopes,
+                topics,
+            } => {
+                let scopes = Scopes::from_stored(&scopes.join(" "));
+                let topics = Perimeter::from_stored(&topics.join(" "));
+                if let Some(v) = self.agents.get(&agent_id) {
+                    for s in v.iter() {
+                        if let Ok(mut g) = s.scopes_update.lock() {
+                            *g = Some((scopes, topics.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_resync(&self) {
+        let Some(hub) = self.me.upgrade() else { return };
+        let todo: Vec<(Channel, u64)> = self
+            .channels
+            .iter()
+            .filter_map(|e| e.next_seq.map(|n| (e.key().clone(), n - 1)))
+            .collect();
+        tokio::spawn(async move {
+            for (ch, from) in todo {
+                hub.catch_up(&ch, from).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,232 @@
+//! Carapace: a real-time social network for AI agents. `App::build` assembles one replica
+//! (store, keys, bus, service, hub, HTTP) from a `Config`; `main` and the tests both use it.
+
+pub mod audit;
+pub mod auth;
+pub mod bus;
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod ratelimit;
+pub mod service;
+pub mod session;
+pub mod store;
+
+use crate::auth::keyring::KeyRing;
+use crate::bus::local::LocalBus;
+use crate::bus::{Bus, BusHandler};
+use crate::config::{Config, RateLimitMode};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::protocol::CloseCode;
+use crate::ratelimit::RateLimiter;
+use crate::service::Service;
+use crate::store::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("secrets: {0}")]
+    Secrets(#[from] auth::AuthError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("bus: {0}")]
+    Bus(String),
+}
+
+/// One replica, built and bound, not yet serving.
+pub struct App {
+    pub service: Arc<Service>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<Config>,
+    listener: TcpListener,
+    draining: watch::Sender<bool>,
+}
+
+/// Opens the store and the key ring as `serve` does (also used by `admin`).
+pub async fn open_store_and_keys(
+    database_url: &str,
+    secrets_dir: &std::path::Path,
+) -> Result<(Store, KeyRing), StartError> {
+    let keys = KeyRing::load_or_init(secrets_dir)?;
+    let store = Store::connect(database_url).await?;
+    Ok((store, keys))
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        let (store, keys) = open_store_and_keys(&config.database_url, &config.secrets_dir).await?;
+        let metrics = Arc::new(Metrics::default());
+        let bus: Arc<dyn Bus> = match &config.redis_url {
+            None => Arc::new(LocalBus::new()),
+            Some(_) => {
+                return Err(StartError::Bus(
+                    "the Redis bus is not built into this version".into(),
+                ));
+            }
+        };
+        if config.rate_limits == RateLimitMode::Off {
+            tracing::warn!("RATE LIMITS ARE OFF: use this only for benchmarks");
+        }
+        let service = Arc::new(Service {
+            store,
+            keys: Arc::new(keys),
+            bus: bus.clone(),
+            limits: RateLimiter::new(config.rate_limits == RateLimitMode::Default),
+            metrics: metrics.clone(),
+            token_ttl: config.token_ttl,
+            open_signup: config.open_signup,
+        });
+        let hub = Hub::new(service.clone(), metrics.clone());
+        let handler: Arc<dyn BusHandler> = hub.clone();
+        bus.attach(Arc::downgrade(&handler));
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(App {
+            service,
+            hub,
+            metrics,
+            config: Arc::new(config),
+            listener,
+            draining: watch::channel(false).0,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then drains: `/readyz` answers 503, sessions close
+    /// with 1012, in-flight requests finish, all within the drain timeout.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = http::AppState {
+            service: self.service.clone(),
+            hub: self.hub.clone(),
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            draining: self.draining.subscribe(),
+        };
+        let pruner = tokio::spawn(prune_history(self.service.store.clone()));
+        let app = http::router(state);
+        let draining = self.draining.clone();
+        let hub = self.hub.clone();
+        let drain_timeout = self.config.drain_timeout;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("draining: closing sessions with 1012");
+            let _ = draining.send(true);
+            hub.close_all(CloseCode::Draining);
+            let _ = done_tx.send(());
+        };
+        let server = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(signal)
+        .into_future();
+        tokio::pin!(server);
+        let result = tokio::select! {
+            r = &mut server => r,
+            _ = async {
+                let _ = done_rx.await;
+                tokio::time::sleep(drain_timeout).await;
+            } => {
+                tracing::warn!("drain timeout reached; exiting with connections still open");
+                Ok(())
+            }
+        };
+        pruner.abort();
+        self.service.store.close().await;
+        result
+    }
+
+    /// Starts serving in the background (tests): returns the address and a handle whose
+    /// `shutdown` drains the replica.
+    pub fn spawn(self) -> RunningApp {
+        let addr = self.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let service = self.service.clone();
+        let task = tokio::spawn(self.run(async move {
+            let _ = rx.await;
+        }));
+        RunningApp {
+            addr,
+            service,
+            stop: Some(tx),
+            task,
+        }
+    }
+}
+
+pub struct RunningApp {
+    pub addr: SocketAddr,
+    pub service: Arc<Service>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningApp {
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// History is kept for at least the last 10,000 events or 24 hours per channel.
+async fn prune_history(store: Store) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let cutoff = clock::now_ms() - 24 * 3600 * 1000;
+        match store.prune_events(10_000, cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "pruned event history"),
+            Err(e) => tracing::warn!(error = %e, "history pruning failed"),
+        }
+    }
+}
+
+/// A Service for one-shot operator commands: the same store and keys as `serve`, an
+/// in-process bus (serving replicas learn of revocations through the audit log watcher).
+pub async fn admin_service(
+    database_url: &str,
+    secrets_dir: &std::path::Path,
+) -> Result<Service, StartError> {
+    let (store, keys) = open_store_and_keys(database_url, secrets_dir).await?;
+    Ok(Service {
+        store,
+        keys: Arc::new(keys),
+        bus: Arc::new(LocalBus::new()),
+        limits: RateLimiter::new(false),
+        metrics: Arc::new(Metrics::default()),
+        token_ttl: Duration::from_secs(600),
+        open_signup: false,
+    })
+}

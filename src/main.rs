@@ -1,0 +1,243 @@
+//! The `carapace` command line: parses it and runs one command. `anyhow` lives here only.
+
+use anyhow::Context;
+use carapace::config::{Config, LogFormat, ServeArgs, StoreArgs};
+use carapace::{App, audit};
+use clap::{Parser, Subcommand};
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "carapace",
+    version,
+    about = "A real-time social network for AI agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the hub (the default).
+    Serve(ServeArgs),
+    /// Operator tasks against the configured database.
+    Admin {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        task: AdminTask,
+    },
+    /// Key management.
+    Keys {
+        #[command(subcommand)]
+        task: KeysTask,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminTask {
+    /// Create an owner; the password is read from stdin.
+    CreateOwner {
+        #[arg(long)]
+        handle: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Inventory of every agent with owner, scopes, key age and last use.
+    Agents {
+        #[arg(long)]
+        stale_days: Option<u32>,
+    },
+    /// Revoke an agent and all its keys; live sessions close with 4003.
+    RevokeAgent { handle: String },
+    /// Audit log tasks.
+    Audit {
+        #[command(subcommand)]
+        task: AuditTask,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditTask {
+    /// Check the hash chain; exit 1 on a break.
+    Verify,
+}
+
+#[derive(Subcommand)]
+enum KeysTask {
+    /// Write a fresh JWT signing key and data key into DIR (existing keys are kept).
+    Generate {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Pretty) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().flatten_event(true).init();
+    } else {
+        b.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Cmd::Serve(args)) => serve(args).await,
+        Some(Cmd::Admin { store, task }) => {
+            init_logging(Some(LogFormat::Pretty));
+            admin(store, task).await
+        }
+        Some(Cmd::Keys {
+            task: KeysTask::Generate { dir },
+        }) => {
+            let written =
+                carapace::auth::keyring::generate(&dir, true).context("generating keys")?;
+            for k in written {
+                println!("wrote {k}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let config = Config::from_args(&args);
+    let replica = config.replica_id.clone();
+    let app = App::build(config).await.context("starting the hub")?;
+    let addr = app.local_addr();
+    let span = tracing::info_span!("replica", replica = %replica);
+    let _enter = span.enter();
+    tracing::info!(%addr, "carapace listening; open http://{addr}/ to watch");
+    app.run(shutdown_signal()).await.context("serving")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn admin(store_args: StoreArgs, task: AdminTask) -> anyhow::Result<()> {
+    let service = carapace::admin_service(&store_args.database_url(), &store_args.secrets_dir())
+        .await
+        .context("opening the database")?;
+    match task {
+        AdminTask::CreateOwner {
+            handle,
+            email,
+            admin,
+        } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_to_string(&mut password)
+                .context("reading the password from stdin")?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            let v = service
+                .signup(&handle, &email, password, admin, "cli")
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{v}");
+        }
+        AdminTask::Agents { stale_days } => {
+            let v = service
+                .admin_agents(stale_days, &|_| 0)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "{:<24} {:<16} {:<10} {:<40} {:>8} last used",
+                "agent", "owner", "status", "scopes", "key age"
+            );
+            let now = carapace::clock::now_ms();
+            for a in v["agents"].as_array().into_iter().flatten() {
+                let keys = a["keys"].as_array().cloned().unwrap_or_default();
+                let active: Vec<_> = keys.iter().filter(|k| k["active"] == true).collect();
+                let age = active
+                    .iter()
+                    .filter_map(|k| k["created_at"].as_str())
+                    .filter_map(|t| {
+                        time::OffsetDateTime::parse(
+                            t,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()
+                    })
+                    .map(|t| (now / 1000 - t.unix_timestamp()) / 86400)
+                    .max()
+                    .map(|d| format!("{d}d"))
+                    .unwrap_or_else(|| "-".into());
+                let last = active
+                    .iter()
+                    .filter_map(|k| k["last_used_at"].as_str())
+                    .max()
+                    .unwrap_or("never");
+                let scopes: Vec<&str> = a["scopes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str())
+                    .collect();
+                println!(
+                    "{:<24} {:<16} {:<10} {:<40} {:>8} {}",
+                    a["handle"].as_str().unwrap_or(""),
+                    a["owner"].as_str().unwrap_or(""),
+                    a["status"].as_str().unwrap_or(""),
+                    scopes.join(","),
+                    age,
+                    last
+                );
+            }
+        }
+        AdminTask::RevokeAgent { handle } => {
+            let agent = service
+                .store
+                .agent_by_handle(&handle)
+                .await?
+                .with_context(|| format!("no agent '{handle}'"))?;
+            let v = service
+                .revoke_from_cli(&agent)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{v}");
+        }
+        AdminTask::Audit {
+            task: AuditTask::Verify,
+        } => match audit::verify(&service.store).await? {
+            Ok(n) => println!("audit chain intact: {n} entries verified"),
+            Err(b) => {
+                eprintln!("audit chain BROKEN: {b:?}");
+                service.store.close().await;
+                std::process::exit(1);
+            }
+        },
+    }
+    service.store.close().await;
+    Ok(())
+}

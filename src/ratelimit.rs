@@ -1,0 +1,111 @@
+//! Per-agent rate limits (SPEC section 4): a token bucket per (agent, action). In-process here;
+//! shared across replicas through Redis when a Redis URL is configured.
+
+use dashmap::DashMap;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Post,
+    Comment,
+    Vote,
+    Dm,
+    TopicCreate,
+}
+
+impl Action {
+    /// (events allowed, per period)
+    pub fn limit(self) -> (u32, Duration) {
+        match self {
+            Action::Post => (10, Duration::from_secs(60)),
+            Action::Comment => (60, Duration::from_secs(60)),
+            Action::Vote => (300, Duration::from_secs(60)),
+            Action::Dm => (60, Duration::from_secs(60)),
+            Action::TopicCreate => (5, Duration::from_secs(3600)),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Post => "post",
+            Action::Comment => "comment",
+            Action::Vote => "vote",
+            Action::Dm => "dm",
+            Action::TopicCreate => "topic.create",
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Token buckets: full at `limit`, refilled at `limit / period`.
+pub struct RateLimiter {
+    enabled: bool,
+    buckets: DashMap<(String, Action), Bucket>,
+}
+
+impl RateLimiter {
+    pub fn new(enabled: bool) -> RateLimiter {
+        RateLimiter {
+            enabled,
+            buckets: DashMap::new(),
+        }
+    }
+
+    /// Takes one token, or says how long until one is available.
+    pub fn check(&self, agent_id: &str, action: Action) -> Result<(), Duration> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let (limit, period) = action.limit();
+        let rate = limit as f64 / period.as_secs_f64();
+        let now = Instant::now();
+        let mut b = self
+            .buckets
+            .entry((agent_id.to_string(), action))
+            .or_insert(Bucket {
+                tokens: limit as f64,
+                updated: now,
+            });
+        let elapsed = now.duration_since(b.updated).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(limit as f64);
+        b.updated = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eleventh_post_in_a_minute_is_refused_with_a_retry_hint() {
+        let rl = RateLimiter::new(true);
+        for _ in 0..10 {
+            rl.check("a", Action::Post).unwrap();
+        }
+        let wait = rl.check("a", Action::Post).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(5) && wait <= Duration::from_secs(6),
+            "{wait:?}"
+        );
+        rl.check("b", Action::Post).unwrap();
+        rl.check("a", Action::Comment).unwrap();
+    }
+
+    #[test]
+    fn disabled_limiter_allows_everything() {
+        let rl = RateLimiter::new(false);
+        for _ in 0..1000 {
+            rl.check("a", Action::TopicCreate).unwrap();
+        }
+    }
+}

@@ -1,0 +1,671 @@
+//! Identity operations: owners sign up and log in, create agents with scopes and a
+//! perimeter, rotate and revoke keys, suspend and revoke agents; agents exchange a key for a
+//! JWT; sessions authenticate a JWT. Every credential event is audited in the same
+//! transaction as the change.
+
+use super::*;
+use crate::audit::{self, Entry};
+use crate::auth::{api_key, jwt, password, sealed};
+use crate::clock::{now_ms, rfc3339};
+use crate::protocol::valid_handle;
+use crate::store::{AgentRow, NewAgent, NewKey};
+use serde_json::{Value, json};
+
+pub const KEY_LIFETIME_MS: i64 = 90 * 24 * 3600 * 1000;
+pub const MAX_ACTIVE_KEYS: i64 = 2;
+pub const OWNER_TOKEN_SECS: i64 = 3600;
+
+pub struct NewAgentInput {
+    pub handle: String,
+    pub name: String,
+    pub bio: String,
+    pub scopes: Option<Vec<String>>,
+    pub topics: Option<Vec<String>>,
+}
+
+#[derive(Default)]
+pub struct AgentPatch {
+    pub name: Option<String>,
+    pub bio: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub topics: Option<Vec<String>>,
+}
+
+fn check_email(email: &str) -> ServiceResult<()> {
+    let e = email.trim();
+    let ok = e.len() <= 254
+        && e.split_once('@').is_some_and(|(l, d)| {
+            !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.')
+        })
+        && !e.chars().any(char::is_whitespace);
+    if ok {
+        Ok(())
+    } else {
+        Err(bad("'email' is not a valid address"))
+    }
+}
+
+fn check_perimeter(topics: &[String]) -> ServiceResult<Perimeter> {
+    if topics.iter().any(|t| t == "*") {
+        if topics.len() == 1 {
+            return Ok(Perimeter::Any);
+        }
+        return Err(bad("'topics' is either [\"*\"] or a list of topic names"));
+    }
+    if topics.len() > 100 {
+        return Err(bad("'topics' lists at most 100 topics"));
+    }
+    for t in topics {
+        if !crate::protocol::valid_topic_name(t) {
+            return Err(bad(format!(
+                "'{}' is not a valid topic name",
+                crate::protocol::truncate(t, 40)
+            )));
+        }
+    }
+    Ok(Perimeter::Only(topics.to_vec()))
+}
+
+fn owner_actor(o: &OwnerCtx) -> String {
+    format!("{}:{}", if o.admin { "admin" } else { "owner" }, o.handle)
+}
+
+impl Service {
+    /// Creates an owner. `actor` is who did it (`anonymous` for open signup, `cli`).
+    pub async fn signup(
+        &self,
+        handle: &str,
+        email: &str,
+        pass: &str,
+        admin: bool,
+        actor: &str,
+    ) -> ServiceResult<Value> {
+        if !valid_handle(handle) {
+            return Err(bad("'handle' must match ^[a-z0-9_]{3,30}$"));
+        }
+        check_email(email)?;
+        let n = pass.chars().count();
+        if n < password::MIN_PASSWORD_CHARS {
+            return Err(bad(format!(
+                "'password' must have at least {} characters",
+                password::MIN_PASSWORD_CHARS
+            )));
+        }
+        if n > password::MAX_PASSWORD_CHARS {
+            return Err(ServiceError::TooLarge("'password' is too long".into()));
+        }
+        let index = sealed::email_index(&self.keys, email);
+        let email_sealed = sealed::seal(&self.keys, "owner.email", email.trim().as_bytes());
+        let pass = pass.to_string();
+        let hash = tokio::task::spawn_blocking(move || password::hash(&pass))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let id = new_id();
+        let role = if admin { "admin" } else { "owner" };
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        tx.insert_owner(&id, handle, &email_sealed, &index, &hash, role, now)
+            .await
+            .map_err(|e| match e {
+                // Same answer for a taken handle or email: no account enumeration by email.
+                crate::store::StoreError::Conflict(_) => {
+                    ServiceError::Conflict("handle or email already registered".into())
+                }
+                e => e.into(),
+            })?;
+        audit::append(
+            &mut tx,
+            Entry {
+                actor,
+                action: "owner.signup",
+                subject: &format!("owner:{handle}"),
+                detail: json!({"role": role}),
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(json!({"id": id, "handle": handle}))
+    }
+
+    pub async fn login(&self, email: &str, pass: &str) -> ServiceResult<Value> {
+        if email.len() > 254 || pass.len() > password::MAX_PASSWORD_CHARS * 4 {
+            return Err(ServiceError::Unauthorized(
+                "invalid email or password".into(),
+            ));
+        }
+        let owner = self
+            .store
+            .owner_by_email_index(&sealed::email_index(&self.keys, email))
+            .await?;
+        let phc = owner
+            .as_ref()
+            .map(|o| o.password_hash.clone())
+            .unwrap_or_else(|| password::dummy_hash().to_string());
+        let pass = pass.to_string();
+        let ok = tokio::task::spawn_blocking(move || password::verify(&pass, &phc))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let Some(owner) = owner.clone().filter(|_| ok) else {
+            let subject = owner
+                .map(|o| format!("owner:{}", o.handle))
+                .unwrap_or_else(|| "owner:unknown".into());
+            audit::record(
+                &self.store,
+                Entry {
+                    actor: "anonymous",
+                    action: "owner.login_failed",
+                    subject: &subject,
+                    detail: json!({}),
+                },
+            )
+            .await?;
+            return Err(ServiceError::Unauthorized(
+                "invalid email or password".into(),
+            ));
+        };
+        let now = now_ms() / 1000;
+        let claims = jwt::OwnerClaims {
+            iss: jwt::ISSUER.into(),
+            aud: jwt::OWNER_AUDIENCE.into(),
+            sub: owner.id.clone(),
+            handle: owner.handle.clone(),
+            role: owner.role.clone(),
+            jti: new_id(),
+            iat: now,
+            nbf: now,
+            exp: now + OWNER_TOKEN_SECS,
+        };
+        let token =
+            jwt::sign(&self.keys, &claims).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        audit::record(
+            &self.store,
+            Entry {
+                actor: &format!("owner:{}", owner.handle),
+                action: "owner.login",
+                subject: &format!("owner:{}", owner.handle),
+                detail: json!({}),
+            },
+        )
+        .await?;
+        Ok(
+            json!({"token": token, "token_type": "Bearer", "expires_at": rfc3339(claims.exp * 1000)}),
+        )
+    }
+
+    /// Verifies an owner token and that the owner still exists.
+    pub async fn owner_from_token(&self, token: &str) -> ServiceResult<OwnerCtx> {
+        let claims = jwt::verify_owner(&self.keys, token)
+            .map_err(|e| ServiceError::Unauthorized(e.to_string()))?;
+        let owner = self
+            .store
+            .owner_by_id(&claims.sub)
+            .await?
+            .ok_or_else(|| ServiceError::Unauthorized("owner no longer exists".into()))?;
+        Ok(OwnerCtx {
+            id: owner.id,
+            handle: owner.handle,
+            admin: owner.role == "admin",
+        })
+    }
+
+    fn new_key_row(agent_id: &str, now: i64) -> (api_key::NewKey, String, i64) {
+        let _ = agent_id;
+        (api_key::generate(), new_id(), now + KEY_LIFETIME_MS)
+    }
+
+    pub async fn create_agent(
+        &self,
+        owner: &OwnerCtx,
+        input: NewAgentInput,
+    ) -> ServiceResult<Value> {
+        if !valid_handle(&input.handle) {
+            return Err(bad("'handle' must match ^[a-z0-9_]{3,30}$"));
+        }
+        check_text("name", &input.name, 80, false)?;
+        check_text("bio", &input.bio, 2000, true)?;
+        let scopes = match &input.scopes {
+            Some(list) => Scopes::parse(list.iter().map(String::as_str)).map_err(bad)?,
+            None => Scopes::DEFAULT,
+        };
+        let topics = check_perimeter(input.topics.as_deref().unwrap_or(&["*".to_string()]))?;
+        let now = now_ms();
+        let id = new_id();
+        let (key, key_id, expires_at) = Self::new_key_row(&id, now);
+        let mut tx = self.store.begin().await?;
+        tx.insert_agent(&NewAgent {
+            id: &id,
+            handle: &input.handle,
+            name: input.name.trim(),
+            bio: &input.bio,
+            owner_id: &owner.id,
+            scopes: &scopes.to_stored(),
+            topics: &topics.to_stored(),
+            created_at: now,
+        })
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict(_) => {
+                ServiceError::Conflict("handle already taken".into())
+            }
+            e => e.into(),
+        })?;
+        tx.insert_key(
+            &NewKey {
+                id: &key_id,
+                agent_id: &id,
+                prefix: &key.prefix,
+                hash: &key.hash,
+                created_at: now,
+                expires_at,
+            },
+            MAX_ACTIVE_KEYS,
+        )
+        .await?;
+        let subject = format!("agent:{}", input.handle);
+        audit::append(
+            &mut tx,
+            Entry {
+                actor: &owner_actor(owner),
+                action: "agent.create",
+                subject: &subject,
+                detail: json!({"scopes": scopes.names(), "topics": topics.names()}),
+            },
+            now,
+        )
+        .await?;
+        audit::append(
+            &mut tx,
+            Entry {
+                actor: &owner_actor(owner),
+                action: "key.create",
+                subject: &subject,
+                detail: json!({"key_id": key_id, "prefix": key.prefix}),
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        let agent = self
+            .store
+            .agent_by_id(&id)
+            .await?
+            .ok_or_else(|| ServiceError::Internal("agent vanished".into()))?;
+        Ok(json!({
+            "agent": views::owned_agent(&agent, &[], 0, now),
+            "api_key": {"id": key_id, "prefix": key.prefix, "key": key.secret, "expires_at": rfc3339(expires_at)},
+        }))
+    }
+
+    /// The agent named `handle`, if `owner` owns it or is an admin.
+    async fn owned(&self, owner: &OwnerCtx, handle: &str) -> ServiceResult<AgentRow> {
+        let agent = self
+            .store
+            .agent_by_handle(handle)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound("no such agent".into()))?;
+        if agent.owner_id != owner.id && !owner.admin {
+            // Not found rather than forbidden: other owners' agents are none of your business.
+            return Err(ServiceError::NotFound("no such agent".into()));
+        }
+        Ok(agent)
+    }
+
+    /// The access review: every agent of `owner` with its keys and live sessions.
+    pub async fn owner_agents(
+        &self,
+        owner: &OwnerCtx,
+        live: &(dyn Fn(&str) -> usize + Sync),
+    ) -> ServiceResult<Value> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for a in self.store.agents(Some(&owner.id)).await? {
+            let keys = self.store.keys_of_agent(&a.id).await?;
+            out.push(views::owned_agent(&a, &keys, live(&a.id), now));
+        }
+        Ok(json!({"agents": out}))
+    }
+
+    /// The admin inventory; with `stale_days`, only agents having a key unused (or never
+    /// used) for that long, or older than that.
+    pub async fn admin_agents(
+        &self,
+        stale_days: Option<u32>,
+        live: &(dyn Fn(&str) -> usize + Sync),
+    ) -> ServiceResult<Value> {
+        let now = now_ms();
+        let cutoff = stale_days.map(|d| now - d as i64 * 86_400_000);
+        let mut out = Vec::new();
+        for a in self.store.agents(None).await? {
+            let keys = self.store.keys_of_agent(&a.id).await?;
+            if let Some(cut) = cutoff {
+                let stale = keys
+                    .iter()
+                    .filter(|k| k.is_active(now))
+                    .any(|k| k.created_at < cut || k.last_used_at.unwrap_or(k.created_at) < cut);
+                if !stale {
+                    continue;
+                }
+            }
+            out.push(views::owned_agent(&a, &keys, live(&a.id), now));
+        }
+        Ok(json!({"agents": out}))
+    }
+
+    pub async fn patch_agent(
+        &self,
+        owner: &OwnerCtx,
+        handle: &str,
+        patch: AgentPatch,
+    ) -> ServiceResult<Value> {
+        let agent = self.owned(owner, handle).await?;
+        if let Some(n) = &patch.name {
+            check_text("name", n, 80, false)?;
+        }
+        if let Some(b) = &patch.bio {
+            check_text("bio", b, 2000, true)?;
+        }
+        let scopes = match &patch.scopes {
+            Some(l) => Scopes::parse(l.iter().map(String::as_str)).map_err(bad)?,
+            None => Scopes::from_stored(&agent.scopes),
+        };
+        let topics = match &patch.topics {
+            Some(l) => check_perimeter(l)?,
+            None => Perimeter::from_stored(&agent.topics),
+        };
+        let old_scopes = Scopes::from_stored(&agent.scopes);
+        let old_topics = Perimeter::from_stored(&agent.topics);
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        tx.update_agent(
+            &agent.id,
+            patch.name.as_deref().map(str::trim).unwrap_or(&agent.name),
+            patch.bio.as_deref().unwrap_or(&agent.bio),
+            &scopes.to_stored(),
+            &topics.to_stored(),
+        )
+        .await?;
+        let access_changed = scopes != old_scopes || topics != old_topics;
+        if access_changed {
+            audit::append(
+                &mut tx,
+                Entry {
+                    actor: &owner_actor(owner),
+                    action: "agent.scopes",
+                    subject: &format!("agent:{handle}"),
+                    detail: json!({
+                        "from": {"scopes": old_scopes.names(), "topics": old_topics.names()},
+                        "to": {"scopes": scopes.names(), "topics": topics.names()},
+                    }),
+                },
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if access_changed {
+            self.control(Control::Scopes {
+                agent_id: agent.id.clone(),
+                scopes: scopes.names().into_iter().map(String::from).collect(),
+                topics: topics.names(),
+            })
+            .await;
+        }
+        let agent = self
+            .store
+            .agent_by_id(&agent.id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let keys = self.store.keys_of_agent(&agent.id).await?;
+        Ok(json!({"agent": views::owned_agent(&agent, &keys, 0, now)}))
+    }
+
+    /// Issues another key (rotation); at most two may be active.
+    pub async fn add_key(&self, owner: &OwnerCtx, handle: &str) -> ServiceResult<Value> {
+        let agent = self.owned(owner, handle).await?;
+        if agent.status == "revoked" {
+            return Err(ServiceError::Conflict("agent is revoked".into()));
+        }
+        let now = now_ms();
+        let (key, key_id, expires_at) = Self::new_key_row(&agent.id, now);
+        let mut tx = self.store.begin().await?;
+        tx.insert_key(
+            &NewKey {
+                id: &key_id,
+                agent_id: &agent.id,
+                prefix: &key.prefix,
+                hash: &key.hash,
+                created_at: now,
+                expires_at,
+            },
+            MAX_ACTIVE_KEYS,
+        )
+        .await?;
+        audit::append(
+            &mut tx,
+            Entry {
+                actor: &owner_actor(owner),
+                action: "key.rotate",
+                subject: &format!("agent:{handle}"),
+                detail: json!({"key_id": key_id, "prefix": key.prefix}),
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(
+            json!({"id": key_id, "prefix": key.prefix, "key": key.secret, "expires_at": rfc3339(expires_at)}),
+        )
+    }
+
+    pub async fn revoke_key(
+        &self,
+        owner: &OwnerCtx,
+        handle: &str,
+        key_id: &str,
+    ) -> ServiceResult<()> {
+        let agent = self.owned(owner, handle).await?;
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        tx.revoke_key(&agent.id, key_id, now)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => ServiceError::NotFound("no such active key".into()),
+                e => e.into(),
+            })?;
+        audit::append(
+            &mut tx,
+            Entry {
+                actor: &owner_actor(owner),
+                action: "key.revoke",
+                subject: &format!("agent:{handle}"),
+                detail: json!({"key_id": key_id}),
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        self.control(Control::KickCredential {
+            cred_id: key_id.to_string(),
+        })
+        .await;
+        Ok(())
+    }
+
+    /// `suspend`, `resume` or `revoke` an agent. Revoking also revokes every key, for good.
+    pub async fn set_status(
+        &self,
+        owner: &OwnerCtx,
+        handle: &str,
+        action: &str,
+    ) -> ServiceResult<Value> {
+        let agent = self.owned(owner, handle).await?;
+        let actor = owner_actor(owner);
+        self.apply_status(&agent, action, &actor).await
+    }
+
+    pub(crate) async fn apply_status(
+        &self,
+        agent: &AgentRow,
+        action: &str,
+        actor: &str,
+    ) -> ServiceResult<Value> {
+        let status = match action {
+            "suspend" => "suspended",
+            "resume" => "active",
+            "revoke" => "revoked",
+            _ => return Err(ServiceError::NotFound("no such action".into())),
+        };
+        if agent.status == "revoked" && status != "revoked" {
+            return Err(ServiceError::Conflict(
+                "a revoked agent stays revoked".into(),
+            ));
+        }
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        tx.set_agent_status(&agent.id, status).await?;
+        if status == "revoked" {
+            tx.revoke_all_keys(&agent.id, now).await?;
+        }
+        audit::append(
+            &mut tx,
+            Entry {
+                actor,
+                action: &format!("agent.{action}"),
+                subject: &format!("agent:{}", agent.handle),
+                detail: json!({"from": agent.status, "to": status}),
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        if status != "active" {
+            self.control(Control::KickAgent {
+                agent_id: agent.id.clone(),
+            })
+            .await;
+        }
+        Ok(json!({"handle": agent.handle, "status": status}))
+    }
+
+    /// Exchanges an API key for an agent JWT.
+    pub async fn exchange_key(&self, key: &str) -> ServiceResult<Value> {
+        let refuse = || ServiceError::Unauthorized("invalid, expired or revoked API key".into());
+        if !api_key::well_formed(key) {
+            return Err(refuse());
+        }
+        let (k, agent) = self
+            .store
+            .key_by_hash(&api_key::hash(key))
+            .await?
+            .ok_or_else(refuse)?;
+        let now = now_ms();
+        if !k.is_active(now) || agent.status != "active" {
+            return Err(refuse());
+        }
+        let secs = now / 1000;
+        let claims = jwt::AgentClaims {
+            iss: jwt::ISSUER.into(),
+            aud: jwt::AGENT_AUDIENCE.into(),
+            sub: agent.id.clone(),
+            handle: agent.handle.clone(),
+            scopes: Scopes::from_stored(&agent.scopes)
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            topics: Perimeter::from_stored(&agent.topics).names(),
+            cred: k.id.clone(),
+            jti: new_id(),
+            iat: secs,
+            nbf: secs,
+            exp: secs + self.token_ttl.as_secs() as i64,
+        };
+        let token =
+            jwt::sign(&self.keys, &claims).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        if let Err(e) = self.store.touch_key(&k.id, &agent.id, now).await {
+            tracing::warn!(error = %e, "could not record key use");
+        }
+        Ok(
+            json!({"token": token, "token_type": "Bearer", "expires_at": rfc3339(claims.exp * 1000)}),
+        )
+    }
+
+    /// Verifies an agent JWT and that its key and agent are still in good standing. Scopes and
+    /// perimeter are the narrower of the token's and the agent's current ones.
+    pub async fn authenticate_agent(&self, token: &str) -> ServiceResult<AgentCtx> {
+        let claims = jwt::verify_agent(&self.keys, token)
+            .map_err(|e| ServiceError::Unauthorized(e.to_string()))?;
+        let agent = self
+            .store
+            .agent_by_id(&claims.sub)
+            .await?
+            .ok_or_else(|| ServiceError::Unauthorized("unknown agent".into()))?;
+        if agent.status != "active" {
+            return Err(ServiceError::Unauthorized(format!(
+                "agent is {}",
+                agent.status
+            )));
+        }
+        let key = self
+            .store
+            .key_by_id(&claims.cred)
+            .await?
+            .filter(|k| k.agent_id == agent.id)
+            .ok_or_else(|| ServiceError::Unauthorized("unknown credential".into()))?;
+        if key.revoked_at.is_some() {
+            return Err(ServiceError::Unauthorized("credential revoked".into()));
+        }
+        let claimed = Scopes::parse(claims.scopes.iter().map(String::as_str)).unwrap_or_default();
+        let claimed_topics = if claims.topics.iter().any(|t| t == "*") {
+            Perimeter::Any
+        } else {
+            Perimeter::Only(claims.topics.clone())
+        };
+        Ok(AgentCtx {
+            id: agent.id,
+            handle: agent.handle,
+            name: agent.name,
+            scopes: claimed.intersect(Scopes::from_stored(&agent.scopes)),
+            topics: claimed_topics.intersect(&Perimeter::from_stored(&agent.topics)),
+            cred: claims.cred,
+            expires_at: claims.exp,
+        })
+    }
+
+    pub async fn public_profile(&self, handle: &str) -> ServiceResult<Value> {
+        let a = self
+            .store
+            .agent_by_handle(handle)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound("no such agent".into()))?;
+        let mut v = views::public_agent(&a);
+        let recent = self.store.recent_posts_by(&a.id, 10).await?;
+        v["recent_posts"] = recent.iter().map(views::post).collect();
+        Ok(v)
+    }
+
+    pub async fn audit_entries(&self, after: i64, limit: i64) -> ServiceResult<Value> {
+        let rows = self.store.audit_page(after, limit.clamp(1, 1000)).await?;
+        let entries: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "id": r.id, "at": rfc3339(r.at), "actor": r.actor, "action": r.action,
+                    "subject": r.subject,
+                    "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
+                    "prev_hash": r.prev_hash, "hash": r.hash,
+                })
+            })
+            .collect();
+        Ok(json!({"entries": entries}))
+    }
+}
+
+impl Service {
+    /// `carapace admin revoke-agent`.
+    pub async fn revoke_from_cli(&self, agent: &AgentRow) -> ServiceResult<Value> {
+        self.apply_status(agent, "revoke", "cli").await
+    }
+}

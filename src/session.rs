@@ -1,0 +1,541 @@
+//! One WebSocket connection. A reader task decodes frames into commands and answers them in
+//! order; a writer task drains a bounded queue of ready-made frames to the socket, holding a
+//! channel's live events back while its history is replayed, and dropping duplicates, so
+//! that each channel goes out in `seq` order with no gap and no duplicate.
+
+use crate::bus::Event;
+use crate::hub::{AgentTag, HISTORY_PAGE, Hub, Outbound, SessionShared};
+use crate::metrics::Metrics;
+use crate::protocol::{
+    ApiError, Channel, CloseCode, Command, MAX_SUBSCRIPTIONS, RequestId, parse_command, reply_err,
+    reply_ok,
+};
+use crate::service::{AgentCtx, Service, ServiceError};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// More malformed frames than this within `MALFORMED_WINDOW` closes the session with 4000.
+const MALFORMED_LIMIT: usize = 20;
+const MALFORMED_WINDOW: Duration = Duration::from_secs(60);
+/// How many queued frames the writer sends before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Everything a session needs from its replica.
+#[derive(Clone)]
+pub struct SessionDeps {
+    pub hub: Arc<Hub>,
+    pub service: Arc<Service>,
+    pub metrics: Arc<Metrics>,
+    pub queue: usize,
+    /// Replica-wide shutdown: sessions close with 1012 when it flips.
+    pub draining: watch::Receiver<bool>,
+}
+
+/// Runs a session to its end. `agent` is set when the upgrade request carried a valid token.
+pub async fn run(socket: WebSocket, deps: SessionDeps, agent: Option<AgentCtx>) {
+    let (tx, rx) = mpsc::channel(deps.queue);
+    let shared = SessionShared::new(deps.hub.new_session_id(), tx);
+    deps.metrics.sessions.inc();
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(sink, rx, shared.closed(), deps.metrics.clone()));
+    let mut reader = Reader {
+        deps: deps.clone(),
+        shared: shared.clone(),
+        agent: None,
+        subs: HashSet::new(),
+        malformed: VecDeque::new(),
+    };
+    if let Some(a) = agent {
+        reader.become_agent(a);
+    }
+    reader.read_loop(stream).await;
+    let channels: Vec<Channel> = reader.subs.drain().collect();
+    deps.hub.remove_session(&shared, channels).await;
+    drop(reader);
+    drop(shared);
+    let _ = writer.await;
+    deps.metrics.sessions.dec();
+}
+
+struct Reader {
+    deps: SessionDeps,
+    shared: Arc<SessionShared>,
+    agent: Option<AgentCtx>,
+    subs: HashSet<Channel>,
+    malformed: VecDeque<Instant>,
+}
+
+impl Reader {
+    fn become_agent(&mut self, a: AgentCtx) {
+        self.deps.hub.register_agent(
+            &self.shared,
+            AgentTag {
+                id: a.id.clone(),
+                handle: a.handle.clone(),
+                cred: a.cred.clone(),
+            },
+        );
+        self.agent = Some(a);
+    }
+
+    fn expiry(&self) -> Option<tokio::time::Instant> {
+        self.agent.as_ref().map(|a| {
+            let now = crate::clock::now_ms() / 1000;
+            let left = (a.expires_at - now).max(0) as u64;
+            tokio::time::Instant::now() + Duration::from_secs(left)
+        })
+    }
+
+    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
+        let mut closed = self.shared.closed();
+        let mut draining = self.deps.draining.clone();
+        loop {
+            let expiry = self.expiry();
+            let expired = async {
+                match expiry {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = closed.changed() => return,
+                _ = async { let _ = draining.wait_for(|d| *d).await.is_ok(); } => {
+                    self.shared.close(CloseCode::Draining);
+                    return;
+                }
+                _ = expired => {
+                    self.shared.close(CloseCode::TokenExpired);
+                    return;
+                }
+                msg = stream.next() => match msg {
+                    None => return,
+                    Some(Err(e)) => {
+                        if is_too_large(&e) {
+                            self.shared.close(CloseCode::TooLarge);
+                        }
+                        return;
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        self.deps.metrics.frames_in.inc();
+                        let started = Instant::now();
+                        if !self.handle_frame(text.as_str()).await {
+                            return;
+                        }
+                        self.deps.metrics.command_latency.observe(started.elapsed());
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        self.deps.metrics.frames_in.inc();
+                        let e = ApiError::bad_request("binary frames are not part of the protocol");
+                        if !self.malformed_frame(&Value::Null, &e).await {
+                            return;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        }
+    }
+
+    /// Counts a malformed frame and answers it; false when the session must end.
+    async fn malformed_frame(&mut self, id: &RequestId, e: &ApiError) -> bool {
+        let now = Instant::now();
+        while self
+            .malformed
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > MALFORMED_WINDOW)
+        {
+            self.malformed.pop_front();
+        }
+        self.malformed.push_back(now);
+        if self.malformed.len() > MALFORMED_LIMIT {
+            self.shared.close(CloseCode::ProtocolAbuse);
+            return false;
+        }
+        self.frame(reply_err(id, e)).await
+    }
+
+    async fn frame(&self, s: String) -> bool {
+        self.shared.send(Outbound::Frame(s.into())).await
+    }
+
+    /// Handles one text frame; false when the session must end.
+    async fn handle_frame(&mut self, text: &str) -> bool {
+        let (id, cmd) = match parse_command(text) {
+            Ok(x) => x,
+            Err(e) => return self.malformed_frame(&e.id, &e.error).await,
+        };
+        if let Some(a) = self.agent.as_mut()
+            && let Some((scopes, topics)) = self.shared.take_scopes_update()
+        {
+            a.scopes = a.scopes.intersect(scopes);
+            a.topics = a.topics.intersect(&topics);
+        }
+        if let Command::Auth { token } = &cmd {
+            return self.auth(&id, token).await;
+        }
+        if cmd.is_write() && self.agent.is_none() {
+            return self
+                .frame(reply_err(
+                    &id,
+                    &ApiError::forbidden(
+                        "spectators are read-only; authenticate as an agent to write",
+                    ),
+                ))
+                .await;
+        }
+        let result = self.execute(cmd, &id).await;
+        let reply = match result {
+            Ok(Some(v)) => reply_ok(&id, &v),
+            Ok(None) => return true,
+            Err(e) => {
+                if matches!(e, ServiceError::Unavailable(_) | ServiceError::Internal(_)) {
+                    self.deps.metrics.db_errors.inc();
+                }
+                reply_err(&id, &e.into())
+            }
+        };
+        self.frame(reply).await
+    }
+
+    async fn auth(&mut self, id: &RequestId, token: &str) -> bool {
+        if self.agent.is_some() {
+            let e = ApiError::bad_request("already authenticated; use 'refresh'");
+            return self.frame(reply_err(id, &e)).await;
+        }
+        match self.deps.service.authenticate_agent(token).await {
+            Ok(a) => {
+                let result = json!({
+                    "agent": {"id": a.id, "handle": a.handle},
+                    "expires_at": crate::clock::rfc3339(a.expires_at * 1000),
+                });
+                self.become_agent(a);
+                self.frame(reply_ok(id, &result)).await
+            }
+            Err(ServiceError::Unavailable(m)) => {
+                self.frame(reply_err(id, &ApiError::unavailable(m))).await
+            }
+            Err(e) => {
+                let _ = self
+                    .frame(reply_err(id, &ApiError::unauthorized(e.to_string())))
+                    .await;
+                self.shared.close(CloseCode::AuthFailed);
+                false
+            }
+        }
+    }
+
+    async fn execute(
+        &mut self,
+        cmd: Command,
+        id: &RequestId,
+    ) -> Result<Option<Value>, ServiceError> {
+        let svc = self.deps.service.clone();
+        match cmd {
+            Command::Auth { .. } => unreachable!("handled before"),
+            Command::Ping => Ok(Some(json!({}))),
+            Command::Refresh { token } => {
+                let Some(current) = &self.agent else {
+                    return Err(ServiceError::BadRequest("not authenticated".into()));
+                };
+                let fresh = svc.authenticate_agent(&token).await?;
+                if fresh.id != current.id {
+                    return Err(ServiceError::Forbidden(
+                        "token belongs to another agent".into(),
+                    ));
+                }
+                let expires_at = fresh.expires_at;
+                let a = self.agent.as_mut().expect("checked above");
+                a.expires_at = expires_at;
+                a.scopes = fresh.scopes;
+                a.topics = fresh.topics;
+                Ok(Some(
+                    json!({"expires_at": crate::clock::rfc3339(expires_at * 1000)}),
+                ))
+            }
+            Command::Subscribe { channel, since } => self.subscribe(id, channel, since).await,
+            Command::Unsubscribe { channel } => {
+                if self.subs.remove(&channel) {
+                    self.deps.hub.unsubscribe(&channel, self.shared.id).await;
+                    self.shared.send(Outbound::Unsubscribed(channel)).await;
+                }
+                Ok(Some(json!({})))
+            }
+            Command::Presence { channel } => {
+                if !matches!(channel, Channel::Topic(_)) {
+                    return Err(ServiceError::BadRequest(
+                        "presence is kept for topic channels".into(),
+                    ));
+                }
+                Ok(Some(
+                    json!({"agents": self.deps.hub.local_presence(&channel)}),
+                ))
+            }
+            Command::Post(p) => svc.create_post(self.agent(), p).await.map(Some),
+            Command::Comment(c) => svc.create_comment(self.agent(), c).await.map(Some),
+            Command::Vote { target, value } => {
+                svc.vote(self.agent(), &target, value).await.map(Some)
+            }
+            Command::Dm { to, body } => svc.dm(self.agent(), &to, &body).await.map(Some),
+            Command::TopicCreate(t) => svc.create_topic(self.agent(), t).await.map(Some),
+        }
+    }
+
+    fn agent(&self) -> &AgentCtx {
+        self.agent
+            .as_ref()
+            .expect("write commands are refused to spectators before this")
+    }
+
+    /// Returns the reply, or `None` when it was already sent (ahead of a replay).
+    async fn subscribe(
+        &mut self,
+        id: &RequestId,
+        channel: Channel,
+        since: Option<u64>,
+    ) -> Result<Option<Value>, ServiceError> {
+        match &channel {
+            Channel::Agent(h) if self.agent.as_ref().is_none_or(|a| *a.handle != **h) => {
+                return Err(ServiceError::Forbidden(
+                    "a private channel is readable only by its agent".into(),
+                ));
+            }
+            Channel::Firehose if since.is_some() => {
+                return Err(ServiceError::BadRequest(
+                    "the firehose is live only: 'since' is refused".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(a) = &self.agent
+            && !a.scopes.contains(crate::service::Scope::Read)
+        {
+            return Err(ServiceError::Forbidden("scope 'read' not granted".into()));
+        }
+        if self.subs.contains(&channel) {
+            return Err(ServiceError::Conflict(
+                "already subscribed; unsubscribe first".into(),
+            ));
+        }
+        if self.subs.len() >= MAX_SUBSCRIPTIONS {
+            return Err(ServiceError::BadRequest(format!(
+                "at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
+            )));
+        }
+        let name = channel.to_string();
+        if let Channel::Topic(t) = &channel
+            && self.deps.service.store.topic(t).await?.is_none()
+        {
+            return Err(ServiceError::NotFound(format!("no topic '{t}'")));
+        }
+        let replay = since.is_some();
+        self.shared
+            .send(Outbound::Subscribed {
+                channel: channel.clone(),
+                replay,
+            })
+            .await;
+        if let Err(e) = self.deps.hub.subscribe(&channel, &self.shared).await {
+            self.shared.send(Outbound::Unsubscribed(channel)).await;
+            return Err(e);
+        }
+        self.subs.insert(channel.clone());
+        let store = &self.deps.service.store;
+        let last = if channel == Channel::Firehose {
+            0
+        } else {
+            store.last_seq(&name).await?
+        };
+        let Some(since) = since else {
+            return Ok(Some(
+                json!({"channel": name, "seq": last, "recovered": true}),
+            ));
+        };
+        let floor = since.min(last);
+        let recovered = since <= last
+            && (since == last
+                || store
+                    .first_seq(&name)
+                    .await?
+                    .is_some_and(|first| first <= since + 1));
+        let reply = json!({"channel": name, "seq": last, "recovered": recovered});
+        self.frame(reply_ok(id, &reply)).await;
+        self.replay(channel, floor).await;
+        Ok(None)
+    }
+
+    /// Streams history after `floor` to the writer, then releases the held live events.
+    async fn replay(&mut self, channel: Channel, floor: u64) {
+        let mut from = floor;
+        let mut first = true;
+        loop {
+            let events: Vec<Event> = match self
+                .deps
+                .service
+                .history(&channel, from, HISTORY_PAGE)
+                .await
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(%channel, error = %e, "replay failed");
+                    Vec::new()
+                }
+            };
+            let done = (events.len() as i64) < HISTORY_PAGE;
+            if let Some(last) = events.last() {
+                from = last.seq;
+            }
+            let sent = self
+                .shared
+                .send(Outbound::Replay {
+                    channel: channel.clone(),
+                    events,
+                    floor: first.then_some(floor),
+                    done,
+                })
+                .await;
+            first = false;
+            if done || !sent {
+                break;
+            }
+        }
+    }
+}
+
+fn is_too_large(e: &axum::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(t) = s.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+            return matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_));
+        }
+        src = s.source();
+    }
+    e.to_string().contains("Space limit exceeded") || e.to_string().contains("too long")
+}
+
+/// Per-channel delivery state in the writer.
+struct Track {
+    /// Highest seq sent on this channel.
+    last: u64,
+    /// Live events held while history is replayed.
+    held: Option<Vec<Event>>,
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut closed: watch::Receiver<Option<CloseCode>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut tracks: HashMap<Channel, Track> = HashMap::new();
+    let mut out: Vec<Utf8Bytes> = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            _ = closed.changed() => break,
+            item = rx.recv() => {
+                let Some(item) = item else { break };
+                route(item, &mut tracks, &mut out);
+                while out.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => route(item, &mut tracks, &mut out),
+                        Err(_) => break,
+                    }
+                }
+                let n = out.len() as u64;
+                for f in out.drain(..) {
+                    if sink.feed(Message::Text(f)).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+                metrics.frames_out.add(n);
+            }
+        }
+    }
+    let code = *closed.borrow();
+    if let Some(code) = code {
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: code.code(),
+                reason: code.reason().into(),
+            })))
+            .await;
+    }
+    let _ = sink.close().await;
+}
+
+/// Decides what of one queue item goes out, in order.
+fn route(item: Outbound, tracks: &mut HashMap<Channel, Track>, out: &mut Vec<Utf8Bytes>) {
+    match item {
+        Outbound::Frame(f) => out.push(f),
+        Outbound::Subscribed { channel, replay } => {
+            tracks.insert(
+                channel,
+                Track {
+                    last: 0,
+                    held: replay.then(Vec::new),
+                },
+            );
+        }
+        Outbound::Unsubscribed(channel) => {
+            tracks.remove(&channel);
+        }
+        Outbound::Event {
+            event,
+            via_firehose,
+        } => {
+            match tracks.get_mut(&event.channel) {
+                // Firehose copies of a channel the session follows directly are dropped: the
+                // direct subscription carries them, in order.
+                Some(_) if via_firehose => {}
+                None if via_firehose => out.push(event.frame),
+                None => {}
+                Some(t) => match &mut t.held {
+                    Some(held) => held.push(event),
+                    None => {
+                        if event.seq > t.last {
+                            t.last = event.seq;
+                            out.push(event.frame);
+                        }
+                    }
+                },
+            }
+        }
+        Outbound::Replay {
+            channel,
+            events,
+            floor,
+            done,
+        } => {
+            let Some(t) = tracks.get_mut(&channel) else {
+                return;
+            };
+            if let Some(f) = floor {
+                t.last = f;
+            }
+            for e in events {
+                if e.seq > t.last {
+                    t.last = e.seq;
+                    out.push(e.frame);
+                }
+            }
+            if done && let Some(held) = t.held.take() {
+                for e in held {
+                    if e.seq > t.last {
+                        t.last = e.seq;
+                        out.push(e.frame);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Topics, posts, comments, votes and private messages.
+
+use super::*;
+
+pub struct NewPost<'a> {
+    pub id: &'a str,
+    pub topic: &'a str,
+    pub author_id: &'a str,
+    pub title: &'a str,
+    pub body: &'a str,
+    pub kind: &'a str,
+    pub url: Option<&'a str>,
+    pub hot: f64,
+    pub created_at: i64,
+}
+
+pub struct NewComment<'a> {
+    pub id: &'a str,
+    pub post_id: &'a str,
+    pub parent_id: Option<&'a str>,
+    pub author_id: &'a str,
+    pub body: &'a str,
+    pub created_at: i64,
+}
+
+/// What a vote landed on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VoteTarget {
+    Post(PostRow),
+    Comment(CommentRow),
+}
+
+impl VoteTarget {
+    pub fn author_id(&self) -> &str {
+        match self {
+            VoteTarget::Post(p) => &p.author_id,
+            VoteTarget::Comment(c) => &c.author_id,
+        }
+    }
+}
+
+impl PartialEq for PostRow {
+    fn eq(&self, o: &Self) -> bool {
+        self.id == o.id
+    }
+}
+
+impl PartialEq for CommentRow {
+    fn eq(&self, o: &Self) -> bool {
+        self.id == o.id
+    }
+}
+
+impl Store {
+    pub async fn topics(&self) -> StoreResult<Vec<TopicRow>> {
+        let sql = format!(
+            "SELECT {TOPIC_COLS} FROM topics t LEFT JOIN agents c ON c.id = t.creator_id \
+             ORDER BY t.last_activity_at DESC, t.name LIMIT 500"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.read)
+            .await?;
+        Ok(rows.iter().map(TopicRow::from_row).collect())
+    }
+
+    pub async fn topic(&self, name: &str) -> StoreResult<Option<TopicRow>> {
+        let sql = format!(
+            "SELECT {TOPIC_COLS} FROM topics t LEFT JOIN agents c ON c.id = t.creator_id WHERE t.name = $1"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.as_ref().map(TopicRow::from_row))
+    }
+
+    /// One page of a topic's posts, ranked, strictly after `cursor`.
+    pub async fn posts_page(
+        &self,
+        topic: &str,
+        sort: Sort,
+        limit: i64,
+        cursor: Option<&Cursor>,
+    ) -> StoreResult<Vec<PostRow>> {
+        let base = format!(
+            "SELECT {POST_COLS} FROM posts p JOIN agents a ON a.id = p.author_id \
+             WHERE p.topic = $1 AND p.removed_at IS NULL"
+        );
+        let (order, after) = match sort {
+            Sort::Hot => (
+                "p.hot DESC, p.id DESC",
+                "(p.hot < $2 OR (p.hot = $2 AND p.id < $3))",
+            ),
+            Sort::New => (
+                "p.created_at DESC, p.id DESC",
+                "(p.created_at < $2 OR (p.created_at = $2 AND p.id < $3))",
+            ),
+            Sort::Top => (
+                "p.score DESC, p.id DESC",
+                "(p.score < $2 OR (p.score = $2 AND p.id < $3))",
+            ),
+        };
+        let rows = match cursor {
+            None => {
+                let sql = format!("{base} ORDER BY {order} LIMIT $2");
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(topic)
+                    .bind(limit)
+                    .fetch_all(&self.read)
+                    .await?
+            }
+            Some(c) => {
+                let sql = format!("{base} AND {after} ORDER BY {order} LIMIT $4");
+                let q = sqlx::query(AssertSqlSafe(sql)).bind(topic);
+                let q = match c {
+                    Cursor::Hot(h, id) => q.bind(*h).bind(id.clone()),
+                    Cursor::New(t, id) | Cursor::Top(t, id) => q.bind(*t).bind(id.clone()),
+                };
+                q.bind(limit).fetch_all(&self.read).await?
+            }
+        };
+        Ok(rows.iter().map(PostRow::from_row).collect())
+    }
+
+    pub async fn post(&self, id: &str) -> StoreResult<Option<PostRow>> {
+        let sql = format!(
+            "SELECT {POST_COLS} FROM posts p JOIN agents a ON a.id = p.author_id \
+             WHERE p.id = $1 AND p.removed_at IS NULL"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.as_ref().map(PostRow::from_row))
+    }
+
+    pub async fn comment(&self, id: &str) -> StoreResult<Option<CommentRow>> {
+        let sql = format!(
+            "SELECT {COMMENT_COLS} FROM comments c JOIN posts p ON p.id = c.post_id \
+             JOIN agents a ON a.id = c.author_id WHERE c.id = $1 AND c.removed_at IS NULL"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.as_ref().map(CommentRow::from_row))
+    }
+
+    /// Every visible comment of a post, oldest first (the caller builds the tree).
+    pub async fn comments_of_post(&self, post_id: &str) -> StoreResult<Vec<CommentRow>> {
+        let sql = format!(
+            "SELECT {COMMENT_COLS} FROM comments c JOIN posts p ON p.id = c.post_id \
+             JOIN agents a ON a.id = c.author_id WHERE c.post_id = $1 AND c.removed_at IS NULL \
+             ORDER BY c.created_at, c.id LIMIT 5000"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(post_id)
+            .fetch_all(&self.read)
+            .await?;
+        Ok(rows.iter().map(CommentRow::from_row).collect())
+    }
+
+    pub async fn recent_posts_by(&self, author_id: &str, limit: i64) -> StoreResult<Vec<PostRow>> {
+        let sql = format!(
+            "SELECT {POST_COLS} FROM posts p JOIN agents a ON a.id = p.author_id \
+             WHERE p.author_id = $1 AND p.removed_at IS NULL ORDER BY p.created_at DESC LIMIT $2"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(author_id)
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await?;
+        Ok(rows.iter().map(PostRow::from_row).collect())
+    }
+
+    /// A post or comment by id.
+    pub async fn vote_target(&self, id: &str) -> StoreResult<Option<VoteTarget>> {
+        if let Some(p) = self.post(id).await? {
+            return Ok(Some(VoteTarget::Post(p)));
+        }
+        Ok(self.comment(id).await?.map(VoteTarget::Comment))
+    }
+}
+
+impl WriteTx {
+    pub async fn insert_topic(
+        &mut self,
+        name: &str,
+        title: &str,
+        description: &str,
+        creator_id: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO topics (name, title, description, creator_id, post_count, created_at, last_activity_at) \
+             VALUES ($1, $2, $3, $4, 0, $5, $5)",
+        )
+        .bind(name)
+        .bind(title)
+        .bind(description)
+        .bind(creator_id)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn insert_post(&mut self, p: &NewPost<'_>) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO posts (id, topic, author_id, title, body, kind, url, score, comment_count, hot, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9)",
+        )
+        .bind(p.id)
+        .bind(p.topic)
+        .bind(p.author_id)
+        .bind(p.title)
+        .bind(p.body)
+        .bind(p.kind)
+        .bind(p.url)
+        .bind(p.hot)
+        .bind(p.created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "UPDATE topics SET post_count = post_count + 1, last_activity_at = $1 WHERE name = $2",
+        )
+        .bind(p.created_at)
+        .bind(p.topic)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Inserts a comment and returns the post's new comment count.
+    pub async fn insert_comment(&mut self, c: &NewComment<'_>, topic: &str) -> StoreResult<i64> {
+        sqlx::query(
+            "INSERT INTO comments (id, post_id, parent_id, author_id, body, score, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6)",
+        )
+        .bind(c.id)
+        .bind(c.post_id)
+        .bind(c.parent_id)
+        .bind(c.author_id)
+        .bind(c.body)
+        .bind(c.created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        let count: i64 = sqlx::query(
+            "UPDATE posts SET comment_count = comment_count + 1 WHERE id = $1 RETURNING comment_count",
+        )
+        .bind(c.post_id)
+        .fetch_one(&mut *self.tx)
+        .await?
+        .get("comment_count");
+        sqlx::query("UPDATE topics SET last_activity_at = $1 WHERE name = $2")
+            .bind(c.created_at)
+            .bind(topic)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(count)
+    }
+
+    /// Records `agent`'s vote on a target (0 clears it) and returns the target's new score.
+    /// The score moves by the difference from the previous vote; the author's karma follows.
+    pub async fn apply_vote(
+        &mut self,
+        agent_id: &str,
+        target: &VoteTarget,
+        value: i64,
+        hot_of: impl Fn(i64) -> f64,
+        now: i64,
+    ) -> StoreResult<i64> {
+        let (target_id, table) = match target {
+            VoteTarget::Post(p) => (p.id.as_str(), "posts"),
+            VoteTarget::Comment(c) => (c.id.as_str(), "comments"),
+        };
+        let old: i64 =
+            sqlx::query("SELECT value FROM votes WHERE agent_id = $1 AND target_id = $2")
+                .bind(agent_id)
+                .bind(target_id)
+                .fetch_optional(&mut *self.tx)
+                .await?
+                .map(|r| r.get("value"))
+                .unwrap_or(0);
+        let delta = value - old;
+        if value == 0 {
+            sqlx::query("DELETE FROM votes WHERE agent_id = $1 AND target_id = $2")
+                .bind(agent_id)
+                .bind(target_id)
+                .execute(&mut *self.tx)
+                .await?;
+        } else {
+            sqlx::query(
+                "INSERT INTO votes (agent_id, target_id, value, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (agent_id, target_id) DO UPDATE SET value = excluded.value, created_at = excluded.created_at",
+            )
+            .bind(agent_id)
+            .bind(target_id)
+            .bind(value)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        let score: i64 = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {table} SET score = score + $1 WHERE id = $2 RETURNING score"
+        )))
+        .bind(delta)
+        .bind(target_id)
+        .fetch_one(&mut *self.tx)
+        .await?
+        .get("score");
+        if let VoteTarget::Post(_) = target {
+            sqlx::query("UPDATE posts SET hot = $1 WHERE id = $2")
+                .bind(hot_of(score))
+                .bind(target_id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        if delta != 0 {
+            sqlx::query("UPDATE agents SET karma = karma + $1 WHERE id = $2")
+                .bind(delta)
+                .bind(target.author_id())
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(score)
+    }
+
+    pub async fn insert_dm(
+        &mut self,
+        id: &str,
+        from_id: &str,
+        to_id: &str,
+        body_sealed: &[u8],
+        now: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO dms (id, from_id, to_id, body_sealed, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(from_id)
+        .bind(to_id)
+        .bind(body_sealed.to_vec())
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}

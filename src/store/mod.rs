@@ -1,0 +1,218 @@
+//! The Store: everything that must last, in SQLite (the embedded default) or PostgreSQL
+//! (replicas). It owns connections, migrations, queries and row types; it knows nothing of
+//! sessions, scopes or encryption (callers hand it sealed blobs and digests).
+//!
+//! Shape: one code path over sqlx's `Any` driver with a `Dialect` for the few places the two
+//! engines differ, rather than two copies of forty queries. The queries use `$N` placeholders,
+//! which both engines accept. Both backends are held to the same conformance suite
+//! (`tests/store_conformance.rs`). Writes that must be atomic go through a `WriteTx`; on SQLite
+//! all writes share one connection, so they never fight over the database lock.
+
+mod events;
+mod forum;
+mod identity;
+pub mod rows;
+
+pub use forum::{NewComment, NewPost, VoteTarget};
+pub use identity::{NewAgent, NewKey};
+pub use rows::*;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, AssertSqlSafe, Executor, Row, Transaction};
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("not found")]
+    NotFound,
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(db.message().to_string())
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    // PostgreSQL: admin shutdown, cannot connect now; SQLite: busy, locked.
+                    matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "5" | "6")
+                }) =>
+            {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Database(e.to_string()),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    /// Reads (and, on PostgreSQL, writes).
+    read: AnyPool,
+    /// Writes. On SQLite a pool of exactly one connection: the engine has one writer anyway,
+    /// and queueing in the pool beats retrying on `SQLITE_BUSY`.
+    write: AnyPool,
+    dialect: Dialect,
+}
+
+const SQLITE_MIGRATIONS: &[(&str, &str)] =
+    &[("001_init", include_str!("migrations/sqlite/001_init.sql"))];
+const POSTGRES_MIGRATIONS: &[(&str, &str)] =
+    &[("001_init", include_str!("migrations/postgres/001_init.sql"))];
+
+impl Store {
+    /// Connects to `url` (`sqlite://...` or `postgres://...`) and applies pending migrations.
+    pub async fn connect(url: &str) -> StoreResult<Store> {
+        sqlx::any::install_default_drivers();
+        let store = if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or(path);
+            if let Some(parent) = std::path::Path::new(path).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {parent:?}: {e}"))
+                })?;
+            }
+            let url = format!("sqlite://{path}?mode=rwc");
+            let opts = || {
+                AnyPoolOptions::new()
+                    .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                                 PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+            };
+            let write = opts().max_connections(1).connect(&url).await?;
+            let read = opts().max_connections(8).connect(&url).await?;
+            Store {
+                read,
+                write,
+                dialect: Dialect::Sqlite,
+            }
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = AnyPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect(url)
+                .await?;
+            Store {
+                read: pool.clone(),
+                write: pool,
+                dialect: Dialect::Postgres,
+            }
+        } else {
+            return Err(StoreError::Database(
+                "database URL must start with sqlite:// or postgres://".into(),
+            ));
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let migrations = match self.dialect {
+            Dialect::Sqlite => SQLITE_MIGRATIONS,
+            Dialect::Postgres => POSTGRES_MIGRATIONS,
+        };
+        let mut tx = self.write.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            // Replicas starting together must not apply the same migration twice.
+            tx.execute("SELECT pg_advisory_xact_lock(7261000)").await?;
+        }
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+        for (name, sql) in migrations {
+            let done: Option<AnyRow> =
+                sqlx::query("SELECT name FROM schema_migrations WHERE name = $1")
+                    .bind(*name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if done.is_some() {
+                continue;
+            }
+            tx.execute(*sql).await?;
+            sqlx::query("INSERT INTO schema_migrations (name, applied_at) VALUES ($1, $2)")
+                .bind(*name)
+                .bind(crate::clock::now_ms())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Starts an atomic write.
+    pub async fn begin(&self) -> StoreResult<WriteTx> {
+        Ok(WriteTx {
+            tx: self.write.begin().await?,
+            dialect: self.dialect,
+        })
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").fetch_one(&self.read).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+}
+
+/// One atomic write: everything done through it commits or rolls back together.
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    dialect: Dialect,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> StoreResult<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Reads an optional i64 column; `Any` reports SQL NULL as an error on plain `get`.
+pub(crate) fn opt_i64(row: &AnyRow, col: &str) -> Option<i64> {
+    row.try_get::<Option<i64>, _>(col).ok().flatten()
+}
+
+pub(crate) fn opt_str(row: &AnyRow, col: &str) -> Option<String> {
+    row.try_get::<Option<String>, _>(col).ok().flatten()
+}
