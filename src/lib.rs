@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod auth;
 pub mod bus;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod http;
