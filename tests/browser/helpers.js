@@ -101,7 +101,7 @@ export class Hub {
     const proc = this.proc;
     if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
     proc.kill(signal);
-    await Promise.race([proc.exited, sleep(10_000)]);
+    await Promise.race([proc.exited, sleep(10_000, undefined, { ref: false })]);
   }
 
   async restart() {
@@ -113,7 +113,7 @@ export class Hub {
     const proc = this.proc;
     if (proc && proc.exitCode === null && proc.signalCode === null) {
       proc.kill('SIGTERM');
-      const done = await Promise.race([proc.exited.then(() => true), sleep(5_000).then(() => false)]);
+      const done = await Promise.race([proc.exited.then(() => true), sleep(5_000, false, { ref: false })]);
       if (!done) await this.kill('SIGKILL');
     }
     fs.rmSync(this.dataDir, { recursive: true, force: true });

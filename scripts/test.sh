@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs every test of Carapace on a fresh machine: installs what the tests need (Debian's
+# Chromium, the npm and PyPI packages of the browser and example-agent tests), makes sure
+# PostgreSQL and Redis answer on 127.0.0.1, then runs the Rust suites and the browser suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+need_apt=()
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v node >/dev/null || need_apt+=(nodejs npm)
+command -v nats-server >/dev/null || need_apt+=(nats-server)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# --- services the tests talk to (the machine's own, started if they are down) ---
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  echo "== starting redis on 127.0.0.1:6379"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+fi
+if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+  echo "== starting postgresql"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1 && break; sleep 1; done
+fi
+
+# --- language packages for the example agents and browser tests ---
+python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q websockets
+if [ -f tests/browser/package.json ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund --silent)
+fi
+if [ -f scripts/peers/package.json ]; then
+  (cd scripts/peers && npm ci --no-audit --no-fund --silent)
+fi
+
+echo "== cargo build"
+cargo build --all-targets
+echo "== cargo test"
+cargo test -- --test-threads 2
+
+if [ -f tests/browser/package.json ]; then
+  echo "== browser tests (Chromium)"
+  (cd tests/browser && CARAPACE_BIN="$PWD/../../target/debug/carapace" node --test)
+fi
+echo "== all tests passed"
