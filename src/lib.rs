@@ -12,6 +12,7 @@ pub mod hub;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;
+pub mod revocation_watch;
 pub mod service;
 pub mod session;
 pub mod store;
@@ -132,6 +133,10 @@ impl App {
             draining: self.draining.subscribe(),
         };
         let pruner = tokio::spawn(prune_history(self.service.store.clone()));
+        let watcher = tokio::spawn(revocation_watch::run(
+            self.service.store.clone(),
+            self.hub.clone(),
+        ));
         let app = http::router(state);
         let draining = self.draining.clone();
         let hub = self.hub.clone();
@@ -162,6 +167,7 @@ impl App {
             }
         };
         pruner.abort();
+        watcher.abort();
         self.service.store.close().await;
         result
     }

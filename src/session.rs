@@ -462,6 +462,21 @@ async fn write_loop(
         }
     }
     let code = *closed.borrow();
+    // Replies already queued (say, the error that explains an auth failure) still go out;
+    // events do not: a closing session owes nobody more of those.
+    let mut last_words = 0;
+    while last_words < WRITE_BATCH {
+        match rx.try_recv() {
+            Ok(Outbound::Frame(f)) => {
+                last_words += 1;
+                if sink.feed(Message::Text(f)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
     if let Some(code) = code {
         let _ = sink
             .send(Message::Close(Some(CloseFrame {

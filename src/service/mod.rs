@@ -133,7 +133,7 @@ impl Scope {
 pub struct Scopes(u8);
 
 impl Scopes {
-    pub const DEFAULT: Scopes = Scopes(0b01111);
+    pub const DEFAULT: Scopes = Scopes(0b11111);
 
     pub fn contains(self, s: Scope) -> bool {
         self.0 & s.bit() != 0
@@ -379,4 +379,33 @@ pub fn check_text(field: &str, value: &str, max: usize, allow_empty: bool) -> Se
 
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_scopes_are_the_spec_ones() {
+        assert_eq!(
+            Scopes::DEFAULT.names(),
+            ["read", "post", "comment", "vote", "dm"]
+        );
+        assert!(Scopes::parse(["read", "admin"]).is_err());
+        assert_eq!(
+            Scopes::from_stored("read future_scope post").names(),
+            ["read", "post"]
+        );
+    }
+
+    #[test]
+    fn perimeters_narrow() {
+        let any = Perimeter::Any;
+        let two = Perimeter::Only(vec!["a1".into(), "b2".into()]);
+        assert_eq!(any.intersect(&two), two);
+        let one = Perimeter::Only(vec!["b2".into()]);
+        assert_eq!(two.intersect(&one), one);
+        assert!(!one.allows("a1"));
+        assert!(any.allows("zz"));
+    }
 }

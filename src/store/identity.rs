@@ -152,6 +152,14 @@ impl Store {
         Ok(())
     }
 
+    /// The id of the newest audit entry (0 when the log is empty).
+    pub async fn audit_last_id(&self) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT MAX(id) AS id FROM audit_log")
+            .fetch_one(&self.read)
+            .await?;
+        Ok(opt_i64(&row, "id").unwrap_or(0))
+    }
+
     pub async fn audit_page(&self, after: i64, limit: i64) -> StoreResult<Vec<AuditRow>> {
         let rows = sqlx::query("SELECT * FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2")
             .bind(after)

@@ -59,16 +59,25 @@ impl TestHub {
     }
 
     pub async fn owner(&self, handle: &str) -> String {
-        client::owner_token(&self.base, handle, &format!("{handle}@example.com"), "correct horse battery staple")
-            .await
-            .expect("owner")
+        client::owner_token(
+            &self.base,
+            handle,
+            &format!("{handle}@example.com"),
+            "correct horse battery staple",
+        )
+        .await
+        .expect("owner")
     }
 
     /// Creates an agent with every scope under a fresh owner; returns (api key, JWT).
     pub async fn agent(&self, handle: &str) -> (String, String) {
         let owner = self.owner(&format!("own_{handle}")).await;
-        self.agent_for(&owner, handle, json!(["read", "post", "comment", "vote", "dm", "topic:create"]))
-            .await
+        self.agent_for(
+            &owner,
+            handle,
+            json!(["read", "post", "comment", "vote", "dm", "topic:create"]),
+        )
+        .await
     }
 
     pub async fn agent_for(&self, owner: &str, handle: &str, scopes: Value) -> (String, String) {
@@ -87,8 +96,16 @@ impl TestHub {
         Client::connect(&self.ws, token).await.expect("connect")
     }
 
-    pub async fn http(&self, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> client::HttpReply {
-        client::http(&self.base, method, path, bearer, body).await.expect("http")
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> client::HttpReply {
+        client::http(&self.base, method, path, bearer, body)
+            .await
+            .expect("http")
     }
 }
 

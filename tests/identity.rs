@@ -1,0 +1,779 @@
+//! Identity end to end over real HTTP: owners, agents, keys, tokens, rotation, revocation,
+//! the access review, JWT attacks, the stolen-database test and the audit chain.
+
+mod common;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use carapace::auth::keyring::KeyRing;
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// Verifies an EdDSA JWT against a JWKS document with ed25519-dalek directly, independent of
+/// the hub's own verification path.
+fn verify_with_jwks(token: &str, jwks: &Value) -> Value {
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "EdDSA");
+    let kid = header["kid"].as_str().unwrap();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .expect("kid published in JWKS");
+    assert_eq!(jwk["kty"], "OKP");
+    assert_eq!(jwk["crv"], "Ed25519");
+    let x: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(jwk["x"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let vk = VerifyingKey::from_bytes(&x).unwrap();
+    let sig: [u8; 64] = URL_SAFE_NO_PAD
+        .decode(parts[2])
+        .unwrap()
+        .try_into()
+        .unwrap();
+    vk.verify(
+        format!("{}.{}", parts[0], parts[1]).as_bytes(),
+        &Signature::from_bytes(&sig),
+    )
+    .expect("signature verifies with the published key");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn owner_agent_key_token_rotation_revocation_and_review() {
+    let hub = common::start().await;
+    // Signup and its refusals.
+    let r = hub
+        .http(
+            "POST",
+            "/api/v1/owners",
+            None,
+            Some(&json!({"handle": "alice", "email": "alice@example.com", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["handle"], "alice");
+    let r = hub
+        .http(
+            "POST",
+            "/api/v1/owners",
+            None,
+            Some(&json!({"handle": "bob", "email": "bob@example.com", "password": "short"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    let r = hub
+        .http(
+            "POST",
+            "/api/v1/owners",
+            None,
+            Some(&json!({"handle": "alice2", "email": "ALICE@example.com", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
+
+    // Login: wrong password and unknown email look the same.
+    let bad1 = hub
+        .http(
+            "POST",
+            "/api/v1/owners/login",
+            None,
+            Some(&json!({"email": "alice@example.com", "password": "wrong password!!"})),
+        )
+        .await;
+    let bad2 = hub
+        .http(
+            "POST",
+            "/api/v1/owners/login",
+            None,
+            Some(&json!({"email": "nobody@example.com", "password": "wrong password!!"})),
+        )
+        .await;
+    assert_eq!(bad1.status, 401);
+    assert_eq!(bad1.body, bad2.body);
+    let login = hub
+        .http(
+            "POST",
+            "/api/v1/owners/login",
+            None,
+            Some(&json!({"email": "alice@example.com", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(login.status, 200);
+    let owner = login.body["token"].as_str().unwrap().to_string();
+
+    // Agent creation: the key is shown once, in the spec's format.
+    let r = hub
+        .http(
+            "POST",
+            "/api/v1/agents",
+            Some(&owner),
+            Some(&json!({"handle": "sage", "name": "Sage", "bio": "a patient philosopher", "scopes": ["read", "post"], "topics": ["general"]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let key1 = r.body["api_key"]["key"].as_str().unwrap().to_string();
+    let key1_id = r.body["api_key"]["id"].as_str().unwrap().to_string();
+    assert!(carapace::auth::api_key::well_formed(&key1));
+    assert_eq!(r.body["agent"]["scopes"], json!(["read", "post"]));
+
+    // Token exchange, verified independently through the JWKS.
+    let t = hub.http("POST", "/api/v1/token", Some(&key1), None).await;
+    assert_eq!(t.status, 200, "{:?}", t.body);
+    assert_eq!(t.body["token_type"], "Bearer");
+    let token1 = t.body["token"].as_str().unwrap().to_string();
+    let jwks = hub
+        .http("GET", "/.well-known/jwks.json", None, None)
+        .await
+        .body;
+    let claims = verify_with_jwks(&token1, &jwks);
+    assert_eq!(claims["iss"], "carapace");
+    assert_eq!(claims["aud"], "carapace-hub");
+    assert_eq!(claims["handle"], "sage");
+    assert_eq!(claims["scopes"], json!(["read", "post"]));
+    assert_eq!(claims["topics"], json!(["general"]));
+    assert_eq!(claims["cred"], key1_id.as_str());
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        600
+    );
+    for c in ["sub", "jti", "nbf"] {
+        assert!(!claims[c].is_null(), "claim {c}");
+    }
+
+    // Rotation: a second key; a third is refused while two are active.
+    let r = hub
+        .http("POST", "/api/v1/agents/sage/keys", Some(&owner), None)
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let key2 = r.body["key"].as_str().unwrap().to_string();
+    let r = hub
+        .http("POST", "/api/v1/agents/sage/keys", Some(&owner), None)
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
+
+    // Revoking key 1: its key and its token stop working; key 2 still works.
+    let mut session = hub.connect(Some(&token1)).await;
+    assert!(session.command("ping", json!({})).await.is_ok());
+    let r = hub
+        .http(
+            "DELETE",
+            &format!("/api/v1/agents/sage/keys/{key1_id}"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        session.closed_with(Duration::from_secs(2)).await,
+        Some(4003)
+    );
+    assert_eq!(
+        hub.http("POST", "/api/v1/token", Some(&key1), None)
+            .await
+            .status,
+        401
+    );
+    let ws = carapace::client::Client::connect(&hub.ws, Some(&token1)).await;
+    assert!(ws.is_err(), "a token from a revoked key is refused at /ws");
+    let t2 = hub.http("POST", "/api/v1/token", Some(&key2), None).await;
+    assert_eq!(t2.status, 200);
+
+    // The access review shows both keys, one revoked, and a live session count.
+    let token2 = t2.body["token"].as_str().unwrap().to_string();
+    let _live = hub.connect(Some(&token2)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = hub
+        .http("GET", "/api/v1/owners/me/agents", Some(&owner), None)
+        .await;
+    assert_eq!(r.status, 200);
+    let a = &r.body["agents"][0];
+    assert_eq!(a["handle"], "sage");
+    assert_eq!(a["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(a["live_sessions"], 1);
+    assert!(
+        a["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["active"] == false)
+    );
+    assert!(
+        a["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k.get("key").is_none())
+    );
+
+    // Another owner can neither see nor touch sage.
+    let other = hub.owner("mallory").await;
+    let r = hub
+        .http("POST", "/api/v1/agents/sage/suspend", Some(&other), None)
+        .await;
+    assert_eq!(r.status, 404);
+    let r = hub
+        .http("GET", "/api/v1/owners/me/agents", Some(&other), None)
+        .await;
+    assert_eq!(r.body["agents"], json!([]));
+
+    // Suspension refuses token exchange; the public profile never shows the email.
+    let r = hub
+        .http("POST", "/api/v1/agents/sage/suspend", Some(&owner), None)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        hub.http("POST", "/api/v1/token", Some(&key2), None)
+            .await
+            .status,
+        401
+    );
+    let p = hub.http("GET", "/api/v1/agents/sage", None, None).await;
+    assert_eq!(p.body["owner"], "alice");
+    assert!(!p.body.to_string().contains("alice@example.com"));
+}
+
+#[tokio::test]
+async fn hostile_http_input_gets_clear_4xx() {
+    let hub = common::start().await;
+    let owner = hub.owner("olga").await;
+    let cases: Vec<(&str, &str, Option<&str>, Option<Value>, u16)> = vec![
+        (
+            "POST",
+            "/api/v1/owners",
+            None,
+            Some(json!({"handle": 5, "email": "x@y.z", "password": PASSWORD})),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/owners",
+            None,
+            Some(json!({"handle": "ok_handle", "email": "not-an-email", "password": PASSWORD})),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/owners",
+            None,
+            Some(json!({"handle": "Bad Handle", "email": "b@y.z", "password": PASSWORD})),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/owners",
+            None,
+            Some(
+                json!({"handle": "extra", "email": "e@y.z", "password": PASSWORD, "role": "admin"}),
+            ),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/agents",
+            Some(owner.as_str()),
+            Some(json!({"handle": "x", "name": "X"})),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/agents",
+            Some(owner.as_str()),
+            Some(json!({"handle": "good_one", "name": "X", "scopes": ["admin"]})),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/agents",
+            Some(owner.as_str()),
+            Some(json!({"handle": "good_two", "name": "X", "topics": ["../etc"]})),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/agents",
+            None,
+            Some(json!({"handle": "good_three", "name": "X"})),
+            401,
+        ),
+        (
+            "POST",
+            "/api/v1/agents",
+            Some("not-a-token"),
+            Some(json!({"handle": "good_four", "name": "X"})),
+            401,
+        ),
+        (
+            "POST",
+            "/api/v1/token",
+            Some("cpk_notavalidkeyatallnotavalidkey123456"),
+            None,
+            401,
+        ),
+        ("POST", "/api/v1/token", None, None, 401),
+        (
+            "GET",
+            "/api/v1/admin/agents",
+            Some(owner.as_str()),
+            None,
+            403,
+        ),
+        ("GET", "/api/v1/agents/nobody_here", None, None, 404),
+        (
+            "GET",
+            "/api/v1/topics/general/posts?sort=sideways",
+            None,
+            None,
+            400,
+        ),
+        (
+            "GET",
+            "/api/v1/topics/general/posts?limit=100000",
+            None,
+            None,
+            400,
+        ),
+        (
+            "GET",
+            "/api/v1/topics/general/posts?cursor=%21%21",
+            None,
+            None,
+            400,
+        ),
+        ("GET", "/api/v1/nope", None, None, 404),
+    ];
+    for (method, path, bearer, body, status) in cases {
+        let r = hub.http(method, path, bearer, body.as_ref()).await;
+        assert_eq!(r.status, status, "{method} {path} {body:?} -> {:?}", r.body);
+        assert!(
+            r.body["error"]["code"].is_string(),
+            "{method} {path}: error shape {:?}",
+            r.body
+        );
+    }
+    // Malformed JSON and an oversize body.
+    let base = hub.base.trim_start_matches("http://").to_string();
+    let raw = |body: String| {
+        let base = base.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(&base).await.unwrap();
+            let req = format!(
+                "POST /api/v1/owners HTTP/1.1\r\nHost: {base}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        }
+    };
+    let out = raw("{\"handle\": ".into()).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("bad_request"));
+    let out = raw(format!("{{\"handle\": \"{}\"}}", "a".repeat(100_000))).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    // The hub still serves.
+    assert_eq!(hub.http("GET", "/healthz", None, None).await.status, 200);
+}
+
+fn encode(header: &Header, claims: &Value, key: &EncodingKey) -> String {
+    jsonwebtoken::encode(header, claims, key).unwrap()
+}
+
+#[tokio::test]
+async fn jwt_attacks_are_refused() {
+    let hub = common::start().await;
+    let (_, good) = hub.agent("target").await;
+    // The genuine token works.
+    let mut c = hub.connect(None).await;
+    assert!(c.command("auth", json!({"token": good})).await.is_ok());
+
+    let ring = KeyRing::load(&hub.dir.join("secrets")).unwrap();
+    let real = ring.current_signing();
+    let parts: Vec<&str> = good.split('.').collect();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let now = carapace::clock::now_ms() / 1000;
+    let with = |patch: Value| {
+        let mut c = claims.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let mut eddsa = Header::new(Algorithm::EdDSA);
+    eddsa.kid = Some(real.kid.clone());
+
+    let mut attacks: Vec<(&str, String)> = Vec::new();
+    // alg none
+    let none_header =
+        URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "JWT", "kid": real.kid}).to_string());
+    attacks.push(("alg none", format!("{none_header}.{}.", parts[1])));
+    // HS256 keyed with the public key bytes
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some(real.kid.clone());
+    let public = URL_SAFE_NO_PAD.decode(&real.public_x).unwrap();
+    attacks.push((
+        "HS256 with public key",
+        encode(&hs, &claims, &EncodingKey::from_secret(&public)),
+    ));
+    attacks.push((
+        "HS256 with public x",
+        encode(
+            &hs,
+            &claims,
+            &EncodingKey::from_secret(real.public_x.as_bytes()),
+        ),
+    ));
+    // A key the hub never had, under its own kid and under the real kid.
+    let stranger_dir = common::temp_dir("stranger");
+    let stranger = KeyRing::load_or_init(&stranger_dir).unwrap();
+    let sk = stranger.current_signing();
+    let mut h = Header::new(Algorithm::EdDSA);
+    h.kid = Some(sk.kid.clone());
+    attacks.push(("unknown key", encode(&h, &claims, &sk.encoding)));
+    attacks.push((
+        "forged under real kid",
+        encode(&eddsa, &claims, &sk.encoding),
+    ));
+    // Tampered payload with the original signature.
+    let tampered = URL_SAFE_NO_PAD.encode(with(json!({"scopes": ["read","post","comment","vote","dm","topic:create"], "handle": "admin"})).to_string());
+    attacks.push((
+        "tampered payload",
+        format!("{}.{}.{}", parts[0], tampered, parts[2]),
+    ));
+    // Properly signed but invalid claims.
+    attacks.push((
+        "expired beyond leeway",
+        encode(
+            &eddsa,
+            &with(json!({"exp": now - 31, "iat": now - 700, "nbf": now - 700})),
+            &real.encoding,
+        ),
+    ));
+    attacks.push((
+        "not yet valid",
+        encode(&eddsa, &with(json!({"nbf": now + 120})), &real.encoding),
+    ));
+    attacks.push((
+        "wrong aud",
+        encode(
+            &eddsa,
+            &with(json!({"aud": "carapace-owner"})),
+            &real.encoding,
+        ),
+    ));
+    attacks.push((
+        "wrong iss",
+        encode(&eddsa, &with(json!({"iss": "evil"})), &real.encoding),
+    ));
+    let mut no_exp = claims.clone();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    attacks.push(("missing exp", encode(&eddsa, &no_exp, &real.encoding)));
+    for kid in [
+        "../../etc/passwd",
+        "https://evil.example/jwks.json",
+        "/dev/null",
+    ] {
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(kid.into());
+        attacks.push(("kid path or URL", encode(&h, &claims, &real.encoding)));
+    }
+    let mut h = Header::new(Algorithm::EdDSA);
+    h.kid = None;
+    attacks.push(("no kid", encode(&h, &claims, &real.encoding)));
+    attacks.push(("garbage", "not.a.jwt".into()));
+
+    for (name, token) in attacks {
+        // As a header on the upgrade: refused before any session exists.
+        assert!(
+            carapace::client::Client::connect(&hub.ws, Some(&token))
+                .await
+                .is_err(),
+            "{name}: upgrade accepted"
+        );
+        // As an auth frame: unauthorized, then closed with 4001.
+        let mut c = hub.connect(None).await;
+        let e = c
+            .command("auth", json!({"token": token}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("unauthorized"), "{name}: {e}");
+        assert_eq!(
+            c.closed_with(Duration::from_secs(2)).await,
+            Some(4001),
+            "{name}"
+        );
+    }
+    // An owner token is not an agent token, and an agent token is not an owner token.
+    let owner = hub.owner("owner_x").await;
+    let mut c = hub.connect(None).await;
+    assert!(c.command("auth", json!({"token": owner})).await.is_err());
+    let r = hub
+        .http("GET", "/api/v1/owners/me/agents", Some(&good), None)
+        .await;
+    assert_eq!(r.status, 401);
+    let _ = std::fs::remove_dir_all(stranger_dir);
+}
+
+/// Every file of the database (the main file and its write-ahead log), concatenated.
+fn database_bytes(hub: &common::TestHub) -> Vec<u8> {
+    let mut all = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let p = format!("{}{suffix}", hub.db_path().display());
+        if let Ok(b) = std::fs::read(&p) {
+            all.extend_from_slice(&b);
+        }
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn a_stolen_database_betrays_nothing() {
+    let hub = common::start().await;
+    let mut secrets: Vec<String> = Vec::new();
+    let mut tokens = Vec::new();
+    for (i, handle) in ["victor", "wendy"].iter().enumerate() {
+        let email = format!("{handle}.secret{i}@private-mail.example");
+        let password = format!("super secret passphrase {i}");
+        let owner =
+            carapace::client::owner_token(&hub.base, &format!("o_{handle}"), &email, &password)
+                .await
+                .unwrap();
+        let key = carapace::client::create_agent(
+            &hub.base,
+            &owner,
+            &json!({"handle": handle, "name": handle, "bio": "x"}),
+        )
+        .await
+        .unwrap();
+        let rotated = hub
+            .http(
+                "POST",
+                &format!("/api/v1/agents/{handle}/keys"),
+                Some(&owner),
+                None,
+            )
+            .await;
+        let key2 = rotated.body["key"].as_str().unwrap().to_string();
+        let token = carapace::client::agent_token(&hub.base, &key)
+            .await
+            .unwrap();
+        secrets.extend([
+            email,
+            password,
+            key.clone(),
+            key[4..36].to_string(),
+            key2,
+            owner,
+            token.clone(),
+        ]);
+        tokens.push(token);
+    }
+    // Private messages both ways.
+    let mut a = hub.connect(Some(&tokens[0])).await;
+    let mut b = hub.connect(Some(&tokens[1])).await;
+    let dm1 = "the launch code is swordfish-4471";
+    let dm2 = "meet me behind the reef at dawn 8812";
+    a.command("dm", json!({"to": "wendy", "body": dm1}))
+        .await
+        .unwrap();
+    b.command("dm", json!({"to": "victor", "body": dm2}))
+        .await
+        .unwrap();
+    secrets.extend([dm1.to_string(), dm2.to_string()]);
+    // Let the hub's writes land, then read the files as a thief would.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let bytes = database_bytes(&hub);
+    assert!(bytes.len() > 10_000, "database files were read");
+    assert!(
+        contains(&bytes, "victor"),
+        "sanity: public data is there in clear"
+    );
+    for s in &secrets {
+        assert!(
+            !contains(&bytes, s),
+            "the database holds a secret in clear: {}",
+            &s[..s.len().min(24)]
+        );
+    }
+    // Yet the recipients read their DMs through the hub (history replay decrypts).
+    let mut b2 = hub.connect(Some(&tokens[1])).await;
+    b2.subscribe("agent:wendy", Some(0)).await.unwrap();
+    let p = b2.next_push(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(p.event, "dm");
+    assert_eq!(p.data["body"], dm1);
+}
+
+#[tokio::test]
+async fn tampering_with_the_audit_log_is_detected() {
+    let mut hub = common::start().await;
+    let owner = hub.owner("auditee").await;
+    carapace::client::create_agent(
+        &hub.base,
+        &owner,
+        &json!({"handle": "audited", "name": "A"}),
+    )
+    .await
+    .unwrap();
+    hub.http("POST", "/api/v1/agents/audited/suspend", Some(&owner), None)
+        .await;
+    hub.stop().await;
+    let bin = env!("CARGO_BIN_EXE_carapace");
+    let verify = || {
+        std::process::Command::new(bin)
+            .args(["admin", "--data-dir"])
+            .arg(&hub.dir)
+            .args(["audit", "verify"])
+            .output()
+            .unwrap()
+    };
+    let ok = verify();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("intact"));
+
+    let url = format!("sqlite://{}", hub.db_path().display());
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    // Alter one byte of one row's content.
+    sqlx::query("UPDATE audit_log SET subject = 'agent:someone_else' WHERE id = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let bad = verify();
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+
+    // Removing a row is detected too.
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE id = 2")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert_eq!(verify().status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn admin_inventory_and_audit_endpoints() {
+    let hub = common::start().await;
+    let bin = env!("CARGO_BIN_EXE_carapace");
+    // An admin made by the operator command, password on stdin.
+    let mut child = std::process::Command::new(bin)
+        .args(["admin", "--data-dir"])
+        .arg(&hub.dir)
+        .args([
+            "create-owner",
+            "--handle",
+            "root_admin",
+            "--email",
+            "root@example.com",
+            "--admin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{PASSWORD}\n").as_bytes())
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let admin =
+        carapace::client::owner_token(&hub.base, "root_admin", "root@example.com", PASSWORD)
+            .await
+            .unwrap();
+    hub.agent("inventoried").await;
+    let r = hub
+        .http("GET", "/api/v1/admin/agents", Some(&admin), None)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(
+        r.body["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["handle"] == "inventoried")
+    );
+    // Fresh keys are not stale at 1 day; every key is stale at 0 days.
+    let r = hub
+        .http(
+            "GET",
+            "/api/v1/admin/agents?stale_days=1",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["agents"].as_array().unwrap().len(),
+        0,
+        "{:?}",
+        r.body
+    );
+    let r = hub
+        .http(
+            "GET",
+            "/api/v1/admin/agents?stale_days=0",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert!(!r.body["agents"].as_array().unwrap().is_empty());
+    let r = hub
+        .http("GET", "/api/v1/admin/audit?limit=100", Some(&admin), None)
+        .await;
+    let actions: Vec<&str> = r.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in ["owner.signup", "owner.login", "agent.create", "key.create"] {
+        assert!(actions.contains(&a), "{a} in {actions:?}");
+    }
+    assert!(!r.body.to_string().contains("root@example.com"));
+    // The CLI inventory lists the agent too.
+    let out = std::process::Command::new(bin)
+        .args(["admin", "--data-dir"])
+        .arg(&hub.dir)
+        .args(["agents"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("inventoried"));
+}
