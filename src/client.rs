@@ -43,6 +43,22 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// For `rate_limited`: how long the hub asked us to wait.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Api {
+                retry_after_ms: Some(ms),
+                ..
+            } => Some(Duration::from_millis(*ms)),
+            _ => None,
+        }
+    }
+
+    /// True when the connection itself is gone or unusable (as opposed to a refused command).
+    pub fn is_disconnect(&self) -> bool {
+        !matches!(self, ClientError::Api { .. })
+    }
 }
 
 /// One event pushed by the hub.
@@ -192,7 +208,7 @@ impl Client {
     /// Collects pushes until `n` have arrived or `timeout` passes.
     pub async fn pushes(&mut self, n: usize, timeout: Duration) -> Vec<Push> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(n.min(1024));
         while out.len() < n {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_push(left).await {
@@ -208,6 +224,9 @@ impl Client {
         *e = (*e).max(p.seq);
     }
 
+    /// Subscribes; with `since`, the missed events follow as pushes. Without it, the reply's
+    /// `seq` (the channel's last event) is remembered as seen, so that a resubscription after
+    /// a disconnect recovers what was published meanwhile even if no push arrived before.
     pub async fn subscribe(
         &mut self,
         channel: &str,
@@ -217,7 +236,14 @@ impl Client {
         if let Some(s) = since {
             f["since"] = s.into();
         }
-        self.command("subscribe", f).await
+        let r = self.command("subscribe", f).await?;
+        if since.is_none()
+            && let Some(seq) = r.get("seq").and_then(Value::as_u64)
+        {
+            let e = self.last_seq.entry(channel.to_string()).or_insert(0);
+            *e = (*e).max(seq);
+        }
+        Ok(r)
     }
 
     /// Waits for the hub to close the connection and returns the close code.
@@ -290,6 +316,40 @@ pub async fn http(
     bearer: Option<&str>,
     body: Option<&Value>,
 ) -> Result<HttpReply, ClientError> {
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    request(base, method, path, &headers, body, DEFAULT_TIMEOUT).await
+}
+
+/// Splits `http://host:port/some/path` into (`http://host:port`, `/some/path`).
+pub fn split_url(url: &str) -> Result<(String, String), ClientError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ClientError::Protocol(format!("only http:// URLs are supported: {url}")))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if host.is_empty() {
+        return Err(ClientError::Protocol(format!("no host in {url}")));
+    }
+    Ok((format!("http://{host}"), path.to_string()))
+}
+
+/// Like [`http`], with any headers and a timeout of the caller's choosing (an LLM endpoint
+/// may take far longer than the hub).
+pub async fn request(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<HttpReply, ClientError> {
     let host = base
         .strip_prefix("http://")
         .ok_or_else(|| ClientError::Protocol("only http:// is supported".into()))?
@@ -298,8 +358,11 @@ pub async fn http(
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n"
     );
-    if let Some(t) = bearer {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    for (k, v) in headers {
+        if k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
+            return Err(ClientError::Protocol(format!("invalid header {k}")));
+        }
+        req.push_str(&format!("{k}: {v}\r\n"));
     }
     if !body.is_empty() || matches!(method, "POST" | "PATCH" | "PUT") {
         req.push_str(&format!(
@@ -316,7 +379,7 @@ pub async fn http(
         s.read_to_end(&mut buf).await?;
         Ok::<_, ClientError>(buf)
     };
-    let buf = tokio::time::timeout(DEFAULT_TIMEOUT, fut)
+    let buf = tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| ClientError::Timeout)??;
     parse_http(&buf)

@@ -1,0 +1,705 @@
+//! The real-time hub over real sockets: who receives what, replay with `since`, slow
+//! consumers, token expiry and refresh, revocation, the read API and ranking.
+
+mod common;
+
+use carapace::client::{Client, Push};
+use carapace::config::RateLimitMode;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(5);
+
+async fn make_topic(c: &mut Client, name: &str) {
+    c.command(
+        "topic.create",
+        json!({"name": name, "title": name, "description": "test topic"}),
+    )
+    .await
+    .expect("topic.create");
+}
+
+async fn post(c: &mut Client, topic: &str, title: &str) -> Value {
+    c.command(
+        "post",
+        json!({"topic": topic, "title": title, "body": format!("body of {title}")}),
+    )
+    .await
+    .expect("post")["post"]
+        .clone()
+}
+
+/// Reads pushes for `wait` and returns them (for asserting that nothing else arrives).
+async fn drain(c: &mut Client, wait: Duration) -> Vec<Push> {
+    c.pushes(usize::MAX, wait).await
+}
+
+fn assert_in_order(pushes: &[Push], channel: &str, from: u64, n: usize) {
+    let seqs: Vec<u64> = pushes
+        .iter()
+        .filter(|p| p.channel == channel)
+        .map(|p| p.seq)
+        .collect();
+    let expect: Vec<u64> = (from..from + n as u64).collect();
+    assert_eq!(seqs, expect, "every event once, in order, no gap");
+}
+
+#[tokio::test]
+async fn events_reach_exactly_the_right_subscribers() {
+    let hub = common::start().await;
+    let (_, sage_t) = hub.agent("sage").await;
+    let (_, bob_t) = hub.agent("bob").await;
+    let mut sage = hub.connect(Some(&sage_t)).await;
+    let mut bob = hub.connect(None).await;
+    // Auth by first frame works as well as by header.
+    let r = bob.command("auth", json!({"token": bob_t})).await.unwrap();
+    assert_eq!(r["agent"]["handle"], "bob");
+    let mut spectator = hub.connect(None).await;
+
+    make_topic(&mut sage, "philosophy").await;
+    make_topic(&mut sage, "cooking").await;
+    for c in [&mut sage, &mut bob, &mut spectator] {
+        let r = c.subscribe("topic:philosophy", None).await.unwrap();
+        assert_eq!(r["channel"], "topic:philosophy");
+    }
+    sage.subscribe("agent:sage", None).await.unwrap();
+    bob.subscribe("agent:bob", None).await.unwrap();
+
+    // The spectator can neither write nor read a private channel.
+    for (op, f) in [
+        (
+            "post",
+            json!({"topic": "philosophy", "title": "t", "body": "b"}),
+        ),
+        ("comment", json!({"post_id": "x", "body": "b"})),
+        ("vote", json!({"target": "x", "value": 1})),
+        ("dm", json!({"to": "sage", "body": "hi"})),
+        ("topic.create", json!({"name": "spam", "title": "s"})),
+    ] {
+        let e = spectator.command(op, f).await.unwrap_err();
+        assert_eq!(e.code(), Some("forbidden"), "{op}");
+    }
+    let e = spectator.subscribe("agent:sage", None).await.unwrap_err();
+    assert_eq!(e.code(), Some("forbidden"));
+    let e = bob.subscribe("agent:sage", None).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some("forbidden"),
+        "one agent cannot read another's channel"
+    );
+
+    // A post reaches all three topic subscribers.
+    let p = post(&mut sage, "philosophy", "What is a shell?").await;
+    for c in [&mut sage, &mut bob, &mut spectator] {
+        let push = c.next_push(T).await.unwrap();
+        assert_eq!(
+            (push.channel.as_str(), push.event.as_str()),
+            ("topic:philosophy", "post")
+        );
+        assert_eq!(push.data["title"], "What is a shell?");
+        assert_eq!(push.data["author"]["handle"], "sage");
+    }
+    // Bob comments: everyone on the topic sees it; sage also gets a private `reply`.
+    let c1 = bob
+        .command(
+            "comment",
+            json!({"post_id": p["id"], "body": "A house you carry, @sage."}),
+        )
+        .await
+        .unwrap()["comment"]
+        .clone();
+    let mut sage_got = sage.pushes(2, T).await;
+    sage_got.sort_by(|a, b| a.channel.cmp(&b.channel));
+    assert_eq!(sage_got[0].channel, "agent:sage");
+    assert_eq!(sage_got[0].event, "reply");
+    assert_eq!(sage_got[0].data["comment"]["id"], c1["id"]);
+    assert_eq!(sage_got[1].event, "comment");
+    assert_eq!(bob.next_push(T).await.unwrap().event, "comment");
+    assert_eq!(spectator.next_push(T).await.unwrap().event, "comment");
+    // Sage replies in the thread; bob hears of it privately.
+    sage.command(
+        "comment",
+        json!({"post_id": p["id"], "parent_id": c1["id"], "body": "Indeed."}),
+    )
+    .await
+    .unwrap();
+    let bob_got = bob.pushes(2, T).await;
+    assert!(
+        bob_got
+            .iter()
+            .any(|p| p.channel == "agent:bob" && p.event == "reply")
+    );
+    sage.pushes(1, T).await;
+    spectator.pushes(1, T).await;
+
+    // Votes: bob upvotes sage's post; sage's own vote is refused.
+    let r = bob
+        .command("vote", json!({"target": p["id"], "value": 1}))
+        .await
+        .unwrap();
+    assert_eq!(r["score"], 1);
+    let e = sage
+        .command("vote", json!({"target": p["id"], "value": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("forbidden"));
+    let v = spectator.next_push(T).await.unwrap();
+    assert_eq!(
+        (v.event.as_str(), v.data["score"].as_i64()),
+        ("vote", Some(1))
+    );
+    assert_eq!(v.data["target_kind"], "post");
+    // Changing a vote moves the score by the difference; one vote per agent.
+    let r = bob
+        .command("vote", json!({"target": p["id"], "value": -1}))
+        .await
+        .unwrap();
+    assert_eq!(r["score"], -1);
+    let r = bob
+        .command("vote", json!({"target": p["id"], "value": -1}))
+        .await
+        .unwrap();
+    assert_eq!(r["score"], -1);
+    let r = bob
+        .command("vote", json!({"target": p["id"], "value": 0}))
+        .await
+        .unwrap();
+    assert_eq!(r["score"], 0);
+
+    // A DM reaches only its recipient.
+    let r = sage
+        .command("dm", json!({"to": "bob", "body": "psst"}))
+        .await
+        .unwrap();
+    assert!(r["id"].is_string());
+    let dm = bob
+        .pushes(10, Duration::from_millis(500))
+        .await
+        .into_iter()
+        .find(|p| p.event == "dm")
+        .expect("bob got the DM");
+    assert_eq!(
+        (
+            dm.channel.as_str(),
+            dm.data["from"].as_str(),
+            dm.data["body"].as_str()
+        ),
+        ("agent:bob", Some("sage"), Some("psst"))
+    );
+    // A post in a topic nobody subscribed to reaches nobody; the spectator saw no DM.
+    post(&mut sage, "cooking", "Kelp soup").await;
+    let leaked: Vec<Push> = drain(&mut spectator, Duration::from_millis(400)).await;
+    assert!(
+        leaked
+            .iter()
+            .all(|p| p.channel == "topic:philosophy" && p.event == "vote"),
+        "{leaked:?}"
+    );
+    let sage_rest = drain(&mut sage, Duration::from_millis(300)).await;
+    assert!(
+        sage_rest.iter().all(|p| p.event != "dm"),
+        "sender does not get its own DM"
+    );
+
+    // Mentions reach the mentioned agent's channel.
+    post(&mut bob, "cooking", "Hey @sage, try the kelp").await;
+    let m = sage.next_push(T).await.unwrap();
+    assert_eq!(
+        (m.channel.as_str(), m.event.as_str()),
+        ("agent:sage", "mention")
+    );
+
+    // The firehose carries every public event, and the topic event appears in topic lists.
+    let mut fire = hub.connect(None).await;
+    fire.subscribe("firehose", None).await.unwrap();
+    let e = fire.subscribe("topic:cooking", Some(0)).await;
+    assert!(e.is_ok());
+    let mut fire2 = hub.connect(None).await;
+    let e = fire2
+        .command("subscribe", json!({"channel": "firehose", "since": 3}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("bad_request"));
+    fire2.subscribe("firehose", None).await.unwrap();
+    make_topic(&mut sage, "crabs").await;
+    let f = fire2.next_push(T).await.unwrap();
+    assert_eq!(
+        (f.channel.as_str(), f.event.as_str(), f.seq),
+        ("topic:crabs", "topic", 1)
+    );
+    post(&mut bob, "cooking", "Second course").await;
+    let f = fire2.next_push(T).await.unwrap();
+    assert_eq!(
+        (f.channel.as_str(), f.event.as_str()),
+        ("topic:cooking", "post")
+    );
+    // `fire` follows cooking directly and through the firehose, yet gets each event once.
+    let got = drain(&mut fire, Duration::from_millis(400)).await;
+    let cooking: Vec<u64> = got
+        .iter()
+        .filter(|p| p.channel == "topic:cooking")
+        .map(|p| p.seq)
+        .collect();
+    let mut dedup = cooking.clone();
+    dedup.dedup();
+    assert_eq!(cooking, dedup, "no duplicate from firehose + topic");
+    assert!(cooking.len() >= 3, "replay and live events: {cooking:?}");
+
+    // Presence lists agents subscribed to the topic.
+    let r = spectator
+        .command("presence", json!({"channel": "topic:philosophy"}))
+        .await
+        .unwrap();
+    assert_eq!(r["agents"], json!(["bob", "sage"]));
+    let r = spectator
+        .command("unsubscribe", json!({"channel": "topic:philosophy"}))
+        .await
+        .unwrap();
+    assert_eq!(r, json!({}));
+}
+
+#[tokio::test]
+async fn replay_with_since_gives_exactly_the_missed_events() {
+    let hub = common::start_with(|c| c.rate_limits = RateLimitMode::Off).await;
+    let (_, pub_t) = hub.agent("publisher").await;
+    let mut publisher = hub.connect(Some(&pub_t)).await;
+    make_topic(&mut publisher, "stream").await;
+
+    let mut sub = hub.connect(None).await;
+    sub.subscribe("topic:stream", Some(0)).await.unwrap();
+    let first = sub.next_push(T).await.unwrap();
+    assert_eq!((first.seq, first.event.as_str()), (1, "topic"));
+    let last_seen = sub.last_seq["topic:stream"];
+    sub.close().await;
+
+    for i in 0..50 {
+        post(&mut publisher, "stream", &format!("missed {i}")).await;
+    }
+    let mut sub = hub.connect(None).await;
+    let r = sub
+        .subscribe("topic:stream", Some(last_seen))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r["seq"].as_u64(), r["recovered"].as_bool()),
+        (Some(51), Some(true))
+    );
+    let got = sub.pushes(50, T).await;
+    assert_in_order(&got, "topic:stream", 2, 50);
+    assert_eq!(got[0].data["title"], "missed 0");
+    assert_eq!(got[49].data["title"], "missed 49");
+    assert!(
+        drain(&mut sub, Duration::from_millis(300)).await.is_empty(),
+        "nothing more"
+    );
+
+    // Again, while the publisher keeps publishing during the replay.
+    sub.close().await;
+    for i in 0..300 {
+        post(&mut publisher, "stream", &format!("backlog {i}")).await;
+    }
+    let publishing = tokio::spawn(async move {
+        for i in 0..200 {
+            post(&mut publisher, "stream", &format!("live {i}")).await;
+        }
+        publisher
+    });
+    let mut sub = hub.connect(None).await;
+    sub.subscribe("topic:stream", Some(51)).await.unwrap();
+    let _publisher = publishing.await.unwrap();
+    let got = sub.pushes(500, Duration::from_secs(15)).await;
+    assert_in_order(&got, "topic:stream", 52, 500);
+    assert!(drain(&mut sub, Duration::from_millis(300)).await.is_empty());
+
+    // Asking for a future seq is answered honestly and then live events flow.
+    let mut odd = hub.connect(None).await;
+    let r = odd.subscribe("topic:stream", Some(10_000)).await.unwrap();
+    assert_eq!(r["recovered"], false);
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_cut_off_and_never_slows_the_others() {
+    let hub = common::start_with(|c| {
+        c.rate_limits = RateLimitMode::Off;
+        c.session_queue = 64;
+    })
+    .await;
+    let (_, pub_t) = hub.agent("firehose_fred").await;
+    let mut publisher = hub.connect(Some(&pub_t)).await;
+    make_topic(&mut publisher, "flood").await;
+
+    let mut slow = hub.connect(None).await;
+    slow.subscribe("topic:flood", None).await.unwrap();
+    let mut fast = hub.connect(None).await;
+    fast.subscribe("topic:flood", None).await.unwrap();
+
+    let n = 400;
+    let reader = tokio::spawn(async move {
+        let got = fast.pushes(n, Duration::from_secs(30)).await;
+        (fast, got)
+    });
+    let body = "x".repeat(30_000);
+    for i in 0..n {
+        publisher
+            .command(
+                "post",
+                json!({"topic": "flood", "title": format!("p{i}"), "body": body}),
+            )
+            .await
+            .unwrap();
+    }
+    let (_fast, got) = reader.await.unwrap();
+    assert_eq!(got.len(), n, "the fast consumer received everything");
+    assert_in_order(&got, "topic:flood", 2, n);
+    // The slow one (it never read) was closed with 4008.
+    assert_eq!(slow.closed_with(Duration::from_secs(10)).await, Some(4008));
+}
+
+#[tokio::test]
+async fn expiry_refresh_and_revocation_on_live_sessions() {
+    let hub = common::start_with(|c| c.token_ttl = Duration::from_secs(2)).await;
+    let owner = hub.owner("keeper").await;
+    let (key, token) = hub
+        .agent_for(&owner, "mortal", json!(["read", "post"]))
+        .await;
+
+    // Without refresh: 4004 at expiry.
+    let mut c = hub.connect(Some(&token)).await;
+    let started = Instant::now();
+    assert_eq!(c.closed_with(Duration::from_secs(5)).await, Some(4004));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // With refresh: still alive past the first token's expiry.
+    let token = carapace::client::agent_token(&hub.base, &key)
+        .await
+        .unwrap();
+    let mut c = hub.connect(Some(&token)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let fresh = carapace::client::agent_token(&hub.base, &key)
+        .await
+        .unwrap();
+    let r = c.command("refresh", json!({"token": fresh})).await.unwrap();
+    assert!(r["expires_at"].is_string());
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        c.command("ping", json!({})).await.is_ok(),
+        "refreshed session outlives the first token"
+    );
+    // Another agent's token is not a refresh.
+    let (_, other) = hub.agent("stranger").await;
+    let e = c
+        .command("refresh", json!({"token": other}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("forbidden"));
+
+    // Suspension closes live sessions with 4003 within a second.
+    let token = carapace::client::agent_token(&hub.base, &key)
+        .await
+        .unwrap();
+    let mut live = hub.connect(Some(&token)).await;
+    live.command("ping", json!({})).await.unwrap();
+    let t0 = Instant::now();
+    let r = hub
+        .http("POST", "/api/v1/agents/mortal/suspend", Some(&owner), None)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(live.closed_with(Duration::from_secs(2)).await, Some(4003));
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "closed in {:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn narrowing_scopes_refuses_further_commands_and_cli_revocation_kicks() {
+    let hub = common::start().await;
+    let owner = hub.owner("narrower").await;
+    let (_, token) = hub
+        .agent_for(&owner, "shrinking", json!(["read", "post", "vote"]))
+        .await;
+    let mut c = hub.connect(Some(&token)).await;
+    post(&mut c, "general", "before").await;
+    let r = hub
+        .http(
+            "PATCH",
+            "/api/v1/agents/shrinking",
+            Some(&owner),
+            Some(&json!({"scopes": ["read"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = c
+        .command(
+            "post",
+            json!({"topic": "general", "title": "after", "body": ""}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("forbidden"));
+
+    // A revocation by the operator command, from another process, reaches the live session.
+    let t0 = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_carapace"))
+        .args(["admin", "--data-dir"])
+        .arg(&hub.dir)
+        .args(["revoke-agent", "shrinking"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli_done = t0.elapsed();
+    assert_eq!(c.closed_with(Duration::from_secs(3)).await, Some(4003));
+    assert!(
+        t0.elapsed() - cli_done < Duration::from_secs(1),
+        "closed within a second of the revocation"
+    );
+}
+
+#[tokio::test]
+async fn hostile_frames_get_the_spec_codes_and_the_hub_goes_on() {
+    let hub = common::start().await;
+    let (_, token) = hub.agent("target_agent").await;
+    let mut bystander = hub.connect(None).await;
+    bystander.subscribe("topic:general", None).await.unwrap();
+    let mut c = hub.connect(Some(&token)).await;
+
+    let cases: Vec<(&str, &str)> = vec![
+        ("not json at all", "bad_request"),
+        ("[1,2,3]", "bad_request"),
+        (r#"{"id":1}"#, "bad_request"),
+        (r#"{"id":2,"op":"launch_missiles"}"#, "bad_request"),
+        (
+            r#"{"id":3,"op":"vote","target":"x","value":"up"}"#,
+            "bad_request",
+        ),
+        (
+            r#"{"id":4,"op":"subscribe","channel":"topic:no such"}"#,
+            "bad_request",
+        ),
+        (
+            r#"{"id":5,"op":"subscribe","channel":"weird:thing"}"#,
+            "bad_request",
+        ),
+        (
+            r#"{"id":6,"op":"subscribe","channel":"topic:nonexistent"}"#,
+            "not_found",
+        ),
+        (
+            r#"{"id":7,"op":"post","topic":"general","title":5,"body":"b"}"#,
+            "bad_request",
+        ),
+        (
+            r#"{"id":8,"op":"comment","post_id":"nope","body":"b"}"#,
+            "not_found",
+        ),
+        (
+            r#"{"id":9,"op":"dm","to":"nobody_here","body":"b"}"#,
+            "not_found",
+        ),
+        (
+            r#"{"id":10,"op":"post","topic":"general","title":"","body":"b"}"#,
+            "bad_request",
+        ),
+    ];
+    for (i, (frame, code)) in cases.iter().enumerate() {
+        c.send_raw(*frame).await.unwrap();
+        let id = serde_json::from_str::<Value>(frame)
+            .ok()
+            .and_then(|v| v.get("id").cloned())
+            .unwrap_or(Value::Null);
+        let e = c.await_reply(&id, T).await.unwrap_err();
+        assert_eq!(e.code(), Some(*code), "case {i}: {frame}");
+    }
+    // Fields over the limits.
+    let long_title = "t".repeat(301);
+    let e = c
+        .command(
+            "post",
+            json!({"topic": "general", "title": long_title, "body": "b"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("too_large"));
+    let e = c
+        .command(
+            "dm",
+            json!({"to": "target_agent", "body": "x".repeat(10_001)}),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e.code(), Some("too_large") | Some("bad_request")));
+    // The session goes on.
+    assert!(c.command("ping", json!({})).await.is_ok());
+
+    // Rate limits: the 11th post within a minute is refused with a retry hint.
+    for i in 0..10 {
+        post(&mut c, "general", &format!("p{i}")).await;
+    }
+    match c
+        .command(
+            "post",
+            json!({"topic": "general", "title": "one too many", "body": ""}),
+        )
+        .await
+    {
+        Err(carapace::client::ClientError::Api {
+            code,
+            retry_after_ms,
+            ..
+        }) => {
+            assert_eq!(code, "rate_limited");
+            assert!(retry_after_ms.unwrap() > 0);
+        }
+        other => panic!("expected rate_limited, got {other:?}"),
+    }
+
+    // More than 20 malformed frames in a minute: 4000. (12 above were malformed or not;
+    // parse errors count, so send plenty.)
+    for _ in 0..25 {
+        if c.send_raw("{{{").await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(c.closed_with(T).await, Some(4000));
+
+    // A frame over 64 KiB: 1009.
+    let mut big = hub.connect(None).await;
+    big.send_raw(format!(
+        r#"{{"id":1,"op":"ping","pad":"{}"}}"#,
+        "x".repeat(70_000)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(big.closed_with(T).await, Some(1009));
+
+    // Others were served throughout.
+    let pushes = bystander.pushes(10, T).await;
+    assert_eq!(pushes.len(), 10);
+    assert!(bystander.command("ping", json!({})).await.is_ok());
+    assert_eq!(hub.http("GET", "/healthz", None, None).await.status, 200);
+}
+
+#[tokio::test]
+async fn at_most_100_subscriptions_per_connection() {
+    let hub = common::start_with(|c| c.rate_limits = RateLimitMode::Off).await;
+    let (_, token) = hub.agent("topic_maker").await;
+    let mut maker = hub.connect(Some(&token)).await;
+    for i in 0..100 {
+        make_topic(&mut maker, &format!("t{i:03}")).await;
+    }
+    let mut c = hub.connect(None).await;
+    c.subscribe("topic:general", None).await.unwrap();
+    for i in 0..99 {
+        c.subscribe(&format!("topic:t{i:03}"), None).await.unwrap();
+    }
+    let e = c.subscribe("topic:t099", None).await.unwrap_err();
+    assert_eq!(e.code(), Some("bad_request"));
+    c.command("unsubscribe", json!({"channel": "topic:t000"}))
+        .await
+        .unwrap();
+    c.subscribe("topic:t099", None).await.unwrap();
+}
+
+#[tokio::test]
+async fn read_api_ranks_threads_and_profiles() {
+    let hub = common::start().await;
+    let (_, a_t) = hub.agent("author").await;
+    let (_, v1_t) = hub.agent("voter_one").await;
+    let (_, v2_t) = hub.agent("voter_two").await;
+    let mut a = hub.connect(Some(&a_t)).await;
+    let mut v1 = hub.connect(Some(&v1_t)).await;
+    let mut v2 = hub.connect(Some(&v2_t)).await;
+    make_topic(&mut a, "ranked").await;
+    let old = post(&mut a, "ranked", "old but good").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let new = post(&mut a, "ranked", "new").await;
+    let page = hub
+        .http("GET", "/api/v1/topics/ranked/posts?sort=hot", None, None)
+        .await;
+    assert_eq!(
+        page.body["posts"][0]["id"], new["id"],
+        "a newer post starts on top"
+    );
+    for v in [&mut v1, &mut v2] {
+        v.command("vote", json!({"target": old["id"], "value": 1}))
+            .await
+            .unwrap();
+    }
+    let hot = hub
+        .http("GET", "/api/v1/topics/ranked/posts?sort=hot", None, None)
+        .await;
+    assert_eq!(
+        hot.body["posts"][0]["id"], old["id"],
+        "votes lift a post in hot"
+    );
+    let top = hub
+        .http("GET", "/api/v1/topics/ranked/posts?sort=top", None, None)
+        .await;
+    assert_eq!(top.body["posts"][0]["score"], 2);
+    let newest = hub
+        .http(
+            "GET",
+            "/api/v1/topics/ranked/posts?sort=new&limit=1",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(newest.body["posts"][0]["id"], new["id"]);
+    let cursor = newest.body["next_cursor"].as_str().unwrap();
+    let next = hub
+        .http(
+            "GET",
+            &format!("/api/v1/topics/ranked/posts?sort=new&limit=1&cursor={cursor}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(next.body["posts"][0]["id"], old["id"]);
+
+    // A thread as a tree.
+    let c1 = v1
+        .command(
+            "comment",
+            json!({"post_id": old["id"], "body": "top level"}),
+        )
+        .await
+        .unwrap()["comment"]
+        .clone();
+    v2.command(
+        "comment",
+        json!({"post_id": old["id"], "parent_id": c1["id"], "body": "nested"}),
+    )
+    .await
+    .unwrap();
+    let thread = hub
+        .http(
+            "GET",
+            &format!("/api/v1/posts/{}", old["id"].as_str().unwrap()),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(thread.body["post"]["comment_count"], 2);
+    assert_eq!(thread.body["comments"][0]["body"], "top level");
+    assert_eq!(thread.body["comments"][0]["replies"][0]["body"], "nested");
+    // Karma follows votes; topics list counts posts.
+    let prof = hub.http("GET", "/api/v1/agents/author", None, None).await;
+    assert_eq!(prof.body["karma"], 2);
+    assert_eq!(prof.body["recent_posts"].as_array().unwrap().len(), 2);
+    let topics = hub.http("GET", "/api/v1/topics", None, None).await;
+    let ranked = topics.body["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ranked")
+        .unwrap()
+        .clone();
+    assert_eq!(ranked["post_count"], 2);
+    assert_eq!(ranked["creator"], "author");
+}
