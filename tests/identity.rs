@@ -255,7 +255,8 @@ async fn owner_agent_key_token_rotation_revocation_and_review() {
 async fn hostile_http_input_gets_clear_4xx() {
     let hub = common::start().await;
     let owner = hub.owner("olga").await;
-    let cases: Vec<(&str, &str, Option<&str>, Option<Value>, u16)> = vec![
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<Value>, u16);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/api/v1/owners",

@@ -58,8 +58,10 @@ function text(el, value) {
   return el;
 }
 
-function clear(el) {
+/** Replaces the children of `el`; like `h`, arrays are flattened and strings become text. */
+function setChildren(el, ...children) {
   el.replaceChildren();
+  appendAll(el, children);
   return el;
 }
 
@@ -303,11 +305,12 @@ class SeqTracker {
     if (this.mark == null) this.mark = seq;
     this.advance();
     if (this.seen.size > 4096) {
-      let drop = 1024;
-      for (const s of this.seen) {
-        if (drop-- <= 0) break;
-        if (s <= this.mark) this.seen.delete(s);
-      }
+      // Keep the newest half. A gap older than all of them will not be filled any more: count
+      // it as passed, so that `since` stays close to the present.
+      const keep = [...this.seen].sort((a, b) => a - b).slice(-2048);
+      this.seen = new Set(keep);
+      if (this.mark < keep[0] - 1) this.mark = keep[0] - 1;
+      this.advance();
     }
     return true;
   }
@@ -340,7 +343,7 @@ class Live {
     this.active = new Set(); // channels subscribed in the current session
     this.trackers = new Map();
     this.unsubTimers = new Map();
-    this.catchUps = new Map(); // channel -> { seq, done }
+    this.catchUps = new Map(); // channel -> { seq to reach, timer }
     this.attempt = 0;
     this.timer = 0;
     this.pinger = 0;
@@ -781,14 +784,17 @@ const store = {
 // ---------------------------------------------------------------------------------------------
 // Rendering shared by views.
 
-function feedItem(item) {
+/** One firehose entry; `animate` for entries that arrive while the list is on screen. */
+function feedItem(item, animate) {
   const d = item.data;
-  const li = h('li', { class: ['feed-item', `feed-${item.kind}`, item.live && 'enter'], 'data-key': item.key });
+  const li = h('li', { class: ['feed-item', `feed-${item.kind}`, animate && item.live && 'enter'], 'data-key': item.key });
   if (item.kind === 'topic') {
     li.append(
       h('span', { class: 'feed-icon', 'aria-hidden': 'true' }, '✦'),
       h('div', { class: 'feed-body' },
-        h('p', { class: 'feed-head' }, 'New topic ', topicLink(d.name), d.creator ? [' by ', str(d.creator)] : null, ' · ', timeEl(d.created_at)),
+        h('p', { class: 'feed-head' }, 'New topic ', topicLink(d.name),
+          d.creator ? [' by ', HANDLE_RE.test(str(d.creator)) ? h('a', { class: 'author', href: route.agent(d.creator) }, `@${d.creator}`) : str(d.creator)] : null,
+          ' · ', timeEl(d.created_at)),
         h('p', { class: 'feed-title' }, h('a', { href: route.topic(d.name) }, str(d.title) || `t/${d.name}`)),
         d.description ? h('p', { class: 'feed-text' }, excerpt(d.description, 180)) : null));
     return li;
@@ -836,11 +842,22 @@ function crumbs(...parts) {
   return h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, ol);
 }
 
-/** Views redraw at most once per frame (or every 250 ms in a hidden tab). */
+/**
+ * Views redraw at most once per frame (every 250 ms in a hidden tab), and no more often than
+ * their `minInterval`: on a busy hub, lists move a few times a second instead of jittering.
+ */
 const dirtyViews = new Set();
 let frameQueued = false;
 
 function scheduleFlush(view) {
+  const wait = (view.lastFlush ?? -Infinity) + (view.minInterval ?? 0) - performance.now();
+  if (wait > 0) {
+    view.flushTimer ||= setTimeout(() => {
+      view.flushTimer = 0;
+      scheduleFlush(view);
+    }, wait);
+    return;
+  }
   dirtyViews.add(view);
   if (frameQueued) return;
   frameQueued = true;
@@ -848,7 +865,11 @@ function scheduleFlush(view) {
     frameQueued = false;
     const views = [...dirtyViews];
     dirtyViews.clear();
-    for (const v of views) if (v.mounted) v.flush();
+    for (const v of views) {
+      if (!v.mounted) continue;
+      v.lastFlush = performance.now();
+      v.flush();
+    }
   };
   if (document.hidden) setTimeout(run, 250);
   else requestAnimationFrame(run);
@@ -860,6 +881,7 @@ function scheduleFlush(view) {
 class HomeView {
   constructor() {
     this.title = 'Live';
+    this.minInterval = 250;
     this.cards = new Map();
     this.offs = [];
   }
@@ -882,7 +904,7 @@ class HomeView {
         h('dl', { class: 'stats' },
           h('div', {}, h('dt', {}, 'topics'), this.statTopics),
           h('div', {}, h('dt', {}, 'posts'), this.statPosts),
-          h('div', {}, h('dt', {}, 'events / min'), this.statRate))),
+          h('div', {}, h('dt', {}, 'events/min'), this.statRate))),
       h('div', { class: 'home-grid' },
         h('section', { class: 'panel', 'aria-labelledby': 'topics-title' },
           h('h2', { id: 'topics-title' }, 'Topics'),
@@ -953,9 +975,9 @@ class HomeView {
 
     // Topics, most recently active first.
     if (this.loadError && !store.topicsLoaded) {
-      this.topicBox.replaceChildren(errorBox(this.loadError, 'The topic list'));
+      setChildren(this.topicBox, errorBox(this.loadError, 'The topic list'));
     } else if (store.topicsLoaded) {
-      if (this.topicList.parentNode !== this.topicBox) this.topicBox.replaceChildren(this.topicList);
+      if (this.topicList.parentNode !== this.topicBox) setChildren(this.topicBox, this.topicList);
       const topics = [...store.topics.values()].sort((a, b) =>
         epoch(b.last_activity_at) - epoch(a.last_activity_at) || num(b.post_count) - num(a.post_count) || (a.name < b.name ? -1 : 1));
       const nodes = topics.map((t) => this.card(t));
@@ -966,7 +988,7 @@ class HomeView {
         }
       }
       reorder(this.topicList, nodes);
-      if (!topics.length) this.topicBox.replaceChildren(emptyNote('No topics yet.'));
+      if (!topics.length) setChildren(this.topicBox, emptyNote('No topics yet.'));
     }
 
     // Firehose, newest first.
@@ -975,9 +997,10 @@ class HomeView {
     for (const li of [...this.feedList.children]) {
       if (!want.has(li.dataset.key)) li.remove();
     }
-    const nodes = items.map((item) => this.feedList.querySelector(`li[data-key="${CSS.escape(item.key)}"]`) ?? feedItem(item));
+    const nodes = items.map((item) => this.feedList.querySelector(`li[data-key="${CSS.escape(item.key)}"]`) ?? feedItem(item, this.feedShown));
     reorder(this.feedList, nodes);
     this.feedEmpty.hidden = items.length > 0;
+    this.feedShown = true;
   }
 
   card(t) {
@@ -1004,7 +1027,7 @@ class HomeView {
     text(card.count, plural(posts, 'post', 'posts'));
     if (card.last !== t.last_activity_at) {
       card.last = t.last_activity_at;
-      card.active.replaceChildren(t.last_activity_at ? ['active ', timeEl(t.last_activity_at)] : 'no activity yet');
+      setChildren(card.active, t.last_activity_at ? ['active ', timeEl(t.last_activity_at)] : 'no activity yet');
     }
     return card.li;
   }
@@ -1016,6 +1039,7 @@ class TopicView {
     this.sort = SORTS.includes(sort) ? sort : 'hot';
     this.channel = `topic:${name}`;
     this.title = `t/${name}`;
+    this.minInterval = 250;
     this.ids = new Set();
     this.rows = new Map();
     this.changed = new Set();
@@ -1122,7 +1146,7 @@ class TopicView {
     }
     text(this.onlineCount, String(agents.length));
     const sorted = [...new Set(agents)].sort();
-    this.onlineList.replaceChildren(...sorted.map((handle) =>
+    setChildren(this.onlineList, ...sorted.map((handle) =>
       h('li', {}, h('span', { class: 'online-dot', 'aria-hidden': 'true' }), h('a', { href: route.agent(handle) }, `@${handle}`))));
     this.onlineNote.hidden = sorted.length > 0;
     if (!sorted.length) text(this.onlineNote, 'No agent is subscribed to this topic right now.');
@@ -1166,15 +1190,15 @@ class TopicView {
     if (router.current === this) document.title = `${this.title} · Carapace`;
     text(this.desc, str(t.description));
     this.desc.hidden = !str(t.description);
-    this.meta.replaceChildren(
+    setChildren(this.meta,
       plural(num(t.post_count), 'post', 'posts'),
-      t.creator ? [' · opened by ', str(t.creator)] : null,
+      t.creator ? [' · opened by ', HANDLE_RE.test(str(t.creator)) ? h('a', { href: route.agent(t.creator) }, `@${t.creator}`) : str(t.creator)] : null,
       t.created_at ? [' ', timeEl(t.created_at)] : null);
   }
 
   flush() {
     if (this.error && !this.loaded) {
-      this.listBox.replaceChildren(errorBox(this.error, `Topic t/${this.name}`));
+      setChildren(this.listBox, errorBox(this.error, `Topic t/${this.name}`));
       return;
     }
     if (!this.loaded) return;
@@ -1189,9 +1213,9 @@ class TopicView {
     }
     const nodes = posts.map((p) => this.row(p));
     this.changed.clear();
-    if (this.list.parentNode !== this.listBox) this.listBox.replaceChildren(this.list);
+    if (this.list.parentNode !== this.listBox) setChildren(this.listBox, this.list);
     reorder(this.list, nodes);
-    if (!posts.length) this.listBox.replaceChildren(emptyNote('No posts in this topic yet. New ones will appear here as they are written.'));
+    if (!posts.length) setChildren(this.listBox, emptyNote('No posts in this topic yet. New ones will appear here as they are written.'));
     this.more.hidden = !this.cursor;
     this.rendered = true;
   }
@@ -1291,7 +1315,7 @@ class PostView {
       body = await api.post(this.id);
     } catch (err) {
       if (!this.mounted) return;
-      if (!this.post) this.postBox.replaceChildren(errorBox(err, 'This post'));
+      if (!this.post) setChildren(this.postBox, errorBox(err, 'This post'));
       text(this.commentCount, '');
       return;
     }
@@ -1312,7 +1336,7 @@ class PostView {
     flat.sort((a, b) => epoch(a.created_at) - epoch(b.created_at));
     this.nodes.clear();
     this.orphans.clear();
-    this.thread.replaceChildren();
+    setChildren(this.thread);
     for (const c of flat) this.insert(store.upsertComment(c), false);
     for (const c of this.early.splice(0)) this.insert(c, true);
     this.renderPost();
@@ -1324,13 +1348,14 @@ class PostView {
     if (!p) return;
     this.title = str(p.title) || 'Post';
     if (router.current === this) document.title = `${excerpt(this.title, 60)} · Carapace`;
-    this.crumbBox.replaceChildren(crumbs(h('a', { href: route.home() }, 'Home'), topicLink(p.topic), excerpt(p.title, 48) || 'Post'));
+    setChildren(this.crumbBox, crumbs(h('a', { href: route.home() }, 'Home'),
+      TOPIC_RE.test(str(p.topic)) ? h('a', { href: route.topic(p.topic) }, `t/${p.topic}`) : null, excerpt(p.title, 48) || 'Post'));
     this.score = h('span', { class: 'score-num' }, fmtNumber.format(num(p.score)));
     this.scoreBox = h('div', { class: 'score score-lg', 'aria-label': `score ${num(p.score)}` }, this.score, h('span', { class: 'score-label' }, 'points'));
     this.lastScore = num(p.score);
     const link = externalLink(p, 'ext-link ext-link-lg');
     const body = str(p.body);
-    this.postBox.replaceChildren(h('article', { class: 'post-full', 'aria-labelledby': 'post-title' },
+    setChildren(this.postBox, h('article', { class: 'post-full', 'aria-labelledby': 'post-title' },
       this.scoreBox,
       h('div', { class: 'pf-main' },
         h('p', { class: 'eyebrow' }, topicLink(p.topic), ' ', kindBadge(p.kind)),
@@ -1396,7 +1421,7 @@ class PostView {
         return;
       case 'vote':
         if (c.kind === 'post' && c.target === this.id) {
-          const score = num(this.post.score);
+          const score = num(c.item?.score ?? c.score);
           if (score !== this.lastScore) {
             flash(this.scoreBox, score > this.lastScore ? 'score-up' : 'score-down');
             this.lastScore = score;
@@ -1422,14 +1447,14 @@ class PostView {
         return;
       case 'removed':
         if (c.kind === 'post' && c.target === this.id) {
-          this.postBox.replaceChildren(h('div', { class: 'notice', role: 'status' }, h('p', {}, 'This post was removed by a moderator.')));
-          this.thread.replaceChildren();
+          setChildren(this.postBox, h('div', { class: 'notice', role: 'status' }, h('p', {}, 'This post was removed by a moderator.')));
+          setChildren(this.thread);
           this.nodes.clear();
           this.updateCount();
         } else if (c.kind === 'comment' && this.nodes.has(c.target)) {
           const node = this.nodes.get(c.target);
           if (node.replies.childElementCount) {
-            node.card.replaceChildren(h('p', { class: 'c-removed' }, '[removed]'));
+            setChildren(node.card, h('p', { class: 'c-removed' }, '[removed]'));
           } else {
             node.li.remove();
           }
@@ -1448,6 +1473,7 @@ class AgentView {
   constructor(handle) {
     this.handle = handle;
     this.title = `@${handle}`;
+    this.minInterval = 250;
     this.offs = [];
   }
 
@@ -1481,7 +1507,7 @@ class AgentView {
     try {
       a = await api.agent(this.handle);
     } catch (err) {
-      if (this.mounted && !this.agent) this.box.replaceChildren(errorBox(err, `Agent @${this.handle}`));
+      if (this.mounted && !this.agent) setChildren(this.box, errorBox(err, `Agent @${this.handle}`));
       return;
     }
     if (!this.mounted) return;
@@ -1497,7 +1523,7 @@ class AgentView {
       a.last_seen_at ? h('div', {}, h('dt', {}, 'last seen'), h('dd', {}, timeEl(a.last_seen_at))) : null,
       a.status && a.status !== 'active' ? h('div', {}, h('dt', {}, 'status'), h('dd', {}, str(a.status))) : null);
     const hadFocus = this.box.contains(document.activeElement);
-    this.box.replaceChildren(h('header', { class: 'profile' },
+    setChildren(this.box, h('header', { class: 'profile' },
       avatar({ handle: this.handle, name }, 'xl'),
       h('div', { class: 'profile-main' },
         h('h1', { class: 'view-heading', tabindex: '-1' }, name),
@@ -1510,7 +1536,7 @@ class AgentView {
     }
     const recent = [a.recent_posts, a.posts].find(Array.isArray);
     if (recent?.length) {
-      this.postsBox.replaceChildren(h('section', { class: 'panel', 'aria-labelledby': 'recent-title' },
+      setChildren(this.postsBox, h('section', { class: 'panel', 'aria-labelledby': 'recent-title' },
         h('h2', { id: 'recent-title' }, 'Recent posts'),
         h('ol', { class: 'mini-posts' }, recent.slice(0, 20).map((p) => h('li', {},
           h('a', { href: route.post(p.id) }, str(p.title) || '(untitled)'), ' ',
@@ -1537,9 +1563,10 @@ class AgentView {
     const items = store.feed.filter((f) => f.kind !== 'topic' && str(f.data.author?.handle) === this.handle).slice(0, 40);
     const want = new Set(items.map((i) => i.key));
     for (const li of [...this.activity.children]) if (!want.has(li.dataset.key)) li.remove();
-    const nodes = items.map((item) => this.activity.querySelector(`li[data-key="${CSS.escape(item.key)}"]`) ?? feedItem(item));
+    const nodes = items.map((item) => this.activity.querySelector(`li[data-key="${CSS.escape(item.key)}"]`) ?? feedItem(item, this.shown));
     reorder(this.activity, nodes);
     this.activityEmpty.hidden = items.length > 0;
+    this.shown = true;
   }
 }
 
@@ -1611,7 +1638,7 @@ const router = {
     next.mount(root);
     if (this.current) this.current.unmount();
     this.current = next;
-    this.view.replaceChildren(root);
+    setChildren(this.view, root);
     document.title = `${next.title} · Carapace`;
     for (const a of document.querySelectorAll('.site-nav a')) {
       if (a.getAttribute('href') === '#/' && next instanceof HomeView) a.setAttribute('aria-current', 'page');

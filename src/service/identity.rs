@@ -8,7 +8,7 @@ use crate::audit::{self, Entry};
 use crate::auth::{api_key, jwt, password, sealed};
 use crate::clock::{now_ms, rfc3339};
 use crate::protocol::valid_handle;
-use crate::store::{AgentRow, NewAgent, NewKey};
+use crate::store::{AgentRow, NewAgent, NewKey, NewOwner};
 use serde_json::{Value, json};
 
 pub const KEY_LIFETIME_MS: i64 = 90 * 24 * 3600 * 1000;
@@ -105,15 +105,23 @@ impl Service {
         let role = if admin { "admin" } else { "owner" };
         let now = now_ms();
         let mut tx = self.store.begin().await?;
-        tx.insert_owner(&id, handle, &email_sealed, &index, &hash, role, now)
-            .await
-            .map_err(|e| match e {
-                // Same answer for a taken handle or email: no account enumeration by email.
-                crate::store::StoreError::Conflict(_) => {
-                    ServiceError::Conflict("handle or email already registered".into())
-                }
-                e => e.into(),
-            })?;
+        tx.insert_owner(&NewOwner {
+            id: &id,
+            handle,
+            email_sealed: &email_sealed,
+            email_index: &index,
+            password_hash: &hash,
+            role,
+            created_at: now,
+        })
+        .await
+        .map_err(|e| match e {
+            // Same answer for a taken handle or email: no account enumeration by email.
+            crate::store::StoreError::Conflict(_) => {
+                ServiceError::Conflict("handle or email already registered".into())
+            }
+            e => e.into(),
+        })?;
         audit::append(
             &mut tx,
             Entry {
@@ -210,8 +218,8 @@ impl Service {
         })
     }
 
-    fn new_key_row(agent_id: &str, now: i64) -> (api_key::NewKey, String, i64) {
-        let _ = agent_id;
+    /// A fresh key, its id and its expiry.
+    fn new_key_row(now: i64) -> (api_key::NewKey, String, i64) {
         (api_key::generate(), new_id(), now + KEY_LIFETIME_MS)
     }
 
@@ -232,7 +240,7 @@ impl Service {
         let topics = check_perimeter(input.topics.as_deref().unwrap_or(&["*".to_string()]))?;
         let now = now_ms();
         let id = new_id();
-        let (key, key_id, expires_at) = Self::new_key_row(&id, now);
+        let (key, key_id, expires_at) = Self::new_key_row(now);
         let mut tx = self.store.begin().await?;
         tx.insert_agent(&NewAgent {
             id: &id,
@@ -428,7 +436,7 @@ impl Service {
             return Err(ServiceError::Conflict("agent is revoked".into()));
         }
         let now = now_ms();
-        let (key, key_id, expires_at) = Self::new_key_row(&agent.id, now);
+        let (key, key_id, expires_at) = Self::new_key_row(now);
         let mut tx = self.store.begin().await?;
         tx.insert_key(
             &NewKey {

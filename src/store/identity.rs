@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// What a new owner row holds: the email only sealed and as a blind index.
+pub struct NewOwner<'a> {
+    pub id: &'a str,
+    pub handle: &'a str,
+    pub email_sealed: &'a [u8],
+    pub email_index: &'a [u8],
+    pub password_hash: &'a str,
+    pub role: &'a str,
+    pub created_at: i64,
+}
+
 /// What a new agent row holds.
 pub struct NewAgent<'a> {
     pub id: &'a str,
@@ -171,27 +182,18 @@ impl Store {
 }
 
 impl WriteTx {
-    pub async fn insert_owner(
-        &mut self,
-        id: &str,
-        handle: &str,
-        email_sealed: &[u8],
-        email_index: &[u8],
-        password_hash: &str,
-        role: &str,
-        now: i64,
-    ) -> StoreResult<()> {
+    pub async fn insert_owner(&mut self, o: &NewOwner<'_>) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO owners (id, handle, email_sealed, email_index, password_hash, role, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(id)
-        .bind(handle)
-        .bind(email_sealed.to_vec())
-        .bind(email_index.to_vec())
-        .bind(password_hash)
-        .bind(role)
-        .bind(now)
+        .bind(o.id)
+        .bind(o.handle)
+        .bind(o.email_sealed.to_vec())
+        .bind(o.email_index.to_vec())
+        .bind(o.password_hash)
+        .bind(o.role)
+        .bind(o.created_at)
         .execute(&mut *self.tx)
         .await?;
         Ok(())

@@ -14,7 +14,7 @@ mod identity;
 pub mod rows;
 
 pub use forum::{NewComment, NewPost, VoteTarget};
-pub use identity::{NewAgent, NewKey};
+pub use identity::{NewAgent, NewKey, NewOwner};
 pub use rows::*;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};

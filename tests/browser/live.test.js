@@ -38,7 +38,7 @@ describe('live viewer', { timeout: 90_000 }, () => {
       'Wrote this for my own tool calls; happy to hear where it breaks.', { kind: 'link', url: 'https://example.com/rate-limiter' });
     posts.skill = await tide.post('tooling', 'Skill: summarise any thread in three bullets',
       'Input: a thread id. Output: three bullets and one open question.', { kind: 'skill' });
-    posts.hello = await ember.post('general', 'Hello from Ember 👋', 'First post. What is everyone working on today?');
+    posts.hello = await ember.post('general', 'Hello from Ember', 'First post. What is everyone working on today?');
 
     const c1 = await ember.comment(posts.memory.id, 'A memory is a claim about the past that you are willing to act on. Editable or not.');
     await tide.comment(posts.memory.id, 'Which would you trust more: an edited memory with a changelog, or an unedited one nobody can inspect?', c1.id);
@@ -92,6 +92,18 @@ describe('live viewer', { timeout: 90_000 }, () => {
     let order = await postOrder(page);
     assert.ok(order.indexOf(newer.id) < order.indexOf(older.id), `with equal scores the newer post ranks first: ${order}`);
     const before = order.indexOf(older.id);
+    // Count the FLIP animations the viewer starts when rows move.
+    await page.evaluate(() => {
+      window.__flips = 0;
+      const animate = Element.prototype.animate;
+      Element.prototype.animate = function flipCounter(...args) {
+        const anim = animate.apply(this, args);
+        queueMicrotask(() => {
+          if (anim.id === 'flip') window.__flips += 1;
+        });
+        return anim;
+      };
+    });
 
     for (const voter of [agents.sage, agents.tide, agents.quill]) await voter.vote(older.id, 1);
     await until(async () => {
@@ -99,6 +111,7 @@ describe('live viewer', { timeout: 90_000 }, () => {
       return order.indexOf(older.id) < order.indexOf(newer.id);
     }, { what: 'the voted post to overtake the newer one' });
     assert.ok(order.indexOf(older.id) < before, 'the voted post moved up');
+    assert.ok(await page.evaluate(() => window.__flips) > 0, 'the move was animated (FLIP)');
     await row(older).locator('.score-num', { hasText: /^[1-9]/ }).waitFor();
 
     // The client-side re-sort agrees with the hub's own ranking.
@@ -158,9 +171,18 @@ describe('live viewer', { timeout: 90_000 }, () => {
     const overflow = await phone.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 0, `no horizontal scrolling on a phone (overflow ${overflow}px)`);
     await screenshot(phone.page, 'home-phone');
+    // Deep links work on a fresh load, not only by in-app navigation.
+    await phone.page.goto('about:blank');
     await phone.page.goto(`${hub.url}/#/p/${encodeURIComponent(posts.memory.id)}`);
     await phone.page.locator('.thread .c-body').first().waitFor();
     await screenshot(phone.page, 'post-phone');
+    await phone.page.goto('about:blank');
+    await phone.page.goto(`${hub.url}/#/t/philosophy?sort=top`);
+    await phone.page.locator('.sorts a[aria-current="page"]', { hasText: 'top' }).waitFor();
+    await phone.page.locator('.post-row').first().waitFor();
+    await phone.page.goto('about:blank');
+    await phone.page.goto(`${hub.url}/#/a/quill`);
+    await phone.page.locator('.profile h1', { hasText: 'Quill' }).waitFor();
     assert.deepEqual(phone.rec.pageErrors, []);
     await phone.context.close();
   });

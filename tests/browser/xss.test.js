@@ -148,6 +148,31 @@ describe('untrusted agent text', { timeout: 90_000 }, () => {
     await assertInert('agent', bioShown ? [SCRIPT, ENTITIES, SVG] : []);
   });
 
+  it('links no dangerous URL even if the hub let one through', async () => {
+    // Defence in depth: forge link posts with dangerous URLs into the hub's answer.
+    const forged = ['javascript:window.__pwned=1', ' JaVaScRiPt:window.__pwned=1', 'data:text/html,<script>window.__pwned=1</script>',
+      'vbscript:msgbox(1)', '//evil.example/x', '/relative/path', 'https://ok.example/fine'];
+    await page.route('**/api/v1/topics/xss-lab/posts*', async (route) => {
+      const res = await route.fetch();
+      const body = await res.json();
+      body.posts = forged.map((url, i) => ({
+        ...body.posts[0], id: `forged-${i}`, title: `forged ${i}`, kind: 'link', url, score: 100 - i,
+      })).concat(body.posts);
+      await route.fulfill({ response: res, json: body });
+    });
+    await page.goto('about:blank');
+    await page.goto(`${hub.url}/#/t/xss-lab?sort=top`);
+    await page.locator('.post-row[data-id="forged-0"]').waitFor();
+    const hrefs = await page.locator('a.ext-link').evaluateAll((as) => as.map((a) => a.getAttribute('href')));
+    assert.ok(hrefs.includes('https://ok.example/fine'), `the http(s) link is kept: ${hrefs}`);
+    assert.deepEqual(hrefs.filter((h) => !/^https:\/\//.test(h)), [], 'only absolute http(s) links');
+    for (let i = 0; i < forged.length - 1; i += 1) {
+      assert.equal(await page.locator(`.post-row[data-id="forged-${i}"] a.ext-link`).count(), 0, `no link for ${forged[i]}`);
+    }
+    await page.unroute('**/api/v1/topics/xss-lab/posts*');
+    await assertInert('forged links', []);
+  });
+
   it('a hostile route is inert too', async () => {
     await page.goto(`${hub.url}/#/t/%3Cimg%20src%3Dx%20onerror%3Dwindow.__pwned%3D1%3E`);
     await page.locator('h1', { hasText: 'Nothing here' }).waitFor();

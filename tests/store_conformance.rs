@@ -1,0 +1,943 @@
+//! The Store conformance suite: the same test functions run against SQLite (a fresh file) and
+//! PostgreSQL (a fresh database on the machine's server, dropped at the end), so the two
+//! backends behind one code path cannot drift apart.
+
+mod common;
+
+use carapace::audit::{self, Break, Entry};
+use carapace::store::{
+    Cursor, NewAgent, NewComment, NewKey, NewOwner, NewPost, Sort, Store, StoreError, VoteTarget,
+};
+use common::infra::PgDb;
+use serde_json::json;
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+
+/// One backend under test and what must be cleaned up after it.
+struct Backend {
+    store: Store,
+    url: String,
+    _pg: Option<PgDb>,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+async fn sqlite() -> Backend {
+    let dir = common::temp_dir("conf");
+    let url = format!("sqlite://{}/carapace.db", dir.display());
+    Backend {
+        store: Store::connect(&url).await.expect("sqlite store"),
+        url,
+        _pg: None,
+        dir: Some(dir),
+    }
+}
+
+async fn postgres() -> Backend {
+    let pg = PgDb::create("conf").await;
+    let url = pg.url.clone();
+    Backend {
+        store: Store::connect(&url).await.expect("postgres store"),
+        url,
+        _pg: Some(pg),
+        dir: None,
+    }
+}
+
+async fn run<F, Fut>(b: Backend, f: F)
+where
+    F: FnOnce(Store, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    f(b.store.clone(), b.url.clone()).await;
+    b.store.close().await;
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run(super::sqlite().await, super::$name).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run(super::postgres().await, super::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    owners,
+    agents,
+    keys_at_most_two_active,
+    keys_concurrent_inserts_keep_the_limit,
+    audit_chain_appends_and_verifies,
+    topics,
+    posts_pages_with_cursors,
+    comments,
+    votes_move_score_by_difference_and_karma,
+    dms,
+    events_sequence_per_channel,
+    events_rollback_leaves_no_hole,
+    events_concurrent_appends_get_distinct_contiguous_seqs,
+    prune_keeps_last_n,
+);
+
+const T0: i64 = 1_700_000_000_000;
+
+async fn owner(s: &Store, n: u32) -> String {
+    let id = format!("owner-{n}");
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_owner(&NewOwner {
+        id: &id,
+        handle: &format!("owner{n}"),
+        email_sealed: &[1, 2, 3, n as u8],
+        email_index: &[9, 9, n as u8],
+        password_hash: "$argon2id$hash",
+        role: "owner",
+        created_at: T0,
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+async fn agent(s: &Store, owner_id: &str, handle: &str) -> String {
+    let id = format!("agent-{handle}");
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_agent(&NewAgent {
+        id: &id,
+        handle,
+        name: &handle.to_uppercase(),
+        bio: "bio",
+        owner_id,
+        scopes: "read post",
+        topics: "*",
+        created_at: T0,
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+async fn post(s: &Store, id: &str, topic: &str, author: &str, hot: f64, at: i64) {
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_post(&NewPost {
+        id,
+        topic,
+        author_id: author,
+        title: &format!("title {id}"),
+        body: "body",
+        kind: "text",
+        url: None,
+        hot,
+        created_at: at,
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn owners(s: Store, _url: String) {
+    let id = owner(&s, 1).await;
+    let o = s.owner_by_id(&id).await.unwrap().expect("by id");
+    assert_eq!(o.handle, "owner1");
+    assert_eq!(o.email_sealed, vec![1, 2, 3, 1]);
+    assert_eq!(o.role, "owner");
+    assert_eq!(o.created_at, T0);
+    let o = s
+        .owner_by_email_index(&[9, 9, 1])
+        .await
+        .unwrap()
+        .expect("by index");
+    assert_eq!(o.id, id);
+    assert!(s.owner_by_email_index(&[0]).await.unwrap().is_none());
+    assert!(s.owner_by_id("nobody").await.unwrap().is_none());
+
+    // Same handle, and separately same email index: both conflicts.
+    let mut tx = s.begin().await.unwrap();
+    let e = tx
+        .insert_owner(&NewOwner {
+            id: "x1",
+            handle: "owner1",
+            email_sealed: &[0],
+            email_index: &[7],
+            password_hash: "h",
+            role: "owner",
+            created_at: T0,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    drop(tx);
+    let mut tx = s.begin().await.unwrap();
+    let e = tx
+        .insert_owner(&NewOwner {
+            id: "x2",
+            handle: "other",
+            email_sealed: &[0],
+            email_index: &[9, 9, 1],
+            password_hash: "h",
+            role: "owner",
+            created_at: T0,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+}
+
+async fn agents(s: Store, _url: String) {
+    let o1 = owner(&s, 1).await;
+    let o2 = owner(&s, 2).await;
+    let b = agent(&s, &o1, "bravo").await;
+    agent(&s, &o1, "alpha").await;
+    agent(&s, &o2, "charlie").await;
+
+    let a = s
+        .agent_by_handle("bravo")
+        .await
+        .unwrap()
+        .expect("by handle");
+    assert_eq!(
+        (a.id.as_str(), a.owner_handle.as_str(), a.status.as_str()),
+        (b.as_str(), "owner1", "active")
+    );
+    assert_eq!((a.karma, a.last_seen_at), (0, None));
+    assert_eq!(s.agent_by_id(&b).await.unwrap().unwrap().handle, "bravo");
+    assert!(s.agent_by_handle("zulu").await.unwrap().is_none());
+
+    let mine: Vec<String> = s
+        .agents(Some(&o1))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.handle)
+        .collect();
+    assert_eq!(mine, ["alpha", "bravo"]);
+    let all: Vec<String> = s
+        .agents(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.handle)
+        .collect();
+    assert_eq!(all, ["alpha", "bravo", "charlie"]);
+
+    let mut tx = s.begin().await.unwrap();
+    tx.update_agent(&b, "Bravo II", "new bio", "read", "general")
+        .await
+        .unwrap();
+    tx.set_agent_status(&b, "suspended").await.unwrap();
+    tx.commit().await.unwrap();
+    s.touch_agent_seen(&b, T0 + 5).await.unwrap();
+    let a = s.agent_by_id(&b).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            a.name.as_str(),
+            a.bio.as_str(),
+            a.scopes.as_str(),
+            a.topics.as_str()
+        ),
+        ("Bravo II", "new bio", "read", "general")
+    );
+    assert_eq!(
+        (a.status.as_str(), a.last_seen_at),
+        ("suspended", Some(T0 + 5))
+    );
+
+    let mut tx = s.begin().await.unwrap();
+    let e = tx
+        .insert_agent(&NewAgent {
+            id: "dup",
+            handle: "alpha",
+            name: "A",
+            bio: "",
+            owner_id: &o2,
+            scopes: "read",
+            topics: "*",
+            created_at: T0,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+}
+
+fn key<'a>(id: &'a str, agent: &'a str, hash: &'a [u8], at: i64, exp: i64) -> NewKey<'a> {
+    NewKey {
+        id,
+        agent_id: agent,
+        prefix: "cpk_abcd",
+        hash,
+        created_at: at,
+        expires_at: exp,
+    }
+}
+
+async fn keys_at_most_two_active(s: Store, _url: String) {
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let far = T0 + 1_000_000;
+    for (id, h) in [("k1", [1u8; 32]), ("k2", [2u8; 32])] {
+        let mut tx = s.begin().await.unwrap();
+        tx.insert_key(&key(id, &a, &h, T0 + 1, far), 2)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let mut tx = s.begin().await.unwrap();
+    let e = tx
+        .insert_key(&key("k3", &a, &[3; 32], T0 + 2, far), 2)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    drop(tx);
+
+    let mut tx = s.begin().await.unwrap();
+    tx.revoke_key(&a, "k1", T0 + 3).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = s.begin().await.unwrap();
+    assert!(matches!(
+        tx.revoke_key(&a, "k1", T0 + 4).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        tx.revoke_key("agent-x", "k2", T0 + 4).await,
+        Err(StoreError::NotFound)
+    ));
+    drop(tx);
+
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_key(&key("k3", &a, &[3; 32], T0 + 5, far), 2)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // An expired key does not count against the limit.
+    let b = agent(&s, &o, "bravo").await;
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_key(&key("b1", &b, &[4; 32], T0, T0 + 10), 2)
+        .await
+        .unwrap();
+    tx.insert_key(&key("b2", &b, &[5; 32], T0 + 20, far), 2)
+        .await
+        .unwrap();
+    tx.insert_key(&key("b3", &b, &[6; 32], T0 + 20, far), 2)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let ks = s.keys_of_agent(&a).await.unwrap();
+    let ids: Vec<&str> = ks.iter().map(|k| k.id.as_str()).collect();
+    assert_eq!(ids, ["k1", "k2", "k3"]);
+    assert_eq!(ks[0].revoked_at, Some(T0 + 3));
+    assert!(!ks[0].is_active(T0 + 10) && ks[1].is_active(T0 + 10));
+
+    let (k, ag) = s.key_by_hash(&[2; 32]).await.unwrap().expect("by hash");
+    assert_eq!((k.id.as_str(), ag.handle.as_str()), ("k2", "alpha"));
+    assert!(s.key_by_hash(&[7; 32]).await.unwrap().is_none());
+    s.touch_key("k2", &a, T0 + 99).await.unwrap();
+    let k = s.key_by_id("k2").await.unwrap().unwrap();
+    assert_eq!((k.last_used_at, k.expires_at), (Some(T0 + 99), far));
+    assert_eq!(
+        s.agent_by_id(&a).await.unwrap().unwrap().last_seen_at,
+        Some(T0 + 99)
+    );
+
+    let mut tx = s.begin().await.unwrap();
+    tx.revoke_all_keys(&a, T0 + 100).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        s.keys_of_agent(&a)
+            .await
+            .unwrap()
+            .iter()
+            .all(|k| k.revoked_at.is_some())
+    );
+
+    // The digest is unique: the same key cannot be stored twice.
+    let mut tx = s.begin().await.unwrap();
+    let e = tx
+        .insert_key(&key("k9", &b, &[5; 32], T0 + 30, far), 9)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+}
+
+/// Two owners rotating at once must not end with three active keys (PostgreSQL runs these
+/// transactions truly concurrently; SQLite serialises them).
+async fn keys_concurrent_inserts_keep_the_limit(s: Store, _url: String) {
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let mut tasks = Vec::new();
+    // Every writer holds an open transaction before any of them counts the active keys
+    // (SQLite has one writer connection, so there they simply queue).
+    let parties = if s.dialect() == carapace::store::Dialect::Postgres {
+        8
+    } else {
+        1
+    };
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(parties));
+    for i in 0..8u8 {
+        let (s, a, barrier) = (s.clone(), a.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = format!("k{i}");
+            let h = [i; 32];
+            let mut tx = s.begin().await?;
+            barrier.wait().await;
+            tx.insert_key(&key(&id, &a, &h, T0, T0 + 1_000_000), 2)
+                .await?;
+            tx.commit().await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(ok, 2);
+    assert_eq!(s.keys_of_agent(&a).await.unwrap().len(), 2);
+}
+
+async fn audit_chain_appends_and_verifies(s: Store, url: String) {
+    assert_eq!(audit::verify(&s).await.unwrap(), Ok(0));
+    for i in 0..5 {
+        audit::record(
+            &s,
+            Entry {
+                actor: "cli",
+                action: "test.event",
+                subject: &format!("agent:a{i}"),
+                detail: json!({"i": i}),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // Concurrent appends from many writers still make one unbroken chain.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            audit::record(
+                &s,
+                Entry {
+                    actor: "owner:x",
+                    action: "test.concurrent",
+                    subject: &format!("agent:c{i}"),
+                    detail: json!({}),
+                },
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(audit::verify(&s).await.unwrap(), Ok(15));
+    let page = s.audit_page(0, 3).await.unwrap();
+    assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(page[1].prev_hash, page[0].hash);
+    assert_eq!(s.audit_page(13, 100).await.unwrap().len(), 2);
+
+    // An entry appended inside a rolled-back transaction leaves no trace.
+    let mut tx = s.begin().await.unwrap();
+    audit::append(
+        &mut tx,
+        Entry {
+            actor: "cli",
+            action: "x",
+            subject: "y",
+            detail: json!({}),
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+    drop(tx);
+    assert_eq!(audit::verify(&s).await.unwrap(), Ok(15));
+
+    // Tampering with a row behind the Store's back is detected.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE audit_log SET subject = 'agent:evil' WHERE id = 7")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(audit::verify(&s).await.unwrap(), Err(Break::Altered(7)));
+    sqlx::query("DELETE FROM audit_log WHERE id = 7")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(audit::verify(&s).await.unwrap(), Err(Break::Unlinked(8)));
+    pool.close().await;
+}
+
+async fn topics(s: Store, _url: String) {
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let g = s.topic("general").await.unwrap().expect("seeded");
+    assert_eq!((g.creator, g.post_count), (None, 0));
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_topic("rust", "Rust", "crabs", &a, T0)
+        .await
+        .unwrap();
+    tx.insert_topic("zen", "Zen", "", &a, T0 + 10)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = s.begin().await.unwrap();
+    let e = tx.insert_topic("rust", "R", "", &a, T0).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    drop(tx);
+    post(&s, "p1", "rust", &a, 1.0, T0 + 20).await;
+    let t = s.topic("rust").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            t.title.as_str(),
+            t.creator.as_deref(),
+            t.post_count,
+            t.last_activity_at
+        ),
+        ("Rust", Some("alpha"), 1, T0 + 20)
+    );
+    let names: Vec<String> = s
+        .topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["rust", "zen", "general"]);
+    assert!(s.topic("nope").await.unwrap().is_none());
+}
+
+/// Reads every page of `sort` and returns the ids in order.
+async fn all_pages(s: &Store, sort: Sort, limit: i64) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let page = s
+            .posts_page("general", sort, limit, cursor.as_ref())
+            .await
+            .unwrap();
+        assert!(page.len() as i64 <= limit);
+        let Some(last) = page.last() else { break };
+        cursor = Some(match sort {
+            Sort::Hot => Cursor::Hot(last.hot, last.id.clone()),
+            Sort::New => Cursor::New(last.created_at, last.id.clone()),
+            Sort::Top => Cursor::Top(last.score, last.id.clone()),
+        });
+        let n = page.len() as i64;
+        out.extend(page.into_iter().map(|p| p.id));
+        if n < limit {
+            break;
+        }
+    }
+    out
+}
+
+async fn posts_pages_with_cursors(s: Store, _url: String) {
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let b = agent(&s, &o, "bravo").await;
+    // 23 posts; ties on every ranking value so the id tie-break is exercised.
+    for i in 0..23 {
+        let id = format!("p{i:02}");
+        let hot = (i % 5) as f64 + 0.5;
+        post(&s, &id, "general", &a, hot, T0 + (i / 3) as i64).await;
+        let target = s.vote_target(&id).await.unwrap().unwrap();
+        let mut tx = s.begin().await.unwrap();
+        tx.apply_vote(&b, &target, if i % 2 == 0 { 1 } else { -1 }, |_| hot, T0)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let posts: Vec<_> = {
+        let mut v = Vec::new();
+        for i in 0..23 {
+            v.push(s.post(&format!("p{i:02}")).await.unwrap().unwrap());
+        }
+        v
+    };
+    let expect = |key: &dyn Fn(&carapace::store::PostRow) -> (f64, String)| {
+        let mut v: Vec<_> = posts.iter().map(|p| (key(p), p.id.clone())).collect();
+        v.sort_by(|x, y| y.0.partial_cmp(&x.0).unwrap());
+        v.into_iter().map(|(_, id)| id).collect::<Vec<_>>()
+    };
+    let hot = expect(&|p| (p.hot, p.id.clone()));
+    let new = expect(&|p| (p.created_at as f64, p.id.clone()));
+    let top = expect(&|p| (p.score as f64, p.id.clone()));
+    for limit in [1, 5, 10, 23, 50] {
+        assert_eq!(all_pages(&s, Sort::Hot, limit).await, hot, "hot/{limit}");
+        assert_eq!(all_pages(&s, Sort::New, limit).await, new, "new/{limit}");
+        assert_eq!(all_pages(&s, Sort::Top, limit).await, top, "top/{limit}");
+    }
+    let p = s.post("p04").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            p.topic.as_str(),
+            p.author_handle.as_str(),
+            p.author_name.as_str(),
+            p.score,
+            p.url
+        ),
+        ("general", "alpha", "ALPHA", 1, None)
+    );
+    assert_eq!(s.topic("general").await.unwrap().unwrap().post_count, 23);
+    let recent = s.recent_posts_by(&a, 4).await.unwrap();
+    assert_eq!(recent.len(), 4);
+    assert!(
+        recent
+            .windows(2)
+            .all(|w| w[0].created_at >= w[1].created_at)
+    );
+    assert!(s.recent_posts_by(&b, 4).await.unwrap().is_empty());
+
+    // A link post keeps its URL.
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_post(&NewPost {
+        id: "link",
+        topic: "general",
+        author_id: &a,
+        title: "t",
+        body: "",
+        kind: "link",
+        url: Some("https://example.com/x"),
+        hot: 0.0,
+        created_at: T0,
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        s.post("link").await.unwrap().unwrap().url.as_deref(),
+        Some("https://example.com/x")
+    );
+}
+
+async fn comments(s: Store, _url: String) {
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let b = agent(&s, &o, "bravo").await;
+    post(&s, "p1", "general", &a, 1.0, T0).await;
+    let mut counts = Vec::new();
+    for (i, (id, parent, author)) in [("c1", None, &b), ("c2", Some("c1"), &a), ("c3", None, &a)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut tx = s.begin().await.unwrap();
+        let n = tx
+            .insert_comment(
+                &NewComment {
+                    id,
+                    post_id: "p1",
+                    parent_id: parent,
+                    author_id: author,
+                    body: &format!("body {id}"),
+                    created_at: T0 + 10 + i as i64,
+                },
+                "general",
+            )
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        counts.push(n);
+    }
+    assert_eq!(counts, [1, 2, 3]);
+    let cs = s.comments_of_post("p1").await.unwrap();
+    assert_eq!(
+        cs.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["c1", "c2", "c3"]
+    );
+    assert_eq!(cs[1].parent_id.as_deref(), Some("c1"));
+    assert_eq!(cs[0].parent_id, None);
+    let c = s.comment("c1").await.unwrap().unwrap();
+    assert_eq!(
+        (c.topic.as_str(), c.author_handle.as_str(), c.body.as_str()),
+        ("general", "bravo", "body c1")
+    );
+    assert_eq!(s.post("p1").await.unwrap().unwrap().comment_count, 3);
+    assert_eq!(
+        s.topic("general").await.unwrap().unwrap().last_activity_at,
+        T0 + 12
+    );
+    assert!(matches!(
+        s.vote_target("c2").await.unwrap(),
+        Some(VoteTarget::Comment(_))
+    ));
+    assert!(matches!(
+        s.vote_target("p1").await.unwrap(),
+        Some(VoteTarget::Post(_))
+    ));
+    assert!(s.vote_target("zz").await.unwrap().is_none());
+    assert!(s.comments_of_post("zz").await.unwrap().is_empty());
+}
+
+async fn votes_move_score_by_difference_and_karma(s: Store, _url: String) {
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let b = agent(&s, &o, "bravo").await;
+    let c = agent(&s, &o, "charlie").await;
+    post(&s, "p1", "general", &a, 0.0, T0).await;
+    let vote = |voter: String, target: &'static str, value: i64| {
+        let s = s.clone();
+        async move {
+            let t = s.vote_target(target).await.unwrap().unwrap();
+            let mut tx = s.begin().await.unwrap();
+            let score = tx
+                .apply_vote(&voter, &t, value, |score| score as f64 * 10.0, T0)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            score
+        }
+    };
+    let karma = |id: String| {
+        let s = s.clone();
+        async move { s.agent_by_id(&id).await.unwrap().unwrap().karma }
+    };
+    assert_eq!(vote(b.clone(), "p1", 1).await, 1);
+    assert_eq!(
+        vote(b.clone(), "p1", 1).await,
+        1,
+        "same vote twice counts once"
+    );
+    assert_eq!(vote(c.clone(), "p1", 1).await, 2);
+    assert_eq!(karma(a.clone()).await, 2);
+    assert_eq!(vote(b.clone(), "p1", -1).await, 0, "+1 to -1 moves by 2");
+    assert_eq!(karma(a.clone()).await, 0);
+    assert_eq!(s.post("p1").await.unwrap().unwrap().hot, 0.0);
+    assert_eq!(vote(c.clone(), "p1", 0).await, -1, "0 clears the vote");
+    assert_eq!(
+        vote(c.clone(), "p1", 0).await,
+        -1,
+        "clearing twice is a no-op"
+    );
+    assert_eq!(karma(a.clone()).await, -1);
+    let p = s.post("p1").await.unwrap().unwrap();
+    assert_eq!((p.score, p.hot), (-1, -10.0), "hot follows the score");
+
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_comment(
+        &NewComment {
+            id: "c1",
+            post_id: "p1",
+            parent_id: None,
+            author_id: &b,
+            body: "x",
+            created_at: T0,
+        },
+        "general",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(vote(a.clone(), "c1", -1).await, -1);
+    assert_eq!(vote(c.clone(), "c1", 1).await, 0);
+    assert_eq!(vote(a.clone(), "c1", 1).await, 2);
+    assert_eq!(karma(b.clone()).await, 2);
+    assert_eq!(s.comment("c1").await.unwrap().unwrap().score, 2);
+    assert_eq!(
+        s.post("p1").await.unwrap().unwrap().score,
+        -1,
+        "comment votes stay on the comment"
+    );
+}
+
+async fn dms(s: Store, _url: String) {
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let b = agent(&s, &o, "bravo").await;
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_dm("d1", &a, &b, &[0, 159, 146, 150, 255], T0)
+        .await
+        .unwrap();
+    tx.insert_dm("d2", &b, &a, b"sealed", T0 + 1).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = s.begin().await.unwrap();
+    let e = tx.insert_dm("d1", &a, &b, b"again", T0).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    drop(tx);
+    let mut tx = s.begin().await.unwrap();
+    assert!(
+        tx.insert_dm("d3", &a, "agent-nobody", b"x", T0)
+            .await
+            .is_err(),
+        "recipient must exist"
+    );
+}
+
+async fn append(s: &Store, channel: &str, n: usize) -> Vec<u64> {
+    let mut tx = s.begin().await.unwrap();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let data = format!("{{\"n\":{i}}}");
+        out.push(
+            tx.append_event(channel, "post", data.as_bytes(), false, T0 + i as i64)
+                .await
+                .unwrap(),
+        );
+    }
+    tx.commit().await.unwrap();
+    out
+}
+
+async fn events_sequence_per_channel(s: Store, _url: String) {
+    assert_eq!(s.last_seq("topic:a").await.unwrap(), 0);
+    assert_eq!(s.first_seq("topic:a").await.unwrap(), None);
+    assert!(s.events_after("topic:a", 0, 10).await.unwrap().is_empty());
+    assert_eq!(append(&s, "topic:a", 3).await, [1, 2, 3]);
+    assert_eq!(append(&s, "topic:b", 2).await, [1, 2]);
+    assert_eq!(append(&s, "topic:a", 2).await, [4, 5]);
+    let mut tx = s.begin().await.unwrap();
+    let blob = vec![0u8, 1, 2, 255, 254];
+    assert_eq!(
+        tx.append_event("agent:x", "dm", &blob, true, T0)
+            .await
+            .unwrap(),
+        1
+    );
+    tx.commit().await.unwrap();
+
+    assert_eq!(s.last_seq("topic:a").await.unwrap(), 5);
+    assert_eq!(s.last_seq("topic:b").await.unwrap(), 2);
+    assert_eq!(s.first_seq("topic:a").await.unwrap(), Some(1));
+    let ev = s.events_after("topic:a", 2, 2).await.unwrap();
+    assert_eq!(ev.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(ev[0].channel, "topic:a");
+    assert_eq!(ev[0].event, "post");
+    assert_eq!(ev[0].data, b"{\"n\":2}");
+    assert!(!ev[0].sealed);
+    assert_eq!(s.events_after("topic:a", 5, 10).await.unwrap().len(), 0);
+    let all = s.events_after("topic:a", 0, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    let dm = s.events_after("agent:x", 0, 10).await.unwrap();
+    assert_eq!((dm[0].sealed, dm[0].data.clone()), (true, blob));
+}
+
+async fn events_rollback_leaves_no_hole(s: Store, _url: String) {
+    append(&s, "topic:a", 2).await;
+    let mut tx = s.begin().await.unwrap();
+    assert_eq!(
+        tx.append_event("topic:a", "post", b"{}", false, T0)
+            .await
+            .unwrap(),
+        3
+    );
+    drop(tx);
+    assert_eq!(s.last_seq("topic:a").await.unwrap(), 2);
+    assert_eq!(append(&s, "topic:a", 1).await, [3]);
+    let seqs: Vec<u64> = s
+        .events_after("topic:a", 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+}
+
+/// Writers racing on one channel each get a distinct seq, together exactly 1..=N, and the
+/// history holds every one of them: the property the Hub's ordering rests on.
+async fn events_concurrent_appends_get_distinct_contiguous_seqs(s: Store, _url: String) {
+    const N: u64 = 200;
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for i in 0..N / 8 {
+                let mut tx = s.begin().await.unwrap();
+                // Another channel in the same transaction, as a post with a mention does.
+                let seq = tx
+                    .append_event(
+                        "topic:race",
+                        "post",
+                        format!("{w}-{i}").as_bytes(),
+                        false,
+                        T0,
+                    )
+                    .await
+                    .unwrap();
+                tx.append_event(&format!("agent:w{w}"), "mention", b"{}", true, T0)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                mine.push(seq);
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let mine = t.await.unwrap();
+        assert!(
+            mine.windows(2).all(|w| w[0] < w[1]),
+            "one writer's seqs grow"
+        );
+        all.extend(mine);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=N).collect::<Vec<_>>());
+    let stored: Vec<u64> = s
+        .events_after("topic:race", 0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(stored, (1..=N).collect::<Vec<_>>());
+    let distinct: HashSet<_> = s
+        .events_after("topic:race", 0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(distinct.len() as u64, N);
+    for w in 0..8 {
+        assert_eq!(s.last_seq(&format!("agent:w{w}")).await.unwrap(), N / 8);
+    }
+}
+
+async fn prune_keeps_last_n(s: Store, _url: String) {
+    append(&s, "topic:a", 30).await; // created_at T0 .. T0+29
+    append(&s, "topic:b", 5).await;
+    // Nothing is old enough: nothing goes.
+    assert_eq!(s.prune_events(10, T0 - 1).await.unwrap(), 0);
+    // Old enough, but only beyond the last 10 of each channel.
+    assert_eq!(s.prune_events(10, T0 + 1000).await.unwrap(), 20);
+    assert_eq!(s.first_seq("topic:a").await.unwrap(), Some(21));
+    assert_eq!(s.first_seq("topic:b").await.unwrap(), Some(1));
+    assert_eq!(s.last_seq("topic:a").await.unwrap(), 30);
+    // The age cutoff holds too: only events older than it go.
+    assert_eq!(s.prune_events(2, T0 + 25).await.unwrap(), 5 + 3);
+    assert_eq!(s.first_seq("topic:a").await.unwrap(), Some(26));
+    assert_eq!(s.first_seq("topic:b").await.unwrap(), Some(4));
+    // New events keep counting from where the channel was.
+    assert_eq!(append(&s, "topic:a", 1).await, [31]);
+}
