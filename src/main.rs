@@ -36,6 +36,8 @@ enum Cmd {
         #[command(subcommand)]
         task: KeysTask,
     },
+    /// The load generator: drives a hub or a peer and prints a report, then one JSON line.
+    Bench(carapace::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -116,7 +118,18 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Cmd::Bench(args)) => bench(args).await,
     }
+}
+
+async fn bench(args: carapace::bench::BenchArgs) -> anyhow::Result<()> {
+    init_logging(Some(LogFormat::Pretty));
+    if let Some(addr) = args.serve_raw {
+        return Ok(carapace::bench::serve_raw(addr, shutdown_signal()).await?);
+    }
+    let report = carapace::bench::run(args).await?;
+    println!("{}", carapace::bench::json_line(&report));
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
