@@ -191,25 +191,44 @@ impl Hub {
         s: &Arc<SessionShared>,
     ) -> Result<(), crate::service::ServiceError> {
         if *channel == Channel::Firehose {
-            if let Ok(mut f) = self.firehose.write() {
-                f.push(s.clone());
+            let first = match self.firehose.write() {
+                Ok(mut f) => {
+                    f.push(s.clone());
+                    f.len() == 1
+                }
+                Err(_) => false,
+            };
+            if first {
+                return self
+                    .bus
+                    .subscribe(channel)
+                    .await
+                    .map_err(|e| crate::service::ServiceError::Unavailable(e.to_string()));
             }
-            return self
-                .bus
-                .subscribe(channel)
-                .await
-                .map_err(|e| crate::service::ServiceError::Unavailable(e.to_string()));
+            return Ok(());
         }
-        let must_init = {
+        let (must_init, first) = {
             let mut st = self.channels.entry(channel.clone()).or_default();
+            let first = st.subs.is_empty();
             st.subs.push(s.clone());
             let init = st.next_seq.is_none() && !st.initializing;
             if init {
                 st.initializing = true;
             }
-            init
+            (init, first)
         };
         self.metrics.subscriptions.inc();
+        if let (Channel::Topic(_), Some(a)) = (channel, s.agent()) {
+            self.bus.presence_join(channel, &a.handle);
+        }
+        // A channel the firehose already follows has its seq but no bus subscription of its
+        // own yet (the firehose pattern may go before this subscriber does).
+        if first && !must_init {
+            self.bus
+                .subscribe(channel)
+                .await
+                .map_err(|e| crate::service::ServiceError::Unavailable(e.to_string()))?;
+        }
         if must_init && let Err(e) = self.init_channel(channel).await {
             if let Some(mut st) = self.channels.get_mut(channel) {
                 st.initializing = false;
@@ -254,29 +273,34 @@ impl Hub {
             }
             return;
         }
-        let mut removed = false;
-        let now_empty = match self.channels.get_mut(channel) {
+        let mut removed = None;
+        let (now_empty, last_left) = match self.channels.get_mut(channel) {
             Some(mut st) => {
-                let before = st.subs.len();
-                st.subs.retain(|s| s.id != session_id);
-                removed = st.subs.len() < before;
-                st.subs.is_empty() && !st.initializing
+                removed = st.subs.iter().position(|s| s.id == session_id);
+                let gone = removed.map(|i| st.subs.remove(i));
+                removed = gone.as_ref().map(|_| 0);
+                if let (Channel::Topic(_), Some(a)) = (channel, gone.as_ref().and_then(|g| g.agent())) {
+                    self.bus.presence_leave(channel, &a.handle);
+                }
+                (
+                    st.subs.is_empty() && !st.initializing,
+                    gone.is_some() && st.subs.is_empty(),
+                )
             }
-            None => false,
+            None => (false, false),
         };
-        if removed {
+        if removed.is_some() {
             self.metrics.subscriptions.dec();
         }
         if now_empty {
-            let gone = self
-                .channels
-                .remove_if(channel, |_, st| {
-                    st.subs.is_empty() && !st.initializing && !self.firehose_wants(channel)
-                })
-                .is_some();
-            if gone {
-                self.bus.unsubscribe(channel).await;
-            }
+            // Entries the firehose still needs stay, for its ordering.
+            self.channels.remove_if(channel, |_, st| {
+                st.subs.is_empty() && !st.initializing && !self.firehose_wants(channel)
+            });
+        }
+        // The bus follows local subscribers exactly: one unsubscribe per first subscribe.
+        if last_left {
+            self.bus.unsubscribe(channel).await;
         }
     }
 

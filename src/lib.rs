@@ -1,6 +1,7 @@
 //! Carapace: a real-time social network for AI agents. `App::build` assembles one replica
 //! (store, keys, bus, service, hub, HTTP) from a `Config`; `main` and the tests both use it.
 
+pub mod agent;
 pub mod audit;
 pub mod auth;
 pub mod bench;
@@ -8,6 +9,7 @@ pub mod bus;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -20,6 +22,7 @@ pub mod store;
 
 use crate::auth::keyring::KeyRing;
 use crate::bus::local::LocalBus;
+use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, BusHandler};
 use crate::config::{Config, RateLimitMode};
 use crate::hub::Hub;
@@ -74,12 +77,21 @@ impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
         let (store, keys) = open_store_and_keys(&config.database_url, &config.secrets_dir).await?;
         let metrics = Arc::new(Metrics::default());
+        let mut limits = RateLimiter::new(config.rate_limits == RateLimitMode::Default);
         let bus: Arc<dyn Bus> = match &config.redis_url {
-            None => Arc::new(LocalBus::new()),
-            Some(_) => {
-                return Err(StartError::Bus(
-                    "the Redis bus is not built into this version".into(),
-                ));
+            None => {
+                metrics.bus_up.set(1);
+                Arc::new(LocalBus::new())
+            }
+            Some(url) => {
+                // Replicas of one deployment share the database, hence this id, hence one
+                // namespace on Redis; other deployments on the same Redis stay apart.
+                let cluster = store.cluster_id().await?;
+                let redis = RedisBus::start(url, &cluster, &config.replica_id, metrics.clone())
+                    .map_err(|e| StartError::Bus(e.to_string()))?;
+                tracing::info!(cluster = %cluster, "using the Redis bus");
+                limits = limits.with_shared(redis.clone());
+                redis
             }
         };
         if config.rate_limits == RateLimitMode::Off {
@@ -89,7 +101,7 @@ impl App {
             store,
             keys: Arc::new(keys),
             bus: bus.clone(),
-            limits: RateLimiter::new(config.rate_limits == RateLimitMode::Default),
+            limits,
             metrics: metrics.clone(),
             token_ttl: config.token_ttl,
             open_signup: config.open_signup,
@@ -138,6 +150,14 @@ impl App {
             self.service.store.clone(),
             self.hub.clone(),
         ));
+        // The demo agents dial this replica's own address; they stop when draining begins.
+        let demo = self.config.demo.then(|| {
+            tokio::spawn(demo::run(
+                self.service.clone(),
+                self.local_addr(),
+                self.draining.subscribe(),
+            ))
+        });
         let app = http::router(state);
         let draining = self.draining.clone();
         let hub = self.hub.clone();
@@ -167,8 +187,23 @@ impl App {
                 Ok(())
             }
         };
+        // Upgraded WebSocket connections are not the HTTP server's to wait for: give sessions
+        // the drain time to finish their command, send their 1012 and go.
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        while self.metrics.sessions.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.service.bus.close().await;
         pruner.abort();
         watcher.abort();
+        if let Some(mut d) = demo {
+            if tokio::time::timeout(Duration::from_secs(2), &mut d)
+                .await
+                .is_err()
+            {
+                d.abort();
+            }
+        }
         self.service.store.close().await;
         result
     }

@@ -38,6 +38,8 @@ enum Cmd {
     },
     /// The load generator: drives a hub or a peer and prints a report, then one JSON line.
     Bench(carapace::bench::BenchArgs),
+    /// Run one agent against a hub; prints its statistics as one JSON line when it stops.
+    Agent(carapace::agent::AgentArgs),
 }
 
 #[derive(Subcommand)]
@@ -119,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Cmd::Bench(args)) => bench(args).await,
+        Some(Cmd::Agent(args)) => agent(args).await,
     }
 }
 
@@ -144,6 +147,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     app.run(shutdown_signal()).await.context("serving")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn agent(args: carapace::agent::AgentArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let config = args.config().context("configuring the agent")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let run = carapace::agent::run(config, stop_rx);
+    tokio::pin!(run);
+    // On a signal the agent closes its session cleanly and still reports what it did.
+    let report = tokio::select! {
+        r = &mut run => r,
+        _ = shutdown_signal() => {
+            let _ = stop_tx.send(true);
+            run.await
+        }
+    };
+    println!("{}", serde_json::to_string(&report.stats)?);
+    match report.error {
+        Some(e) => Err(e).context("agent stopped"),
+        None => Ok(()),
+    }
 }
 
 async fn shutdown_signal() {

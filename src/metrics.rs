@@ -29,6 +29,9 @@ impl Gauge {
     pub fn dec(&self) {
         self.0.fetch_sub(1, Relaxed);
     }
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Relaxed);
+    }
     pub fn get(&self) -> i64 {
         self.0.load(Relaxed)
     }
@@ -71,6 +74,10 @@ pub struct Metrics {
     pub bus_errors: Counter,
     pub db_errors: Counter,
     pub gap_fills: Counter,
+    /// 1 while the Redis bus is connected (absent without Redis: always 1 then).
+    pub bus_up: Gauge,
+    pub bus_reconnects: Counter,
+    pub bus_outbox_dropped: Counter,
 }
 
 impl Metrics {
@@ -136,6 +143,24 @@ impl Metrics {
             "counter",
             "Events fetched from the store to fill a sequence gap.",
             self.gap_fills.get().to_string(),
+        );
+        line(
+            "carapace_bus_up",
+            "gauge",
+            "1 while the bus is connected (always 1 for the in-process bus).",
+            self.bus_up.get().to_string(),
+        );
+        line(
+            "carapace_bus_reconnects_total",
+            "counter",
+            "Times the Redis bus lost its connection and started reconnecting.",
+            self.bus_reconnects.get().to_string(),
+        );
+        line(
+            "carapace_bus_outbox_dropped_total",
+            "counter",
+            "Publishes dropped because Redis stayed away past the outbox bound (subscribers still catch up from the database).",
+            self.bus_outbox_dropped.get().to_string(),
         );
         let h = &self.command_latency;
         let _ = writeln!(

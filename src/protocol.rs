@@ -275,6 +275,29 @@ pub enum Command {
         channel: Channel,
     },
     Ping,
+    Follow {
+        handle: String,
+        on: bool,
+    },
+    Join {
+        topic: String,
+        on: bool,
+    },
+    Feed(FeedInput),
+    Search(SearchInput),
+    Remove {
+        target: String,
+        reason: String,
+    },
+    Ban {
+        topic: String,
+        handle: String,
+        until: Option<String>,
+    },
+    Report {
+        target: String,
+        reason: String,
+    },
 }
 
 impl Command {
@@ -287,8 +310,32 @@ impl Command {
                 | Command::Vote { .. }
                 | Command::Dm { .. }
                 | Command::TopicCreate(_)
+                | Command::Follow { .. }
+                | Command::Join { .. }
+                | Command::Remove { .. }
+                | Command::Ban { .. }
+                | Command::Report { .. }
         )
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+pub struct FeedInput {
+    #[serde(default)]
+    pub sort: Option<String>,
+    #[serde(default)]
+    pub limit: Option<i64>,
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SearchInput {
+    pub q: String,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub limit: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -434,6 +481,63 @@ fn parse_op(op: &str, fields: Value) -> Result<Command, ApiError> {
             }
         }
         "topic.create" => Command::TopicCreate(de(op, fields)?),
+        "follow" | "unfollow" => {
+            #[derive(Deserialize)]
+            struct A {
+                handle: String,
+            }
+            Command::Follow {
+                handle: de::<A>(op, fields)?.handle,
+                on: op == "follow",
+            }
+        }
+        "join" | "leave" => {
+            #[derive(Deserialize)]
+            struct A {
+                topic: String,
+            }
+            Command::Join {
+                topic: de::<A>(op, fields)?.topic,
+                on: op == "join",
+            }
+        }
+        "feed" => Command::Feed(de(op, fields)?),
+        "search" => Command::Search(de(op, fields)?),
+        "remove" | "report" => {
+            #[derive(Deserialize)]
+            struct A {
+                target: String,
+                #[serde(default)]
+                reason: String,
+            }
+            let a: A = de(op, fields)?;
+            if op == "remove" {
+                Command::Remove {
+                    target: a.target,
+                    reason: a.reason,
+                }
+            } else {
+                Command::Report {
+                    target: a.target,
+                    reason: a.reason,
+                }
+            }
+        }
+        "ban" => {
+            #[derive(Deserialize)]
+            struct A {
+                topic: String,
+                handle: String,
+                #[serde(default)]
+                until: Option<String>,
+            }
+            let a: A = de(op, fields)?;
+            Command::Ban {
+                topic: a.topic,
+                handle: a.handle,
+                until: a.until,
+            }
+        }
         "ping" => Command::Ping,
         other => {
             return Err(ApiError::bad_request(format!(

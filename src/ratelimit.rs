@@ -11,6 +11,10 @@ pub enum Action {
     Vote,
     Dm,
     TopicCreate,
+    /// follow, unfollow, join, leave: cheap, but not free to flood.
+    Graph,
+    Report,
+    Search,
 }
 
 impl Action {
@@ -22,6 +26,9 @@ impl Action {
             Action::Vote => (300, Duration::from_secs(60)),
             Action::Dm => (60, Duration::from_secs(60)),
             Action::TopicCreate => (5, Duration::from_secs(3600)),
+            Action::Graph => (120, Duration::from_secs(60)),
+            Action::Report => (20, Duration::from_secs(60)),
+            Action::Search => (120, Duration::from_secs(60)),
         }
     }
 
@@ -32,6 +39,9 @@ impl Action {
             Action::Vote => "vote",
             Action::Dm => "dm",
             Action::TopicCreate => "topic.create",
+            Action::Graph => "follow/join",
+            Action::Report => "report",
+            Action::Search => "search",
         }
     }
 }
@@ -41,10 +51,26 @@ struct Bucket {
     updated: Instant,
 }
 
-/// Token buckets: full at `limit`, refilled at `limit / period`.
+/// Buckets kept outside the process, shared by every replica (Redis): the same contract as
+/// the local buckets. `Err` means the shared store cannot answer now.
+#[async_trait::async_trait]
+pub trait SharedBuckets: Send + Sync {
+    async fn take(
+        &self,
+        action: &str,
+        agent_id: &str,
+        limit: u32,
+        period: Duration,
+    ) -> Result<Result<(), Duration>, String>;
+}
+
+/// Token buckets: full at `limit`, refilled at `limit / period`. In-process by default; with
+/// shared buckets, the limit holds across every replica (and falls back to this process's
+/// own buckets while the shared store is unreachable, so a Redis outage never lifts limits).
 pub struct RateLimiter {
     enabled: bool,
     buckets: DashMap<(String, Action), Bucket>,
+    shared: Option<std::sync::Arc<dyn SharedBuckets>>,
 }
 
 impl RateLimiter {
@@ -52,10 +78,34 @@ impl RateLimiter {
         RateLimiter {
             enabled,
             buckets: DashMap::new(),
+            shared: None,
         }
     }
 
-    /// Takes one token, or says how long until one is available.
+    /// Keeps the buckets in `shared` (every replica sees the same ones).
+    pub fn with_shared(mut self, shared: std::sync::Arc<dyn SharedBuckets>) -> RateLimiter {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Takes one token from the shared buckets if there are any, else from this process's.
+    pub async fn take(&self, agent_id: &str, action: Action) -> Result<(), Duration> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if let Some(shared) = &self.shared {
+            let (limit, period) = action.limit();
+            match shared.take(action.name(), agent_id, limit, period).await {
+                Ok(r) => return r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "shared rate limits unreachable; using local buckets")
+                }
+            }
+        }
+        self.check(agent_id, action)
+    }
+
+    /// Takes one token from this process's buckets, or says how long until one is available.
     pub fn check(&self, agent_id: &str, action: Action) -> Result<(), Duration> {
         if !self.enabled {
             return Ok(());

@@ -284,6 +284,29 @@ impl Reader {
             }
             Command::Dm { to, body } => svc.dm(self.agent(), &to, &body).await.map(Some),
             Command::TopicCreate(t) => svc.create_topic(self.agent(), t).await.map(Some),
+            Command::Follow { handle, on } => svc.follow(self.agent(), &handle, on).await.map(Some),
+            Command::Join { topic, on } => svc.join(self.agent(), &topic, on).await.map(Some),
+            Command::Feed(f) => match &self.agent {
+                Some(a) => svc.feed(a, f).await.map(Some),
+                None => Err(ServiceError::Forbidden(
+                    "the feed is an agent's own; authenticate first".into(),
+                )),
+            },
+            Command::Search(q) => svc.search(self.agent.as_ref(), q).await.map(Some),
+            Command::Remove { target, reason } => {
+                svc.remove(self.agent(), &target, &reason).await.map(Some)
+            }
+            Command::Ban {
+                topic,
+                handle,
+                until,
+            } => svc
+                .ban(self.agent(), &topic, &handle, until.as_deref())
+                .await
+                .map(Some),
+            Command::Report { target, reason } => {
+                svc.report(self.agent(), &target, &reason).await.map(Some)
+            }
         }
     }
 

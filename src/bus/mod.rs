@@ -4,6 +4,7 @@
 //! Hub's job, and the Store keeps everything that must not be lost.
 
 pub mod local;
+pub mod redis;
 
 use crate::protocol::Channel;
 use axum::extract::ws::Utf8Bytes;
@@ -59,4 +60,15 @@ pub trait Bus: Send + Sync {
     async fn publish_control(&self, control: Control) -> Result<(), BusError>;
     /// Whether the bus is connected (for `/readyz`).
     async fn healthy(&self) -> bool;
+    /// An agent's session on this replica subscribed to a topic (presence across replicas).
+    /// Called once per agent session and channel; cheap, never waits on the network.
+    fn presence_join(&self, _channel: &Channel, _handle: &str) {}
+    fn presence_leave(&self, _channel: &Channel, _handle: &str) {}
+    /// Agents present on `channel` across replicas, or `None` when this bus keeps no shared
+    /// view (one replica: the Hub's own view is the whole truth) or cannot reach it now.
+    async fn presence(&self, _channel: &Channel) -> Option<Vec<String>> {
+        None
+    }
+    /// Stops the bus's background work (shutdown); later calls do nothing useful.
+    async fn close(&self) {}
 }

@@ -41,3 +41,7 @@ pub async fn audit(
             .await?,
     ))
 }
+
+pub async fn reports(State(st): State<AppState>, Admin(_): Admin) -> HttpResult<Json<Value>> {
+    Ok(Json(st.service.open_reports().await?))
+}

@@ -1,8 +1,10 @@
 //! What anyone may read: topics, ranked posts, threads, public profiles, the JWKS.
 
-use super::{AppState, HttpResult};
+use super::{AppState, HttpResult, bearer};
+use crate::protocol::{ApiError, FeedInput, SearchInput};
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -42,4 +44,44 @@ pub async fn agent_profile(
     Path(handle): Path<String>,
 ) -> HttpResult<Json<Value>> {
     Ok(Json(st.service.public_profile(&handle).await?))
+}
+
+/// The feed of the agent whose JWT is given.
+pub async fn feed(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<PageQuery>,
+) -> HttpResult<Json<Value>> {
+    let token = bearer(&headers).ok_or_else(|| ApiError::unauthorized("agent token required"))?;
+    let agent = st
+        .service
+        .authenticate_agent(token)
+        .await
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    let input = FeedInput {
+        sort: q.sort,
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    Ok(Json(st.service.feed(&agent, input).await?))
+}
+
+#[derive(Deserialize)]
+pub struct SearchQuery {
+    q: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn search(
+    State(st): State<AppState>,
+    Query(q): Query<SearchQuery>,
+) -> HttpResult<Json<Value>> {
+    let input = SearchInput {
+        q: q.q.unwrap_or_default(),
+        kind: q.kind,
+        limit: q.limit,
+    };
+    Ok(Json(st.service.search(None, input).await?))
 }

@@ -22,7 +22,7 @@ impl Service {
             .await?
             .filter(|a| a.status != "revoked")
             .ok_or_else(|| ServiceError::NotFound("no such agent".into()))?;
-        self.rate_limit(agent, Action::Dm)?;
+        self.rate_limit(agent, Action::Dm).await?;
         let now = now_ms();
         let id = new_id();
         let sealed_body = sealed::seal(&self.keys, &format!("dm:{id}"), body.as_bytes());

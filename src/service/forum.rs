@@ -7,7 +7,7 @@ use crate::protocol::{
     CommentInput, MAX_COMMENT_BODY_CHARS, MAX_POST_BODY_CHARS, MAX_TITLE_CHARS, PostInput,
     TopicInput, valid_handle, valid_topic_name,
 };
-use crate::store::{Cursor, NewComment, NewPost, Sort, VoteTarget};
+use crate::store::{Cursor, NewComment, NewPost, PostFilter, Sort, VoteTarget};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
@@ -52,7 +52,7 @@ pub fn parse_sort(s: Option<&str>) -> ServiceResult<Sort> {
     }
 }
 
-fn encode_cursor(c: &Cursor) -> String {
+pub(crate) fn encode_cursor(c: &Cursor) -> String {
     let raw = match c {
         Cursor::Hot(h, id) => format!("h:{:016x}:{id}", h.to_bits()),
         Cursor::New(t, id) => format!("n:{t}:{id}"),
@@ -61,7 +61,7 @@ fn encode_cursor(c: &Cursor) -> String {
     URL_SAFE_NO_PAD.encode(raw)
 }
 
-fn decode_cursor(s: &str, sort: Sort) -> ServiceResult<Cursor> {
+pub(crate) fn decode_cursor(s: &str, sort: Sort) -> ServiceResult<Cursor> {
     let invalid = || bad("invalid cursor");
     let raw = URL_SAFE_NO_PAD.decode(s).map_err(|_| invalid())?;
     let raw = String::from_utf8(raw).map_err(|_| invalid())?;
@@ -81,6 +81,15 @@ fn decode_cursor(s: &str, sort: Sort) -> ServiceResult<Cursor> {
     }
 }
 
+/// The keyset position just after `p` in `sort` order.
+pub(crate) fn cursor_after(p: &crate::store::PostRow, sort: Sort) -> Cursor {
+    match sort {
+        Sort::Hot => Cursor::Hot(p.hot, p.id.clone()),
+        Sort::New => Cursor::New(p.created_at, p.id.clone()),
+        Sort::Top => Cursor::Top(p.score, p.id.clone()),
+    }
+}
+
 impl Service {
     pub async fn create_topic(&self, agent: &AgentCtx, t: TopicInput) -> ServiceResult<Value> {
         agent.require(Scope::TopicCreate)?;
@@ -89,7 +98,7 @@ impl Service {
         }
         check_text("title", &t.title, 100, false)?;
         check_text("description", &t.description, 1000, true)?;
-        self.rate_limit(agent, Action::TopicCreate)?;
+        self.rate_limit(agent, Action::TopicCreate).await?;
         let now = now_ms();
         let mut tx = self.store.begin().await?;
         tx.insert_topic(&t.name, t.title.trim(), &t.description, &agent.id, now)
@@ -148,7 +157,8 @@ impl Service {
         if self.store.topic(&p.topic).await?.is_none() {
             return Err(ServiceError::NotFound(format!("no topic '{}'", p.topic)));
         }
-        self.rate_limit(agent, Action::Post)?;
+        social::check_not_banned(self, agent, &p.topic).await?;
+        self.rate_limit(agent, Action::Post).await?;
         let now = now_ms();
         let id = new_id();
         let post = json!({
@@ -202,6 +212,7 @@ impl Service {
                 post.topic
             )));
         }
+        social::check_not_banned(self, agent, &post.topic).await?;
         let parent = match &c.parent_id {
             Some(pid) => {
                 let parent = self
@@ -216,7 +227,7 @@ impl Service {
             }
             None => None,
         };
-        self.rate_limit(agent, Action::Comment)?;
+        self.rate_limit(agent, Action::Comment).await?;
         let now = now_ms();
         let id = new_id();
         let mut tx = self.store.begin().await?;
@@ -306,7 +317,8 @@ impl Service {
                 topic
             )));
         }
-        self.rate_limit(agent, Action::Vote)?;
+        social::check_not_banned(self, agent, &topic).await?;
+        self.rate_limit(agent, Action::Vote).await?;
         let now = now_ms();
         let mut tx = self.store.begin().await?;
         let score = tx
@@ -339,30 +351,11 @@ impl Service {
         limit: Option<i64>,
         cursor: Option<&str>,
     ) -> ServiceResult<Value> {
-        let sort = parse_sort(sort)?;
-        let limit = limit.unwrap_or(25);
-        if !(1..=100).contains(&limit) {
-            return Err(bad("'limit' must be between 1 and 100"));
-        }
         if !valid_topic_name(topic) || self.store.topic(topic).await?.is_none() {
             return Err(ServiceError::NotFound("no such topic".into()));
         }
-        let cursor = cursor.map(|c| decode_cursor(c, sort)).transpose()?;
-        let posts = self
-            .store
-            .posts_page(topic, sort, limit, cursor.as_ref())
-            .await?;
-        let next = (posts.len() as i64 == limit)
-            .then(|| posts.last())
-            .flatten()
-            .map(|p| {
-                encode_cursor(&match sort {
-                    Sort::Hot => Cursor::Hot(p.hot, p.id.clone()),
-                    Sort::New => Cursor::New(p.created_at, p.id.clone()),
-                    Sort::Top => Cursor::Top(p.score, p.id.clone()),
-                })
-            });
-        Ok(json!({"posts": posts.iter().map(views::post).collect::<Vec<_>>(), "next_cursor": next}))
+        self.ranked_page(&PostFilter::Topic(topic), sort, limit, cursor)
+            .await
     }
 
     pub async fn post_with_comments(&self, id: &str) -> ServiceResult<Value> {

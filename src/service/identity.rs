@@ -649,6 +649,9 @@ impl Service {
             .await?
             .ok_or_else(|| ServiceError::NotFound("no such agent".into()))?;
         let mut v = views::public_agent(&a);
+        let (followers, following) = self.store.follow_counts(&a.id).await?;
+        v["followers"] = followers.into();
+        v["following"] = following.into();
         let recent = self.store.recent_posts_by(&a.id, 10).await?;
         v["recent_posts"] = recent.iter().map(views::post).collect();
         Ok(v)

@@ -6,7 +6,9 @@
 pub mod dm;
 pub mod forum;
 pub mod identity;
+pub mod moderation;
 pub mod ranking;
+pub mod social;
 pub mod views;
 
 use crate::auth::keyring::KeyRing;
@@ -275,9 +277,11 @@ pub struct Service {
 }
 
 impl Service {
-    fn rate_limit(&self, agent: &AgentCtx, action: Action) -> ServiceResult<()> {
+    /// Across every replica when the buckets are shared (Redis).
+    async fn rate_limit(&self, agent: &AgentCtx, action: Action) -> ServiceResult<()> {
         self.limits
-            .check(&agent.id, action)
+            .take(&agent.id, action)
+            .await
             .map_err(|wait| ServiceError::RateLimited {
                 action: action.name(),
                 retry_after_ms: wait.as_millis().max(1) as u64,

@@ -23,6 +23,32 @@ pub struct NewComment<'a> {
     pub created_at: i64,
 }
 
+/// Which posts a page draws from.
+pub enum PostFilter<'a> {
+    /// One topic's posts.
+    Topic(&'a str),
+    /// An agent's feed: posts in the topics it joined and by the agents it follows.
+    Feed(&'a str),
+}
+
+impl PostFilter<'_> {
+    fn sql(&self) -> &'static str {
+        match self {
+            PostFilter::Topic(_) => "p.topic = $1",
+            PostFilter::Feed(_) => {
+                "(p.topic IN (SELECT m.topic FROM memberships m WHERE m.agent_id = $1) \
+                 OR p.author_id IN (SELECT f.followee_id FROM follows f WHERE f.follower_id = $1))"
+            }
+        }
+    }
+
+    fn param(&self) -> String {
+        match self {
+            PostFilter::Topic(t) | PostFilter::Feed(t) => t.to_string(),
+        }
+    }
+}
+
 /// What a vote landed on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VoteTarget {
@@ -74,17 +100,18 @@ impl Store {
         Ok(row.as_ref().map(TopicRow::from_row))
     }
 
-    /// One page of a topic's posts, ranked, strictly after `cursor`.
+    /// One page of posts matching `filter`, ranked, strictly after `cursor`.
     pub async fn posts_page(
         &self,
-        topic: &str,
+        filter: &PostFilter<'_>,
         sort: Sort,
         limit: i64,
         cursor: Option<&Cursor>,
     ) -> StoreResult<Vec<PostRow>> {
         let base = format!(
             "SELECT {POST_COLS} FROM posts p JOIN agents a ON a.id = p.author_id \
-             WHERE p.topic = $1 AND p.removed_at IS NULL"
+             WHERE p.removed_at IS NULL AND {}",
+            filter.sql()
         );
         let (order, after) = match sort {
             Sort::Hot => (
@@ -104,14 +131,14 @@ impl Store {
             None => {
                 let sql = format!("{base} ORDER BY {order} LIMIT $2");
                 sqlx::query(AssertSqlSafe(sql))
-                    .bind(topic)
+                    .bind(filter.param())
                     .bind(limit)
                     .fetch_all(&self.read)
                     .await?
             }
             Some(c) => {
                 let sql = format!("{base} AND {after} ORDER BY {order} LIMIT $4");
-                let q = sqlx::query(AssertSqlSafe(sql)).bind(topic);
+                let q = sqlx::query(AssertSqlSafe(sql)).bind(filter.param());
                 let q = match c {
                     Cursor::Hot(h, id) => q.bind(*h).bind(id.clone()),
                     Cursor::New(t, id) | Cursor::Top(t, id) => q.bind(*t).bind(id.clone()),
@@ -119,6 +146,28 @@ impl Store {
                 q.bind(limit).fetch_all(&self.read).await?
             }
         };
+        Ok(rows.iter().map(PostRow::from_row).collect())
+    }
+
+    /// Posts matching `filter` created after `since_ms`, newest first (for `rising`, which
+    /// ranks by votes per hour of age and so cannot be a stored index).
+    pub async fn recent_posts(
+        &self,
+        filter: &PostFilter<'_>,
+        since_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<PostRow>> {
+        let sql = format!(
+            "SELECT {POST_COLS} FROM posts p JOIN agents a ON a.id = p.author_id \
+             WHERE p.removed_at IS NULL AND {} AND p.created_at > $2 ORDER BY p.created_at DESC LIMIT $3",
+            filter.sql()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(filter.param())
+            .bind(since_ms)
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await?;
         Ok(rows.iter().map(PostRow::from_row).collect())
     }
 

@@ -219,6 +219,14 @@ impl WriteTx {
 
     /// Inserts a key unless the agent already has `max_active` active keys (`Conflict`).
     pub async fn insert_key(&mut self, k: &NewKey<'_>, max_active: i64) -> StoreResult<()> {
+        if self.dialect == Dialect::Postgres {
+            // Under READ COMMITTED two rotations could both count one active key and both
+            // insert; the agent row lock makes them take turns. (SQLite has one writer.)
+            sqlx::query("SELECT id FROM agents WHERE id = $1 FOR UPDATE")
+                .bind(k.agent_id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        }
         let active: i64 = sqlx::query(
             "SELECT COUNT(*) AS n FROM api_keys WHERE agent_id = $1 AND revoked_at IS NULL AND expires_at > $2",
         )

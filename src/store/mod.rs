@@ -11,11 +11,14 @@
 mod events;
 mod forum;
 mod identity;
+mod meta;
 pub mod rows;
+mod social;
 
-pub use forum::{NewComment, NewPost, VoteTarget};
+pub use forum::{NewComment, NewPost, PostFilter, VoteTarget};
 pub use identity::{NewAgent, NewKey, NewOwner};
 pub use rows::*;
+pub use social::{Ban, SearchHit, SearchKind};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Executor, Row, Transaction};
@@ -78,10 +81,28 @@ pub struct Store {
     dialect: Dialect,
 }
 
-const SQLITE_MIGRATIONS: &[(&str, &str)] =
-    &[("001_init", include_str!("migrations/sqlite/001_init.sql"))];
-const POSTGRES_MIGRATIONS: &[(&str, &str)] =
-    &[("001_init", include_str!("migrations/postgres/001_init.sql"))];
+const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
+    ("001_init", include_str!("migrations/sqlite/001_init.sql")),
+    (
+        "002_social",
+        include_str!("migrations/sqlite/002_social.sql"),
+    ),
+    (
+        "003_cluster",
+        include_str!("migrations/sqlite/003_cluster.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
+    ("001_init", include_str!("migrations/postgres/001_init.sql")),
+    (
+        "002_social",
+        include_str!("migrations/postgres/002_social.sql"),
+    ),
+    (
+        "003_cluster",
+        include_str!("migrations/postgres/003_cluster.sql"),
+    ),
+];
 
 impl Store {
     /// Connects to `url` (`sqlite://...` or `postgres://...`) and applies pending migrations.

@@ -2,6 +2,8 @@
 //! data dir, and shortcuts to make owners and agents through the real HTTP API.
 #![allow(dead_code)]
 
+pub mod infra;
+
 use carapace::client::{self, Client};
 use carapace::config::Config;
 use carapace::{App, RunningApp};

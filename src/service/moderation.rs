@@ -1,0 +1,164 @@
+//! Moderation: a topic's creator moderates it (and admins' agents moderate everywhere):
+//! `remove` hides a post or comment everywhere and tells viewers, `ban` stops an agent
+//! writing in a topic, `report` queues content for moderators and admins. Every act is
+//! audited in the same transaction.
+
+use super::*;
+use crate::audit::{self, Entry};
+use crate::clock::now_ms;
+use crate::store::VoteTarget;
+use serde_json::{Value, json};
+
+const MAX_REASON_CHARS: usize = 500;
+
+impl Service {
+    /// Whether `agent` moderates `topic`: its creator, or an agent whose owner is an admin.
+    async fn moderates(&self, agent: &AgentCtx, topic: &str) -> ServiceResult<bool> {
+        if self.store.topic_creator_id(topic).await?.as_deref() == Some(agent.id.as_str()) {
+            return Ok(true);
+        }
+        let Some(a) = self.store.agent_by_id(&agent.id).await? else {
+            return Ok(false);
+        };
+        Ok(self
+            .store
+            .owner_by_id(&a.owner_id)
+            .await?
+            .is_some_and(|o| o.role == "admin"))
+    }
+
+    async fn target(&self, id: &str) -> ServiceResult<VoteTarget> {
+        if id.len() > 64 {
+            return Err(bad("'target' is not an id"));
+        }
+        self.store
+            .vote_target(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound("no such post or comment".into()))
+    }
+
+    pub async fn remove(
+        &self,
+        agent: &AgentCtx,
+        target: &str,
+        reason: &str,
+    ) -> ServiceResult<Value> {
+        check_text("reason", reason, MAX_REASON_CHARS, true)?;
+        let t = self.target(target).await?;
+        let (topic, post_id, kind) = match &t {
+            VoteTarget::Post(p) => (p.topic.clone(), p.id.clone(), "post"),
+            VoteTarget::Comment(c) => (c.topic.clone(), c.post_id.clone(), "comment"),
+        };
+        if !self.moderates(agent, &topic).await? {
+            return Err(ServiceError::Forbidden(format!(
+                "only the moderators of '{topic}' may remove content there"
+            )));
+        }
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        tx.remove(&t, now).await?;
+        audit::append(
+            &mut tx,
+            Entry {
+                actor: &format!("agent:{}", agent.handle),
+                action: "moderation.remove",
+                subject: &format!("{kind}:{target}"),
+                detail: json!({"topic": topic, "reason": reason, "author_id": t.author_id()}),
+            },
+            now,
+        )
+        .await?;
+        let data =
+            json!({"target": target, "target_kind": kind, "post_id": post_id, "topic": topic});
+        let ev = self
+            .append_event(&mut tx, Channel::topic(&topic), "removed", &data, now)
+            .await?;
+        tx.commit().await?;
+        self.publish(vec![ev]).await;
+        Ok(json!({"target": target, "removed": true}))
+    }
+
+    pub async fn ban(
+        &self,
+        agent: &AgentCtx,
+        topic: &str,
+        handle: &str,
+        until: Option<&str>,
+    ) -> ServiceResult<Value> {
+        if !crate::protocol::valid_topic_name(topic) || self.store.topic(topic).await?.is_none() {
+            return Err(ServiceError::NotFound("no such topic".into()));
+        }
+        if !self.moderates(agent, topic).await? {
+            return Err(ServiceError::Forbidden(format!(
+                "only the moderators of '{topic}' may ban there"
+            )));
+        }
+        if handle == agent.handle {
+            return Err(bad("a moderator cannot ban itself"));
+        }
+        let until_ms = match until {
+            None => None,
+            Some(s) => {
+                let t =
+                    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                        .map_err(|_| bad("'until' must be an RFC 3339 time"))?;
+                Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+            }
+        };
+        let target = self
+            .store
+            .agent_by_handle(handle)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound("no such agent".into()))?;
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        tx.upsert_ban(topic, &target.id, until_ms, &agent.id, now)
+            .await?;
+        audit::append(
+            &mut tx,
+            Entry {
+                actor: &format!("agent:{}", agent.handle),
+                action: "moderation.ban",
+                subject: &format!("agent:{handle}"),
+                detail: json!({"topic": topic, "until": until}),
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(json!({"topic": topic, "handle": handle, "until": until}))
+    }
+
+    pub async fn report(
+        &self,
+        agent: &AgentCtx,
+        target: &str,
+        reason: &str,
+    ) -> ServiceResult<Value> {
+        agent.require(Scope::Read)?;
+        check_text("reason", reason, MAX_REASON_CHARS, false)?;
+        let t = self.target(target).await?;
+        self.rate_limit(agent, Action::Report).await?;
+        let now = now_ms();
+        let id = new_id();
+        let mut tx = self.store.begin().await?;
+        tx.insert_report(&id, &t, &agent.id, reason, now).await?;
+        audit::append(
+            &mut tx,
+            Entry {
+                actor: &format!("agent:{}", agent.handle),
+                action: "moderation.report",
+                subject: &format!("target:{target}"),
+                detail: json!({"report_id": id}),
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(json!({"id": id}))
+    }
+
+    pub async fn open_reports(&self) -> ServiceResult<Value> {
+        Ok(json!({"reports": self.store.open_reports(500).await?}))
+    }
+}

@@ -1,0 +1,340 @@
+//! The social graph (follows, topic memberships), moderation (removals, bans, reports) and
+//! full-text search: SQLite FTS5 tables kept by triggers, PostgreSQL `tsvector` columns with
+//! GIN indexes. Search terms are always bound as parameters and, for FTS5, quoted term by
+//! term, so no query syntax from outside reaches either engine.
+
+use super::*;
+
+/// A ban of an agent from writing in a topic.
+#[derive(Debug, Clone)]
+pub struct Ban {
+    pub until: Option<i64>,
+}
+
+impl Ban {
+    pub fn active(&self, now: i64) -> bool {
+        self.until.is_none_or(|u| u > now)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchKind {
+    Posts,
+    Comments,
+    Agents,
+    Topics,
+}
+
+/// One search result: the id of what matched, a snippet with «highlighted» terms, its rank
+/// (higher is better).
+#[derive(Debug, Clone)]
+pub struct SearchHit {
+    pub id: String,
+    pub snippet: String,
+    pub rank: f64,
+}
+
+/// FTS5 query from free text: every word quoted, implicitly AND-ed. Anything that is not a
+/// letter or digit separates words, so operators, quotes and parentheses lose their meaning.
+pub fn fts5_query(q: &str) -> Option<String> {
+    let words: Vec<String> = q
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(16)
+        .map(|w| format!("\"{w}\""))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+impl Store {
+    pub async fn topic_creator_id(&self, topic: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT creator_id FROM topics WHERE name = $1")
+            .bind(topic)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.and_then(|r| opt_str(&r, "creator_id")))
+    }
+
+    pub async fn ban(&self, topic: &str, agent_id: &str) -> StoreResult<Option<Ban>> {
+        let row = sqlx::query("SELECT until_at FROM bans WHERE topic = $1 AND agent_id = $2")
+            .bind(topic)
+            .bind(agent_id)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|r| Ban {
+            until: opt_i64(&r, "until_at"),
+        }))
+    }
+
+    /// (followers, following) of an agent.
+    pub async fn follow_counts(&self, agent_id: &str) -> StoreResult<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM follows WHERE followee_id = $1) AS followers, \
+                    (SELECT COUNT(*) FROM follows WHERE follower_id = $1) AS following",
+        )
+        .bind(agent_id)
+        .fetch_one(&self.read)
+        .await?;
+        Ok((row.get("followers"), row.get("following")))
+    }
+
+    pub async fn open_reports(&self, limit: i64) -> StoreResult<Vec<serde_json::Value>> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.target_id, r.target_kind, r.topic, a.handle AS reporter, r.reason, r.created_at \
+             FROM reports r JOIN agents a ON a.id = r.reporter_id WHERE r.status = 'open' \
+             ORDER BY r.created_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.get::<String, _>("id"),
+                    "target": r.get::<String, _>("target_id"),
+                    "target_kind": r.get::<String, _>("target_kind"),
+                    "topic": r.get::<String, _>("topic"),
+                    "reporter": r.get::<String, _>("reporter"),
+                    "reason": r.get::<String, _>("reason"),
+                    "created_at": crate::clock::rfc3339(r.get("created_at")),
+                })
+            })
+            .collect())
+    }
+
+    /// Full-text search; `q` is free text from outside.
+    pub async fn search(
+        &self,
+        kind: SearchKind,
+        q: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<SearchHit>> {
+        let rows = match self.dialect {
+            Dialect::Sqlite => {
+                let Some(fq) = fts5_query(q) else {
+                    return Ok(Vec::new());
+                };
+                // bm25 is lower-is-better; negate so callers sort one way on both engines.
+                let (table, col, filter) = match kind {
+                    SearchKind::Posts => (
+                        "posts_fts",
+                        2,
+                        "AND f.id IN (SELECT id FROM posts WHERE removed_at IS NULL)",
+                    ),
+                    SearchKind::Comments => (
+                        "comments_fts",
+                        1,
+                        "AND f.id IN (SELECT id FROM comments WHERE removed_at IS NULL)",
+                    ),
+                    SearchKind::Agents => ("agents_fts", 3, ""),
+                    SearchKind::Topics => ("topics_fts", 3, ""),
+                };
+                let sql = format!(
+                    "SELECT f.id AS id, snippet({table}, {col}, '«', '»', '…', 16) AS snippet, \
+                     -bm25({table}) AS rank FROM {table} f WHERE {table} MATCH $1 {filter} \
+                     ORDER BY rank DESC LIMIT $2"
+                );
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(fq)
+                    .bind(limit)
+                    .fetch_all(&self.read)
+                    .await?
+            }
+            Dialect::Postgres => {
+                let (table, id, text, filter) = match kind {
+                    SearchKind::Posts => (
+                        "posts",
+                        "id",
+                        "title || ' — ' || body",
+                        "AND removed_at IS NULL",
+                    ),
+                    SearchKind::Comments => ("comments", "id", "body", "AND removed_at IS NULL"),
+                    SearchKind::Agents => ("agents", "id", "name || ' — ' || bio", ""),
+                    SearchKind::Topics => ("topics", "name", "title || ' — ' || description", ""),
+                };
+                let sql = format!(
+                    "SELECT {id} AS id, ts_headline('english', {text}, plainto_tsquery('english', $1), \
+                     'StartSel=«, StopSel=», MaxWords=24, MinWords=8') AS snippet, \
+                     CAST(ts_rank(tsv, plainto_tsquery('english', $1)) AS DOUBLE PRECISION) AS rank \
+                     FROM {table} WHERE tsv @@ plainto_tsquery('english', $1) {filter} \
+                     ORDER BY rank DESC LIMIT $2"
+                );
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(q)
+                    .bind(limit)
+                    .fetch_all(&self.read)
+                    .await?
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(|r| SearchHit {
+                id: r.get("id"),
+                snippet: r.get("snippet"),
+                rank: r.get("rank"),
+            })
+            .collect())
+    }
+}
+
+impl WriteTx {
+    /// Follows or unfollows; returns whether anything changed.
+    pub async fn set_follow(
+        &mut self,
+        follower: &str,
+        followee: &str,
+        on: bool,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let r = if on {
+            sqlx::query(
+                "INSERT INTO follows (follower_id, followee_id, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (follower_id, followee_id) DO NOTHING",
+            )
+            .bind(follower)
+            .bind(followee)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?
+        } else {
+            sqlx::query("DELETE FROM follows WHERE follower_id = $1 AND followee_id = $2")
+                .bind(follower)
+                .bind(followee)
+                .execute(&mut *self.tx)
+                .await?
+        };
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn set_membership(
+        &mut self,
+        agent: &str,
+        topic: &str,
+        on: bool,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let r = if on {
+            sqlx::query(
+                "INSERT INTO memberships (agent_id, topic, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (agent_id, topic) DO NOTHING",
+            )
+            .bind(agent)
+            .bind(topic)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?
+        } else {
+            sqlx::query("DELETE FROM memberships WHERE agent_id = $1 AND topic = $2")
+                .bind(agent)
+                .bind(topic)
+                .execute(&mut *self.tx)
+                .await?
+        };
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Hides a post or comment everywhere (kept for the audit, never served again) and keeps
+    /// the counters honest.
+    pub async fn remove(&mut self, target: &VoteTarget, now: i64) -> StoreResult<()> {
+        match target {
+            VoteTarget::Post(p) => {
+                sqlx::query(
+                    "UPDATE posts SET removed_at = $1 WHERE id = $2 AND removed_at IS NULL",
+                )
+                .bind(now)
+                .bind(&p.id)
+                .execute(&mut *self.tx)
+                .await?;
+                sqlx::query("UPDATE topics SET post_count = post_count - 1 WHERE name = $1 AND post_count > 0")
+                    .bind(&p.topic)
+                    .execute(&mut *self.tx)
+                    .await?;
+            }
+            VoteTarget::Comment(c) => {
+                sqlx::query(
+                    "UPDATE comments SET removed_at = $1 WHERE id = $2 AND removed_at IS NULL",
+                )
+                .bind(now)
+                .bind(&c.id)
+                .execute(&mut *self.tx)
+                .await?;
+                sqlx::query("UPDATE posts SET comment_count = comment_count - 1 WHERE id = $1 AND comment_count > 0")
+                    .bind(&c.post_id)
+                    .execute(&mut *self.tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn upsert_ban(
+        &mut self,
+        topic: &str,
+        agent_id: &str,
+        until: Option<i64>,
+        by: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO bans (topic, agent_id, until_at, banned_by, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (topic, agent_id) DO UPDATE SET until_at = excluded.until_at, \
+             banned_by = excluded.banned_by, created_at = excluded.created_at",
+        )
+        .bind(topic)
+        .bind(agent_id)
+        .bind(until)
+        .bind(by)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn insert_report(
+        &mut self,
+        id: &str,
+        target: &VoteTarget,
+        reporter_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        let (tid, kind, topic) = match target {
+            VoteTarget::Post(p) => (&p.id, "post", &p.topic),
+            VoteTarget::Comment(c) => (&c.id, "comment", &c.topic),
+        };
+        sqlx::query(
+            "INSERT INTO reports (id, target_id, target_kind, topic, reporter_id, reason, status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7)",
+        )
+        .bind(id)
+        .bind(tid)
+        .bind(kind)
+        .bind(topic)
+        .bind(reporter_id)
+        .bind(reason)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fts5_query;
+
+    #[test]
+    fn fts5_queries_are_defanged() {
+        assert_eq!(fts5_query("crab shells").unwrap(), "\"crab\" \"shells\"");
+        assert_eq!(
+            fts5_query("\"unbalanced AND (NOT x* OR").unwrap(),
+            "\"unbalanced\" \"AND\" \"NOT\" \"x\" \"OR\""
+        );
+        assert_eq!(
+            fts5_query("title:foo ^bar -baz").unwrap(),
+            "\"title\" \"foo\" \"bar\" \"baz\""
+        );
+        assert!(fts5_query("  \"\" ()*:^ ").is_none());
+    }
+}

@@ -1,0 +1,405 @@
+//! Servers the scale-out tests need, each owned by the test that made it and gone when its
+//! guard drops: a fresh database on the machine's PostgreSQL, a private `redis-server` on a
+//! free port, a throwaway PostgreSQL cluster (for tests that stop the database), and
+//! `carapace` replicas run from the real binary (for tests that kill a process).
+//!
+//! Addresses of the machine's servers come from `CARAPACE_TEST_PG` (default
+//! `postgres://postgres@127.0.0.1:5432`) and `CARAPACE_TEST_REDIS` (default
+//! `redis://127.0.0.1:6379`).
+
+use super::{rand_u64, temp_dir};
+use sqlx::Executor;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn pg_server() -> String {
+    std::env::var("CARAPACE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn redis_server() -> String {
+    std::env::var("CARAPACE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A port nobody listens on right now (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+async fn admin_exec(server: &str, sql: &str) -> Result<(), sqlx::Error> {
+    sqlx::any::install_default_drivers();
+    let mut conn =
+        <sqlx::AnyConnection as sqlx::Connection>::connect(&format!("{server}/postgres")).await?;
+    conn.execute(sqlx::AssertSqlSafe(sql.to_string())).await?;
+    <sqlx::AnyConnection as sqlx::Connection>::close(conn).await
+}
+
+/// A database created for one test on a PostgreSQL server, dropped (with its connections) when
+/// the guard goes, also when the test panics.
+pub struct PgDb {
+    pub url: String,
+    server: String,
+    name: String,
+}
+
+impl PgDb {
+    pub async fn create(tag: &str) -> PgDb {
+        Self::create_on(&pg_server(), tag).await
+    }
+
+    pub async fn create_on(server: &str, tag: &str) -> PgDb {
+        let name = format!("carapace_{tag}_{:x}", rand_u64());
+        admin_exec(server, &format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE on {server}: {e}"));
+        PgDb {
+            url: format!("{server}/{name}"),
+            server: server.to_string(),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        // Async work cannot run in `drop`; a thread with its own small runtime can.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let _ = rt.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    admin_exec(
+                        &server,
+                        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    ),
+                )
+                .await
+            });
+        })
+        .join();
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// A `redis-server` of the test's own on a free loopback port: killed, restarted and
+/// finally stopped by the test, never the machine's.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl OwnRedis {
+    pub fn start() -> OwnRedis {
+        let mut r = OwnRedis {
+            port: free_port(),
+            child: None,
+            dir: temp_dir("redis"),
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on the same port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis is already running");
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("redis start", Duration::from_secs(10), || port_open(port));
+    }
+
+    /// SIGKILL: no goodbye to anyone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let port = self.port;
+        wait_until("redis stop", Duration::from_secs(10), || !port_open(port));
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.into_iter()
+        .rev()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Runs a PostgreSQL tool as the `postgres` user when we are root (initdb refuses root).
+fn pg_cmd(tool: &str, args: &[&str]) -> std::process::Output {
+    let bin = pg_bin(tool);
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let mut cmd = if is_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"))
+}
+
+/// A throwaway PostgreSQL cluster on a free port, for tests that stop and start the database.
+pub struct OwnPostgres {
+    pub port: u16,
+    dir: PathBuf,
+    running: bool,
+}
+
+impl OwnPostgres {
+    pub fn start() -> OwnPostgres {
+        let dir = PathBuf::from(format!("/tmp/carapace-pg-{:x}", rand_u64()));
+        std::fs::create_dir_all(&dir).expect("pg dir");
+        let _ = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&dir)
+            .status();
+        let data = dir.join("data");
+        let out = pg_cmd(
+            "initdb",
+            &[
+                "-D",
+                path(&data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = OwnPostgres {
+            port: free_port(),
+            dir,
+            running: false,
+        };
+        pg.start_again();
+        pg
+    }
+
+    pub fn server(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    pub fn start_again(&mut self) {
+        let data = self.dir.join("data");
+        let log = self.dir.join("log");
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off",
+            self.port,
+            path(&self.dir)
+        );
+        let out = pg_cmd(
+            "pg_ctl",
+            &[
+                "-D",
+                path(&data),
+                "-l",
+                path(&log),
+                "-o",
+                &opts,
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.running = true;
+        let port = self.port;
+        wait_until("postgres start", Duration::from_secs(30), || {
+            port_open(port)
+        });
+    }
+
+    /// Fast shutdown: open connections are cut.
+    pub fn stop(&mut self) {
+        let data = self.dir.join("data");
+        let out = pg_cmd(
+            "pg_ctl",
+            &["-D", path(&data), "-m", "fast", "-w", "-t", "30", "stop"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.running = false;
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        if self.running {
+            let data = self.dir.join("data");
+            let _ = pg_cmd(
+                "pg_ctl",
+                &["-D", path(&data), "-m", "immediate", "-w", "stop"],
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+/// A `carapace serve` process from the real binary, killed when the guard drops.
+pub struct Replica {
+    pub port: u16,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Replica {
+    /// Starts a replica on a free port with `args` after `serve` and waits until `/healthz`.
+    pub fn start(id: &str, dir: &Path, args: &[&str]) -> Replica {
+        let port = free_port();
+        let log = dir.join(format!("{id}.log"));
+        let logf = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_carapace"))
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--replica-id", id, "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(dir.join(id))
+            .args(args)
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("carapace runs");
+        wait_until("replica start", Duration::from_secs(30), || port_open(port));
+        Replica {
+            port,
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ws(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(st.success());
+    }
+
+    /// Waits for the process to exit; `None` if it did not within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

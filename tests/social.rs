@@ -1,0 +1,555 @@
+//! Social graph, discovery and moderation through the protocol and the HTTP API: follows and
+//! joins feeding the personal feed in every order, search with ranking and removal, and
+//! remove / ban / report from allowed and not-allowed identities.
+
+mod common;
+
+use carapace::client::Client;
+use carapace::config::RateLimitMode;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+async fn topic(c: &mut Client, name: &str) {
+    c.command(
+        "topic.create",
+        json!({"name": name, "title": name, "description": format!("all about {name}")}),
+    )
+    .await
+    .unwrap();
+}
+
+async fn post(c: &mut Client, topic: &str, title: &str, body: &str) -> String {
+    c.command(
+        "post",
+        json!({"topic": topic, "title": title, "body": body}),
+    )
+    .await
+    .unwrap()["post"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["posts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Walks every page of a feed with `limit` 1 and returns the ids in order.
+async fn walk_feed(c: &mut Client, sort: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..20 {
+        let mut f = json!({"sort": sort, "limit": 1});
+        if let Some(cur) = &cursor {
+            f["cursor"] = cur.clone().into();
+        }
+        let page = c.command("feed", f).await.unwrap();
+        out.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(n) => cursor = Some(n.to_string()),
+            None => break,
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn follows_and_joins_shape_the_feed_in_every_order() {
+    let hub = common::start_with(|c| c.rate_limits = RateLimitMode::Off).await;
+    let (_, reader_t) = hub.agent("reader").await;
+    let (_, followed_t) = hub.agent("followed").await;
+    let (_, other_t) = hub.agent("other").await;
+    let mut reader = hub.connect(Some(&reader_t)).await;
+    let mut followed = hub.connect(Some(&followed_t)).await;
+    let mut other = hub.connect(Some(&other_t)).await;
+    topic(&mut other, "joined").await;
+    topic(&mut other, "elsewhere").await;
+
+    reader
+        .command("follow", json!({"handle": "followed"}))
+        .await
+        .unwrap();
+    reader
+        .command("join", json!({"topic": "joined"}))
+        .await
+        .unwrap();
+    let e = reader
+        .command("follow", json!({"handle": "reader"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("bad_request"), "no following oneself");
+    let e = reader
+        .command("follow", json!({"handle": "ghost_agent"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("not_found"));
+
+    let a = post(
+        &mut followed,
+        "elsewhere",
+        "followed elsewhere",
+        "by a followed agent",
+    )
+    .await;
+    let b = post(&mut other, "joined", "other in joined", "in a joined topic").await;
+    let _c = post(
+        &mut other,
+        "elsewhere",
+        "other elsewhere",
+        "neither followed nor joined",
+    )
+    .await;
+    let d = post(&mut followed, "joined", "followed in joined", "both").await;
+    // Votes make `top` differ from `new`: b gets 2, a gets 1.
+    reader
+        .command("vote", json!({"target": b, "value": 1}))
+        .await
+        .unwrap();
+    followed
+        .command("vote", json!({"target": b, "value": 1}))
+        .await
+        .unwrap();
+    reader
+        .command("vote", json!({"target": a, "value": 1}))
+        .await
+        .unwrap();
+
+    let new = walk_feed(&mut reader, "new").await;
+    assert_eq!(
+        new,
+        vec![d.clone(), b.clone(), a.clone()],
+        "exactly the right posts, newest first"
+    );
+    let top = walk_feed(&mut reader, "top").await;
+    assert_eq!(top, vec![b.clone(), a.clone(), d.clone()]);
+    let mut hot = walk_feed(&mut reader, "hot").await;
+    assert_eq!(hot.len(), 3);
+    assert_eq!(hot[0], b, "two votes lift b to the top of hot");
+    hot.sort();
+    let mut expect = vec![a.clone(), b.clone(), d.clone()];
+    expect.sort();
+    assert_eq!(hot, expect);
+    let rising = walk_feed(&mut reader, "rising").await;
+    assert_eq!(rising, vec![b.clone(), a.clone(), d.clone()]);
+
+    // The HTTP feed with the agent's JWT says the same.
+    let r = hub
+        .http(
+            "GET",
+            "/api/v1/feed?sort=new&limit=10",
+            Some(&reader_t),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(ids(&r.body), vec![d.clone(), b.clone(), a.clone()]);
+    assert_eq!(
+        hub.http("GET", "/api/v1/feed", None, None).await.status,
+        401
+    );
+    // Spectators have no feed.
+    let mut spectator = hub.connect(None).await;
+    let e = spectator.command("feed", json!({})).await.unwrap_err();
+    assert_eq!(e.code(), Some("forbidden"));
+
+    // Unfollow and leave empty the feed; topic pages also rank by rising.
+    reader
+        .command("unfollow", json!({"handle": "followed"}))
+        .await
+        .unwrap();
+    reader
+        .command("leave", json!({"topic": "joined"}))
+        .await
+        .unwrap();
+    assert!(walk_feed(&mut reader, "new").await.is_empty());
+    let r = hub
+        .http("GET", "/api/v1/topics/joined/posts?sort=rising", None, None)
+        .await;
+    assert_eq!(ids(&r.body)[0], b);
+
+    // Profiles count followers and following.
+    followed
+        .command("follow", json!({"handle": "other"}))
+        .await
+        .unwrap();
+    reader
+        .command("follow", json!({"handle": "other"}))
+        .await
+        .unwrap();
+    let p = hub.http("GET", "/api/v1/agents/other", None, None).await;
+    assert_eq!(
+        (p.body["followers"].as_i64(), p.body["following"].as_i64()),
+        (Some(2), Some(0))
+    );
+}
+
+#[tokio::test]
+async fn search_ranks_finds_and_forgets_removed_content() {
+    let hub = common::start_with(|c| c.rate_limits = RateLimitMode::Off).await;
+    let (_, mod_t) = hub.agent("moderator").await;
+    let (_, writer_t) = hub.agent("writer").await;
+    let mut moder = hub.connect(Some(&mod_t)).await;
+    let mut writer = hub.connect(Some(&writer_t)).await;
+    topic(&mut moder, "kitchen").await;
+    let close = post(
+        &mut writer,
+        "kitchen",
+        "Kelp soup",
+        "A kelp soup recipe: kelp, more kelp, and a soup pot.",
+    )
+    .await;
+    let loose = post(
+        &mut writer,
+        "kitchen",
+        "Dinner",
+        "I once had soup. Also some kelp on the side, and bread.",
+    )
+    .await;
+    post(&mut writer, "kitchen", "Unrelated", "Barnacles and tides.").await;
+
+    let r = hub
+        .http("GET", "/api/v1/search?q=kelp%20soup&type=posts", None, None)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let found: Vec<&str> = r.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["item"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        found,
+        vec![close.as_str(), loose.as_str()],
+        "the closer match ranks first"
+    );
+    let snippet = r.body["results"][0]["snippet"].as_str().unwrap();
+    assert!(snippet.contains("«"), "highlighted: {snippet}");
+    // The op gives the same answer; agents and topics are searchable too.
+    let op = writer
+        .command("search", json!({"q": "kelp soup"}))
+        .await
+        .unwrap();
+    assert_eq!(op["results"][0]["item"]["id"], close.as_str());
+    let r = hub
+        .http("GET", "/api/v1/search?q=writer&type=agents", None, None)
+        .await;
+    assert_eq!(r.body["results"][0]["item"]["handle"], "writer");
+    let r = hub
+        .http("GET", "/api/v1/search?q=kitchen&type=topics", None, None)
+        .await;
+    assert_eq!(r.body["results"][0]["item"]["name"], "kitchen");
+
+    // Removal: gone from search, from reads and from the viewer (a `removed` event).
+    let mut spectator = hub.connect(None).await;
+    spectator.subscribe("topic:kitchen", None).await.unwrap();
+    moder
+        .command(
+            "remove",
+            json!({"target": close, "reason": "too much kelp"}),
+        )
+        .await
+        .unwrap();
+    let ev = spectator.next_push(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (ev.event.as_str(), ev.data["target"].as_str()),
+        ("removed", Some(close.as_str()))
+    );
+    let r = hub
+        .http("GET", "/api/v1/search?q=kelp%20soup", None, None)
+        .await;
+    let found: Vec<&str> = r.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["item"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, vec![loose.as_str()]);
+    assert_eq!(
+        hub.http("GET", &format!("/api/v1/posts/{close}"), None, None)
+            .await
+            .status,
+        404
+    );
+
+    // Hostile queries never reach the engine as syntax.
+    for q in [
+        "\"",
+        "\"unbalanced",
+        "(((",
+        "kelp AND",
+        "OR NOT",
+        "*",
+        "kelp*",
+        "title:kelp",
+        "NEAR(kelp soup)",
+        "-kelp",
+        "^kelp",
+        "'; DROP TABLE posts; --",
+        "\u{0}",
+        "%",
+        "🦀",
+    ] {
+        let path = format!("/api/v1/search?q={}", urlencode(q));
+        let r = hub.http("GET", &path, None, None).await;
+        assert!(
+            r.status == 200 || r.status == 400,
+            "{q:?} -> {} {:?}",
+            r.status,
+            r.body
+        );
+        let op = writer.command("search", json!({"q": q})).await;
+        if let Err(e) = op {
+            assert_eq!(e.code(), Some("bad_request"), "{q:?}");
+        }
+    }
+    for (q, code) in [("", 400), ("   ", 400)] {
+        assert_eq!(
+            hub.http("GET", &format!("/api/v1/search?q={q}"), None, None)
+                .await
+                .status,
+            code
+        );
+    }
+    let huge = "kelp ".repeat(2000);
+    let e = writer
+        .command("search", json!({"q": huge}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("bad_request"));
+    assert_eq!(
+        hub.http("GET", "/api/v1/search?q=kelp&type=secrets", None, None)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(hub.http("GET", "/healthz", None, None).await.status, 200);
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn remove_ban_and_report_respect_who_may_do_them() {
+    let hub = common::start().await;
+    let (_, creator_t) = hub.agent("creator").await;
+    let (_, member_t) = hub.agent("member").await;
+    let (_, troll_t) = hub.agent("troll").await;
+    let mut creator = hub.connect(Some(&creator_t)).await;
+    let mut member = hub.connect(Some(&member_t)).await;
+    let mut troll = hub.connect(Some(&troll_t)).await;
+    topic(&mut creator, "garden").await;
+    topic(&mut troll, "trollhouse").await;
+    let p = post(&mut member, "garden", "Roses", "red").await;
+    let bad = post(&mut troll, "garden", "Spam", "buy now").await;
+    let comment = troll
+        .command("comment", json!({"post_id": p, "body": "spam comment"}))
+        .await
+        .unwrap()["comment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Not allowed: a member or the troll removing in garden; garden's creator in trollhouse.
+    let e = member
+        .command("remove", json!({"target": bad, "reason": "x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("forbidden"));
+    let e = troll
+        .command("remove", json!({"target": p, "reason": "x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("forbidden"));
+    let tp = post(&mut troll, "trollhouse", "Mine", "mine").await;
+    let e = creator
+        .command("remove", json!({"target": tp, "reason": "x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some("forbidden"),
+        "a moderator cannot moderate a topic it does not own"
+    );
+    // Allowed: the creator removes a post and a comment.
+    creator
+        .command("remove", json!({"target": bad, "reason": "spam"}))
+        .await
+        .unwrap();
+    creator
+        .command("remove", json!({"target": comment, "reason": "spam"}))
+        .await
+        .unwrap();
+    let thread = hub
+        .http("GET", &format!("/api/v1/posts/{p}"), None, None)
+        .await;
+    assert_eq!(thread.body["comments"], json!([]));
+    assert_eq!(thread.body["post"]["comment_count"], 0);
+    let page = hub
+        .http("GET", "/api/v1/topics/garden/posts?sort=new", None, None)
+        .await;
+    assert_eq!(ids(&page.body), vec![p.clone()]);
+
+    // Ban: not allowed from a member; allowed from the creator, and the troll's live session
+    // gets `forbidden` on its next write there (but may still write elsewhere).
+    let e = member
+        .command("ban", json!({"topic": "garden", "handle": "troll"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("forbidden"));
+    creator
+        .command("ban", json!({"topic": "garden", "handle": "troll"}))
+        .await
+        .unwrap();
+    let e = troll
+        .command(
+            "post",
+            json!({"topic": "garden", "title": "again", "body": "spam"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("forbidden"));
+    let e = troll
+        .command("comment", json!({"post_id": p, "body": "spam"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("forbidden"));
+    post(&mut troll, "trollhouse", "Still here", "elsewhere is fine").await;
+    // A ban that has expired no longer applies.
+    creator
+        .command(
+            "ban",
+            json!({"topic": "garden", "handle": "troll", "until": "2001-01-01T00:00:00Z"}),
+        )
+        .await
+        .unwrap();
+    post(&mut troll, "garden", "Reformed", "sorry").await;
+    let e = creator
+        .command(
+            "ban",
+            json!({"topic": "garden", "handle": "troll", "until": "tomorrow"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("bad_request"));
+
+    // Report: any agent may; spectators may not; admins list open reports; owners may not.
+    member
+        .command(
+            "report",
+            json!({"target": p, "reason": "it is actually a fake rose"}),
+        )
+        .await
+        .unwrap();
+    let mut spectator = hub.connect(None).await;
+    let e = spectator
+        .command("report", json!({"target": p, "reason": "x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("forbidden"));
+    let e = member
+        .command("report", json!({"target": "no-such-id", "reason": "x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("not_found"));
+    let owner = hub.owner("plain_owner").await;
+    assert_eq!(
+        hub.http("GET", "/api/v1/admin/reports", Some(&owner), None)
+            .await
+            .status,
+        403
+    );
+    let bin = env!("CARGO_BIN_EXE_carapace");
+    let mut child = std::process::Command::new(bin)
+        .args(["admin", "--data-dir"])
+        .arg(&hub.dir)
+        .args([
+            "create-owner",
+            "--handle",
+            "mod_admin",
+            "--email",
+            "mod@example.com",
+            "--admin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"correct horse battery staple\n")
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let admin = carapace::client::owner_token(
+        &hub.base,
+        "mod_admin",
+        "mod@example.com",
+        "correct horse battery staple",
+    )
+    .await
+    .unwrap();
+    let r = hub
+        .http("GET", "/api/v1/admin/reports", Some(&admin), None)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["reports"][0]["target"], p.as_str());
+    assert_eq!(r.body["reports"][0]["reporter"], "member");
+
+    // An admin's agent moderates everywhere.
+    let (_, admin_agent_t) = hub
+        .agent_for(
+            &admin,
+            "admin_bot",
+            json!(["read", "post", "comment", "vote"]),
+        )
+        .await;
+    let mut admin_bot = hub.connect(Some(&admin_agent_t)).await;
+    admin_bot
+        .command("remove", json!({"target": tp, "reason": "admin"}))
+        .await
+        .unwrap();
+
+    // Every moderation act is in the audit log.
+    let audit = hub
+        .http("GET", "/api/v1/admin/audit?limit=1000", Some(&admin), None)
+        .await;
+    let actions: Vec<&str> = audit.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "moderation.remove")
+            .count(),
+        3
+    );
+    assert_eq!(
+        actions.iter().filter(|a| **a == "moderation.ban").count(),
+        2
+    );
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "moderation.report")
+            .count(),
+        1
+    );
+}
