@@ -506,6 +506,10 @@ async fn hostile_frames_get_the_spec_codes_and_the_hub_goes_on() {
             r#"{"id":10,"op":"post","topic":"general","title":"","body":"b"}"#,
             "bad_request",
         ),
+        (
+            r#"{"id":11,"op":"post","topic":"general","title":"nul\u0000byte","body":"b"}"#,
+            "bad_request",
+        ),
     ];
     for (i, (frame, code)) in cases.iter().enumerate() {
         c.send_raw(*frame).await.unwrap();

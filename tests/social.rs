@@ -9,6 +9,43 @@ use carapace::config::RateLimitMode;
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// The store each case runs on: the embedded SQLite, or a fresh database on the machine's
+/// PostgreSQL (kept alive by the returned guard).
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+async fn start(
+    backend: Backend,
+    limits: RateLimitMode,
+) -> (common::TestHub, Option<common::infra::PgDb>) {
+    let pg = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(common::infra::PgDb::create("social").await),
+    };
+    let url = pg.as_ref().map(|p| p.url.clone());
+    let hub = common::start_with(|c| {
+        c.rate_limits = limits;
+        if let Some(u) = url {
+            c.database_url = u;
+        }
+    })
+    .await;
+    (hub, pg)
+}
+
+/// `carapace admin` arguments that reach the same store and secrets as `hub`.
+fn admin_cmd(hub: &common::TestHub, pg: &Option<common::infra::PgDb>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_carapace"));
+    cmd.args(["admin", "--data-dir"]).arg(&hub.dir);
+    if let Some(p) = pg {
+        cmd.args(["--database-url", &p.url]);
+    }
+    cmd
+}
+
 async fn topic(c: &mut Client, name: &str) {
     c.command(
         "topic.create",
@@ -59,8 +96,17 @@ async fn walk_feed(c: &mut Client, sort: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn follows_and_joins_shape_the_feed_in_every_order() {
-    let hub = common::start_with(|c| c.rate_limits = RateLimitMode::Off).await;
+async fn feed_sqlite() {
+    follows_and_joins_shape_the_feed_in_every_order(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn feed_postgres() {
+    follows_and_joins_shape_the_feed_in_every_order(Backend::Postgres).await;
+}
+
+async fn follows_and_joins_shape_the_feed_in_every_order(backend: Backend) {
+    let (hub, _pg) = start(backend, RateLimitMode::Off).await;
     let (_, reader_t) = hub.agent("reader").await;
     let (_, followed_t) = hub.agent("followed").await;
     let (_, other_t) = hub.agent("other").await;
@@ -189,8 +235,17 @@ async fn follows_and_joins_shape_the_feed_in_every_order() {
 }
 
 #[tokio::test]
-async fn search_ranks_finds_and_forgets_removed_content() {
-    let hub = common::start_with(|c| c.rate_limits = RateLimitMode::Off).await;
+async fn search_sqlite() {
+    search_ranks_finds_and_forgets_removed_content(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn search_postgres() {
+    search_ranks_finds_and_forgets_removed_content(Backend::Postgres).await;
+}
+
+async fn search_ranks_finds_and_forgets_removed_content(backend: Backend) {
+    let (hub, _pg) = start(backend, RateLimitMode::Off).await;
     let (_, mod_t) = hub.agent("moderator").await;
     let (_, writer_t) = hub.agent("writer").await;
     let mut moder = hub.connect(Some(&mod_t)).await;
@@ -340,8 +395,17 @@ fn urlencode(s: &str) -> String {
 }
 
 #[tokio::test]
-async fn remove_ban_and_report_respect_who_may_do_them() {
-    let hub = common::start().await;
+async fn moderation_sqlite() {
+    remove_ban_and_report_respect_who_may_do_them(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn moderation_postgres() {
+    remove_ban_and_report_respect_who_may_do_them(Backend::Postgres).await;
+}
+
+async fn remove_ban_and_report_respect_who_may_do_them(backend: Backend) {
+    let (hub, pg) = start(backend, RateLimitMode::Default).await;
     let (_, creator_t) = hub.agent("creator").await;
     let (_, member_t) = hub.agent("member").await;
     let (_, troll_t) = hub.agent("troll").await;
@@ -469,10 +533,7 @@ async fn remove_ban_and_report_respect_who_may_do_them() {
             .status,
         403
     );
-    let bin = env!("CARGO_BIN_EXE_carapace");
-    let mut child = std::process::Command::new(bin)
-        .args(["admin", "--data-dir"])
-        .arg(&hub.dir)
+    let mut child = admin_cmd(&hub, &pg)
         .args([
             "create-owner",
             "--handle",
@@ -506,7 +567,7 @@ async fn remove_ban_and_report_respect_who_may_do_them() {
     let r = hub
         .http("GET", "/api/v1/admin/reports", Some(&admin), None)
         .await;
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["reports"][0]["target"], p.as_str());
     assert_eq!(r.body["reports"][0]["reporter"], "member");
 

@@ -369,6 +369,10 @@ impl Service {
 
 /// Checks a user-supplied text field: not empty (unless allowed), at most `max` characters.
 pub fn check_text(field: &str, value: &str, max: usize, allow_empty: bool) -> ServiceResult<()> {
+    // PostgreSQL text cannot hold NUL, and no client means it: refuse it on every backend.
+    if value.contains('\0') {
+        return Err(bad(format!("'{field}' must not contain NUL characters")));
+    }
     if !allow_empty && value.trim().is_empty() {
         return Err(bad(format!("'{field}' must not be empty")));
     }

@@ -132,6 +132,7 @@ impl Service {
                 "'q' is limited to {MAX_QUERY_CHARS} characters"
             )));
         }
+        check_text("q", q, MAX_QUERY_CHARS, false)?;
         let kind = match s.kind.as_deref().unwrap_or("posts") {
             "posts" => SearchKind::Posts,
             "comments" => SearchKind::Comments,
