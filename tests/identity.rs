@@ -642,11 +642,8 @@ async fn tampering_with_the_audit_log_is_detected() {
     hub.http("POST", "/api/v1/agents/audited/suspend", Some(&owner), None)
         .await;
     hub.stop().await;
-    let bin = env!("CARGO_BIN_EXE_carapace");
     let verify = || {
-        std::process::Command::new(bin)
-            .args(["admin", "--data-dir"])
-            .arg(&hub.dir)
+        hub.admin_command()
             .args(["audit", "verify"])
             .output()
             .unwrap()
@@ -689,37 +686,8 @@ async fn tampering_with_the_audit_log_is_detected() {
 #[tokio::test]
 async fn admin_inventory_and_audit_endpoints() {
     let hub = common::start().await;
-    let bin = env!("CARGO_BIN_EXE_carapace");
     // An admin made by the operator command, password on stdin.
-    let mut child = std::process::Command::new(bin)
-        .args(["admin", "--data-dir"])
-        .arg(&hub.dir)
-        .args([
-            "create-owner",
-            "--handle",
-            "root_admin",
-            "--email",
-            "root@example.com",
-            "--admin",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{PASSWORD}\n").as_bytes())
-            .unwrap();
-    }
-    assert!(child.wait().unwrap().success());
-    let admin =
-        carapace::client::owner_token(&hub.base, "root_admin", "root@example.com", PASSWORD)
-            .await
-            .unwrap();
+    let admin = hub.admin_token("root_admin").await;
     hub.agent("inventoried").await;
     let r = hub
         .http("GET", "/api/v1/admin/agents", Some(&admin), None)
@@ -768,13 +736,8 @@ async fn admin_inventory_and_audit_endpoints() {
     for a in ["owner.signup", "owner.login", "agent.create", "key.create"] {
         assert!(actions.contains(&a), "{a} in {actions:?}");
     }
-    assert!(!r.body.to_string().contains("root@example.com"));
+    assert!(!r.body.to_string().contains("root_admin@example.com"));
     // The CLI inventory lists the agent too.
-    let out = std::process::Command::new(bin)
-        .args(["admin", "--data-dir"])
-        .arg(&hub.dir)
-        .args(["agents"])
-        .output()
-        .unwrap();
+    let out = hub.admin_command().args(["agents"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("inventoried"));
 }

@@ -36,16 +36,6 @@ async fn start(
     (hub, pg)
 }
 
-/// `carapace admin` arguments that reach the same store and secrets as `hub`.
-fn admin_cmd(hub: &common::TestHub, pg: &Option<common::infra::PgDb>) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_carapace"));
-    cmd.args(["admin", "--data-dir"]).arg(&hub.dir);
-    if let Some(p) = pg {
-        cmd.args(["--database-url", &p.url]);
-    }
-    cmd
-}
-
 async fn topic(c: &mut Client, name: &str) {
     c.command(
         "topic.create",
@@ -405,7 +395,7 @@ async fn moderation_postgres() {
 }
 
 async fn remove_ban_and_report_respect_who_may_do_them(backend: Backend) {
-    let (hub, pg) = start(backend, RateLimitMode::Default).await;
+    let (hub, _pg) = start(backend, RateLimitMode::Default).await;
     let (_, creator_t) = hub.agent("creator").await;
     let (_, member_t) = hub.agent("member").await;
     let (_, troll_t) = hub.agent("troll").await;
@@ -533,37 +523,7 @@ async fn remove_ban_and_report_respect_who_may_do_them(backend: Backend) {
             .status,
         403
     );
-    let mut child = admin_cmd(&hub, &pg)
-        .args([
-            "create-owner",
-            "--handle",
-            "mod_admin",
-            "--email",
-            "mod@example.com",
-            "--admin",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"correct horse battery staple\n")
-            .unwrap();
-    }
-    assert!(child.wait().unwrap().success());
-    let admin = carapace::client::owner_token(
-        &hub.base,
-        "mod_admin",
-        "mod@example.com",
-        "correct horse battery staple",
-    )
-    .await
-    .unwrap();
+    let admin = hub.admin_token("mod_admin").await;
     let r = hub
         .http("GET", "/api/v1/admin/reports", Some(&admin), None)
         .await;

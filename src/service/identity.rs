@@ -185,8 +185,7 @@ impl Service {
             nbf: now,
             exp: now + OWNER_TOKEN_SECS,
         };
-        let token =
-            jwt::sign(&self.keys, &claims).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let reply = self.token_reply(&claims, claims.exp)?;
         audit::record(
             &self.store,
             Entry {
@@ -197,9 +196,14 @@ impl Service {
             },
         )
         .await?;
-        Ok(
-            json!({"token": token, "token_type": "Bearer", "expires_at": rfc3339(claims.exp * 1000)}),
-        )
+        Ok(reply)
+    }
+
+    /// Signs `claims` and answers in the token-endpoint shape.
+    fn token_reply(&self, claims: &impl serde::Serialize, exp: i64) -> ServiceResult<Value> {
+        let token =
+            jwt::sign(&self.keys, claims).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(json!({"token": token, "token_type": "Bearer", "expires_at": rfc3339(exp * 1000)}))
     }
 
     /// Verifies an owner token and that the owner still exists.
@@ -590,14 +594,11 @@ impl Service {
             nbf: secs,
             exp: secs + self.token_ttl.as_secs() as i64,
         };
-        let token =
-            jwt::sign(&self.keys, &claims).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let reply = self.token_reply(&claims, claims.exp)?;
         if let Err(e) = self.store.touch_key(&k.id, &agent.id, now).await {
             tracing::warn!(error = %e, "could not record key use");
         }
-        Ok(
-            json!({"token": token, "token_type": "Bearer", "expires_at": rfc3339(claims.exp * 1000)}),
-        )
+        Ok(reply)
     }
 
     /// Verifies an agent JWT and that its key and agent are still in good standing. Scopes and

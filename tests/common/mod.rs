@@ -10,11 +10,15 @@ use carapace::{App, RunningApp};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
 pub struct TestHub {
     pub app: Option<RunningApp>,
     pub base: String,
     pub ws: String,
     pub dir: PathBuf,
+    pub database_url: String,
+    pub secrets_dir: PathBuf,
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -38,6 +42,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestHub {
     let dir = temp_dir("hub");
     let mut config = Config::for_tests(&dir);
     tweak(&mut config);
+    let (database_url, secrets_dir) = (config.database_url.clone(), config.secrets_dir.clone());
     let app = App::build(config).await.expect("hub starts").spawn();
     let base = format!("http://{}", app.addr);
     let ws = format!("ws://{}/ws", app.addr);
@@ -46,6 +51,8 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestHub {
         base,
         ws,
         dir,
+        database_url,
+        secrets_dir,
     }
 }
 
@@ -92,6 +99,47 @@ impl TestHub {
         .expect("agent");
         let token = client::agent_token(&self.base, &key).await.expect("token");
         (key, token)
+    }
+
+    /// `carapace admin ...` against this hub's store and secrets, as an operator runs it.
+    pub fn admin_command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_carapace"));
+        cmd.args(["admin", "--data-dir"])
+            .arg(&self.dir)
+            .args(["--database-url", &self.database_url])
+            .arg("--secrets-dir")
+            .arg(&self.secrets_dir);
+        cmd
+    }
+
+    /// Creates an admin with `carapace admin create-owner --admin` (password on stdin) and
+    /// logs it in over HTTP.
+    pub async fn admin_token(&self, handle: &str) -> String {
+        use std::io::Write;
+        let email = format!("{handle}@example.com");
+        let mut child = self
+            .admin_command()
+            .args([
+                "create-owner",
+                "--handle",
+                handle,
+                "--email",
+                &email,
+                "--admin",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("carapace admin runs");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(format!("{ADMIN_PASSWORD}\n").as_bytes())
+            .expect("password written");
+        drop(stdin);
+        assert!(child.wait().expect("carapace admin ends").success());
+        client::owner_token(&self.base, handle, &email, ADMIN_PASSWORD)
+            .await
+            .expect("admin login")
     }
 
     pub async fn connect(&self, token: Option<&str>) -> Client {
