@@ -403,3 +403,106 @@ impl Drop for Replica {
         }
     }
 }
+
+/// Replicas built in-process with `App::build`, sharing one fresh PostgreSQL database, one
+/// Redis and one secrets dir: one service, several doors.
+pub struct Cluster {
+    pub replicas: Vec<super::TestHub>,
+    pub db: PgDb,
+    pub redis_url: String,
+    pub secrets: PathBuf,
+}
+
+impl Cluster {
+    pub async fn start(n: usize, tweak: impl Fn(&mut carapace::config::Config)) -> Cluster {
+        Self::start_on(n, &redis_server(), tweak).await
+    }
+
+    pub async fn start_on(
+        n: usize,
+        redis_url: &str,
+        tweak: impl Fn(&mut carapace::config::Config),
+    ) -> Cluster {
+        let db = PgDb::create("cluster").await;
+        let secrets = temp_dir("secrets");
+        let mut c = Cluster {
+            replicas: Vec::new(),
+            db,
+            redis_url: redis_url.to_string(),
+            secrets,
+        };
+        for i in 0..n {
+            c.add(&format!("r{i}"), &tweak).await;
+        }
+        c
+    }
+
+    /// One more replica of the same service.
+    pub async fn add(&mut self, id: &str, tweak: &impl Fn(&mut carapace::config::Config)) {
+        let dir = temp_dir(id);
+        let mut config = carapace::config::Config::for_tests(&dir);
+        config.database_url = self.db.url.clone();
+        config.redis_url = Some(self.redis_url.clone());
+        config.secrets_dir = self.secrets.clone();
+        config.replica_id = id.to_string();
+        tweak(&mut config);
+        let app = carapace::App::build(config)
+            .await
+            .expect("replica starts")
+            .spawn();
+        let base = format!("http://{}", app.addr);
+        let ws = format!("ws://{}/ws", app.addr);
+        self.replicas.push(super::TestHub {
+            app: Some(app),
+            base,
+            ws,
+            dir,
+            database_url: self.db.url.clone(),
+            secrets_dir: self.secrets.clone(),
+        });
+    }
+
+    /// Waits until every replica says it is ready (its bus connected).
+    pub async fn ready(&self) {
+        for r in &self.replicas {
+            wait_ready(&r.base, Duration::from_secs(10)).await;
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        for r in &mut self.replicas {
+            r.stop().await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.secrets);
+    }
+}
+
+/// Polls `/readyz` until it answers 200.
+pub async fn wait_ready(base: &str, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(r) = carapace::client::http(base, "GET", "/readyz", None, None).await
+            && r.status == 200
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{base} not ready within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `/readyz` status of a replica.
+pub async fn readyz(base: &str) -> u16 {
+    carapace::client::http(base, "GET", "/readyz", None, None)
+        .await
+        .map(|r| r.status)
+        .unwrap_or(0)
+}
