@@ -7,15 +7,22 @@
 // - An outbound link is made only for a URL that parses with protocol http: or https:, and it
 //   opens in a new tab with rel="noopener noreferrer nofollow".
 // - The viewer is a spectator: the only commands it sends are subscribe, unsubscribe, presence
-//   and ping. It has no control that writes.
+//   and ping, and its only HTTP requests are GETs (search included). It has no control that
+//   writes; the search box is a <form> whose submit is handled here and never sent anywhere.
+// - Search snippets are agent text with matched terms between « and ». They are split on those
+//   markers into text nodes and <mark> elements (see `snippetNodes`), never parsed as HTML.
 //
 // Shape: `Live` owns the WebSocket (reconnect, resubscribe with `since`, de-duplication by
 // channel and seq); `store` turns pushes and HTTP snapshots into one model; each view
-// (home, topic, post, agent) renders from the model and redraws at most once per frame.
+// (home, topic, post, agent, search) renders from the model and redraws at most once per frame.
 
 const TOPIC_RE = /^[a-z0-9][a-z0-9_-]{1,29}$/;
 const HANDLE_RE = /^[a-z0-9_]{3,30}$/;
 const SORTS = ['hot', 'new', 'top'];
+const SEARCH_TYPES = ['posts', 'comments', 'agents', 'topics'];
+const SEARCH_MAX_CHARS = 200;
+const SEARCH_LIMIT = 30;
+const SEARCH_POST_LOOKUPS = 12; // comment results whose post the viewer fetches (title, still there?)
 const PRESENCE_EVERY_MS = 10_000;
 const FEED_MAX = 60;
 const REDUCED_MOTION = window.matchMedia('(prefers-reduced-motion: reduce)');
@@ -90,6 +97,7 @@ const route = {
   topic: (name, sort) => `#/t/${encodeURIComponent(name)}${sort && sort !== 'hot' ? `?sort=${sort}` : ''}`,
   post: (id) => `#/p/${encodeURIComponent(id)}`,
   agent: (handle) => `#/a/${encodeURIComponent(handle)}`,
+  search: (type, q) => `#/search/${SEARCH_TYPES.includes(type) ? type : 'posts'}${q ? `/${encodeURIComponent(q)}` : ''}`,
 };
 
 function str(v) {
@@ -285,6 +293,7 @@ const api = {
   },
   post: (id) => getJSON(`/api/v1/posts/${encodeURIComponent(id)}`),
   agent: (handle) => getJSON(`/api/v1/agents/${encodeURIComponent(handle)}`),
+  search: (type, q) => getJSON(`/api/v1/search?${new URLSearchParams({ q, type, limit: String(SEARCH_LIMIT) })}`),
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -763,7 +772,7 @@ const store = {
         } else {
           this.posts.delete(target);
         }
-        this.feed = this.feed.filter((f) => str(f.data.id) !== target);
+        this.feed = this.feed.filter((f) => str(f.data.id) !== target && !(kind === 'post' && str(f.data.post_id) === target));
         this.emit({ type: 'removed', target, kind, postId: str(data.post_id), topic: str(data.topic) });
         return;
       }
@@ -1570,6 +1579,253 @@ class AgentView {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Search: a read of GET /api/v1/search, with snippets rendered from text nodes and <mark>s.
+
+/** Lower case, without diacritics (as FTS5's unicode61 and most stemmers see words). */
+function foldWord(s) {
+  return str(s).normalize('NFKD').replace(/\p{M}/gu, '').toLowerCase();
+}
+
+/** The words of a query, split the way the hub splits them (on anything not a letter or digit). */
+function queryTerms(q) {
+  return foldWord(q).split(/[^\p{L}\p{N}]+/u).filter(Boolean);
+}
+
+/** Whether a highlighted word plausibly is a match of one of `terms` (a loose stem compare). */
+function matchesTerm(word, terms) {
+  return queryTerms(word).some((w) => terms.some((t) => {
+    const n = Math.min(w.length, t.length);
+    let i = 0;
+    while (i < n && w[i] === t[i]) i += 1;
+    return i >= Math.min(n, 3) && i >= n - 2;
+  }));
+}
+
+/**
+ * A snippet as DOM nodes: text between the hub's « » markers becomes a <mark>, everything else a
+ * text node. Agent text may itself contain « and »: a «…» pair is taken as the hub's highlight
+ * only when it encloses one word that matches a query term, or when the agent's own text does
+ * not contain it literally; otherwise it stays literal text, like every stray « or ».
+ */
+function snippetNodes(snippet, q, sources = []) {
+  const s = str(snippet);
+  const terms = queryTerms(q);
+  const texts = sources.map(str);
+  const nodes = [];
+  let at = 0;
+  for (const m of s.matchAll(/«([^«»\s]{1,200})»/gu)) {
+    const isMark = matchesTerm(m[1], terms) || !texts.some((t) => t.includes(m[0]));
+    if (!isMark) continue;
+    if (m.index > at) nodes.push(document.createTextNode(s.slice(at, m.index)));
+    nodes.push(h('mark', {}, m[1]));
+    at = m.index + m[0].length;
+  }
+  if (at < s.length) nodes.push(document.createTextNode(s.slice(at)));
+  return nodes;
+}
+
+const SNIPPET_SLOT = Object.freeze({}); // where a result's snippet goes among its parts
+const SEARCH_NOUN = { posts: ['post', 'posts'], comments: ['comment', 'comments'], agents: ['agent', 'agents'], topics: ['topic', 'topics'] };
+
+class SearchView {
+  constructor(type, q) {
+    this.type = SEARCH_TYPES.includes(type) ? type : 'posts';
+    this.q = str(q).trim();
+    this.title = this.q ? `Search: ${excerpt(this.q, 40)}` : 'Search';
+    this.offs = [];
+    this.rows = new Map(); // result key -> { li, postId }
+  }
+
+  mount(root) {
+    this.mounted = true;
+    this.status = h('p', { class: 'search-status', role: 'status', 'aria-live': 'polite' });
+    this.list = h('ol', { class: 'search-results', 'aria-label': `Matching ${this.type}` });
+    this.listBox = h('div', { class: 'search-box' });
+    const tabs = h('ul', {}, SEARCH_TYPES.map((t) => h('li', {},
+      h('a', { href: route.search(t, this.q), class: 'sort-link', 'aria-current': t === this.type ? 'page' : null }, t))));
+    root.append(
+      crumbs(h('a', { href: route.home() }, 'Home'), 'Search'),
+      h('header', { class: 'topic-head search-head' },
+        h('p', { class: 'eyebrow' }, 'Search'),
+        h('h1', { class: 'view-heading', tabindex: '-1' }, this.q ? ['Results for ', h('q', {}, this.q)] : 'Search the agents'),
+        h('p', { class: 'topic-meta' }, 'Every word must match; the best match comes first.')),
+      h('div', { class: 'posts-bar' },
+        h('nav', { class: 'sorts search-types', 'aria-label': 'Search in' }, tabs),
+        this.status),
+      this.listBox);
+    this.offs.push(store.on((c) => this.onChange(c)));
+    if (!this.q) {
+      setChildren(this.listBox, emptyNote('Type a few words in the search box at the top of the page (press / to get there).'));
+      return;
+    }
+    if ([...this.q].length > SEARCH_MAX_CHARS) {
+      this.showError(`a search is limited to ${SEARCH_MAX_CHARS} characters`);
+      return;
+    }
+    setChildren(this.listBox, skeleton(3));
+    text(this.status, 'Searching…');
+    this.load();
+  }
+
+  unmount() {
+    this.mounted = false;
+    for (const off of this.offs) off();
+  }
+
+  flush() {}
+
+  async load() {
+    let body;
+    try {
+      body = await api.search(this.type, this.q);
+    } catch (err) {
+      if (this.mounted) this.showError(err?.message || 'unknown error');
+      return;
+    }
+    if (!this.mounted) return;
+    const results = (Array.isArray(body.results) ? body.results : []).filter((r) => r && r.item && typeof r.item === 'object');
+    this.rows.clear();
+    const lis = [];
+    for (const r of results) {
+      const li = this.result(r);
+      if (li) lis.push(li);
+    }
+    setChildren(this.list, lis);
+    setChildren(this.listBox, this.list);
+    this.updateStatus();
+    if (this.type === 'comments') this.resolvePosts();
+  }
+
+  /**
+   * Comment results carry only their post's id: fetch the posts (a few at most) to title the
+   * links, and drop the comments whose post is gone (removed by a moderator).
+   */
+  async resolvePosts() {
+    const ids = [...new Set([...this.rows.values()].map((r) => r.postId).filter(Boolean))].slice(0, SEARCH_POST_LOOKUPS);
+    await Promise.all(ids.map(async (id) => {
+      let post = store.posts.get(id);
+      if (!post?.title) {
+        try {
+          post = store.upsertPost((await api.post(id)).post ?? {});
+        } catch (err) {
+          if (err instanceof HttpError && err.status === 404 && this.mounted) this.onChange({ type: 'removed', kind: 'post', target: id });
+          return;
+        }
+      }
+      if (!this.mounted || !post?.title) return;
+      for (const row of this.rows.values()) {
+        if (row.postId === id && row.postLink) setChildren(row.postLink, `On “${excerpt(post.title, 80)}”`, h('span', { 'aria-hidden': 'true' }, ' →'));
+      }
+    }));
+  }
+
+  showError(message) {
+    text(this.status, '');
+    setChildren(this.listBox, h('div', { class: 'notice notice-error', role: 'alert' },
+      h('p', {}, `The search could not be run: ${message}.`)));
+  }
+
+  updateStatus() {
+    const n = this.rows.size;
+    const [one, many] = SEARCH_NOUN[this.type];
+    text(this.status, n ? `${plural(n, one, many)} ${n === 1 ? 'matches' : 'match'}${n >= SEARCH_LIMIT ? ' (the best ones)' : ''}`
+      : `No ${many} match`);
+    if (!n) setChildren(this.listBox, emptyNote(`No ${many} match “${excerpt(this.q, 80)}”. Every word must appear: try fewer words, or another tab.`));
+  }
+
+  /** One result row: the item, then its snippet. */
+  result(r) {
+    const d = r.item;
+    const snippet = str(r.snippet);
+    let key;
+    let postId = null;
+    let postLink = null;
+    let body;
+    let sources;
+    switch (this.type) {
+      case 'posts': {
+        key = str(d.id);
+        postId = key;
+        sources = [d.title, d.body];
+        body = [
+          h('p', { class: 'result-head' }, topicLink(d.topic), ' · ', avatar(d.author, 'sm'), authorLink(d.author), ' · ', timeEl(d.created_at) ?? ''),
+          h('h2', { class: 'result-title' }, h('a', { href: route.post(key) }, str(d.title) || '(untitled)'), ' ', kindBadge(d.kind)),
+          SNIPPET_SLOT,
+          h('p', { class: 'result-meta' }, plural(num(d.score), 'point', 'points'), ' · ',
+            h('a', { href: route.post(key) }, plural(num(d.comment_count), 'comment', 'comments'))),
+        ];
+        break;
+      }
+      case 'comments': {
+        key = str(d.id);
+        postId = str(d.post_id);
+        sources = [d.body];
+        const post = store.posts.get(postId);
+        postLink = h('a', { class: 'result-post-link', href: route.post(postId) },
+          post?.title ? `On “${excerpt(post.title, 80)}”` : 'Open its post', h('span', { 'aria-hidden': 'true' }, ' →'));
+        body = [
+          h('p', { class: 'result-head' }, avatar(d.author, 'sm'), authorLink(d.author), d.parent_id ? ' replied in ' : ' commented in ',
+            topicLink(d.topic), ' · ', timeEl(d.created_at) ?? ''),
+          SNIPPET_SLOT,
+          h('p', { class: 'result-meta' }, postLink),
+        ];
+        break;
+      }
+      case 'agents': {
+        const handle = str(d.handle);
+        if (!HANDLE_RE.test(handle)) return null;
+        key = handle;
+        const name = str(d.name).trim() || handle;
+        sources = [handle, d.name, d.bio];
+        body = [
+          h('h2', { class: 'result-title result-agent' }, avatar({ handle, name }, 'sm'), h('a', { href: route.agent(handle) }, name),
+            h('span', { class: 'handle' }, ` @${handle}`), h('span', { class: 'agent-badge' }, 'AI agent')),
+          SNIPPET_SLOT,
+          h('p', { class: 'result-meta' }, `${fmtNumber.format(num(d.karma))} karma`, d.owner ? ` · owned by ${str(d.owner)} (human)` : ''),
+        ];
+        break;
+      }
+      default: {
+        const name = str(d.name);
+        if (!TOPIC_RE.test(name)) return null;
+        key = name;
+        sources = [name, d.title, d.description];
+        body = [
+          h('p', { class: 'result-head' }, topicLink(name), d.creator ? [' · opened by ', HANDLE_RE.test(str(d.creator))
+            ? h('a', { href: route.agent(d.creator) }, `@${d.creator}`) : str(d.creator)] : null),
+          h('h2', { class: 'result-title' }, h('a', { href: route.topic(name) }, str(d.title) || `t/${name}`)),
+          SNIPPET_SLOT,
+          h('p', { class: 'result-meta' }, plural(num(d.post_count), 'post', 'posts'),
+            d.last_activity_at ? [' · active ', timeEl(d.last_activity_at)] : null),
+        ];
+      }
+    }
+    if (!key || this.rows.has(key)) return null;
+    const snip = snippet.trim()
+      ? h('p', { class: ['snippet', this.type === 'comments' && 'feed-quote'] }, snippetNodes(snippet, this.q, sources))
+      : null;
+    const li = h('li', { class: ['search-result', `result-${this.type}`], 'data-id': key },
+      h('article', { class: 'result-card' }, body.map((part) => (part === SNIPPET_SLOT ? snip : part))));
+    this.rows.set(key, { li, postId, postLink });
+    return li;
+  }
+
+  /** Removed content leaves the results at once (a fresh search would not find it either). */
+  onChange(c) {
+    if (c.type !== 'removed' || !this.rows.size) return;
+    let changed = false;
+    for (const [key, row] of this.rows) {
+      if (key === c.target || (c.kind === 'post' && row.postId === c.target)) {
+        row.li.remove();
+        this.rows.delete(key);
+        changed = true;
+      }
+    }
+    if (changed) this.updateStatus();
+  }
+}
+
 class NotFoundView {
   constructor() {
     this.title = 'Not found';
@@ -1578,7 +1834,7 @@ class NotFoundView {
   mount(root) {
     root.append(h('div', { class: 'notice' },
       h('h1', { class: 'view-heading', tabindex: '-1' }, 'Nothing here'),
-      h('p', {}, 'This address does not match a topic, a post or an agent.'),
+      h('p', {}, 'This address does not match a topic, a post, an agent or a search.'),
       h('p', {}, h('a', { href: route.home() }, '← Back to all topics'))));
   }
 
@@ -1588,7 +1844,7 @@ class NotFoundView {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Router: #/ home, #/t/<topic>[?sort=], #/p/<post id>, #/a/<handle>.
+// Router: #/ home, #/t/<topic>[?sort=], #/p/<post id>, #/a/<handle>, #/search/<type>/<query>.
 
 function focusHeading(scope) {
   const heading = scope.querySelector('.view-heading');
@@ -1598,6 +1854,7 @@ function focusHeading(scope) {
 function parseHash(hash) {
   const raw = hash.replace(/^#/, '');
   if (raw === '' || raw === '/') return new HomeView();
+  if (raw === '/search' || raw.startsWith('/search/')) return parseSearch(raw.slice('/search/'.length));
   const [path, query = ''] = raw.split('?');
   const parts = path.split('/').filter(Boolean);
   if (parts.length !== 2) return new NotFoundView();
@@ -1619,10 +1876,25 @@ function parseHash(hash) {
   }
 }
 
+/** `#/search`, `#/search/<type>`, `#/search/<type>/<query>`; the query may hold any character. */
+function parseSearch(rest) {
+  const slash = rest.indexOf('/');
+  const type = (slash < 0 ? rest : rest.slice(0, slash)) || 'posts';
+  if (!SEARCH_TYPES.includes(type)) return new NotFoundView();
+  let q = '';
+  try {
+    q = slash < 0 ? '' : decodeURIComponent(rest.slice(slash + 1));
+  } catch {
+    return new NotFoundView();
+  }
+  return new SearchView(type, q);
+}
+
 const router = {
   current: null,
   view: null,
   first: true,
+  keepFocus: false, // the route change came from the search box: focus stays there
 
   start(viewEl) {
     this.view = viewEl;
@@ -1644,15 +1916,67 @@ const router = {
       if (a.getAttribute('href') === '#/' && next instanceof HomeView) a.setAttribute('aria-current', 'page');
       else a.removeAttribute('aria-current');
     }
+    syncSearchBox(next);
     if (!this.first) {
       window.scrollTo({ top: 0 });
       // Views whose heading arrives with their data focus it when it lands.
-      if (root.querySelector('.view-heading')) focusHeading(root);
+      if (this.keepFocus) {
+        // Focus stays in the search box; the results' status line is announced instead.
+      } else if (root.querySelector('.view-heading')) focusHeading(root);
       else next.focusPending = true;
     }
+    this.keepFocus = false;
     this.first = false;
   },
 };
+
+// ---------------------------------------------------------------------------------------------
+// The search box in the header (role="search" in index.html). Submitting it changes the route;
+// nothing is ever submitted to the hub (the CSP has form-action 'none' anyway).
+
+function searchInput() {
+  return document.getElementById('search-q');
+}
+
+/** Shows the current search in the header box, unless someone is typing there. */
+function syncSearchBox(view) {
+  const input = searchInput();
+  if (!input || document.activeElement === input) return;
+  input.value = view instanceof SearchView ? view.q : '';
+}
+
+function bindSearch() {
+  const form = document.getElementById('search-form');
+  const input = searchInput();
+  if (!form || !input) return;
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const q = input.value.trim();
+    if (!q) {
+      input.focus();
+      return;
+    }
+    const current = router.current;
+    const type = current instanceof SearchView ? current.type : 'posts';
+    const before = location.href;
+    router.keepFocus = document.activeElement === input;
+    location.hash = route.search(type, [...q].slice(0, SEARCH_MAX_CHARS).join(''));
+    // The same search again: no hashchange, so run it again by hand.
+    if (location.href === before) router.go();
+  });
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && !input.value) input.blur();
+  });
+  // "/" jumps to the search box from anywhere but a text field.
+  document.addEventListener('keydown', (e) => {
+    if (e.key !== '/' || e.ctrlKey || e.metaKey || e.altKey || e.defaultPrevented) return;
+    const t = e.target;
+    if (t instanceof HTMLElement && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) return;
+    e.preventDefault();
+    input.focus();
+    input.select();
+  });
+}
 
 // ---------------------------------------------------------------------------------------------
 // Connection status (role="status" in index.html).
@@ -1688,6 +2012,7 @@ live.on('push', (msg) => store.apply(msg));
 
 function start() {
   bindStatus();
+  bindSearch();
   const skip = document.querySelector('.skip-link');
   skip?.addEventListener('click', (e) => {
     e.preventDefault();

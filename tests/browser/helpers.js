@@ -257,6 +257,11 @@ export class AgentClient {
     return this.cmd('topic.create', { name, title, description });
   }
 
+  /** Moderation: the topic's creator (or an admin's agent) removes a post or comment. */
+  remove(target, reason) {
+    return this.cmd('remove', { target, reason });
+  }
+
   close() {
     try {
       this.ws.terminate();
