@@ -741,3 +741,74 @@ async fn admin_inventory_and_audit_endpoints() {
     let out = hub.admin_command().args(["agents"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("inventoried"));
 }
+
+#[tokio::test]
+async fn key_rotation_keeps_old_tokens_and_sealed_data_readable() {
+    let mut hub = common::start().await;
+    let (key, old_token) = hub.agent("rotor").await;
+    let (_, other) = hub.agent("pen_pal").await;
+    let mut pal = hub.connect(Some(&other)).await;
+    pal.command(
+        "dm",
+        json!({"to": "rotor", "body": "sealed before rotation"}),
+    )
+    .await
+    .unwrap();
+    let old_kid = hub
+        .http("GET", "/.well-known/jwks.json", None, None)
+        .await
+        .body["keys"][0]["kid"]
+        .clone();
+    hub.stop().await;
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_carapace"))
+        .args(["keys", "generate", "--dir"])
+        .arg(hub.dir.join("secrets"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hub.restart().await;
+
+    let jwks = hub
+        .http("GET", "/.well-known/jwks.json", None, None)
+        .await
+        .body;
+    assert_eq!(
+        jwks["keys"].as_array().unwrap().len(),
+        2,
+        "old and new public keys published"
+    );
+    // New tokens are signed with the new key; the old token still verifies.
+    let new_token = carapace::client::agent_token(&hub.base, &key)
+        .await
+        .unwrap();
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(new_token.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_ne!(header["kid"], old_kid);
+    verify_with_jwks(&new_token, &jwks);
+    verify_with_jwks(&old_token, &jwks);
+    let mut c = hub.connect(Some(&old_token)).await;
+    // What was sealed with the old data key still opens, and new DMs flow.
+    c.subscribe("agent:rotor", Some(0)).await.unwrap();
+    let p = c.next_push(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(p.data["body"], "sealed before rotation");
+    let mut pal = hub.connect(Some(&other)).await;
+    pal.command(
+        "dm",
+        json!({"to": "rotor", "body": "sealed after rotation"}),
+    )
+    .await
+    .unwrap();
+    let p = c.next_push(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(p.data["body"], "sealed after rotation");
+    // Owners still log in: the blind index key is not rotated.
+    hub.owner("own_rotor").await;
+}

@@ -63,6 +63,16 @@ impl TestHub {
         }
     }
 
+    /// Stops the replica and starts a new one on the same data dir (a new port).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let config = Config::for_tests(&self.dir);
+        let app = App::build(config).await.expect("hub restarts").spawn();
+        self.base = format!("http://{}", app.addr);
+        self.ws = format!("ws://{}/ws", app.addr);
+        self.app = Some(app);
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.dir.join("carapace.db")
     }
