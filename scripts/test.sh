@@ -37,6 +37,9 @@ fi
 if [ -f scripts/peers/package.json ]; then
   (cd scripts/peers && npm ci --no-audit --no-fund --silent)
 fi
+if [ -f scripts/package.json ]; then
+  (cd scripts && npm ci --no-audit --no-fund --silent)
+fi
 
 echo "== cargo build"
 cargo build --all-targets

@@ -196,13 +196,12 @@ impl App {
         self.service.bus.close().await;
         pruner.abort();
         watcher.abort();
-        if let Some(mut d) = demo {
-            if tokio::time::timeout(Duration::from_secs(2), &mut d)
+        if let Some(mut d) = demo
+            && tokio::time::timeout(Duration::from_secs(2), &mut d)
                 .await
                 .is_err()
-            {
-                d.abort();
-            }
+        {
+            d.abort();
         }
         self.service.store.close().await;
         result

@@ -514,9 +514,17 @@ impl Agent {
                     Err(None) => now + Duration::from_secs(2),
                 };
             }
+            // One post at a time in the queue: a persona more eager than the rate limits
+            // waits for its turn instead of piling posts up.
+            let post_queued = self
+                .queue
+                .iter()
+                .any(|Reverse(s)| matches!(s.action, Action::Post));
             if now >= self.next_post {
-                self.schedule(now, Action::Post);
-                self.posts_scheduled += 1;
+                if !post_queued {
+                    self.schedule(now, Action::Post);
+                    self.posts_scheduled += 1;
+                }
                 let pace = &self.cfg.persona.pace;
                 let mut every = pace.post_every_secs;
                 if self.posts_scheduled <= pace.warmup_posts as u64 {

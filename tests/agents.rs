@@ -1,0 +1,955 @@
+//! The agents' side, as real processes against a real hub (the `carapace` binary on a loopback
+//! port): the Python and JavaScript example agents, `carapace agent` with a persona (token
+//! refresh, a hub restart, a network cut with `since` recovery, pacing under the rate
+//! limits), the LLM path against a local chat-completions server, and `serve --demo`.
+//! Every process a test starts is killed when the test ends, pass or fail.
+
+use carapace::client::{self, Client};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep, timeout};
+
+const BIN: &str = env!("CARGO_BIN_EXE_carapace");
+const PASSWORD: &str = "correct horse battery staple";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap();
+    let d = std::env::temp_dir().join(format!("carapace-agents-{tag}-{:x}", u64::from_le_bytes(b)));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `carapace serve` process on a fixed loopback port, restartable on the same port and
+/// data dir. Killed on drop.
+struct Hub {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    args: Vec<String>,
+    base: String,
+}
+
+impl Hub {
+    async fn start(tag: &str, extra: &[&str]) -> Hub {
+        let port = free_port();
+        let mut h = Hub {
+            child: None,
+            port,
+            dir: temp_dir(tag),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        h.spawn().await;
+        h
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("hub.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--log-format", "json"])
+            .args(&self.args)
+            .env_remove("CARAPACE_DEMO")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn carapace serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client::http(&self.base, "GET", "/healthz", None, None).await
+                && r.status == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hub did not come up: {}",
+                self.log()
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit by itself (draining closes sessions with
+    /// 1012 and stops every task); returns how long it took.
+    async fn stop(&mut self) -> Duration {
+        let Some(mut child) = self.child.take() else {
+            return Duration::ZERO;
+        };
+        let started = Instant::now();
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match timeout(Duration::from_secs(15), child.wait()).await {
+            Ok(status) => assert!(
+                status.unwrap().success(),
+                "hub exited badly: {}",
+                self.log()
+            ),
+            Err(_) => panic!("hub did not stop within 15 s of SIGTERM: {}", self.log()),
+        }
+        started.elapsed()
+    }
+
+    async fn restart(&mut self) {
+        self.stop().await;
+        self.spawn().await;
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("hub.log")).unwrap_or_default()
+    }
+
+    fn ws(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    /// A new owner and one agent with every scope; returns the API key.
+    async fn agent(&self, handle: &str) -> String {
+        let owner = client::owner_token(
+            &self.base,
+            &format!("own_{handle}"),
+            &format!("{handle}@example.com"),
+            PASSWORD,
+        )
+        .await
+        .expect("owner");
+        client::create_agent(
+            &self.base,
+            &owner,
+            &json!({"handle": handle, "name": handle, "bio": "test agent",
+                    "scopes": ["read", "post", "comment", "vote", "dm", "topic:create"]}),
+        )
+        .await
+        .expect("agent")
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let r = client::http(&self.base, "GET", path, None, None)
+            .await
+            .expect("http");
+        assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+        r.body
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("hub data and log kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// A test agent speaking the protocol directly (the "other agent" the examples answer).
+async fn rust_agent(hub: &Hub, handle: &str, topic: &str) -> Client {
+    let key = hub.agent(handle).await;
+    let token = client::agent_token(&hub.base, &key).await.expect("token");
+    let mut c = Client::connect(&hub.ws(), Some(&token)).await.expect("ws");
+    c.subscribe(&format!("topic:{topic}"), None)
+        .await
+        .expect("subscribe");
+    c
+}
+
+/// Waits until every handle is subscribed to `topic` (the `presence` op).
+async fn wait_present(c: &mut Client, topic: &str, handles: &[&str], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = c
+            .command("presence", json!({"channel": format!("topic:{topic}")}))
+            .await
+            .expect("presence");
+        let here: Vec<&str> = r["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if handles.iter().all(|h| here.contains(h)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{handles:?} not all present in {topic}: {here:?}"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn post(c: &mut Client, topic: &str, title: &str) -> String {
+    let r = c
+        .command(
+            "post",
+            json!({"topic": topic, "title": title, "body": "What do you think?"}),
+        )
+        .await
+        .expect("post");
+    r["post"]["id"].as_str().unwrap().to_string()
+}
+
+/// Authors of the comments (at any depth) under a post, read through the HTTP API.
+async fn commenters(hub: &Hub, post_id: &str) -> Vec<String> {
+    fn walk(list: &Value, out: &mut Vec<String>) {
+        for c in list.as_array().into_iter().flatten() {
+            out.push(c["author"]["handle"].as_str().unwrap_or("").to_string());
+            walk(&c["replies"], out);
+        }
+    }
+    let v = hub.get(&format!("/api/v1/posts/{post_id}")).await;
+    let mut out = Vec::new();
+    walk(&v["comments"], &mut out);
+    out
+}
+
+async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A TCP relay between agents and the hub that the test can cut: while cut, it drops every
+/// live connection and refuses new ones, so the agents see a network failure (1006) while
+/// the hub keeps running and others keep publishing.
+struct Relay {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    kill: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (kill, kill_rx) = watch::channel(0u64);
+        let cut2 = cut.clone();
+        let task = tokio::spawn(async move {
+            // Connection tasks live in this set: aborting the accept task drops them all.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut down, _)) = listener.accept().await else {
+                    return;
+                };
+                if cut2.load(Ordering::SeqCst) {
+                    drop(down);
+                    continue;
+                }
+                let mut killed = kill_rx.clone();
+                killed.borrow_and_update();
+                conns.spawn(async move {
+                    let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                        _ = killed.changed() => {}
+                    }
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        Relay {
+            port,
+            cut,
+            kill,
+            task,
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.kill.send_modify(|g| *g += 1);
+    }
+
+    fn mend(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A child process whose stderr is collected for the failure message; killed on drop.
+struct Proc {
+    child: Child,
+    err: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let err = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = err.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Proc { child, err }
+    }
+
+    fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_javascript_example_agents_post_reply_and_resume_with_since() {
+    let node_ws = repo().join("scripts/node_modules/ws");
+    assert!(
+        node_ws.exists(),
+        "scripts/node_modules/ws is missing: run `npm ci` in scripts/ (scripts/test.sh does)"
+    );
+    let mut hub = Hub::start("examples", &["--token-ttl", "6"]).await;
+    let relay = Relay::start(hub.port).await;
+    let py_key = hub.agent("py_agent").await;
+    let js_key = hub.agent("js_agent").await;
+    let mut rusty = rust_agent(&hub, "rusty", "general").await;
+
+    let mut py = Command::new("python3");
+    py.arg(repo().join("scripts/example_agent.py"))
+        .args([
+            "--hub",
+            &relay.base(),
+            "--topic",
+            "general",
+            "--post-every",
+            "3600",
+        ])
+        .env("CARAPACE_API_KEY", &py_key);
+    let py = Proc::spawn(py);
+    let mut js = Command::new("node");
+    js.arg(repo().join("scripts/example_agent.mjs"))
+        .args([
+            "--hub",
+            &relay.base(),
+            "--topic",
+            "general",
+            "--post-every",
+            "3600",
+        ])
+        .env("CARAPACE_API_KEY", &js_key);
+    let js = Proc::spawn(js);
+    let why = || format!("\n--- python:\n{}\n--- node:\n{}", py.stderr(), js.stderr());
+
+    wait_present(
+        &mut rusty,
+        "general",
+        &["py_agent", "js_agent"],
+        Duration::from_secs(20),
+    )
+    .await;
+    let first = post(&mut rusty, "general", "Hello, example agents").await;
+
+    // The Rust client sees both agents' own posts and both replies to its post, live.
+    let mut posted = std::collections::HashSet::new();
+    let mut replied = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (posted.len() < 2 || replied.len() < 2) && Instant::now() < deadline {
+        let Ok(p) = rusty.next_push(Duration::from_millis(500)).await else {
+            continue;
+        };
+        let author = p.data["author"]["handle"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        match p.event.as_str() {
+            "post" if author != "rusty" => {
+                posted.insert(author);
+            }
+            "comment" if p.data["post_id"] == first.as_str() => {
+                replied.insert(author);
+            }
+            _ => {}
+        }
+    }
+    let both: std::collections::HashSet<String> =
+        ["py_agent".to_string(), "js_agent".to_string()].into();
+    assert_eq!(posted, both, "posts seen{}", why());
+    assert_eq!(replied, both, "replies seen{}", why());
+
+    // Cut them off, publish while they are away, let them back: they must resubscribe with
+    // `since` to see that post at all (they read nothing over HTTP), and then answer it.
+    relay.cut();
+    sleep(Duration::from_millis(1500)).await;
+    let missed = post(&mut rusty, "general", "Posted while you were away").await;
+    sleep(Duration::from_millis(500)).await;
+    relay.mend();
+    let h = &hub;
+    eventually(
+        "both agents answer the post they missed",
+        Duration::from_secs(25),
+        || {
+            let missed = missed.clone();
+            async move {
+                let c = commenters(h, &missed).await;
+                c.contains(&"py_agent".into()) && c.contains(&"js_agent".into())
+            }
+        },
+    )
+    .await;
+
+    // A hub restart (close 1012) on the same port and data dir: they come back by themselves.
+    hub.restart().await;
+    // The first test client's session ended with the restart: a new one.
+    let mut rusty = rust_agent(&hub, "rusty_again", "general").await;
+    wait_present(
+        &mut rusty,
+        "general",
+        &["py_agent", "js_agent"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let after = post(&mut rusty, "general", "Back after the restart").await;
+    let h = &hub;
+    eventually(
+        "both agents answer after the restart",
+        Duration::from_secs(20),
+        || {
+            let after = after.clone();
+            async move {
+                let c = commenters(h, &after).await;
+                c.contains(&"py_agent".into()) && c.contains(&"js_agent".into())
+            }
+        },
+    )
+    .await;
+    // Short tokens (6 s): a session that lives past its token's lifetime refreshes it, and
+    // none is closed for an expired token (4004).
+    let refreshed =
+        || py.stderr().contains("token refreshed") && js.stderr().contains("token refreshed");
+    eventually(
+        "both agents refresh their token",
+        Duration::from_secs(15),
+        || async { refreshed() },
+    )
+    .await;
+    let (py_err, js_err) = (py.stderr(), js.stderr());
+    assert!(
+        !py_err.contains("4004") && !js_err.contains("4004"),
+        "{}",
+        why()
+    );
+}
+
+fn write_persona(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("persona.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Runs `carapace agent` to its end and returns (stats line, stderr).
+async fn run_agent(mut cmd: Command, within: Duration) -> (Value, String) {
+    let mut p = Proc::spawn({
+        cmd.env_remove("CARAPACE_LLM_URL");
+        cmd
+    });
+    let mut out = String::new();
+    let mut stdout = p.child.stdout.take().unwrap();
+    let status = timeout(within, async {
+        stdout.read_to_string(&mut out).await.unwrap();
+        p.child.wait().await.unwrap()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("agent did not stop in time: {}", p.stderr()));
+    // Let the stderr reader drain.
+    sleep(Duration::from_millis(100)).await;
+    let err = p.stderr();
+    assert!(status.success(), "agent failed ({status}): {err}");
+    let last = out.lines().last().unwrap_or("");
+    let stats: Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {out}\n{err}"));
+    (stats, err)
+}
+
+const TEST_PERSONA: &str = r#"
+handle = "tester"
+name = "Tester"
+bio = "Exercises the agent runner."
+topics = ["testing"]
+temperament = "cheerful"
+interests = ["tests", "progress"]
+corpus = ["futures"]
+
+[pace]
+# Far faster than the hub allows: the agent must pace itself.
+post_every_secs = 1
+think_secs = 0.4
+reply_chance = 1.0
+vote_chance = 1.0
+answer_chance = 1.0
+dm_chance = 0.0
+max_comments_per_post = 2
+
+[topic_info.testing]
+title = "Testing"
+description = "Where agents are put through their paces."
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carapace_agent_refreshes_survives_a_restart_and_a_cut_and_paces_itself() {
+    let mut hub = Hub::start("agent", &["--token-ttl", "8"]).await;
+    let relay = Relay::start(hub.port).await;
+    let key = hub.agent("tester").await;
+    let persona = write_persona(&hub.dir, TEST_PERSONA);
+    let mut cmd = Command::new(BIN);
+    cmd.arg("agent")
+        .args([
+            "--hub",
+            &relay.base(),
+            "--duration",
+            "32",
+            "--log-format",
+            "json",
+        ])
+        .arg("--persona")
+        .arg(&persona)
+        .env("CARAPACE_API_KEY", &key);
+    let started = Instant::now();
+    let agent = tokio::spawn(run_agent(cmd, Duration::from_secs(50)));
+
+    // The agent creates its topic (scope topic:create) and subscribes to it.
+    let mut rusty = rust_agent_when_topic_exists(&hub, "rusty", "testing").await;
+    wait_present(&mut rusty, "testing", &["tester"], Duration::from_secs(15)).await;
+    let p1 = post(&mut rusty, "testing", "First, while all is well").await;
+
+    // Past one token lifetime (8 s, refreshed at about 5.3 s), restart the hub.
+    sleep_until_offset(started, 11).await;
+    hub.restart().await;
+    let mut rusty = rust_agent_when_topic_exists(&hub, "rusty_b", "testing").await;
+    wait_present(&mut rusty, "testing", &["tester"], Duration::from_secs(15)).await;
+
+    // Then a network cut, during which a post is published: only `since` recovers it.
+    relay.cut();
+    sleep(Duration::from_millis(1000)).await;
+    let p2 = post(&mut rusty, "testing", "Published during the cut").await;
+    sleep(Duration::from_millis(1500)).await;
+    relay.mend();
+
+    let (stats, err) = agent.await.unwrap();
+    eprintln!("agent stats: {stats}");
+
+    // What the hub saw.
+    let c1 = commenters(&hub, &p1).await;
+    let c2 = commenters(&hub, &p2).await;
+    assert!(
+        c1.contains(&"tester".into()),
+        "no reply to p1: {c1:?}\n{err}"
+    );
+    assert!(
+        c2.contains(&"tester".into()),
+        "no reply to the post missed during the cut: {c2:?}\n{err}"
+    );
+    for id in [&p1, &p2] {
+        let v = hub.get(&format!("/api/v1/posts/{id}")).await;
+        assert_eq!(
+            v["post"]["score"], 1,
+            "the agent upvotes what it reads: {v}"
+        );
+    }
+    let profile = hub.get("/api/v1/agents/tester").await;
+    let own: Vec<&Value> = profile["recent_posts"].as_array().unwrap().iter().collect();
+    assert!(own.len() >= 4, "posts by the agent: {profile}");
+    let topics = hub.get("/api/v1/topics").await;
+    assert!(
+        topics["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "testing" && t["creator"] == "tester"),
+        "{topics}"
+    );
+
+    // What the agent reports.
+    let n = |k: &str| {
+        stats[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {stats}"))
+    };
+    assert!(n("posts") >= 4, "{stats}");
+    assert!(n("comments") >= 2, "{stats}");
+    assert!(n("votes") >= 2, "{stats}");
+    assert!(n("refreshes") >= 1, "{stats}\n{err}");
+    assert!(n("reconnects") >= 2, "{stats}\n{err}");
+    assert_eq!(n("topics_created"), 1, "{stats}");
+    // It wanted a post a second for 32 s; paced under the hub's limit it never hears
+    // `rate_limited`, and never let a token expire (4004).
+    assert_eq!(n("rate_limited"), 0, "{stats}\n{err}");
+    assert!(n("posts") <= 20, "{stats}");
+    let closes: Vec<u64> = stats["closes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert!(
+        closes.contains(&1012),
+        "the restart closes with 1012: {closes:?}"
+    );
+    assert!(!closes.contains(&4004), "a token expired: {closes:?}");
+}
+
+async fn sleep_until_offset(start: Instant, secs: u64) {
+    tokio::time::sleep_until(start + Duration::from_secs(secs)).await;
+}
+
+async fn rust_agent_when_topic_exists(hub: &Hub, handle: &str, topic: &str) -> Client {
+    let path = format!("/api/v1/topics/{topic}/posts");
+    eventually("the agent's topic exists", Duration::from_secs(20), || {
+        let path = path.clone();
+        async move {
+            client::http(&hub.base, "GET", &path, None, None)
+                .await
+                .is_ok_and(|r| r.status == 200)
+        }
+    })
+    .await;
+    rust_agent(hub, handle, topic).await
+}
+
+/// Requests received: (path, Authorization header, JSON body).
+type Seen = Arc<Mutex<Vec<(String, Option<String>, Value)>>>;
+
+/// A chat-completions server on loopback: records each request, fails the first request for
+/// a post (the agent must fall back to its built-in generator), answers the others with
+/// numbered texts.
+struct FakeLlm {
+    port: u16,
+    requests: Seen,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeLlm {
+    async fn start() -> FakeLlm {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let n = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((s, _)) = listener.accept().await {
+                let (seen, n, failed) = (seen.clone(), n.clone(), failed.clone());
+                conns.spawn(async move {
+                    let _ = serve_llm(s, seen, n, failed).await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        FakeLlm {
+            port,
+            requests,
+            task,
+        }
+    }
+}
+
+impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_llm(
+    mut s: TcpStream,
+    seen: Seen,
+    n: Arc<AtomicU64>,
+    failed: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head, body_start) = loop {
+        let k = s.read(&mut chunk).await?;
+        if k == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..k]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break (String::from_utf8_lossy(&buf[..i]).to_string(), i + 4);
+        }
+    };
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let len: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < body_start + len {
+        let k = s.read(&mut chunk).await?;
+        if k == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..k]);
+    }
+    let body: Value = serde_json::from_slice(&buf[body_start..]).unwrap_or(Value::Null);
+    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+    seen.lock()
+        .unwrap()
+        .push((path, header("authorization"), body.clone()));
+    let i = n.fetch_add(1, Ordering::SeqCst);
+    let wants_post = body["messages"][1]["content"]
+        .as_str()
+        .is_some_and(|u| u.contains("new post"));
+    let (status, payload) = if wants_post && !failed.swap(true, Ordering::SeqCst) {
+        (
+            "500 Internal Server Error",
+            json!({"error": {"message": "warming up"}}),
+        )
+    } else {
+        let text = format!("Title: Model musing {i}\n\nThe model speaks, reply {i}.");
+        (
+            "200 OK",
+            json!({"id": "x", "object": "chat.completion",
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}),
+        )
+    };
+    let payload = payload.to_string();
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
+    );
+    s.write_all(resp.as_bytes()).await?;
+    s.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carapace_agent_writes_with_an_openai_compatible_llm() {
+    let hub = Hub::start("llm", &[]).await;
+    let llm = FakeLlm::start().await;
+    let key = hub.agent("thinker").await;
+    let persona = write_persona(
+        &hub.dir,
+        &TEST_PERSONA
+            .replace("\"tester\"", "\"thinker\"")
+            .replace("\"Tester\"", "\"Thinker\"")
+            .replace("post_every_secs = 1", "post_every_secs = 3"),
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.arg("agent")
+        .args([
+            "--hub",
+            &hub.base,
+            "--duration",
+            "12",
+            "--log-format",
+            "json",
+        ])
+        .args(["--llm-url", &format!("http://127.0.0.1:{}/v1", llm.port)])
+        .args(["--llm-model", "tiny-test-model"])
+        .arg("--persona")
+        .arg(&persona)
+        .env("CARAPACE_API_KEY", &key);
+    let agent = tokio::spawn(async move {
+        cmd.env("CARAPACE_LLM_API_KEY", "sk-test-123");
+        run_agent(cmd, Duration::from_secs(30)).await
+    });
+    let mut rusty = rust_agent_when_topic_exists(&hub, "rusty", "testing").await;
+    wait_present(&mut rusty, "testing", &["thinker"], Duration::from_secs(15)).await;
+    let mine = post(&mut rusty, "testing", "Ask the model").await;
+    let (stats, err) = agent.await.unwrap();
+    eprintln!("agent stats: {stats}");
+
+    let reqs = llm.requests.lock().unwrap().clone();
+    assert!(reqs.len() >= 3, "LLM requests: {}", reqs.len());
+    for (path, auth, body) in &reqs {
+        assert_eq!(path, "/v1/chat/completions");
+        assert_eq!(auth.as_deref(), Some("Bearer sk-test-123"));
+        assert_eq!(body["model"], "tiny-test-model");
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert!(
+            body["messages"][0]["content"]
+                .as_str()
+                .unwrap()
+                .contains("Thinker"),
+            "{body}"
+        );
+        assert_eq!(body["messages"][1]["role"], "user");
+    }
+    // The first answer was a 500: the agent fell back and kept going.
+    assert!(stats["llm_failures"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(stats["llm_calls"].as_u64().unwrap() >= 3, "{stats}");
+    let profile = hub.get("/api/v1/agents/thinker").await;
+    let titles: Vec<&str> = profile["recent_posts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    assert!(
+        titles.iter().any(|t| t.starts_with("Model musing")),
+        "posts written by the model: {titles:?}\n{err}"
+    );
+    let thread = hub.get(&format!("/api/v1/posts/{mine}")).await;
+    let bodies: Vec<&str> = thread["comments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["author"]["handle"] == "thinker")
+        .filter_map(|c| c["body"].as_str())
+        .collect();
+    assert!(
+        bodies.iter().any(|b| b.contains("The model speaks")),
+        "reply written by the model: {bodies:?}\n{err}"
+    );
+}
+
+/// Totals over every topic: (posts, comments, votes cast as the sum of |score|, authors).
+async fn society(hub: &Hub) -> (u64, u64, u64, std::collections::BTreeSet<String>) {
+    let topics = hub.get("/api/v1/topics").await;
+    let (mut posts, mut comments, mut votes) = (0, 0, 0);
+    let mut authors = std::collections::BTreeSet::new();
+    for t in topics["topics"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        let page = hub
+            .get(&format!("/api/v1/topics/{name}/posts?sort=new&limit=100"))
+            .await;
+        for p in page["posts"].as_array().unwrap() {
+            posts += 1;
+            comments += p["comment_count"].as_u64().unwrap_or(0);
+            votes += p["score"].as_i64().unwrap_or(0).unsigned_abs();
+            authors.insert(p["author"]["handle"].as_str().unwrap_or("").to_string());
+        }
+    }
+    (posts, comments, votes, authors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_demo_brings_a_live_society_and_restarts_cleanly() {
+    // Without --demo, nobody posts.
+    let mut hub = Hub::start("demo", &[]).await;
+    sleep(Duration::from_secs(3)).await;
+    let (posts, ..) = society(&hub).await;
+    assert_eq!(posts, 0, "demo agents ran without --demo");
+    hub.stop().await;
+
+    hub.args = vec!["--demo".into()];
+    hub.spawn().await;
+    let started = Instant::now();
+    let h = &hub;
+    eventually(
+        "10 posts and 10 comments from the demo society",
+        Duration::from_secs(30),
+        || async move {
+            let (p, c, ..) = society(h).await;
+            p >= 10 && c >= 10
+        },
+    )
+    .await;
+    let took = started.elapsed();
+    let (posts, comments, votes, authors) = society(&hub).await;
+    eprintln!(
+        "demo: {posts} posts, {comments} comments, {votes} net votes by {authors:?} in {took:?}"
+    );
+    assert!(authors.len() >= 5, "{authors:?}");
+    assert!(votes > 0, "nobody voted");
+
+    // Shutdown stops every demo agent (the process exits by itself, promptly), and a
+    // restart on the same data dir reuses the demo identities (fresh keys, old ones revoked).
+    let stop_took = hub.stop().await;
+    assert!(stop_took < Duration::from_secs(8), "{stop_took:?}");
+    hub.spawn().await;
+    let h = &hub;
+    eventually(
+        "the demo society carries on after a restart",
+        Duration::from_secs(30),
+        || async move {
+            let (p, ..) = society(h).await;
+            p >= posts + 3
+        },
+    )
+    .await;
+    let log = hub.log();
+    assert!(
+        !log.contains("demo agent not started") && !log.contains("demo agent stopped"),
+        "{log}"
+    );
+    let started_twice = log.matches("demo society started").count();
+    assert_eq!(started_twice, 2, "{log}");
+    hub.stop().await;
+
+    // Exactly one active key per demo agent, after two starts.
+    let store =
+        carapace::store::Store::connect(&format!("sqlite://{}/carapace.db", hub.dir.display()))
+            .await
+            .unwrap();
+    let now = carapace::clock::now_ms();
+    for p in carapace::agent::Persona::all_builtin() {
+        let a = store
+            .agent_by_handle(&p.handle)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{} exists", p.handle));
+        let keys = store.keys_of_agent(&a.id).await.unwrap();
+        let active = keys.iter().filter(|k| k.is_active(now)).count();
+        assert_eq!((keys.len(), active), (2, 1), "{}", p.handle);
+    }
+    store.close().await;
+}
