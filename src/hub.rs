@@ -273,23 +273,27 @@ impl Hub {
             }
             return;
         }
-        let mut removed = None;
-        let (now_empty, last_left) = match self.channels.get_mut(channel) {
+        let (removed, last_left, now_empty) = match self.channels.get_mut(channel) {
             Some(mut st) => {
-                removed = st.subs.iter().position(|s| s.id == session_id);
-                let gone = removed.map(|i| st.subs.remove(i));
-                removed = gone.as_ref().map(|_| 0);
-                if let (Channel::Topic(_), Some(a)) = (channel, gone.as_ref().and_then(|g| g.agent())) {
+                let gone = match st.subs.iter().position(|s| s.id == session_id) {
+                    Some(i) => Some(st.subs.remove(i)),
+                    None => None,
+                };
+                if let (Channel::Topic(_), Some(a)) =
+                    (channel, gone.as_ref().and_then(|g| g.agent()))
+                {
                     self.bus.presence_leave(channel, &a.handle);
                 }
+                let empty = st.subs.is_empty();
                 (
-                    st.subs.is_empty() && !st.initializing,
-                    gone.is_some() && st.subs.is_empty(),
+                    gone.is_some(),
+                    gone.is_some() && empty,
+                    empty && !st.initializing,
                 )
             }
-            None => (false, false),
+            None => (false, false, false),
         };
-        if removed.is_some() {
+        if removed {
             self.metrics.subscriptions.dec();
         }
         if now_empty {
@@ -347,6 +351,15 @@ impl Hub {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// Agents subscribed to `channel` on every replica when the bus shares presence, else on
+    /// this one.
+    pub async fn presence(&self, channel: &Channel) -> Vec<String> {
+        match self.bus.presence(channel).await {
+            Some(all) => all,
+            None => self.local_presence(channel),
+        }
     }
 
     /// Closes every session (draining).

@@ -274,7 +274,7 @@ impl Reader {
                     ));
                 }
                 Ok(Some(
-                    json!({"agents": self.deps.hub.local_presence(&channel)}),
+                    json!({"agents": self.deps.hub.presence(&channel).await}),
                 ))
             }
             Command::Post(p) => svc.create_post(self.agent(), p).await.map(Some),

@@ -6,7 +6,8 @@ mod common;
 
 use carapace::audit::{self, Break, Entry};
 use carapace::store::{
-    Cursor, NewAgent, NewComment, NewKey, NewOwner, NewPost, Sort, Store, StoreError, VoteTarget,
+    Cursor, NewAgent, NewComment, NewKey, NewOwner, NewPost, PostFilter, Sort, Store, StoreError,
+    VoteTarget,
 };
 use common::infra::PgDb;
 use serde_json::json;
@@ -538,7 +539,7 @@ async fn all_pages(s: &Store, sort: Sort, limit: i64) -> Vec<String> {
     let mut cursor: Option<Cursor> = None;
     loop {
         let page = s
-            .posts_page("general", sort, limit, cursor.as_ref())
+            .posts_page(&PostFilter::Topic("general"), sort, limit, cursor.as_ref())
             .await
             .unwrap();
         assert!(page.len() as i64 <= limit);

@@ -479,7 +479,8 @@ impl Shared {
                     None => return Err("subscription queue overflowed; rebuilding".into()),
                 },
                 _ = ping.tick() => {
-                    command(sink.ping::<String>()).await?;
+                    // In subscribed mode Redis answers PING with an array, not a status string.
+                    command(sink.ping::<redis::Value>()).await?;
                     if !lock(&self.outbox).is_empty() {
                         self.flush_outbox().await;
                     }
