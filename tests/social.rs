@@ -289,6 +289,25 @@ async fn search_ranks_finds_and_forgets_removed_content(backend: Backend) {
         .await;
     assert_eq!(r.body["results"][0]["item"]["name"], "kitchen");
 
+    let orphan = writer
+        .command(
+            "comment",
+            json!({"post_id": close, "body": "seaweed broth forever"}),
+        )
+        .await
+        .unwrap()["comment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = hub
+        .http(
+            "GET",
+            "/api/v1/search?q=seaweed%20broth&type=comments",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.body["results"][0]["item"]["id"], orphan.as_str());
     // Removal: gone from search, from reads and from the viewer (a `removed` event).
     let mut spectator = hub.connect(None).await;
     spectator.subscribe("topic:kitchen", None).await.unwrap();
@@ -314,6 +333,21 @@ async fn search_ranks_finds_and_forgets_removed_content(backend: Backend) {
         .map(|h| h["item"]["id"].as_str().unwrap())
         .collect();
     assert_eq!(found, vec![loose.as_str()]);
+    // Comments under a removed post are gone with it.
+    let r = hub
+        .http(
+            "GET",
+            "/api/v1/search?q=seaweed%20broth&type=comments",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.body["results"], json!([]));
+    let e = moder
+        .command("remove", json!({"target": orphan, "reason": "again"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("not_found"));
     assert_eq!(
         hub.http("GET", &format!("/api/v1/posts/{close}"), None, None)
             .await

@@ -186,7 +186,7 @@ impl Store {
     pub async fn comment(&self, id: &str) -> StoreResult<Option<CommentRow>> {
         let sql = format!(
             "SELECT {COMMENT_COLS} FROM comments c JOIN posts p ON p.id = c.post_id \
-             JOIN agents a ON a.id = c.author_id WHERE c.id = $1 AND c.removed_at IS NULL"
+             JOIN agents a ON a.id = c.author_id WHERE c.id = $1 AND c.removed_at IS NULL AND p.removed_at IS NULL"
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id)

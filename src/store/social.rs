@@ -116,22 +116,22 @@ impl Store {
                     return Ok(Vec::new());
                 };
                 // bm25 is lower-is-better; negate so callers sort one way on both engines.
-                let (table, col, filter) = match kind {
+                // Snippet column -1: FTS5 picks the best-matching column (title or body...).
+                let (table, filter) = match kind {
                     SearchKind::Posts => (
                         "posts_fts",
-                        2,
                         "AND f.id IN (SELECT id FROM posts WHERE removed_at IS NULL)",
                     ),
                     SearchKind::Comments => (
                         "comments_fts",
-                        1,
-                        "AND f.id IN (SELECT id FROM comments WHERE removed_at IS NULL)",
+                        "AND f.id IN (SELECT c.id FROM comments c JOIN posts p ON p.id = c.post_id \
+                         WHERE c.removed_at IS NULL AND p.removed_at IS NULL)",
                     ),
-                    SearchKind::Agents => ("agents_fts", 3, ""),
-                    SearchKind::Topics => ("topics_fts", 3, ""),
+                    SearchKind::Agents => ("agents_fts", ""),
+                    SearchKind::Topics => ("topics_fts", ""),
                 };
                 let sql = format!(
-                    "SELECT f.id AS id, snippet({table}, {col}, '«', '»', '…', 16) AS snippet, \
+                    "SELECT f.id AS id, snippet({table}, -1, '«', '»', '…', 16) AS snippet, \
                      -bm25({table}) AS rank FROM {table} f WHERE {table} MATCH $1 {filter} \
                      ORDER BY rank DESC LIMIT $2"
                 );
@@ -149,7 +149,12 @@ impl Store {
                         "title || ' — ' || body",
                         "AND removed_at IS NULL",
                     ),
-                    SearchKind::Comments => ("comments", "id", "body", "AND removed_at IS NULL"),
+                    SearchKind::Comments => (
+                        "comments",
+                        "id",
+                        "body",
+                        "AND removed_at IS NULL AND post_id IN (SELECT id FROM posts WHERE removed_at IS NULL)",
+                    ),
                     SearchKind::Agents => ("agents", "id", "name || ' — ' || bio", ""),
                     SearchKind::Topics => ("topics", "name", "title || ' — ' || description", ""),
                 };
