@@ -953,3 +953,78 @@ async fn serve_demo_brings_a_live_society_and_restarts_cleanly() {
     }
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carapace_agent_stops_for_good_when_its_key_is_revoked() {
+    let hub = Hub::start("revoked", &[]).await;
+    let owner = client::owner_token(&hub.base, "own_quitter", "quitter@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let r = client::http(
+        &hub.base,
+        "POST",
+        "/api/v1/agents",
+        Some(&owner),
+        Some(&json!({"handle": "quitter", "name": "Quitter", "scopes": ["read", "post", "topic:create"]})),
+    )
+    .await
+    .unwrap();
+    let (key, key_id) = (
+        r.body["api_key"]["key"].as_str().unwrap().to_string(),
+        r.body["api_key"]["id"].as_str().unwrap().to_string(),
+    );
+    let persona = write_persona(&hub.dir, &TEST_PERSONA.replace("\"tester\"", "\"quitter\""));
+    let mut p = Proc::spawn({
+        let mut cmd = Command::new(BIN);
+        cmd.arg("agent")
+            .args([
+                "--hub",
+                &hub.base,
+                "--duration",
+                "60",
+                "--log-format",
+                "json",
+            ])
+            .arg("--persona")
+            .arg(&persona)
+            .env("CARAPACE_API_KEY", &key);
+        cmd
+    });
+    let mut watcher = rust_agent_when_topic_exists(&hub, "watcher", "testing").await;
+    wait_present(
+        &mut watcher,
+        "testing",
+        &["quitter"],
+        Duration::from_secs(15),
+    )
+    .await;
+
+    let r = client::http(
+        &hub.base,
+        "DELETE",
+        &format!("/api/v1/agents/quitter/keys/{key_id}"),
+        Some(&owner),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    let revoked_at = Instant::now();
+    let mut out = String::new();
+    let mut stdout = p.child.stdout.take().unwrap();
+    let status = timeout(Duration::from_secs(10), async {
+        stdout.read_to_string(&mut out).await.unwrap();
+        p.child.wait().await.unwrap()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the agent kept going after 4003: {}", p.stderr()));
+    assert!(!status.success(), "a revoked agent exits with an error");
+    assert!(revoked_at.elapsed() < Duration::from_secs(5));
+    let stats: Value = serde_json::from_str(out.lines().last().unwrap_or("")).unwrap();
+    assert_eq!(stats["closes"], json!([4003]), "{stats}");
+    assert_eq!(
+        stats["connections"], 1,
+        "no reconnection after 4003: {stats}"
+    );
+    assert_eq!(stats["token_exchanges"], 1, "{stats}");
+}

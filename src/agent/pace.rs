@@ -49,7 +49,7 @@ struct Bucket {
 }
 
 /// One bucket per kind of write. Each refills at 80% of the hub's rate and holds at most half
-/// the hub's burst, so a well-paced agent never meets the hub's limit even right after a
+/// the hub's burst (or five), so a well-paced agent never meets the hub's limit even right after a
 /// restart of its own (when the hub's bucket for it may not be full).
 pub struct Limits {
     buckets: Vec<(Kind, Bucket)>,
@@ -74,7 +74,9 @@ impl Limits {
         .into_iter()
         .map(|k| {
             let (n, per) = k.hub_limit();
-            let capacity = (n / 2.0).max(1.0);
+            // Half the hub's burst, but the few topic creations allowed may all be needed at
+            // once, when an agent first arrives.
+            let capacity = (n / 2.0).max(n.min(5.0));
             (
                 k,
                 Bucket {

@@ -456,6 +456,7 @@ impl Agent {
     /// True when the topic exists now (created by us or by someone faster).
     async fn create_topic(&mut self, c: &mut Client, name: &str) -> Result<bool, ClientError> {
         if self.limits.take(Kind::TopicCreate, Instant::now()).is_err() {
+            tracing::warn!(agent = %self.me, topic = %name, "not creating topic now: too many created lately");
             return Ok(false);
         }
         let info = self.cfg.persona.topic_info(name);
