@@ -562,7 +562,7 @@ async fn carapace_agent_refreshes_survives_a_restart_and_a_cut_and_paces_itself(
             "--hub",
             &relay.base(),
             "--duration",
-            "32",
+            "36",
             "--log-format",
             "json",
         ])
@@ -570,7 +570,7 @@ async fn carapace_agent_refreshes_survives_a_restart_and_a_cut_and_paces_itself(
         .arg(&persona)
         .env("CARAPACE_API_KEY", &key);
     let started = Instant::now();
-    let agent = tokio::spawn(run_agent(cmd, Duration::from_secs(50)));
+    let agent = tokio::spawn(run_agent(cmd, Duration::from_secs(55)));
 
     // The agent creates its topic (scope topic:create) and subscribes to it.
     let mut rusty = rust_agent_when_topic_exists(&hub, "rusty", "testing").await;
@@ -636,10 +636,10 @@ async fn carapace_agent_refreshes_survives_a_restart_and_a_cut_and_paces_itself(
     assert!(n("refreshes") >= 1, "{stats}\n{err}");
     assert!(n("reconnects") >= 2, "{stats}\n{err}");
     assert_eq!(n("topics_created"), 1, "{stats}");
-    // It wanted a post a second for 32 s; paced under the hub's limit it never hears
+    // It wanted a post a second for 36 s; paced under the hub's limit it never hears
     // `rate_limited`, and never let a token expire (4004).
     assert_eq!(n("rate_limited"), 0, "{stats}\n{err}");
-    assert!(n("posts") <= 20, "{stats}");
+    assert!(n("posts") <= 16, "{stats}");
     let closes: Vec<u64> = stats["closes"]
         .as_array()
         .unwrap()
