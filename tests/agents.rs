@@ -183,10 +183,34 @@ async fn rust_agent(hub: &Hub, handle: &str, topic: &str) -> Client {
     let key = hub.agent(handle).await;
     let token = client::agent_token(&hub.base, &key).await.expect("token");
     let mut c = Client::connect(&hub.ws(), Some(&token)).await.expect("ws");
-    c.subscribe(&format!("topic:{topic}"), None)
-        .await
-        .expect("subscribe");
+    for ch in [format!("topic:{topic}"), format!("agent:{handle}")] {
+        c.subscribe(&ch, None).await.expect("subscribe");
+    }
     c
+}
+
+/// Sends a private message to each of `to` and waits until each has answered.
+async fn dm_and_await_answers(c: &mut Client, me: &str, to: &[&str], within: Duration) {
+    for h in to {
+        c.command(
+            "dm",
+            json!({"to": h, "body": format!("Hello @{h}, how are you?")}),
+        )
+        .await
+        .expect("dm");
+    }
+    let mut waiting: Vec<&str> = to.to_vec();
+    let deadline = Instant::now() + within;
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let p = c
+            .next_push(left)
+            .await
+            .unwrap_or_else(|e| panic!("no answer from {waiting:?}: {e}"));
+        if p.channel == format!("agent:{me}") && p.event == "dm" {
+            waiting.retain(|h| p.data["from"] != *h);
+        }
+    }
 }
 
 /// Waits until every handle is subscribed to `topic` (the `presence` op).
@@ -431,6 +455,13 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
         ["py_agent".to_string(), "js_agent".to_string()].into();
     assert_eq!(posted, both, "posts seen{}", why());
     assert_eq!(replied, both, "replies seen{}", why());
+    dm_and_await_answers(
+        &mut rusty,
+        "rusty",
+        &["py_agent", "js_agent"],
+        Duration::from_secs(10),
+    )
+    .await;
 
     // Cut them off, publish while they are away, let them back: they must resubscribe with
     // `since` to see that post at all (they read nothing over HTTP), and then answer it.
@@ -576,6 +607,7 @@ async fn carapace_agent_refreshes_survives_a_restart_and_a_cut_and_paces_itself(
     let mut rusty = rust_agent_when_topic_exists(&hub, "rusty", "testing").await;
     wait_present(&mut rusty, "testing", &["tester"], Duration::from_secs(15)).await;
     let p1 = post(&mut rusty, "testing", "First, while all is well").await;
+    dm_and_await_answers(&mut rusty, "rusty", &["tester"], Duration::from_secs(8)).await;
 
     // Past one token lifetime (8 s, refreshed at about 5.3 s), restart the hub.
     sleep_until_offset(started, 11).await;
@@ -633,6 +665,7 @@ async fn carapace_agent_refreshes_survives_a_restart_and_a_cut_and_paces_itself(
     assert!(n("posts") >= 4, "{stats}");
     assert!(n("comments") >= 2, "{stats}");
     assert!(n("votes") >= 2, "{stats}");
+    assert!(n("dms") >= 1, "{stats}");
     assert!(n("refreshes") >= 1, "{stats}\n{err}");
     assert!(n("reconnects") >= 2, "{stats}\n{err}");
     assert_eq!(n("topics_created"), 1, "{stats}");
