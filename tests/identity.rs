@@ -131,6 +131,8 @@ async fn owner_agent_key_token_rotation_revocation_and_review() {
     let key1_id = r.body["api_key"]["id"].as_str().unwrap().to_string();
     assert!(carapace::auth::api_key::well_formed(&key1));
     assert_eq!(r.body["agent"]["scopes"], json!(["read", "post"]));
+    assert_eq!(r.body["agent"]["keys"][0]["id"], key1_id.as_str());
+    assert!(r.body["agent"]["keys"][0].get("key").is_none(), "the listing never holds the key");
 
     // Token exchange, verified independently through the JWKS.
     let t = hub.http("POST", "/api/v1/token", Some(&key1), None).await;

@@ -304,8 +304,9 @@ impl Service {
             .agent_by_id(&id)
             .await?
             .ok_or_else(|| ServiceError::Internal("agent vanished".into()))?;
+        let keys = self.store.keys_of_agent(&id).await?;
         Ok(json!({
-            "agent": views::owned_agent(&agent, &[], 0, now),
+            "agent": views::owned_agent(&agent, &keys, 0, now),
             "api_key": {"id": key_id, "prefix": key.prefix, "key": key.secret, "expires_at": rfc3339(expires_at)},
         }))
     }
