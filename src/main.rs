@@ -6,6 +6,7 @@ use carapace::{App, audit};
 use clap::{Parser, Subcommand};
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -83,6 +84,12 @@ enum KeysTask {
 }
 
 fn init_logging(format: Option<LogFormat>) {
+    init_logging_as(format, None);
+}
+
+/// Logging for one replica: JSON lines carry `"replica"` first, so a log pipeline that mixes
+/// replicas can always tell them apart (also lines from tasks outside any span).
+fn init_logging_as(format: Option<LogFormat>, replica: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let json = match format {
@@ -90,13 +97,51 @@ fn init_logging(format: Option<LogFormat>) {
         Some(LogFormat::Pretty) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
-        b.json().flatten_event(true).init();
+        let stamp: Arc<[u8]> = match replica {
+            Some(r) => format!("{{\"replica\":{},", serde_json::Value::from(r)).into_bytes(),
+            None => b"{".to_vec(),
+        }
+        .into();
+        b.json()
+            .flatten_event(true)
+            .with_writer(move || Stamped {
+                stamp: stamp.clone(),
+                started: false,
+            })
+            .init();
     } else {
-        b.init();
+        b.with_writer(std::io::stderr).init();
+    }
+}
+
+/// Writes one JSON log line to stderr with `stamp` in place of its opening brace.
+struct Stamped {
+    stamp: Arc<[u8]>,
+    started: bool,
+}
+
+impl std::io::Write for Stamped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        if !self.started {
+            self.started = true;
+            if let Some(rest) = buf.strip_prefix(b"{") {
+                // One write for the whole line keeps lines of concurrent tasks apart.
+                let mut line = Vec::with_capacity(self.stamp.len() + rest.len());
+                line.extend_from_slice(&self.stamp);
+                line.extend_from_slice(rest);
+                err.write_all(&line)?;
+                return Ok(buf.len());
+            }
+        }
+        err.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -136,13 +181,10 @@ async fn bench(args: carapace::bench::BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
     let config = Config::from_args(&args);
-    let replica = config.replica_id.clone();
+    init_logging_as(args.log_format, Some(&config.replica_id));
     let app = App::build(config).await.context("starting the hub")?;
     let addr = app.local_addr();
-    let span = tracing::info_span!("replica", replica = %replica);
-    let _enter = span.enter();
     tracing::info!(%addr, "carapace listening; open http://{addr}/ to watch");
     app.run(shutdown_signal()).await.context("serving")?;
     tracing::info!("stopped");

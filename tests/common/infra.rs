@@ -423,18 +423,21 @@ impl Cluster {
         redis_url: &str,
         tweak: impl Fn(&mut carapace::config::Config),
     ) -> Cluster {
-        let db = PgDb::create("cluster").await;
-        let secrets = temp_dir("secrets");
-        let mut c = Cluster {
-            replicas: Vec::new(),
-            db,
-            redis_url: redis_url.to_string(),
-            secrets,
-        };
+        let mut c = Cluster::empty(PgDb::create("cluster").await, redis_url);
         for i in 0..n {
             c.add(&format!("r{i}"), &tweak).await;
         }
         c
+    }
+
+    /// A cluster on `db` with no replica yet (`add` them).
+    pub fn empty(db: PgDb, redis_url: &str) -> Cluster {
+        Cluster {
+            replicas: Vec::new(),
+            db,
+            redis_url: redis_url.to_string(),
+            secrets: temp_dir("secrets"),
+        }
     }
 
     /// One more replica of the same service.
