@@ -97,6 +97,7 @@ conformance!(
     events_sequence_per_channel,
     events_rollback_leaves_no_hole,
     events_concurrent_appends_get_distinct_contiguous_seqs,
+    crossed_channel_locks_fail_as_unavailable,
     prune_keeps_last_n,
 );
 
@@ -941,4 +942,44 @@ async fn prune_keeps_last_n(s: Store, _url: String) {
     assert_eq!(s.first_seq("topic:b").await.unwrap(), Some(4));
     // New events keep counting from where the channel was.
     assert_eq!(append(&s, "topic:a", 1).await, [31]);
+}
+
+/// Two writers taking two channels' counters in opposite orders: PostgreSQL picks one as
+/// the deadlock victim and rolls it back whole; that must read as `Unavailable` (try
+/// again), never as an internal error. SQLite's single writer never interleaves them.
+async fn crossed_channel_locks_fail_as_unavailable(s: Store, _url: String) {
+    let crossing = s.dialect() == carapace::store::Dialect::Postgres;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(if crossing { 2 } else { 1 }));
+    let mut tasks = Vec::new();
+    for (first, second) in [("agent:x", "agent:y"), ("agent:y", "agent:x")] {
+        let (s, barrier) = (s.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tx = s.begin().await?;
+            tx.append_event(first, "mention", b"{}", true, T0).await?;
+            barrier.wait().await;
+            tx.append_event(second, "mention", b"{}", true, T0).await?;
+            tx.commit().await
+        }));
+    }
+    let results: Vec<_> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    for r in &results {
+        assert!(
+            matches!(r, Ok(()) | Err(StoreError::Unavailable(_))),
+            "{r:?}"
+        );
+    }
+    if crossing {
+        assert_eq!(ok, 1, "exactly one deadlock victim");
+    } else {
+        assert_eq!(ok, 2);
+    }
+    // The victim left nothing behind: each counter moved once per committed writer.
+    assert_eq!(s.last_seq("agent:x").await.unwrap(), ok as u64);
+    assert_eq!(s.last_seq("agent:y").await.unwrap(), ok as u64);
+    assert_eq!(s.events_after("agent:x", 0, 10).await.unwrap().len(), ok);
 }

@@ -51,8 +51,13 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
             sqlx::Error::Database(db)
                 if db.code().is_some_and(|c| {
-                    // PostgreSQL: admin shutdown, cannot connect now; SQLite: busy, locked.
-                    matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "5" | "6")
+                    // PostgreSQL: admin shutdown, crash shutdown, cannot connect now, and a
+                    // transaction chosen as a deadlock or serialization victim (rolled back
+                    // whole, so "try again" is the truth); SQLite: busy, locked.
+                    matches!(
+                        c.as_ref(),
+                        "57P01" | "57P02" | "57P03" | "40P01" | "40001" | "5" | "6"
+                    )
                 }) =>
             {
                 StoreError::Unavailable(e.to_string())
