@@ -18,9 +18,11 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 /// An event not delivered to every subscriber within this long stops holding its
 /// publisher's window (it counts as lost unless it arrives before the end).
-const STALL: Duration = Duration::from_secs(2);
-/// After publishing stops, how long the bench waits for events still in flight.
-const DRAIN: Duration = Duration::from_secs(5);
+const STALL: Duration = Duration::from_secs(5);
+/// After publishing stops, the bench waits for events still in flight while they keep
+/// arriving, at most `DRAIN_MAX`; what never arrives is lost.
+const DRAIN_IDLE: Duration = Duration::from_secs(5);
+const DRAIN_MAX: Duration = Duration::from_secs(30);
 /// Events the bench can account for in one run, over all publishers (4 bytes each).
 const MAX_EVENTS: usize = 8 << 20;
 
@@ -141,6 +143,7 @@ pub async fn run(
         params.size,
         params.window
     );
+    let cpu_start = params.cpu();
     let mut tasks = Vec::with_capacity(n_pubs);
     for (p, conn) in pubs.into_iter().enumerate() {
         tasks.push(tokio::spawn(publisher(
@@ -163,6 +166,7 @@ pub async fn run(
         }
     }
     let rss_after = params.rss();
+    let cpu_end = params.cpu();
     let _ = stop_tx.send(true);
     let mut total = SubStats::default();
     let mut closed = 0;
@@ -217,6 +221,17 @@ pub async fn run(
         total.hist.quantile_ms(0.999),
         total.hist.quantile_ms(1.0)
     );
+    if let ((Some(s0), Some(b0)), (Some(s1), Some(b1))) = (cpu_start, cpu_end) {
+        let wall = params.warmup.as_secs_f64() + secs;
+        println!(
+            "CPU while publishing: server {:.1} s ({:.0}% of one core), bench {:.1} s ({:.0}%); server {:.2} CPU-µs per delivery",
+            s1 - s0,
+            100.0 * (s1 - s0) / wall,
+            b1 - b0,
+            100.0 * (b1 - b0) / wall,
+            1e6 * (s1 - s0) / (total.delivered.max(1) as f64)
+        );
+    }
     let per_conn = match (rss_before, rss_connected) {
         (Some(a), Some(b)) => {
             println!(
@@ -374,7 +389,8 @@ async fn publisher(
     let mut first_measured = None;
     let mut gave_up = 0u64;
     let mut publishing = true;
-    let drain_end = end + DRAIN;
+    let drain_end = end + DRAIN_MAX;
+    let mut progress_at = Instant::now();
     let result = 'run: loop {
         let now = Instant::now();
         if publishing && (now >= end || sent >= cap) {
@@ -383,6 +399,7 @@ async fn publisher(
         while oldest < sent && counts[oldest].load(Ordering::Acquire) >= shared.subscribers {
             oldest += 1;
             sent_at.pop_front();
+            progress_at = now;
         }
         if let Some(t) = sent_at.front()
             && now.duration_since(*t) > STALL
@@ -395,7 +412,9 @@ async fn publisher(
         if shared.failed.load(Ordering::Acquire) {
             break Ok(());
         }
-        if !publishing && (oldest == sent || now >= drain_end) {
+        if !publishing
+            && (oldest == sent || now >= drain_end || now.duration_since(progress_at) > DRAIN_IDLE)
+        {
             break Ok(());
         }
         if publishing && sent - oldest < window {

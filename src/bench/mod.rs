@@ -144,6 +144,14 @@ impl Params {
         self.server_pid.and_then(proc::rss_kib)
     }
 
+    /// CPU seconds used so far by the server and by the bench itself.
+    fn cpu(&self) -> (Option<f64>, Option<f64>) {
+        (
+            self.server_pid.and_then(proc::cpu_seconds),
+            proc::cpu_seconds(std::process::id()),
+        )
+    }
+
     /// The source address of connection `i`, when connections are spread.
     fn source_ip(&self, i: usize) -> Option<IpAddr> {
         (self.source_ips > 1).then(|| {

@@ -78,5 +78,17 @@ mod tests {
         let addr = l.local_addr().unwrap();
         assert_eq!(listener_pid(addr), Some(std::process::id()));
         assert!(rss_kib(std::process::id()).unwrap_or(0) > 0);
+        assert!(cpu_seconds(std::process::id()).is_some());
     }
+}
+
+/// CPU time (user + system) `pid` has used, in seconds (`/proc/<pid>/stat`, 100 ticks/s).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields resume after its closing parenthesis.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }

@@ -124,7 +124,7 @@ pub async fn connect(
         let value = http::HeaderValue::from_str(v).map_err(|_| bad())?;
         req.headers_mut().insert(name, value);
     }
-    let buf = if small { 4 * 1024 } else { 64 * 1024 };
+    let buf = if small { 4 * 1024 } else { 16 * 1024 };
     let config = WebSocketConfig::default()
         .read_buffer_size(buf)
         .max_message_size(Some(16 << 20));
