@@ -124,7 +124,9 @@ impl Reader {
                     Some(Ok(Message::Text(text))) => {
                         self.deps.metrics.frames_in.inc();
                         let started = Instant::now();
-                        if !self.handle_frame(text.as_str()).await {
+                        // Boxed: a command's state (store and service futures) lives on
+                        // the heap only while it runs, not in every idle session's task.
+                        if !Box::pin(self.handle_frame(text.as_str())).await {
                             return;
                         }
                         self.deps.metrics.command_latency.observe(started.elapsed());
@@ -457,7 +459,8 @@ async fn write_loop(
     metrics: Arc<Metrics>,
 ) {
     let mut tracks: HashMap<Channel, Track> = HashMap::new();
-    let mut out: Vec<Utf8Bytes> = Vec::with_capacity(WRITE_BATCH);
+    // Grows to WRITE_BATCH only in sessions that are sent that much at once.
+    let mut out: Vec<Utf8Bytes> = Vec::new();
     loop {
         tokio::select! {
             biased;

@@ -9,6 +9,9 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 
+/// Bytes read from a session's socket at a time (see `upgrade`).
+const SESSION_READ_BUFFER: usize = 1024;
+
 pub async fn upgrade(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -41,6 +44,10 @@ pub async fn upgrade(
         draining: st.draining.clone(),
     };
     Ok(ws
+        // tungstenite zero-fills its whole read buffer before every read, so the default
+        // 128 KiB costs 128 KiB of resident memory per session and a 128 KiB memset per
+        // read. Commands are small; a larger frame grows the buffer only while it is read.
+        .read_buffer_size(SESSION_READ_BUFFER)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| session::run(socket, deps, agent)))
