@@ -68,6 +68,17 @@ fn listening_inode(addr: SocketAddr) -> Option<u64> {
     None
 }
 
+/// CPU time (user + system) `pid` has used, in seconds (`/proc/<pid>/stat`, 100 ticks/s).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields resume after its closing parenthesis.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,15 +91,4 @@ mod tests {
         assert!(rss_kib(std::process::id()).unwrap_or(0) > 0);
         assert!(cpu_seconds(std::process::id()).is_some());
     }
-}
-
-/// CPU time (user + system) `pid` has used, in seconds (`/proc/<pid>/stat`, 100 ticks/s).
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; fields resume after its closing parenthesis.
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
 }
