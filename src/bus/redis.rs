@@ -193,6 +193,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// GCRA over one key: the theoretical arrival time in ms, in Redis's own clock so replicas'
 /// clocks do not matter. Returns 0 when allowed, else the milliseconds to wait.
 const GCRA: &str = r#"
+-- Redis 5 and 6 refuse a write after TIME unless effects are replicated; 7 always does.
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local interval = tonumber(ARGV[1])
