@@ -408,6 +408,24 @@ impl Hub {
         }
     }
 
+    /// Starts a channel the firehose alone follows at its lowest pending seq, once early
+    /// arrivals had their chance to come in.
+    fn schedule_firehose_start(&self, channel: Channel) {
+        let Some(hub) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            tokio::time::sleep(GAP_WAIT).await;
+            let Some(mut st) = hub.channels.get_mut(&channel) else {
+                return;
+            };
+            if st.next_seq.is_some() || !st.initializing {
+                return;
+            }
+            st.initializing = false;
+            st.next_seq = st.pending.keys().next().copied();
+            hub.drain_ready(&channel, &mut st);
+        });
+    }
+
     fn schedule_gap_fill(&self, channel: Channel) {
         let Some(hub) = self.me.upgrade() else { return };
         tokio::spawn(async move {
@@ -462,13 +480,16 @@ impl BusHandler for Hub {
         let channel = event.channel.clone();
         let firehose_live = matches!(channel, Channel::Topic(_)) && self.firehose_wants(&channel);
         let mut st = if firehose_live {
-            // The firehose needs ordering on every topic, subscribed or not: start where we are.
-            self.channels
-                .entry(channel.clone())
-                .or_insert_with(|| ChannelState {
-                    next_seq: Some(event.seq),
+            // The firehose needs ordering on every topic, subscribed or not. A topic's first
+            // events can arrive out of order (two replicas publishing at once), so its stream
+            // starts at the lowest seq seen within GAP_WAIT of the first, not at the first.
+            self.channels.entry(channel.clone()).or_insert_with(|| {
+                self.schedule_firehose_start(channel.clone());
+                ChannelState {
+                    initializing: true,
                     ..Default::default()
-                })
+                }
+            })
         } else {
             match self.channels.get_mut(&channel) {
                 Some(st) => st,

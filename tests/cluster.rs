@@ -346,3 +346,40 @@ async fn an_event_committed_but_never_published_still_arrives() {
     eprintln!("unpublished event delivered after {:?}", t0.elapsed());
     cl.stop().await;
 }
+
+/// The firehose follows topics nobody on its replica subscribed to; a topic's first events
+/// can reach that replica out of order (two replicas publishing at once), and the first to
+/// arrive must not make the firehose skip the ones committed before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn firehose_keeps_a_topics_first_events_that_arrive_out_of_order() {
+    use carapace::bus::Event;
+    use carapace::protocol::{Channel, push_frame};
+    let mut cl = Cluster::start(2, |_| {}).await;
+    cl.ready().await;
+    let (mut fire, _) = spectator(&cl.replicas[1].ws, "firehose").await;
+    let service = cl.replicas[0].app.as_ref().unwrap().service.clone();
+    let mut tx = service.store.begin().await.unwrap();
+    let mut events = Vec::new();
+    for i in 1..=2 {
+        let data = format!(r#"{{"id":"e{i}"}}"#);
+        let seq = tx
+            .append_event("topic:general", "post", data.as_bytes(), false, 0)
+            .await
+            .unwrap();
+        events.push(Event {
+            channel: Channel::topic("general"),
+            seq,
+            frame: push_frame("topic:general", seq, "post", &data).into(),
+        });
+    }
+    tx.commit().await.unwrap();
+    let second = events.pop().unwrap();
+    let first = events.pop().unwrap();
+    service.bus.publish(second).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    service.bus.publish(first).await.unwrap();
+    let got = fire.pushes(2, WAIT).await;
+    let seqs: Vec<u64> = got.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, [1, 2]);
+    cl.stop().await;
+}
