@@ -221,29 +221,30 @@ impl Hub {
         if let (Channel::Topic(_), Some(a)) = (channel, s.agent()) {
             self.bus.presence_join(channel, &a.handle);
         }
-        // A channel the firehose already follows has its seq but no bus subscription of its
-        // own yet (the firehose pattern may go before this subscriber does).
-        if first && !must_init {
+        // The bus follows local subscribers: the first one subscribes the replica (a channel
+        // the firehose already follows has its seq, but no bus subscription of its own yet).
+        // Neither bus fails here: an unreachable Redis records the wish and resubscribes later.
+        if first {
             self.bus
                 .subscribe(channel)
                 .await
                 .map_err(|e| crate::service::ServiceError::Unavailable(e.to_string()))?;
         }
-        if must_init && let Err(e) = self.init_channel(channel).await {
+        if must_init && let Err(e) = self.start_seq(channel).await {
             if let Some(mut st) = self.channels.get_mut(channel) {
                 st.initializing = false;
             }
             self.unsubscribe(channel, s.id).await;
+            // Sessions that joined meanwhile were told they are subscribed: keep trying on
+            // their behalf, or they would wait for a live stream that never starts.
+            self.retry_start_seq(channel.clone());
             return Err(e);
         }
         Ok(())
     }
 
-    async fn init_channel(&self, channel: &Channel) -> Result<(), crate::service::ServiceError> {
-        self.bus
-            .subscribe(channel)
-            .await
-            .map_err(|e| crate::service::ServiceError::Unavailable(e.to_string()))?;
+    /// Learns where the channel's sequence stands, then releases what arrived meanwhile.
+    async fn start_seq(&self, channel: &Channel) -> Result<(), crate::service::ServiceError> {
         let last = self.service.store.last_seq(&channel.to_string()).await?;
         let mut st = match self.channels.get_mut(channel) {
             Some(st) => st,
@@ -254,6 +255,35 @@ impl Hub {
         st.pending = st.pending.split_off(&(last + 1));
         self.drain_ready(channel, &mut st);
         Ok(())
+    }
+
+    fn retry_start_seq(&self, channel: Channel) {
+        let Some(hub) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let claimed = match hub.channels.get_mut(&channel) {
+                    Some(mut st)
+                        if st.next_seq.is_none() && !st.initializing && !st.subs.is_empty() =>
+                    {
+                        st.initializing = true;
+                        true
+                    }
+                    _ => false,
+                };
+                if !claimed {
+                    return;
+                }
+                match hub.start_seq(&channel).await {
+                    Ok(()) => return,
+                    Err(_) => {
+                        if let Some(mut st) = hub.channels.get_mut(&channel) {
+                            st.initializing = false;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     pub async fn unsubscribe(&self, channel: &Channel, session_id: u64) {
