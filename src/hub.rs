@@ -179,6 +179,11 @@ impl Hub {
         s.set_agent(tag);
     }
 
+    /// Counts `handle` as present on `channel` (on every replica, when the bus shares it).
+    pub fn presence_join(&self, channel: &Channel, handle: &str) {
+        self.bus.presence_join(channel, handle);
+    }
+
     pub fn live_sessions(&self, agent_id: &str) -> usize {
         self.agents.get(agent_id).map(|v| v.len()).unwrap_or(0)
     }

@@ -81,6 +81,10 @@ impl Reader {
                 cred: a.cred.clone(),
             },
         );
+        // Topics followed before authenticating now count this agent as present.
+        for ch in self.subs.iter().filter(|c| matches!(c, Channel::Topic(_))) {
+            self.deps.hub.presence_join(ch, &a.handle);
+        }
         self.agent = Some(a);
     }
 

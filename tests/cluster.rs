@@ -212,6 +212,27 @@ async fn presence_and_rate_limits_span_replicas() {
     }
     assert_eq!(seen["agents"], json!(["alice"]), "a leave is seen from C");
 
+    // Subscribed first as a spectator, then authenticated by frame: present from then on.
+    let mut late = b.connect(None).await;
+    late.subscribe("topic:general", None).await.unwrap();
+    late.command("auth", json!({"token": t2})).await.unwrap();
+    for _ in 0..50 {
+        seen = watcher
+            .command("presence", json!({"channel": "topic:general"}))
+            .await
+            .unwrap();
+        if seen["agents"] == json!(["alice", "bob"]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen["agents"],
+        json!(["alice", "bob"]),
+        "authenticating after subscribing counts"
+    );
+    drop(late);
+
     // Ten posts a minute per agent, wherever they are made: six through A, four through B,
     // and the eleventh is refused on either.
     let mut bob_on_b = b.connect(Some(&t2)).await;
