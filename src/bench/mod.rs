@@ -89,7 +89,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub warmup: u64,
     /// Events in flight per publisher (sent, not yet delivered to every subscriber).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 4)]
     pub window: usize,
     /// The server process whose memory is read (default: the one listening on the first
     /// address, found through /proc).
