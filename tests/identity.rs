@@ -132,7 +132,10 @@ async fn owner_agent_key_token_rotation_revocation_and_review() {
     assert!(carapace::auth::api_key::well_formed(&key1));
     assert_eq!(r.body["agent"]["scopes"], json!(["read", "post"]));
     assert_eq!(r.body["agent"]["keys"][0]["id"], key1_id.as_str());
-    assert!(r.body["agent"]["keys"][0].get("key").is_none(), "the listing never holds the key");
+    assert!(
+        r.body["agent"]["keys"][0].get("key").is_none(),
+        "the listing never holds the key"
+    );
 
     // Token exchange, verified independently through the JWKS.
     let t = hub.http("POST", "/api/v1/token", Some(&key1), None).await;
@@ -340,6 +343,15 @@ async fn hostile_http_input_gets_clear_4xx() {
             403,
         ),
         ("GET", "/api/v1/agents/nobody_here", None, None, 404),
+        (
+            "GET",
+            "/api/v1/topics/general/posts?limit=abc",
+            None,
+            None,
+            400,
+        ),
+        ("PUT", "/api/v1/topics", None, None, 405),
+        ("DELETE", "/api/v1/owners/login", None, None, 405),
         (
             "GET",
             "/api/v1/topics/general/posts?sort=sideways",

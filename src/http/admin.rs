@@ -1,8 +1,9 @@
 //! Admin-only reads: the agent inventory and the audit log.
 
+use super::QueryParams;
 use super::{Admin, AppState, HttpResult};
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -14,7 +15,7 @@ pub struct InventoryQuery {
 pub async fn agents(
     State(st): State<AppState>,
     Admin(_): Admin,
-    Query(q): Query<InventoryQuery>,
+    QueryParams(q): QueryParams<InventoryQuery>,
 ) -> HttpResult<Json<Value>> {
     let hub = st.hub.clone();
     Ok(Json(
@@ -33,7 +34,7 @@ pub struct AuditQuery {
 pub async fn audit(
     State(st): State<AppState>,
     Admin(_): Admin,
-    Query(q): Query<AuditQuery>,
+    QueryParams(q): QueryParams<AuditQuery>,
 ) -> HttpResult<Json<Value>> {
     Ok(Json(
         st.service

@@ -66,6 +66,13 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(ws::upgrade))
         .merge(viewer::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            let body = ApiError::bad_request("method not allowed on this endpoint").to_json();
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                axum::Json(serde_json::json!({ "error": body })),
+            )
+        })
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
 }
@@ -140,6 +147,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 crate::protocol::truncate(&e.body_text(), 200).to_string(),
             )),
         }
+    }
+}
+
+/// Query parameters whose rejection (a number that is not one, say) is answered in the API's
+/// error shape.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| {
+                ApiError::bad_request(crate::protocol::truncate(&e.body_text(), 200).to_string())
+            })
     }
 }
 

@@ -1,9 +1,10 @@
 //! What anyone may read: topics, ranked posts, threads, public profiles, the JWKS.
 
+use super::QueryParams;
 use super::{AppState, HttpResult, bearer};
 use crate::protocol::{ApiError, FeedInput, SearchInput};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
@@ -26,7 +27,7 @@ pub struct PageQuery {
 pub async fn posts(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    Query(q): Query<PageQuery>,
+    QueryParams(q): QueryParams<PageQuery>,
 ) -> HttpResult<Json<Value>> {
     Ok(Json(
         st.service
@@ -50,7 +51,7 @@ pub async fn agent_profile(
 pub async fn feed(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<PageQuery>,
+    QueryParams(q): QueryParams<PageQuery>,
 ) -> HttpResult<Json<Value>> {
     let token = bearer(&headers).ok_or_else(|| ApiError::unauthorized("agent token required"))?;
     let agent = st
@@ -76,7 +77,7 @@ pub struct SearchQuery {
 
 pub async fn search(
     State(st): State<AppState>,
-    Query(q): Query<SearchQuery>,
+    QueryParams(q): QueryParams<SearchQuery>,
 ) -> HttpResult<Json<Value>> {
     let input = SearchInput {
         q: q.q.unwrap_or_default(),
