@@ -25,6 +25,9 @@ const DRAIN_IDLE: Duration = Duration::from_secs(5);
 const DRAIN_MAX: Duration = Duration::from_secs(30);
 /// Events the bench can account for in one run, over all publishers (4 bytes each).
 const MAX_EVENTS: usize = 8 << 20;
+/// A paced send this far behind its time counts as late (the window was full, or the
+/// bench did not get the CPU in time).
+const LATE: Duration = Duration::from_millis(5);
 
 struct Shared {
     subscribers: u32,
@@ -60,6 +63,8 @@ struct PubStats {
     sent: usize,
     first_measured: Option<usize>,
     gave_up: u64,
+    /// Paced sends that went out more than `LATE` after their time.
+    late: u64,
 }
 
 pub async fn run(
@@ -137,11 +142,15 @@ pub async fn run(
     let warm_end_ns = t0 + params.warmup.as_nanos() as u64;
     let end = Instant::now() + params.warmup + params.duration;
     println!(
-        "publishing for {} s (+{} s warm-up), {} bytes, window {} per publisher",
+        "publishing for {} s (+{} s warm-up), {} bytes, window {} per publisher, {}",
         params.duration.as_secs(),
         params.warmup.as_secs(),
         params.size,
-        params.window
+        params.window,
+        match params.rate {
+            Some(r) => format!("paced at {r} events/s in all"),
+            None => "as fast as the window allows".into(),
+        }
     );
     let cpu_start = params.cpu();
     let mut tasks = Vec::with_capacity(n_pubs);
@@ -152,6 +161,9 @@ pub async fn run(
             plan.topic.clone(),
             params.size,
             params.window,
+            params
+                .rate
+                .map(|r| Duration::from_secs_f64(n_pubs as f64 / r)),
             warm_end_ns,
             end,
             shared.clone(),
@@ -188,8 +200,10 @@ pub async fn run(
     let mut published = 0u64;
     let mut lost = 0u64;
     let mut gave_up = 0u64;
+    let mut late = 0u64;
     for (p, s) in pstats.iter().enumerate() {
         gave_up += s.gave_up;
+        late += s.late;
         let Some(first) = s.first_measured else {
             continue;
         };
@@ -208,6 +222,9 @@ pub async fn run(
     } else {
         0.0
     };
+    if params.rate.is_some() {
+        println!("paced sends more than {} ms late: {late}", LATE.as_millis());
+    }
     println!(
         "published {published} events, delivered {} of {} (lost {lost}, out of order {}, stalled {gave_up}, subscribers closed {closed})",
         total.delivered,
@@ -359,6 +376,7 @@ async fn publisher(
     topic: String,
     size: usize,
     window: usize,
+    interval: Option<Duration>,
     warm_end_ns: u64,
     end: Instant,
     shared: Arc<Shared>,
@@ -389,6 +407,12 @@ async fn publisher(
     let mut first_measured = None;
     let mut gave_up = 0u64;
     let mut publishing = true;
+    let mut late = 0u64;
+    // Paced publishers start staggered over one interval, so the total rate is even.
+    let mut next_at = Instant::now()
+        + interval.map_or(Duration::ZERO, |iv| {
+            iv.mul_f64(p as f64 / shared.done.len().max(1) as f64)
+        });
     let drain_end = end + DRAIN_MAX;
     let mut progress_at = Instant::now();
     let result = 'run: loop {
@@ -417,8 +441,18 @@ async fn publisher(
         {
             break Ok(());
         }
-        if publishing && sent - oldest < window {
+        if publishing && sent - oldest < window && Instant::now() >= next_at {
             while sent - oldest < window && sent < cap {
+                if let Some(iv) = interval {
+                    let now = Instant::now();
+                    if now < next_at {
+                        break;
+                    }
+                    if now.duration_since(next_at) > LATE {
+                        late += 1;
+                    }
+                    next_at += iv;
+                }
                 let sent_ns = wire::now_ns();
                 let warmup = sent_ns < warm_end_ns;
                 if !warmup && first_measured.is_none() {
@@ -439,8 +473,15 @@ async fn publisher(
             if let Err(e) = sink.flush().await {
                 break Err(e);
             }
-            continue;
+            if interval.is_none() {
+                continue;
+            }
         }
+        let wake = if publishing && interval.is_some() {
+            next_at.min(Instant::now() + Duration::from_millis(20))
+        } else {
+            Instant::now() + Duration::from_millis(20)
+        };
         tokio::select! {
             _ = shared.done[p].notified() => {}
             Some(r) = pong_rx.recv() => {
@@ -451,7 +492,7 @@ async fn publisher(
                     break Err(e);
                 }
             }
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
         }
     };
     sink.close().await;
@@ -460,5 +501,6 @@ async fn publisher(
         sent,
         first_measured,
         gave_up,
+        late,
     })
 }

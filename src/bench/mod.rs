@@ -91,6 +91,10 @@ pub struct BenchArgs {
     /// Events in flight per publisher (sent, not yet delivered to every subscriber).
     #[arg(long, default_value_t = 4)]
     pub window: usize,
+    /// Publish at this many events per second in all (spread over the publishers) instead
+    /// of as fast as the window allows: latency at a given load rather than at saturation.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// The server process whose memory is read (default: the one listening on the first
     /// address, found through /proc).
     #[arg(long)]
@@ -134,6 +138,7 @@ pub(crate) struct Params {
     duration: Duration,
     warmup: Duration,
     window: usize,
+    rate: Option<f64>,
     server_pid: Option<u32>,
     source_ips: u8,
     connect_concurrency: usize,
@@ -191,6 +196,12 @@ fn check(args: &BenchArgs, addrs: &[SocketAddr]) -> Result<Params, BenchError> {
     if args.window == 0 || args.window > MAX_WINDOW {
         return bad(format!("--window must be 1..={MAX_WINDOW}"));
     }
+    if args
+        .rate
+        .is_some_and(|r| !(r.is_finite() && (0.1..=1_000_000.0).contains(&r)))
+    {
+        return bad("--rate must be 0.1..=1000000 events/s".into());
+    }
     if args.connect_concurrency == 0 || args.connect_concurrency > 4096 {
         return bad("--connect-concurrency must be 1..=4096".into());
     }
@@ -219,6 +230,7 @@ fn check(args: &BenchArgs, addrs: &[SocketAddr]) -> Result<Params, BenchError> {
         duration: Duration::from_secs(args.duration),
         warmup: Duration::from_secs(args.warmup),
         window: args.window,
+        rate: args.rate,
         server_pid,
         source_ips,
         connect_concurrency: args.connect_concurrency,
