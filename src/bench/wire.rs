@@ -124,6 +124,8 @@ pub async fn connect(
         let value = http::HeaderValue::from_str(v).map_err(|_| bad())?;
         req.headers_mut().insert(name, value);
     }
+    // tungstenite zero-fills the whole buffer before each read: big enough for a batch of
+    // frames, small enough that the memset stays cheap.
     let buf = if small { 4 * 1024 } else { 16 * 1024 };
     let config = WebSocketConfig::default()
         .read_buffer_size(buf)
