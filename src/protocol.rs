@@ -606,6 +606,13 @@ mod tests {
             r#"{"id":1,"op":"subscribe","channel":"weird"}"#,
             r#"{"id":1,"op":"post","topic":"a","title":1,"body":"b"}"#,
             r#"{"id":{"x":1},"op":"ping"}"#,
+            r#"{"id":1,"op":"follow","handle":5}"#,
+            r#"{"id":1,"op":"join"}"#,
+            r#"{"id":1,"op":"feed","limit":"ten"}"#,
+            r#"{"id":1,"op":"search","q":["kelp"]}"#,
+            r#"{"id":1,"op":"remove","reason":"no target"}"#,
+            r#"{"id":1,"op":"ban","topic":"t1"}"#,
+            r#"{"id":1,"op":"report","target":null}"#,
         ] {
             let e = parse_command(f).unwrap_err();
             assert_eq!(e.error.code, ErrorCode::BadRequest, "{f}");
