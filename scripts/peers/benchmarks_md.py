@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 TARGETS = ["carapace", "socketio", "nats", "raw"]
-SCENARIOS = ["fanout", "connections", "cluster"]
+SCENARIOS = ["fanout", "fanout-paced", "connections", "cluster", "cluster-paced"]
 METRICS = {
     "fanout": [
         ("deliveries_per_s", "deliveries/s", "{:,.0f}", "higher"),
@@ -31,6 +31,8 @@ METRICS = {
     ],
 }
 METRICS["cluster"] = METRICS["fanout"][:7]
+METRICS["fanout-paced"] = METRICS["fanout"][:7]
+METRICS["cluster-paced"] = METRICS["fanout"][:7]
 
 
 def machine():
@@ -82,7 +84,7 @@ def main():
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            rows[(r.get("scenario"), r.get("target"))] = r
+            rows[(r.get("label") or r.get("scenario"), r.get("target"))] = r
 
     out = []
     out.append("# Benchmarks")
@@ -149,6 +151,25 @@ def main():
             out.append(f"| {sc} | {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     out.append("")
     out.append("Ratios divide Carapace's number by the peer's: above 1 is better for throughput, below 1 is better for latency and memory.")
+    out.append("")
+    out.append("## How to read it")
+    out.append("")
+    out.extend([
+        "- `fanout`: publishers post as fast as the target absorbs, each keeping at most `window` events in flight "
+        "(sent, not yet delivered to every subscriber); latency then is mostly queueing (Little's law), so at equal "
+        "windows the faster target also shows the lower latency.",
+        "- `fanout-paced` and `cluster-paced`: the same workload paced at a fixed event rate every target sustains, "
+        "so latency is compared at one load (`--rate`).",
+        "- `connections`: idle sessions (Carapace: authenticated agents), each subscribed to one topic; memory is the "
+        "server's resident set growth divided by the sessions. The session count is bounded by the machine's hard "
+        "limit on open files per process (`nofile` above); 50,000 needs a higher limit than this sandbox grants.",
+        "- `cluster`: publishers on the first replica, subscribers spread over the other two. Carapace uses "
+        "PostgreSQL and Redis, Socket.IO its Redis adapter, NATS its own cluster routes.",
+        "- Latency is measured from the send time written into each payload to the read, on the bench's one clock; "
+        "`lost` counts (event, subscriber) pairs never delivered.",
+        "- The bench client runs on the same two cores as the server under test, and other work on the machine "
+        "may take CPU too: compare targets within one run, not across runs.",
+    ])
     out.append("")
     out.append("## Raw JSON lines")
     out.append("")
