@@ -250,6 +250,8 @@ pub async fn run(
         );
     }
     let per_conn = match (rss_before, rss_connected) {
+        // In a cluster the measured process holds only the publishers' connections.
+        _ if params.scenario == super::Scenario::Cluster => 0.0,
         (Some(a), Some(b)) => {
             println!(
                 "server RSS: {a} KiB before, {b} KiB connected, {} KiB after publishing",
