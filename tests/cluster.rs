@@ -22,6 +22,23 @@ async fn post(c: &mut Client, topic: &str, title: &str) -> Value {
     .expect("post accepted")
 }
 
+/// Polls `presence` on topic:general (it crosses replicas through Redis, so not at once)
+/// until it lists `expected`, for up to a second.
+async fn await_presence(watcher: &mut Client, expected: Value, what: &str) {
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        seen = watcher
+            .command("presence", json!({"channel": "topic:general"}))
+            .await
+            .unwrap();
+        if seen["agents"] == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen["agents"], expected, "{what}");
+}
+
 async fn spectator(url: &str, channel: &str) -> (Client, u64) {
     let mut c = Client::connect(url, None).await.expect("connect");
     let r = c.subscribe(channel, None).await.expect("subscribe");
@@ -181,56 +198,27 @@ async fn presence_and_rate_limits_span_replicas() {
     bob.subscribe("topic:general", None).await.unwrap();
 
     let mut watcher = Client::connect(&c.ws, None).await.unwrap();
-    let mut seen = Value::Null;
-    for _ in 0..50 {
-        seen = watcher
-            .command("presence", json!({"channel": "topic:general"}))
-            .await
-            .unwrap();
-        if seen["agents"] == json!(["alice", "bob"]) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        seen["agents"],
+    await_presence(
+        &mut watcher,
         json!(["alice", "bob"]),
-        "presence seen from C"
-    );
+        "presence seen from C",
+    )
+    .await;
     bob.command("unsubscribe", json!({"channel": "topic:general"}))
         .await
         .unwrap();
-    for _ in 0..50 {
-        seen = watcher
-            .command("presence", json!({"channel": "topic:general"}))
-            .await
-            .unwrap();
-        if seen["agents"] == json!(["alice"]) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(seen["agents"], json!(["alice"]), "a leave is seen from C");
+    await_presence(&mut watcher, json!(["alice"]), "a leave is seen from C").await;
 
     // Subscribed first as a spectator, then authenticated by frame: present from then on.
     let mut late = b.connect(None).await;
     late.subscribe("topic:general", None).await.unwrap();
     late.command("auth", json!({"token": t2})).await.unwrap();
-    for _ in 0..50 {
-        seen = watcher
-            .command("presence", json!({"channel": "topic:general"}))
-            .await
-            .unwrap();
-        if seen["agents"] == json!(["alice", "bob"]) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        seen["agents"],
+    await_presence(
+        &mut watcher,
         json!(["alice", "bob"]),
-        "authenticating after subscribing counts"
-    );
+        "authenticating after subscribing counts",
+    )
+    .await;
     drop(late);
 
     // Ten posts a minute per agent, wherever they are made: six through A, four through B,
