@@ -397,25 +397,6 @@ impl Hub {
         }
     }
 
-    /// Closes every session (draining).
-    pub fn close_all(&self, code: CloseCode) {
-        for v in self.agents.iter() {
-            for s in v.iter() {
-                s.close(code);
-            }
-        }
-        for st in self.channels.iter() {
-            for s in &st.subs {
-                s.close(code);
-            }
-        }
-        if let Ok(f) = self.firehose.read() {
-            for s in f.iter() {
-                s.close(code);
-            }
-        }
-    }
-
     /// Delivers every event that is now in order.
     fn drain_ready(&self, channel: &Channel, st: &mut ChannelState) {
         let Some(mut next) = st.next_seq else { return };

@@ -27,7 +27,6 @@ use crate::bus::{Bus, BusHandler};
 use crate::config::{Config, RateLimitMode};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::protocol::CloseCode;
 use crate::ratelimit::RateLimiter;
 use crate::service::Service;
 use crate::store::Store;
@@ -160,14 +159,13 @@ impl App {
         });
         let app = http::router(state);
         let draining = self.draining.clone();
-        let hub = self.hub.clone();
         let drain_timeout = self.config.drain_timeout;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
             tracing::info!("draining: closing sessions with 1012");
+            // Every session's reader watches this flag and closes its session with 1012.
             let _ = draining.send(true);
-            hub.close_all(CloseCode::Draining);
             let _ = done_tx.send(());
         };
         let server = axum::serve(
