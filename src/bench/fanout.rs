@@ -389,11 +389,16 @@ async fn publisher(
     let (mut sink, mut stream) = conn.split();
     let (pong_tx, mut pong_rx) = mpsc::channel(16);
     let reader_shared = shared.clone();
+    // Set before this side closes: the target's answering Close frame is then no failure.
+    let closing = Arc::new(AtomicBool::new(false));
+    let reader_closing = closing.clone();
     // Reads replies and pings; owned here, aborted at the end.
     let reader = tokio::spawn(async move {
         while let Some(m) = stream.next().await {
             let h = stream.handle(m, &mut |_| {});
-            if let Some(e) = h.error {
+            if let Some(e) = h.error
+                && !reader_closing.load(Ordering::Acquire)
+            {
                 reader_shared.fail(format!("publisher {p}: {e}"));
             }
             if h.closed {
@@ -500,6 +505,7 @@ async fn publisher(
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
     };
+    closing.store(true, Ordering::Release);
     sink.close().await;
     reader.abort();
     result.map(|()| PubStats {
