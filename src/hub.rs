@@ -12,6 +12,7 @@
 
 use crate::bus::{Bus, BusHandler, Control, Event};
 use crate::metrics::Metrics;
+use crate::pacing::FlushPacer;
 use crate::protocol::{Channel, CloseCode};
 use crate::service::{Perimeter, Scopes, Service};
 use axum::extract::ws::Utf8Bytes;
@@ -134,6 +135,8 @@ pub struct Hub {
     service: Arc<Service>,
     metrics: Arc<Metrics>,
     next_session: AtomicU64,
+    /// How long writers may hold events back to batch them (see `pacing`).
+    pub pacer: Arc<FlushPacer>,
     me: Weak<Hub>,
 }
 
@@ -148,6 +151,7 @@ impl Hub {
             service,
             metrics,
             next_session: AtomicU64::new(1),
+            pacer: Arc::new(FlushPacer::default()),
             me: me.clone(),
         })
     }

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod pacing;
 pub mod protocol;
 pub mod ratelimit;
 pub mod revocation_watch;
@@ -145,6 +146,7 @@ impl App {
             draining: self.draining.subscribe(),
         };
         let pruner = tokio::spawn(prune_history(self.service.store.clone()));
+        let pacer = tokio::spawn(self.hub.pacer.clone().run(self.metrics.clone()));
         let watcher = tokio::spawn(revocation_watch::run(
             self.service.store.clone(),
             self.hub.clone(),
@@ -193,6 +195,7 @@ impl App {
         }
         self.service.bus.close().await;
         pruner.abort();
+        pacer.abort();
         watcher.abort();
         if let Some(mut d) = demo
             && tokio::time::timeout(Duration::from_secs(2), &mut d)

@@ -6,6 +6,7 @@
 use crate::bus::Event;
 use crate::hub::{AgentTag, HISTORY_PAGE, Hub, Outbound, SessionShared};
 use crate::metrics::Metrics;
+use crate::pacing::FlushPacer;
 use crate::protocol::{
     ApiError, Channel, CloseCode, Command, MAX_SUBSCRIPTIONS, RequestId, parse_command, reply_err,
     reply_ok,
@@ -25,13 +26,6 @@ const MALFORMED_LIMIT: usize = 20;
 const MALFORMED_WINDOW: Duration = Duration::from_secs(60);
 /// How many queued frames the writer sends before one flush.
 const WRITE_BATCH: usize = 64;
-/// A session's writer flushes events at most once per this interval: an event that finds
-/// the last flush older goes out at once, one that follows closer waits for the events
-/// behind it, so under load a session pays one syscall per batch, not per frame (measured
-/// with `carapace bench`, 1,000 subscribers: 8.2 -> 5 server CPU-us per delivery, twice
-/// the deliveries/s), while a quiet session sees no added latency. Replies never wait.
-const FLUSH_GAP: Duration = Duration::from_millis(5);
-
 /// Everything a session needs from its replica.
 #[derive(Clone)]
 pub struct SessionDeps {
@@ -49,7 +43,13 @@ pub async fn run(socket: WebSocket, deps: SessionDeps, agent: Option<AgentCtx>) 
     let shared = SessionShared::new(deps.hub.new_session_id(), tx);
     deps.metrics.sessions.inc();
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, rx, shared.closed(), deps.metrics.clone()));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        shared.closed(),
+        deps.metrics.clone(),
+        deps.hub.pacer.clone(),
+    ));
     let mut reader = Reader {
         deps: deps.clone(),
         shared: shared.clone(),
@@ -467,6 +467,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Outbound>,
     mut closed: watch::Receiver<Option<CloseCode>>,
     metrics: Arc<Metrics>,
+    pacer: Arc<FlushPacer>,
 ) {
     let mut tracks: HashMap<Channel, Track> = HashMap::new();
     // Grows to WRITE_BATCH only in sessions that are sent that much at once.
@@ -482,7 +483,7 @@ async fn write_loop(
                 route(item, &mut tracks, &mut out);
                 if is_event
                     && rx.is_empty()
-                    && let Some(gap) = last_flush.and_then(|t| FLUSH_GAP.checked_sub(t.elapsed()))
+                    && let Some(gap) = last_flush.and_then(|t| pacer.gap().checked_sub(t.elapsed()))
                 {
                     tokio::time::sleep(gap).await;
                 }
