@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::service::Service;
 use crate::store::Store;
+use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,8 +171,15 @@ impl App {
             let _ = draining.send(true);
             let _ = done_tx.send(());
         };
+        // Events are small frames written as they happen: without TCP_NODELAY, Nagle holds
+        // a write back until the client's delayed ACK (tens of ms) whenever one is in flight.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         let server = axum::serve(
-            self.listener,
+            listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(signal)

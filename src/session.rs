@@ -365,7 +365,7 @@ impl Reader {
         }
         let name = channel.to_string();
         if let Channel::Topic(t) = &channel
-            && self.deps.service.store.topic(t).await?.is_none()
+            && !self.deps.service.store.topic_exists(t).await?
         {
             return Err(ServiceError::NotFound(format!("no topic '{t}'")));
         }

@@ -154,7 +154,7 @@ impl Service {
             }
             (_, None) => None,
         };
-        if self.store.topic(&p.topic).await?.is_none() {
+        if !self.store.topic_exists(&p.topic).await? {
             return Err(ServiceError::NotFound(format!("no topic '{}'", p.topic)));
         }
         social::check_not_banned(self, agent, &p.topic).await?;
@@ -351,7 +351,7 @@ impl Service {
         limit: Option<i64>,
         cursor: Option<&str>,
     ) -> ServiceResult<Value> {
-        if !valid_topic_name(topic) || self.store.topic(topic).await?.is_none() {
+        if !valid_topic_name(topic) || !self.store.topic_exists(topic).await? {
             return Err(ServiceError::NotFound("no such topic".into()));
         }
         self.ranked_page(&PostFilter::Topic(topic), sort, limit, cursor)

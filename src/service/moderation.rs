@@ -85,7 +85,7 @@ impl Service {
         handle: &str,
         until: Option<&str>,
     ) -> ServiceResult<Value> {
-        if !crate::protocol::valid_topic_name(topic) || self.store.topic(topic).await?.is_none() {
+        if !crate::protocol::valid_topic_name(topic) || !self.store.topic_exists(topic).await? {
             return Err(ServiceError::NotFound("no such topic".into()));
         }
         if !self.moderates(agent, topic).await? {

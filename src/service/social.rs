@@ -37,7 +37,7 @@ impl Service {
 
     pub async fn join(&self, agent: &AgentCtx, topic: &str, on: bool) -> ServiceResult<Value> {
         agent.require(Scope::Read)?;
-        if !valid_topic_name(topic) || self.store.topic(topic).await?.is_none() {
+        if !valid_topic_name(topic) || !self.store.topic_exists(topic).await? {
             return Err(ServiceError::NotFound("no such topic".into()));
         }
         self.rate_limit(agent, Action::Graph).await?;

@@ -14,25 +14,31 @@ impl WriteTx {
         sealed: bool,
         now: i64,
     ) -> StoreResult<u64> {
-        let seq: i64 = sqlx::query(
-            "INSERT INTO channel_seqs (channel, seq) VALUES ($1, 1) \
-             ON CONFLICT (channel) DO UPDATE SET seq = channel_seqs.seq + 1 RETURNING seq",
-        )
-        .bind(channel)
-        .fetch_one(&mut *self.tx)
-        .await?
-        .get("seq");
-        sqlx::query(
-            "INSERT INTO events (channel, seq, event, data, sealed, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(channel)
-        .bind(seq)
-        .bind(event)
-        .bind(data.to_vec())
-        .bind(sealed as i64)
-        .bind(now)
-        .execute(&mut *self.tx)
-        .await?;
+        // One round trip: the counter bump and the row that uses it.
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "INSERT INTO channel_seqs (channel, seq) VALUES ($1, 1) \
+                 ON CONFLICT (channel) DO UPDATE SET seq = channel_seqs.seq + 1; \
+                 INSERT INTO events (channel, seq, event, data, sealed, created_at) \
+                 SELECT $1, seq, $2, $3, $4, $5 FROM channel_seqs WHERE channel = $1 RETURNING seq"
+            }
+            Dialect::Postgres => {
+                "WITH s AS (INSERT INTO channel_seqs (channel, seq) VALUES ($1, 1) \
+                 ON CONFLICT (channel) DO UPDATE SET seq = channel_seqs.seq + 1 RETURNING seq) \
+                 INSERT INTO events (channel, seq, event, data, sealed, created_at) \
+                 SELECT $1, s.seq, $2, $3, $4, $5 FROM s RETURNING seq"
+            }
+        };
+        // `fetch_one` stops after the first statement on SQLite; the row comes from the last.
+        let rows = sqlx::query(sql)
+            .bind(channel)
+            .bind(event)
+            .bind(data.to_vec())
+            .bind(sealed as i64)
+            .bind(now)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        let seq: i64 = rows.first().ok_or(StoreError::NotFound)?.get("seq");
         Ok(seq as u64)
     }
 }

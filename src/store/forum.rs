@@ -100,6 +100,25 @@ impl Store {
         Ok(row.as_ref().map(TopicRow::from_row))
     }
 
+    /// Whether the topic exists; answered from memory once it was seen.
+    pub async fn topic_exists(&self, name: &str) -> StoreResult<bool> {
+        if self.known_topics.contains(name) {
+            return Ok(true);
+        }
+        let found = sqlx::query("SELECT 1 AS one FROM topics WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?
+            .is_some();
+        if found {
+            if self.known_topics.len() >= KNOWN_TOPICS_MAX {
+                self.known_topics.clear();
+            }
+            self.known_topics.insert(name.to_owned());
+        }
+        Ok(found)
+    }
+
     /// One page of posts matching `filter`, ranked, strictly after `cursor`.
     pub async fn posts_page(
         &self,
@@ -254,29 +273,32 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Inserts a post and counts it in its topic, in one round trip to the database.
     pub async fn insert_post(&mut self, p: &NewPost<'_>) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO posts (id, topic, author_id, title, body, kind, url, score, comment_count, hot, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9)",
-        )
-        .bind(p.id)
-        .bind(p.topic)
-        .bind(p.author_id)
-        .bind(p.title)
-        .bind(p.body)
-        .bind(p.kind)
-        .bind(p.url)
-        .bind(p.hot)
-        .bind(p.created_at)
-        .execute(&mut *self.tx)
-        .await?;
-        sqlx::query(
-            "UPDATE topics SET post_count = post_count + 1, last_activity_at = $1 WHERE name = $2",
-        )
-        .bind(p.created_at)
-        .bind(p.topic)
-        .execute(&mut *self.tx)
-        .await?;
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "INSERT INTO posts (id, topic, author_id, title, body, kind, url, score, comment_count, hot, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9); \
+                 UPDATE topics SET post_count = post_count + 1, last_activity_at = $9 WHERE name = $2"
+            }
+            Dialect::Postgres => {
+                "WITH p AS (INSERT INTO posts (id, topic, author_id, title, body, kind, url, score, comment_count, hot, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9) RETURNING topic) \
+                 UPDATE topics SET post_count = post_count + 1, last_activity_at = $9 FROM p WHERE topics.name = p.topic"
+            }
+        };
+        sqlx::query(sql)
+            .bind(p.id)
+            .bind(p.topic)
+            .bind(p.author_id)
+            .bind(p.title)
+            .bind(p.body)
+            .bind(p.kind)
+            .bind(p.url)
+            .bind(p.hot)
+            .bind(p.created_at)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 

@@ -20,8 +20,10 @@ pub use identity::{NewAgent, NewKey, NewOwner};
 pub use rows::*;
 pub use social::{Ban, SearchHit, SearchKind};
 
+use dashmap::DashSet;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Executor, Row, Transaction};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -84,7 +86,12 @@ pub struct Store {
     /// and queueing in the pool beats retrying on `SQLITE_BUSY`.
     write: AnyPool,
     dialect: Dialect,
+    /// Topics never go away, so one seen once is remembered: posting and subscribing then
+    /// skip a database round trip. Cleared when it grows past `KNOWN_TOPICS_MAX`.
+    known_topics: Arc<DashSet<String>>,
 }
+
+const KNOWN_TOPICS_MAX: usize = 10_000;
 
 const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("001_init", include_str!("migrations/sqlite/001_init.sql")),
@@ -147,6 +154,7 @@ impl Store {
                 read,
                 write,
                 dialect: Dialect::Sqlite,
+                known_topics: Arc::default(),
             }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -158,6 +166,7 @@ impl Store {
                 read: pool.clone(),
                 write: pool,
                 dialect: Dialect::Postgres,
+                known_topics: Arc::default(),
             }
         } else {
             return Err(StoreError::Database(
