@@ -160,17 +160,20 @@ impl Hub {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn deliver(&self, s: &SessionShared, event: &Event, via_firehose: bool) {
+    /// Queues `event` for `s`; whether it was queued. The caller counts deliveries, once
+    /// per fan-out: one shared counter bumped per subscriber cost more than the queueing.
+    fn deliver(&self, s: &SessionShared, event: &Event, via_firehose: bool) -> bool {
         match s.tx.try_send(Outbound::Event {
             event: event.clone(),
             via_firehose,
         }) {
-            Ok(()) => self.metrics.deliveries.inc(),
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.queue_drops.inc();
                 s.close(CloseCode::TooSlow);
+                false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
@@ -416,16 +419,18 @@ impl Hub {
     }
 
     fn fan_out(&self, channel: &Channel, subs: &[Arc<SessionShared>], ev: &Event) {
+        let mut n = 0;
         for s in subs {
-            self.deliver(s, ev, false);
+            n += u64::from(self.deliver(s, ev, false));
         }
         if matches!(channel, Channel::Topic(_))
             && let Ok(f) = self.firehose.read()
         {
             for s in f.iter() {
-                self.deliver(s, ev, true);
+                n += u64::from(self.deliver(s, ev, true));
             }
         }
+        self.metrics.deliveries.add(n);
     }
 
     /// Starts a channel the firehose alone follows at its lowest pending seq, once early

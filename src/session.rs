@@ -16,7 +16,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -454,6 +454,32 @@ fn is_too_large(e: &axum::Error) -> bool {
     e.to_string().contains("Space limit exceeded") || e.to_string().contains("too long")
 }
 
+/// The writer's tracks, one per subscribed channel. At most `MAX_SUBSCRIPTIONS` and
+/// usually one or two: a scan compares a short string where a hash map hashed it for
+/// every delivered event.
+#[derive(Default)]
+struct Tracks(Vec<(Channel, Track)>);
+
+impl Tracks {
+    fn get_mut(&mut self, channel: &Channel) -> Option<&mut Track> {
+        self.0
+            .iter_mut()
+            .find(|(c, _)| c == channel)
+            .map(|(_, t)| t)
+    }
+
+    fn insert(&mut self, channel: Channel, track: Track) {
+        match self.get_mut(&channel) {
+            Some(t) => *t = track,
+            None => self.0.push((channel, track)),
+        }
+    }
+
+    fn remove(&mut self, channel: &Channel) {
+        self.0.retain(|(c, _)| c != channel);
+    }
+}
+
 /// Per-channel delivery state in the writer.
 struct Track {
     /// Highest seq sent on this channel.
@@ -469,7 +495,7 @@ async fn write_loop(
     metrics: Arc<Metrics>,
     pacer: Arc<FlushPacer>,
 ) {
-    let mut tracks: HashMap<Channel, Track> = HashMap::new();
+    let mut tracks = Tracks::default();
     // Grows to WRITE_BATCH only in sessions that are sent that much at once.
     let mut out: Vec<Utf8Bytes> = Vec::new();
     let mut last_flush: Option<Instant> = None;
@@ -535,7 +561,7 @@ async fn write_loop(
 }
 
 /// Decides what of one queue item goes out, in order.
-fn route(item: Outbound, tracks: &mut HashMap<Channel, Track>, out: &mut Vec<Utf8Bytes>) {
+fn route(item: Outbound, tracks: &mut Tracks, out: &mut Vec<Utf8Bytes>) {
     match item {
         Outbound::Frame(f) => out.push(f),
         Outbound::Subscribed { channel, replay } => {
