@@ -68,6 +68,7 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     pub frames_in: Counter,
     pub frames_out: Counter,
+    pub flushes: Counter,
     pub deliveries: Counter,
     pub queue_drops: Counter,
     pub command_latency: Histogram,
@@ -113,6 +114,12 @@ impl Metrics {
             "counter",
             "Frames written to clients.",
             self.frames_out.get().to_string(),
+        );
+        line(
+            "carapace_flushes_total",
+            "counter",
+            "Socket writes of one or more frames (frames_out / flushes = frames per write).",
+            self.flushes.get().to_string(),
         );
         line(
             "carapace_deliveries_total",

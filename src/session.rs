@@ -530,6 +530,7 @@ async fn write_loop(
                 }
                 last_flush = Some(Instant::now());
                 metrics.frames_out.add(n);
+                metrics.flushes.inc();
             }
         }
     }
