@@ -220,8 +220,13 @@ impl RedisBus {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBus>, RedisBusError> {
         // The error text of a bad URL could echo a password: say only what kind it was.
+        // TCP_NODELAY: publishes are small writes sent as they happen, and Nagle would hold
+        // one back until the reply to the one before it comes in.
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| RedisBusError::Url(format!("{:?}", e.kind())))?;
+        let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client =
-            redis::Client::open(url).map_err(|e| RedisBusError::Url(format!("{:?}", e.kind())))?;
+            redis::Client::open(info).map_err(|e| RedisBusError::Url(format!("{:?}", e.kind())))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
