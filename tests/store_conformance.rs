@@ -500,6 +500,8 @@ async fn topics(s: Store, _url: String) {
     let a = agent(&s, &o, "alpha").await;
     let g = s.topic("general").await.unwrap().expect("seeded");
     assert_eq!((g.creator, g.post_count), (None, 0));
+    // Existence is remembered once seen, never assumed before: a miss is not cached.
+    assert!(!s.topic_exists("rust").await.unwrap());
     let mut tx = s.begin().await.unwrap();
     tx.insert_topic("rust", "Rust", "crabs", &a, T0)
         .await
@@ -508,6 +510,12 @@ async fn topics(s: Store, _url: String) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
+    assert!(s.topic_exists("rust").await.unwrap());
+    assert!(s.topic_exists("rust").await.unwrap());
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_topic("later", "Later", "", &a, T0).await.unwrap();
+    drop(tx);
+    assert!(!s.topic_exists("later").await.unwrap());
     let mut tx = s.begin().await.unwrap();
     let e = tx.insert_topic("rust", "R", "", &a, T0).await.unwrap_err();
     assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
