@@ -511,6 +511,9 @@ async fn write_loop(
                     let Some(item) = item else { break };
                     let is_event = matches!(item, Outbound::Event { .. });
                     route(item, &mut tracks, &mut out);
+                    // An event that follows the last flush closely waits out the pacing
+                    // gap (zero on a quiet replica) to leave with the events behind it;
+                    // replies never wait.
                     if is_event
                         && rx.is_empty()
                         && let Some(gap) = last_flush.and_then(|t| pacer.gap().checked_sub(t.elapsed()))
