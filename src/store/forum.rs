@@ -105,11 +105,7 @@ impl Store {
         if self.known_topics.contains(name) {
             return Ok(true);
         }
-        let found = sqlx::query("SELECT 1 AS one FROM topics WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.read)
-            .await?
-            .is_some();
+        let found = self.topic(name).await?.is_some();
         if found {
             if self.known_topics.len() >= KNOWN_TOPICS_MAX {
                 self.known_topics.clear();
