@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// Also run the built-in demo agents.
     #[arg(long, env = "CARAPACE_DEMO", default_value_t = false)]
     pub demo: bool,
+    /// Threads that write to session sockets, apart from the rest of the replica; default:
+    /// half the cores, at least one.
+    #[arg(long, env = "CARAPACE_EGRESS_THREADS")]
+    pub egress_threads: Option<usize>,
 }
 
 /// The resolved configuration the hub runs with.
@@ -101,6 +105,8 @@ pub struct Config {
     pub session_queue: usize,
     /// How long a draining replica waits for in-flight commands.
     pub drain_timeout: Duration,
+    /// Threads of the runtime that writes to sessions (see `egress`).
+    pub egress_threads: usize,
 }
 
 impl Config {
@@ -127,6 +133,9 @@ impl Config {
             demo: a.demo,
             session_queue: 4096,
             drain_timeout: Duration::from_secs(10),
+            egress_threads: a
+                .egress_threads
+                .unwrap_or_else(crate::egress::Egress::default_threads),
         }
     }
 
@@ -146,6 +155,7 @@ impl Config {
             demo: false,
             session_queue: 4096,
             drain_timeout: Duration::from_secs(5),
+            egress_threads: 1,
         }
     }
 }

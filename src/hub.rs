@@ -137,11 +137,17 @@ pub struct Hub {
     next_session: AtomicU64,
     /// How long writers may hold events back to batch them (see `pacing`).
     pub pacer: Arc<FlushPacer>,
+    /// Where session writers run (see `egress`).
+    pub egress: tokio::runtime::Handle,
     me: Weak<Hub>,
 }
 
 impl Hub {
-    pub fn new(service: Arc<Service>, metrics: Arc<Metrics>) -> Arc<Hub> {
+    pub fn new(
+        service: Arc<Service>,
+        metrics: Arc<Metrics>,
+        egress: tokio::runtime::Handle,
+    ) -> Arc<Hub> {
         let bus = service.bus.clone();
         Arc::new_cyclic(|me| Hub {
             channels: DashMap::new(),
@@ -152,6 +158,7 @@ impl Hub {
             metrics,
             next_session: AtomicU64::new(1),
             pacer: Arc::new(FlushPacer::default()),
+            egress,
             me: me.clone(),
         })
     }

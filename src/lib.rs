@@ -10,6 +10,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod egress;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -26,6 +27,7 @@ use crate::bus::local::LocalBus;
 use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, BusHandler};
 use crate::config::{Config, RateLimitMode};
+use crate::egress::Egress;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -52,6 +54,8 @@ pub enum StartError {
     },
     #[error("bus: {0}")]
     Bus(String),
+    #[error("cannot start the writer threads: {0}")]
+    Egress(std::io::Error),
 }
 
 /// One replica, built and bound, not yet serving.
@@ -62,6 +66,8 @@ pub struct App {
     pub config: Arc<Config>,
     listener: TcpListener,
     draining: watch::Sender<bool>,
+    /// Kept until `run` returns: the session writers run there.
+    egress: Egress,
 }
 
 /// Opens the store and the key ring as `serve` does (also used by `admin`).
@@ -107,7 +113,8 @@ impl App {
             token_ttl: config.token_ttl,
             open_signup: config.open_signup,
         });
-        let hub = Hub::new(service.clone(), metrics.clone());
+        let egress = Egress::start(config.egress_threads).map_err(StartError::Egress)?;
+        let hub = Hub::new(service.clone(), metrics.clone(), egress.handle().clone());
         let handler: Arc<dyn BusHandler> = hub.clone();
         bus.attach(Arc::downgrade(&handler));
         let listener =
@@ -124,6 +131,7 @@ impl App {
             config: Arc::new(config),
             listener,
             draining: watch::channel(false).0,
+            egress,
         })
     }
 
@@ -213,6 +221,8 @@ impl App {
             d.abort();
         }
         self.service.store.close().await;
+        // Last: writers still sending their sessions' 1012 run there until now.
+        drop(self.egress);
         result
     }
 

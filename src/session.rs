@@ -43,7 +43,7 @@ pub async fn run(socket: WebSocket, deps: SessionDeps, agent: Option<AgentCtx>) 
     let shared = SessionShared::new(deps.hub.new_session_id(), tx);
     deps.metrics.sessions.inc();
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(
+    let writer = deps.hub.egress.spawn(write_loop(
         sink,
         rx,
         shared.closed(),
