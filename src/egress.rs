@@ -1,5 +1,5 @@
-//! The egress runtime: the threads that write events to session sockets, apart from the
-//! ones that read commands, persist posts and fan events out.
+//! The egress runtime: the threads that queue events for sessions and write them to their
+//! sockets, apart from the ones that read commands and persist posts.
 //!
 //! Why apart: a fan-out to a thousand subscribers wakes a thousand writers at once. On one
 //! runtime they queue in front of everything else, so each step of the next post (its
@@ -9,7 +9,8 @@
 //! short, and the writers' own queue batches naturally: the longer the queue, the more
 //! events each writer finds when its turn comes. Measured with `carapace bench` (1,000
 //! subscribers, 2 cores): 244k deliveries/s with no pacing gap on one runtime, 680k-780k
-//! with writers here.
+//! with writers here. The fan-out runs here too (see `hub`), so that a frame's reference
+//! count and a session queue's ends stay on the threads that use them.
 
 use tokio::runtime::{Builder, Handle, Runtime};
 

@@ -7,6 +7,9 @@
 //! committed before it was published. So every local delivery on a channel is in seq order,
 //! with no gap and no duplicate.
 //!
+//! The fan-out itself runs on the egress runtime, next to the writers (see
+//! `fan_outs_loop`); one queue in front of it keeps every channel's events in order.
+//!
 //! A full session queue means a slow consumer: that session is closed with 4008, never waited
 //! for. No lock here is held across an `.await`.
 
@@ -18,12 +21,15 @@ use crate::service::{Perimeter, Scopes, Service};
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 const GAP_WAIT: Duration = Duration::from_millis(150);
+/// Deliveries waiting for the fan-out beyond which publishing commands wait: about half a
+/// second of a busy two-core replica's writing.
+const MAX_FAN_OUT_BACKLOG: usize = 256 * 1024;
 /// History pages read to fill gaps and replay `since`.
 pub const HISTORY_PAGE: i64 = 1000;
 
@@ -117,7 +123,7 @@ impl SessionShared {
 
 #[derive(Default)]
 struct ChannelState {
-    subs: Vec<Arc<SessionShared>>,
+    subs: Subscribers,
     /// The next seq to deliver; `None` until initialised from the Store.
     next_seq: Option<u64>,
     initializing: bool,
@@ -128,7 +134,7 @@ struct ChannelState {
 
 pub struct Hub {
     channels: DashMap<Channel, ChannelState>,
-    firehose: RwLock<Vec<Arc<SessionShared>>>,
+    firehose: RwLock<Subscribers>,
     /// agent id → its live sessions on this replica.
     agents: DashMap<String, Vec<Arc<SessionShared>>>,
     bus: Arc<dyn Bus>,
@@ -139,6 +145,11 @@ pub struct Hub {
     pub pacer: Arc<FlushPacer>,
     /// Where session writers run (see `egress`).
     pub egress: tokio::runtime::Handle,
+    /// Events on their way to `fan_outs_loop`, on the egress runtime, which queues them for
+    /// every subscriber.
+    fan_outs: mpsc::UnboundedSender<FanOut>,
+    /// Deliveries handed to `fan_outs` and not yet queued: what bounds that queue.
+    fan_out_backlog: Arc<AtomicUsize>,
     me: Weak<Hub>,
 }
 
@@ -149,9 +160,16 @@ impl Hub {
         egress: tokio::runtime::Handle,
     ) -> Arc<Hub> {
         let bus = service.bus.clone();
+        let (fan_outs, queue) = mpsc::unbounded_channel();
+        let fan_out_backlog = Arc::new(AtomicUsize::new(0));
+        egress.spawn(fan_outs_loop(
+            queue,
+            fan_out_backlog.clone(),
+            metrics.clone(),
+        ));
         Arc::new_cyclic(|me| Hub {
             channels: DashMap::new(),
-            firehose: RwLock::new(Vec::new()),
+            firehose: RwLock::new(Subscribers::default()),
             agents: DashMap::new(),
             bus,
             service,
@@ -159,29 +177,14 @@ impl Hub {
             next_session: AtomicU64::new(1),
             pacer: Arc::new(FlushPacer::default()),
             egress,
+            fan_outs,
+            fan_out_backlog,
             me: me.clone(),
         })
     }
 
     pub fn new_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Queues `event` for `s`; whether it was queued. The caller counts deliveries, once
-    /// per fan-out: one shared counter bumped per subscriber cost more than the queueing.
-    fn deliver(&self, s: &SessionShared, event: &Event, via_firehose: bool) -> bool {
-        match s.tx.try_send(Outbound::Event {
-            event: event.clone(),
-            via_firehose,
-        }) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.queue_drops.inc();
-                s.close(CloseCode::TooSlow);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
     }
 
     /// Registers a live agent session (for kicks, presence and the access review).
@@ -212,7 +215,7 @@ impl Hub {
         if *channel == Channel::Firehose {
             let first = match self.firehose.write() {
                 Ok(mut f) => {
-                    f.push(s.clone());
+                    Arc::make_mut(&mut f).push(s.clone());
                     f.len() == 1
                 }
                 Err(_) => false,
@@ -229,7 +232,7 @@ impl Hub {
         let (must_init, first) = {
             let mut st = self.channels.entry(channel.clone()).or_default();
             let first = st.subs.is_empty();
-            st.subs.push(s.clone());
+            Arc::make_mut(&mut st.subs).push(s.clone());
             let init = st.next_seq.is_none() && !st.initializing;
             if init {
                 st.initializing = true;
@@ -309,7 +312,7 @@ impl Hub {
         if *channel == Channel::Firehose {
             let now_empty = match self.firehose.write() {
                 Ok(mut f) => {
-                    f.retain(|s| s.id != session_id);
+                    Arc::make_mut(&mut f).retain(|s| s.id != session_id);
                     f.is_empty()
                 }
                 Err(_) => false,
@@ -325,7 +328,7 @@ impl Hub {
         let (removed, last_left, now_empty) = match self.channels.get_mut(channel) {
             Some(mut st) => {
                 let gone = match st.subs.iter().position(|s| s.id == session_id) {
-                    Some(i) => Some(st.subs.remove(i)),
+                    Some(i) => Some(Arc::make_mut(&mut st.subs).remove(i)),
                     None => None,
                 };
                 if let (Channel::Topic(_), Some(a)) =
@@ -415,7 +418,7 @@ impl Hub {
     fn drain_ready(&self, channel: &Channel, st: &mut ChannelState) {
         let Some(mut next) = st.next_seq else { return };
         while let Some(ev) = st.pending.remove(&next) {
-            self.fan_out(channel, &st.subs, &ev);
+            self.fan_out(channel, &st.subs, ev);
             next += 1;
         }
         st.next_seq = Some(next);
@@ -425,19 +428,29 @@ impl Hub {
         }
     }
 
-    fn fan_out(&self, channel: &Channel, subs: &[Arc<SessionShared>], ev: &Event) {
-        let mut n = 0;
-        for s in subs {
-            n += u64::from(self.deliver(s, ev, false));
+    /// Hands `event` to the fan-out on the egress runtime, with the subscriber lists as
+    /// they stand now. One queue for all channels keeps each channel's events in order.
+    fn fan_out(&self, channel: &Channel, subs: &Subscribers, event: Event) {
+        let firehose = matches!(channel, Channel::Topic(_))
+            .then(|| self.firehose.read().ok().map(|f| f.clone()))
+            .flatten()
+            .filter(|f| !f.is_empty());
+        let n = subs.len() + firehose.as_ref().map_or(0, |f| f.len());
+        self.fan_out_backlog.fetch_add(n, Ordering::Relaxed);
+        let _ = self.fan_outs.send(FanOut {
+            subs: subs.clone(),
+            firehose,
+            event,
+            n,
+        });
+    }
+
+    /// Waits while the fan-out is far behind, so that publishers slow down to what the
+    /// writers sustain instead of piling events up in front of them.
+    pub async fn fan_out_room(&self) {
+        while self.fan_out_backlog.load(Ordering::Relaxed) > MAX_FAN_OUT_BACKLOG {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        if matches!(channel, Channel::Topic(_))
-            && let Ok(f) = self.firehose.read()
-        {
-            for s in f.iter() {
-                n += u64::from(self.deliver(s, ev, true));
-            }
-        }
-        self.metrics.deliveries.add(n);
     }
 
     /// Starts a channel the firehose alone follows at its lowest pending seq, once early
@@ -584,5 +597,59 @@ impl BusHandler for Hub {
                 hub.catch_up(&ch, from).await;
             }
         });
+    }
+}
+
+/// A channel's local subscribers, shared with the fan-outs in flight: a subscribe or an
+/// unsubscribe copies the list only while a fan-out still holds the old one.
+type Subscribers = Arc<Vec<Arc<SessionShared>>>;
+
+/// One event to queue for a channel's subscribers and, for a topic, the firehose's.
+struct FanOut {
+    subs: Subscribers,
+    firehose: Option<Subscribers>,
+    event: Event,
+    /// Deliveries it stands for in the backlog.
+    n: usize,
+}
+
+/// Queues each event for its subscribers, on the egress runtime: the frame's reference
+/// count, the queues and the writers' wake-ups then stay on the threads that write, instead
+/// of bouncing between cores once per delivery.
+async fn fan_outs_loop(
+    mut queue: mpsc::UnboundedReceiver<FanOut>,
+    backlog: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch = Vec::with_capacity(64);
+    while queue.recv_many(&mut batch, 64).await > 0 {
+        for f in batch.drain(..) {
+            let mut n = 0;
+            for s in f.subs.iter() {
+                n += u64::from(deliver(&metrics, s, &f.event, false));
+            }
+            for s in f.firehose.iter().flat_map(|l| l.iter()) {
+                n += u64::from(deliver(&metrics, s, &f.event, true));
+            }
+            metrics.deliveries.add(n);
+            backlog.fetch_sub(f.n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Queues `event` for `s`; whether it was queued. The caller counts deliveries, once per
+/// fan-out: one shared counter bumped per subscriber cost more than the queueing.
+fn deliver(metrics: &Metrics, s: &SessionShared, event: &Event, via_firehose: bool) -> bool {
+    match s.tx.try_send(Outbound::Event {
+        event: event.clone(),
+        via_firehose,
+    }) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            metrics.queue_drops.inc();
+            s.close(CloseCode::TooSlow);
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }

@@ -249,6 +249,9 @@ impl Reader {
         id: &RequestId,
     ) -> Result<Option<Value>, ServiceError> {
         let svc = self.deps.service.clone();
+        if cmd.is_write() {
+            self.deps.hub.fan_out_room().await;
+        }
         match cmd {
             Command::Auth { .. } => unreachable!("handled before"),
             Command::Ping => Ok(Some(json!({}))),
@@ -461,6 +464,10 @@ fn is_too_large(e: &axum::Error) -> bool {
 struct Tracks(Vec<(Channel, Track)>);
 
 impl Tracks {
+    fn follows(&self, channel: &Channel) -> bool {
+        self.0.iter().any(|(c, _)| c == channel)
+    }
+
     fn get_mut(&mut self, channel: &Channel) -> Option<&mut Track> {
         self.0
             .iter_mut()
@@ -593,7 +600,12 @@ fn route(item: Outbound, tracks: &mut Tracks, out: &mut Vec<Utf8Bytes>) {
                 // Firehose copies of a channel the session follows directly are dropped: the
                 // direct subscription carries them, in order.
                 Some(_) if via_firehose => {}
-                None if via_firehose => out.push(event.frame),
+                // Unless the session left the firehose after this fan-out began.
+                None if via_firehose => {
+                    if tracks.follows(&Channel::Firehose) {
+                        out.push(event.frame)
+                    }
+                }
                 None => {}
                 Some(t) => match &mut t.held {
                     Some(held) => held.push(event),
@@ -633,5 +645,49 @@ fn route(item: Outbound, tracks: &mut Tracks, out: &mut Vec<Utf8Bytes>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(channel: &Channel, seq: u64) -> Outbound {
+        Outbound::Event {
+            event: Event {
+                channel: channel.clone(),
+                seq,
+                frame: format!("{channel}#{seq}").into(),
+            },
+            via_firehose: true,
+        }
+    }
+
+    fn subscribed(channel: &Channel) -> Outbound {
+        Outbound::Subscribed {
+            channel: channel.clone(),
+            replay: false,
+        }
+    }
+
+    #[test]
+    fn firehose_copies_reach_only_sessions_that_still_watch_it() {
+        let (t, other) = (Channel::topic("t"), Channel::topic("other"));
+        let mut tracks = Tracks::default();
+        let mut out = Vec::new();
+        route(subscribed(&Channel::Firehose), &mut tracks, &mut out);
+        route(subscribed(&t), &mut tracks, &mut out);
+        route(event(&other, 1), &mut tracks, &mut out);
+        // The direct subscription carries `t`; its firehose copy is not sent twice.
+        route(event(&t, 1), &mut tracks, &mut out);
+        assert_eq!(out, vec![Utf8Bytes::from("topic:other#1")]);
+        // A fan-out that began before the session left the firehose delivers nothing after.
+        route(
+            Outbound::Unsubscribed(Channel::Firehose),
+            &mut tracks,
+            &mut out,
+        );
+        route(event(&other, 2), &mut tracks, &mut out);
+        assert_eq!(out.len(), 1);
     }
 }
