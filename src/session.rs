@@ -596,16 +596,14 @@ fn route(item: Outbound, tracks: &mut Tracks, out: &mut Vec<Utf8Bytes>) {
             event,
             via_firehose,
         } => {
+            let watching_firehose = via_firehose && tracks.follows(&Channel::Firehose);
             match tracks.get_mut(&event.channel) {
                 // Firehose copies of a channel the session follows directly are dropped: the
                 // direct subscription carries them, in order.
                 Some(_) if via_firehose => {}
-                // Unless the session left the firehose after this fan-out began.
-                None if via_firehose => {
-                    if tracks.follows(&Channel::Firehose) {
-                        out.push(event.frame)
-                    }
-                }
+                // Other firehose copies go out while the session still watches the firehose
+                // (a fan-out begun before it left may still bring some).
+                None if watching_firehose => out.push(event.frame),
                 None => {}
                 Some(t) => match &mut t.held {
                     Some(held) => held.push(event),
