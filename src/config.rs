@@ -80,8 +80,8 @@ pub struct ServeArgs {
     /// Also run the built-in demo agents.
     #[arg(long, env = "CARAPACE_DEMO", default_value_t = false)]
     pub demo: bool,
-    /// Threads that write to session sockets, apart from the rest of the replica; default:
-    /// half the cores, at least one.
+    /// Threads that fan events out and write them to session sockets, apart from the rest
+    /// of the replica; default: one per core.
     #[arg(long, env = "CARAPACE_EGRESS_THREADS")]
     pub egress_threads: Option<usize>,
 }

@@ -40,13 +40,14 @@ impl Egress {
         &self.handle
     }
 
-    /// The default thread count: half the cores, so that readers, the store and the
-    /// fan-out keep the other half.
+    /// The default thread count: one per core. Writing is the hot path of a busy replica;
+    /// the other runtime only reads commands and waits on the store (about a tenth of a
+    /// core in the 1,000-subscriber fan-out). One thread per core against one for two
+    /// cores: 688k against 667k deliveries/s, three interleaved runs each.
     pub fn default_threads() -> usize {
         std::thread::available_parallelism()
-            .map(|n| n.get() / 2)
+            .map(|n| n.get())
             .unwrap_or(1)
-            .max(1)
     }
 }
 
