@@ -81,7 +81,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CARAPACE_DEMO", default_value_t = false)]
     pub demo: bool,
     /// Threads that fan events out and write them to session sockets, apart from the rest
-    /// of the replica; default: one per core.
+    /// of the replica; default: half the cores, at least one.
     #[arg(long, env = "CARAPACE_EGRESS_THREADS")]
     pub egress_threads: Option<usize>,
 }
