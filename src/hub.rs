@@ -435,14 +435,14 @@ impl Hub {
             .then(|| self.firehose.read().ok().map(|f| f.clone()))
             .flatten()
             .filter(|f| !f.is_empty());
-        let n = subs.len() + firehose.as_ref().map_or(0, |f| f.len());
-        self.fan_out_backlog.fetch_add(n, Ordering::Relaxed);
-        let _ = self.fan_outs.send(FanOut {
+        let f = FanOut {
             subs: subs.clone(),
             firehose,
             event,
-            n,
-        });
+        };
+        self.fan_out_backlog
+            .fetch_add(f.deliveries(), Ordering::Relaxed);
+        let _ = self.fan_outs.send(f);
     }
 
     /// Waits while the fan-out is far behind, so that publishers slow down to what the
@@ -609,8 +609,14 @@ struct FanOut {
     subs: Subscribers,
     firehose: Option<Subscribers>,
     event: Event,
-    /// Deliveries it stands for in the backlog.
-    n: usize,
+}
+
+impl FanOut {
+    /// The deliveries it stands for in the backlog (the lists are snapshots: this does not
+    /// change between queueing and fan-out).
+    fn deliveries(&self) -> usize {
+        self.subs.len() + self.firehose.as_ref().map_or(0, |f| f.len())
+    }
 }
 
 /// Queues each event for its subscribers, on the egress runtime: the frame's reference
@@ -632,7 +638,7 @@ async fn fan_outs_loop(
                 n += u64::from(deliver(&metrics, s, &f.event, true));
             }
             metrics.deliveries.add(n);
-            backlog.fetch_sub(f.n, Ordering::Relaxed);
+            backlog.fetch_sub(f.deliveries(), Ordering::Relaxed);
         }
     }
 }

@@ -464,15 +464,17 @@ fn is_too_large(e: &axum::Error) -> bool {
 struct Tracks(Vec<(Channel, Track)>);
 
 impl Tracks {
+    fn position(&self, channel: &Channel) -> Option<usize> {
+        self.0.iter().position(|(c, _)| c == channel)
+    }
+
     fn follows(&self, channel: &Channel) -> bool {
-        self.0.iter().any(|(c, _)| c == channel)
+        self.position(channel).is_some()
     }
 
     fn get_mut(&mut self, channel: &Channel) -> Option<&mut Track> {
-        self.0
-            .iter_mut()
-            .find(|(c, _)| c == channel)
-            .map(|(_, t)| t)
+        let i = self.position(channel)?;
+        Some(&mut self.0[i].1)
     }
 
     fn insert(&mut self, channel: Channel, track: Track) {
@@ -596,24 +598,26 @@ fn route(item: Outbound, tracks: &mut Tracks, out: &mut Vec<Utf8Bytes>) {
             event,
             via_firehose,
         } => {
-            let watching_firehose = via_firehose && tracks.follows(&Channel::Firehose);
-            match tracks.get_mut(&event.channel) {
-                // Firehose copies of a channel the session follows directly are dropped: the
-                // direct subscription carries them, in order.
-                Some(_) if via_firehose => {}
-                // Other firehose copies go out while the session still watches the firehose
-                // (a fan-out begun before it left may still bring some).
-                None if watching_firehose => out.push(event.frame),
-                None => {}
-                Some(t) => match &mut t.held {
-                    Some(held) => held.push(event),
-                    None => {
-                        if event.seq > t.last {
-                            t.last = event.seq;
-                            out.push(event.frame);
-                        }
+            if via_firehose {
+                // Firehose copies of a channel the session follows directly are dropped (the
+                // direct subscription carries them, in order), and so are those of a fan-out
+                // begun before the session left the firehose.
+                if !tracks.follows(&event.channel) && tracks.follows(&Channel::Firehose) {
+                    out.push(event.frame);
+                }
+                return;
+            }
+            let Some(t) = tracks.get_mut(&event.channel) else {
+                return;
+            };
+            match &mut t.held {
+                Some(held) => held.push(event),
+                None => {
+                    if event.seq > t.last {
+                        t.last = event.seq;
+                        out.push(event.frame);
                     }
-                },
+                }
             }
         }
         Outbound::Replay {
