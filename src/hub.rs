@@ -27,6 +27,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 const GAP_WAIT: Duration = Duration::from_millis(150);
+/// How long a subscriber waits for another one to find where a channel's stream starts.
+const START_WAIT: Duration = Duration::from_secs(5);
 /// Deliveries waiting for the fan-out beyond which publishing commands wait: about half a
 /// second of a busy two-core replica's writing.
 const MAX_FAN_OUT_BACKLOG: usize = 256 * 1024;
@@ -130,6 +132,9 @@ struct ChannelState {
     /// Events that arrived ahead of `next_seq`.
     pending: BTreeMap<u64, Event>,
     gap_fill_scheduled: bool,
+    /// Woken when `next_seq` is first set: subscribers that joined while another one was
+    /// initialising the channel wait for it (see `Hub::subscribe`).
+    started: Arc<tokio::sync::Notify>,
 }
 
 pub struct Hub {
@@ -229,7 +234,7 @@ impl Hub {
             }
             return Ok(());
         }
-        let (must_init, first) = {
+        let (must_init, first, starting) = {
             let mut st = self.channels.entry(channel.clone()).or_default();
             let first = st.subs.is_empty();
             Arc::make_mut(&mut st.subs).push(s.clone());
@@ -237,7 +242,8 @@ impl Hub {
             if init {
                 st.initializing = true;
             }
-            (init, first)
+            let starting = (st.next_seq.is_none() && !init).then(|| st.started.clone());
+            (init, first, starting)
         };
         self.metrics.subscriptions.inc();
         if let (Channel::Topic(_), Some(a)) = (channel, s.agent()) {
@@ -262,7 +268,39 @@ impl Hub {
             self.retry_start_seq(channel.clone());
             return Err(e);
         }
+        // Another session is initialising the channel. Its start skips every event up to the
+        // seq it reads then, so this session's replay (read after this returns) must reach
+        // at least that far: wait for the start.
+        if let Some(started) = starting
+            && !self.wait_started(channel, &started).await
+        {
+            self.unsubscribe(channel, s.id).await;
+            return Err(crate::service::ServiceError::Unavailable(format!(
+                "{channel} is not ready; try again"
+            )));
+        }
         Ok(())
+    }
+
+    /// Whether `channel`'s stream position became known within `START_WAIT`.
+    async fn wait_started(&self, channel: &Channel, started: &tokio::sync::Notify) -> bool {
+        let deadline = tokio::time::Instant::now() + START_WAIT;
+        loop {
+            let notified = started.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a start between the two is not missed.
+            notified.as_mut().enable();
+            let known = self
+                .channels
+                .get(channel)
+                .is_none_or(|st| st.next_seq.is_some());
+            if known {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Learns where the channel's sequence stands, then releases what arrived meanwhile.
@@ -276,6 +314,7 @@ impl Hub {
         st.next_seq = Some(last + 1);
         st.pending = st.pending.split_off(&(last + 1));
         self.drain_ready(channel, &mut st);
+        st.started.notify_waiters();
         Ok(())
     }
 
@@ -468,6 +507,7 @@ impl Hub {
             st.initializing = false;
             st.next_seq = st.pending.keys().next().copied();
             hub.drain_ready(&channel, &mut st);
+            st.started.notify_waiters();
         });
     }
 
