@@ -97,6 +97,8 @@ conformance!(
     events_sequence_per_channel,
     events_rollback_leaves_no_hole,
     events_concurrent_appends_get_distinct_contiguous_seqs,
+    post_with_event_in_one_round_trip,
+    post_with_event_concurrent_and_cancelled_writers,
     crossed_channel_locks_fail_as_unavailable,
     prune_keeps_last_n,
 );
@@ -847,6 +849,149 @@ async fn events_sequence_per_channel(s: Store, _url: String) {
     );
     let dm = s.events_after("agent:x", 0, 10).await.unwrap();
     assert_eq!((dm[0].sealed, dm[0].data.clone()), (true, blob));
+}
+
+fn new_post<'a>(id: &'a str, topic: &'a str, author: &'a str, at: i64) -> NewPost<'a> {
+    NewPost {
+        id,
+        topic,
+        author_id: author,
+        title: "title",
+        body: "body",
+        kind: "text",
+        url: None,
+        hot: 1.0,
+        created_at: at,
+    }
+}
+
+async fn post_with_event_in_one_round_trip(s: Store, _url: String) {
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let b = agent(&s, &o, "beta").await;
+    let ch = "topic:general";
+    let seq = s
+        .insert_post_with_event(&new_post("p1", "general", &a, T0), ch, b"{\"p\":1}")
+        .await
+        .unwrap();
+    assert_eq!(seq, Some(1));
+    // It shares the channel's counter with the general path.
+    assert_eq!(append(&s, ch, 1).await, [2]);
+    assert_eq!(
+        s.insert_post_with_event(&new_post("p2", "general", &a, T0 + 5), ch, b"{\"p\":2}")
+            .await
+            .unwrap(),
+        Some(3)
+    );
+    let ev = s.events_after(ch, 0, 10).await.unwrap();
+    assert_eq!(ev.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!((ev[2].event.as_str(), ev[2].sealed), ("post", false));
+    assert_eq!(ev[2].data, b"{\"p\":2}");
+    let t = s.topic("general").await.unwrap().unwrap();
+    assert_eq!((t.post_count, t.last_activity_at), (2, T0 + 5));
+    assert_eq!(s.post("p2").await.unwrap().unwrap().author_handle, "alpha");
+
+    // Banned: nothing is written, not even a seq.
+    let mut tx = s.begin().await.unwrap();
+    tx.upsert_ban("general", &b, None, &a, T0).await.unwrap();
+    tx.commit().await.unwrap();
+    let banned = new_post("p3", "general", &b, T0 + 10);
+    assert_eq!(
+        s.insert_post_with_event(&banned, ch, b"{}").await.unwrap(),
+        None
+    );
+    assert!(s.post("p3").await.unwrap().is_none());
+    assert_eq!(s.last_seq(ch).await.unwrap(), 3);
+    assert_eq!(s.topic("general").await.unwrap().unwrap().post_count, 2);
+    // A ban that has run out no longer stops anything.
+    let mut tx = s.begin().await.unwrap();
+    tx.upsert_ban("general", &b, Some(T0 + 20), &a, T0)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        s.insert_post_with_event(&banned, ch, b"{}").await.unwrap(),
+        None
+    );
+    let late = new_post("p4", "general", &b, T0 + 20);
+    assert_eq!(
+        s.insert_post_with_event(&late, ch, b"{}").await.unwrap(),
+        Some(4)
+    );
+
+    // A failed write leaves nothing behind and the next one goes through.
+    let dup = new_post("p1", "general", &a, T0 + 30);
+    s.insert_post_with_event(&dup, ch, b"{}").await.unwrap_err();
+    assert_eq!(s.last_seq(ch).await.unwrap(), 4);
+    assert_eq!(s.topic("general").await.unwrap().unwrap().post_count, 3);
+    let next = new_post("p5", "general", &a, T0 + 40);
+    assert_eq!(
+        s.insert_post_with_event(&next, ch, b"{}").await.unwrap(),
+        Some(5)
+    );
+}
+
+/// Writers racing on one channel get contiguous seqs, and writers abandoned mid-write
+/// (their caller gone) leave the store usable and the channel without holes.
+async fn post_with_event_concurrent_and_cancelled_writers(s: Store, _url: String) {
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let ch = "topic:general";
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (s, a) = (s.clone(), a.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for i in 0..25 {
+                let id = format!("w{w}-{i}");
+                let p = new_post(&id, "general", &a, T0 + i);
+                // Every fifth write is abandoned at its first wait.
+                if i % 5 == 4 {
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::ZERO,
+                        s.insert_post_with_event(&p, ch, b"{}"),
+                    )
+                    .await;
+                    continue;
+                }
+                mine.push(
+                    s.insert_post_with_event(&p, ch, b"{}")
+                        .await
+                        .unwrap()
+                        .unwrap(),
+                );
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let mine = t.await.unwrap();
+        assert!(mine.windows(2).all(|w| w[0] < w[1]));
+        all.extend(mine);
+    }
+    // Abandoned writes either committed whole or left nothing: the channel has no hole and
+    // every event has its post.
+    let last = s.last_seq(ch).await.unwrap();
+    assert!(last >= 80, "{last}");
+    let stored: Vec<u64> = s
+        .events_after(ch, 0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(stored, (1..=last).collect::<Vec<_>>());
+    let posts = s.topic("general").await.unwrap().unwrap().post_count;
+    assert_eq!(posts as u64, last);
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 80);
+    let p = new_post("after", "general", &a, T0 + 100);
+    assert_eq!(
+        s.insert_post_with_event(&p, ch, b"{}").await.unwrap(),
+        Some(last + 1)
+    );
 }
 
 async fn events_rollback_leaves_no_hole(s: Store, _url: String) {

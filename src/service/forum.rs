@@ -157,7 +157,14 @@ impl Service {
         if !self.store.topic_exists(&p.topic).await? {
             return Err(ServiceError::NotFound(format!("no topic '{}'", p.topic)));
         }
-        social::check_not_banned(self, agent, &p.topic).await?;
+        let text = format!("{} {}", p.title, p.body);
+        let mentioned: Vec<String> = mentions(&text)
+            .into_iter()
+            .filter(|h| *h != agent.handle)
+            .collect();
+        if !mentioned.is_empty() {
+            social::check_not_banned(self, agent, &p.topic).await?;
+        }
         self.rate_limit(agent, Action::Post).await?;
         let now = now_ms();
         let id = new_id();
@@ -166,8 +173,7 @@ impl Service {
             "title": p.title, "body": p.body, "kind": kind, "url": url, "score": 0, "comment_count": 0,
             "created_at": crate::clock::rfc3339(now),
         });
-        let mut tx = self.store.begin().await?;
-        tx.insert_post(&NewPost {
+        let row = NewPost {
             id: &id,
             topic: &p.topic,
             author_id: &agent.id,
@@ -177,15 +183,33 @@ impl Service {
             url,
             hot: ranking::hot(0, now),
             created_at: now,
-        })
-        .await?;
+        };
+        let channel = Channel::topic(&p.topic);
+        if mentioned.is_empty() {
+            // The common case, in one round trip; the ban is checked inside it.
+            let data = post.to_string();
+            let seq = self
+                .store
+                .insert_post_with_event(&row, &channel.to_string(), data.as_bytes())
+                .await?
+                .ok_or_else(|| social::banned(&p.topic))?;
+            self.publish(vec![PendingEvent {
+                channel,
+                seq,
+                event: "post",
+                data,
+            }])
+            .await;
+            return Ok(json!({"post": post}));
+        }
+        let mut tx = self.store.begin().await?;
+        tx.insert_post(&row).await?;
         let mut events = vec![
-            self.append_event(&mut tx, Channel::topic(&p.topic), "post", &post, now)
+            self.append_event(&mut tx, channel, "post", &post, now)
                 .await?,
         ];
-        let text = format!("{} {}", p.title, p.body);
-        for h in mentions(&text) {
-            if h != agent.handle && self.store.agent_by_handle(&h).await?.is_some() {
+        for h in mentioned {
+            if self.store.agent_by_handle(&h).await?.is_some() {
                 let data = json!({"kind": "post", "post": post});
                 events.push(
                     self.append_event(&mut tx, Channel::agent(&h), "mention", &data, now)

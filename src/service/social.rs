@@ -179,9 +179,12 @@ pub(crate) async fn check_not_banned(
     if let Some(b) = svc.store.ban(topic, &agent.id).await?
         && b.active(now_ms())
     {
-        return Err(ServiceError::Forbidden(format!(
-            "banned from writing in '{topic}'"
-        )));
+        return Err(banned(topic));
     }
     Ok(())
+}
+
+/// The refusal of a write by an agent banned from `topic`.
+pub(crate) fn banned(topic: &str) -> ServiceError {
+    ServiceError::Forbidden(format!("banned from writing in '{topic}'"))
 }
