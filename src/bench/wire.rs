@@ -4,7 +4,7 @@
 
 use super::BenchError;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Instant;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -49,7 +49,9 @@ impl Mark {
 
     /// Finds the first marker in `frame`.
     pub fn find(frame: &[u8]) -> Option<Mark> {
-        let at = find(frame, TAG)?;
+        static FINDER: LazyLock<memchr::memmem::Finder<'static>> =
+            LazyLock::new(|| memchr::memmem::Finder::new(TAG));
+        let at = FINDER.find(frame)?;
         let mut fields = [0u64; 4];
         let mut i = at + TAG.len();
         for (k, f) in fields.iter_mut().enumerate() {
@@ -73,18 +75,11 @@ impl Mark {
     }
 }
 
-/// Position of `needle` in `hay`.
+/// Position of `needle` in `hay`. SIMD-accelerated: the bench scans every delivered frame,
+/// and a byte-at-a-time scan for the marker cost ~7% of the bench's CPU with Carapace's
+/// frames, where the marker sits ~150 bytes in.
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    let first = *needle.first()?;
-    let mut from = 0;
-    while let Some(p) = hay[from..].iter().position(|b| *b == first) {
-        let at = from + p;
-        if hay[at..].starts_with(needle) {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
+    memchr::memmem::find(hay, needle)
 }
 
 /// Opens `ws://addr{path}` from `source` (port chosen by the kernel), with extra headers.
