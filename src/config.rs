@@ -100,8 +100,9 @@ pub struct Config {
     pub rate_limits: RateLimitMode,
     pub allowed_origins: Vec<String>,
     pub demo: bool,
-    /// Per-session outbound queue bound, in frames. A session that falls this far behind is
-    /// closed with 4008 rather than slowing the others.
+    /// Per-session outbound queue bound, in items (a reply, or up to 8 events of one channel
+    /// fanned out together). A session that falls this far behind is closed with 4008
+    /// rather than slowing the others.
     pub session_queue: usize,
     /// How long a draining replica waits for in-flight commands.
     pub drain_timeout: Duration,

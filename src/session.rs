@@ -518,7 +518,7 @@ async fn write_loop(
                 _ = &mut closing => break,
                 item = rx.recv() => {
                     let Some(item) = item else { break };
-                    let is_event = matches!(item, Outbound::Event { .. });
+                    let is_event = matches!(item, Outbound::Events { .. });
                     route(item, &mut tracks, &mut out);
                     // An event that follows the last flush closely waits out the pacing
                     // gap (zero on a quiet replica) to leave with the events behind it;
@@ -594,28 +594,33 @@ fn route(item: Outbound, tracks: &mut Tracks, out: &mut Vec<Utf8Bytes>) {
         Outbound::Unsubscribed(channel) => {
             tracks.remove(&channel);
         }
-        Outbound::Event {
-            event,
+        Outbound::Events {
+            events,
             via_firehose,
         } => {
+            let Some(channel) = events.first().map(|e| &e.channel) else {
+                return;
+            };
             if via_firehose {
                 // Firehose copies of a channel the session follows directly are dropped (the
                 // direct subscription carries them, in order), and so are those of a fan-out
                 // begun before the session left the firehose.
-                if !tracks.follows(&event.channel) && tracks.follows(&Channel::Firehose) {
-                    out.push(event.frame);
+                if !tracks.follows(channel) && tracks.follows(&Channel::Firehose) {
+                    out.extend(events.iter().map(|e| e.frame.clone()));
                 }
                 return;
             }
-            let Some(t) = tracks.get_mut(&event.channel) else {
+            let Some(t) = tracks.get_mut(channel) else {
                 return;
             };
             match &mut t.held {
-                Some(held) => held.push(event),
+                Some(held) => held.extend(events.iter().cloned()),
                 None => {
-                    if event.seq > t.last {
-                        t.last = event.seq;
-                        out.push(event.frame);
+                    for e in events.iter() {
+                        if e.seq > t.last {
+                            t.last = e.seq;
+                            out.push(e.frame.clone());
+                        }
                     }
                 }
             }
@@ -655,12 +660,12 @@ mod tests {
     use super::*;
 
     fn event(channel: &Channel, seq: u64) -> Outbound {
-        Outbound::Event {
-            event: Event {
+        Outbound::Events {
+            events: Arc::from([Event {
                 channel: channel.clone(),
                 seq,
                 frame: format!("{channel}#{seq}").into(),
-            },
+            }]),
             via_firehose: true,
         }
     }
@@ -691,5 +696,51 @@ mod tests {
         );
         route(event(&other, 2), &mut tracks, &mut out);
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn grouped_events_skip_what_was_sent_and_wait_behind_a_replay() {
+        let t = Channel::topic("t");
+        let events = |seqs: &[u64]| -> Vec<Event> {
+            seqs.iter()
+                .map(|&seq| Event {
+                    channel: t.clone(),
+                    seq,
+                    frame: format!("#{seq}").into(),
+                })
+                .collect()
+        };
+        let group = |seqs: &[u64]| Outbound::Events {
+            events: events(seqs).into(),
+            via_firehose: false,
+        };
+        let frames = |out: &[Utf8Bytes]| out.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+        let mut tracks = Tracks::default();
+        let mut out = Vec::new();
+        route(
+            Outbound::Subscribed {
+                channel: t.clone(),
+                replay: true,
+            },
+            &mut tracks,
+            &mut out,
+        );
+        // Live events during the replay wait; the replay's last page releases the ones after it.
+        route(group(&[3, 4]), &mut tracks, &mut out);
+        assert!(out.is_empty());
+        route(
+            Outbound::Replay {
+                channel: t.clone(),
+                events: events(&[2, 3]),
+                floor: Some(1),
+                done: true,
+            },
+            &mut tracks,
+            &mut out,
+        );
+        assert_eq!(frames(&out), ["#2", "#3", "#4"]);
+        // A group that overlaps what was sent adds only what is new.
+        route(group(&[4, 5, 6]), &mut tracks, &mut out);
+        assert_eq!(frames(&out), ["#2", "#3", "#4", "#5", "#6"]);
     }
 }
