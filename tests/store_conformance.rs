@@ -800,6 +800,12 @@ async fn dms(s: Store, _url: String) {
     );
 }
 
+/// The seqs stored for `channel`, in order.
+async fn seqs(s: &Store, channel: &str) -> Vec<u64> {
+    let events = s.events_after(channel, 0, 1000).await.unwrap();
+    events.iter().map(|e| e.seq).collect()
+}
+
 async fn append(s: &Store, channel: &str, n: usize) -> Vec<u64> {
     let mut tx = s.begin().await.unwrap();
     let mut out = Vec::new();
@@ -974,13 +980,7 @@ async fn post_with_event_concurrent_and_cancelled_writers(s: Store, _url: String
     // every event has its post.
     let last = s.last_seq(ch).await.unwrap();
     assert!(last >= 80, "{last}");
-    let stored: Vec<u64> = s
-        .events_after(ch, 0, 1000)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let stored = seqs(&s, ch).await;
     assert_eq!(stored, (1..=last).collect::<Vec<_>>());
     let posts = s.topic("general").await.unwrap().unwrap().post_count;
     assert_eq!(posts as u64, last);
@@ -1006,14 +1006,7 @@ async fn events_rollback_leaves_no_hole(s: Store, _url: String) {
     drop(tx);
     assert_eq!(s.last_seq("topic:a").await.unwrap(), 2);
     assert_eq!(append(&s, "topic:a", 1).await, [3]);
-    let seqs: Vec<u64> = s
-        .events_after("topic:a", 0, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
-    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(seqs(&s, "topic:a").await, [1, 2, 3]);
 }
 
 /// Writers racing on one channel each get a distinct seq, together exactly 1..=N, and the
@@ -1058,13 +1051,7 @@ async fn events_concurrent_appends_get_distinct_contiguous_seqs(s: Store, _url: 
     }
     all.sort_unstable();
     assert_eq!(all, (1..=N).collect::<Vec<_>>());
-    let stored: Vec<u64> = s
-        .events_after("topic:race", 0, 1000)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let stored = seqs(&s, "topic:race").await;
     assert_eq!(stored, (1..=N).collect::<Vec<_>>());
     let distinct: HashSet<_> = s
         .events_after("topic:race", 0, 1000)
