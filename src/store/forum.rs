@@ -319,12 +319,16 @@ impl Store {
              COMMIT";
         // One statement: atomic on its own, and the counter row stays locked until it
         // commits, so commits on one channel happen in seq order (see `append_event`).
+        // Each step reads the one before it, which makes PostgreSQL run them in that order
+        // (an unread step runs last): the topic row is locked before the seq row, as every
+        // other write on a topic does, or the two would deadlock.
         const POSTGRES: &str = "WITH p AS (INSERT INTO posts (id, topic, author_id, title, body, kind, url, score, comment_count, hot, created_at) \
              SELECT $1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9 WHERE NOT EXISTS \
              (SELECT 1 FROM bans WHERE topic = $2 AND agent_id = $3 AND (until_at IS NULL OR until_at > $9)) \
              RETURNING topic), \
-             t AS (UPDATE topics SET post_count = post_count + 1, last_activity_at = $9 FROM p WHERE topics.name = p.topic), \
-             s AS (INSERT INTO channel_seqs (channel, seq) SELECT $10, 1 FROM p \
+             t AS (UPDATE topics SET post_count = post_count + 1, last_activity_at = $9 FROM p \
+             WHERE topics.name = p.topic RETURNING topics.name), \
+             s AS (INSERT INTO channel_seqs (channel, seq) SELECT $10, 1 FROM t \
              ON CONFLICT (channel) DO UPDATE SET seq = channel_seqs.seq + 1 RETURNING seq) \
              INSERT INTO events (channel, seq, event, data, sealed, created_at) \
              SELECT $10, s.seq, 'post', $11, $12, $9 FROM s RETURNING seq";
