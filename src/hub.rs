@@ -690,6 +690,7 @@ async fn fan_outs_loop(
     while queue.recv_many(&mut batch, 64).await > 0 {
         let mut fan_outs = batch.drain(..).peekable();
         while let Some(first) = fan_outs.next() {
+            let per_event = first.deliveries();
             let FanOut {
                 subs,
                 firehose,
@@ -713,7 +714,6 @@ async fn fan_outs_loop(
                 n += u64::from(deliver(&metrics, s, &events, true));
             }
             metrics.deliveries.add(n * events.len() as u64);
-            let per_event = subs.len() + firehose.as_ref().map_or(0, |f| f.len());
             backlog.fetch_sub(per_event * events.len(), Ordering::Relaxed);
         }
     }

@@ -497,6 +497,18 @@ struct Track {
     held: Option<Vec<Event>>,
 }
 
+impl Track {
+    /// Whether an event with `seq` goes out: only past what was sent, so that replay, held
+    /// and live events overlap without duplicates.
+    fn admit(&mut self, seq: u64) -> bool {
+        let new = seq > self.last;
+        if new {
+            self.last = seq;
+        }
+        new
+    }
+}
+
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
@@ -617,8 +629,7 @@ fn route(item: Outbound, tracks: &mut Tracks, out: &mut Vec<Utf8Bytes>) {
                 Some(held) => held.extend(events.iter().cloned()),
                 None => {
                     for e in events.iter() {
-                        if e.seq > t.last {
-                            t.last = e.seq;
+                        if t.admit(e.seq) {
                             out.push(e.frame.clone());
                         }
                     }
@@ -637,18 +648,10 @@ fn route(item: Outbound, tracks: &mut Tracks, out: &mut Vec<Utf8Bytes>) {
             if let Some(f) = floor {
                 t.last = f;
             }
-            for e in events {
-                if e.seq > t.last {
-                    t.last = e.seq;
+            let held = if done { t.held.take() } else { None };
+            for e in events.into_iter().chain(held.into_iter().flatten()) {
+                if t.admit(e.seq) {
                     out.push(e.frame);
-                }
-            }
-            if done && let Some(held) = t.held.take() {
-                for e in held {
-                    if e.seq > t.last {
-                        t.last = e.seq;
-                        out.push(e.frame);
-                    }
                 }
             }
         }
