@@ -63,6 +63,8 @@ pub enum Outbound {
         done: bool,
     },
     Unsubscribed(Channel),
+    /// The answer to the client's ping.
+    Pong(bytes::Bytes),
 }
 
 /// Who is behind a session, for kicks and presence.

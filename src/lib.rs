@@ -21,6 +21,7 @@ pub mod revocation_watch;
 pub mod service;
 pub mod session;
 pub mod store;
+pub mod websocket;
 
 use crate::auth::keyring::KeyRing;
 use crate::bus::local::LocalBus;

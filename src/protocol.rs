@@ -125,6 +125,8 @@ impl std::error::Error for ApiError {}
 /// WebSocket close codes as data: the code, a short reason, and whether clients reconnect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseCode {
+    ProtocolError,
+    InvalidText,
     TooLarge,
     Draining,
     ProtocolAbuse,
@@ -137,6 +139,8 @@ pub enum CloseCode {
 impl CloseCode {
     pub fn code(self) -> u16 {
         match self {
+            CloseCode::ProtocolError => 1002,
+            CloseCode::InvalidText => 1007,
             CloseCode::TooLarge => 1009,
             CloseCode::Draining => 1012,
             CloseCode::ProtocolAbuse => 4000,
@@ -149,6 +153,8 @@ impl CloseCode {
 
     pub fn reason(self) -> &'static str {
         match self {
+            CloseCode::ProtocolError => "WebSocket framing error",
+            CloseCode::InvalidText => "text frame is not UTF-8",
             CloseCode::TooLarge => "frame too large",
             CloseCode::Draining => "replica draining: reconnect and resubscribe with since",
             CloseCode::ProtocolAbuse => "too many malformed frames",

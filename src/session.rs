@@ -12,9 +12,8 @@ use crate::protocol::{
     reply_ok,
 };
 use crate::service::{AgentCtx, Service, ServiceError};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use crate::websocket::{FrameReader, FrameWriter, Incoming, ReadError, Socket};
+use axum::extract::ws::Utf8Bytes;
 use serde_json::{Value, json};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -24,8 +23,9 @@ use tokio::sync::{mpsc, watch};
 /// More malformed frames than this within `MALFORMED_WINDOW` closes the session with 4000.
 const MALFORMED_LIMIT: usize = 20;
 const MALFORMED_WINDOW: Duration = Duration::from_secs(60);
-/// How many queued frames the writer sends before one flush.
+/// The writer stops taking from its queue for one write at this many frames or bytes.
 const WRITE_BATCH: usize = 64;
+const WRITE_BYTES: usize = 64 * 1024;
 /// Everything a session needs from its replica.
 #[derive(Clone)]
 pub struct SessionDeps {
@@ -38,13 +38,16 @@ pub struct SessionDeps {
 }
 
 /// Runs a session to its end. `agent` is set when the upgrade request carried a valid token.
-pub async fn run(socket: WebSocket, deps: SessionDeps, agent: Option<AgentCtx>) {
+pub async fn run(socket: Socket, deps: SessionDeps, agent: Option<AgentCtx>) {
     let (tx, rx) = mpsc::channel(deps.queue);
     let shared = SessionShared::new(deps.hub.new_session_id(), tx);
     deps.metrics.sessions.inc();
-    let (sink, stream) = socket.split();
+    let Socket {
+        reader: frames,
+        writer,
+    } = socket;
     let writer = deps.hub.egress.spawn(write_loop(
-        sink,
+        writer,
         rx,
         shared.closed(),
         deps.metrics.clone(),
@@ -60,7 +63,7 @@ pub async fn run(socket: WebSocket, deps: SessionDeps, agent: Option<AgentCtx>) 
     if let Some(a) = agent {
         reader.become_agent(a);
     }
-    reader.read_loop(stream).await;
+    reader.read_loop(frames).await;
     let channels: Vec<Channel> = reader.subs.drain().collect();
     deps.hub.remove_session(&shared, channels).await;
     drop(reader);
@@ -102,7 +105,7 @@ impl Reader {
         })
     }
 
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
+    async fn read_loop(&mut self, mut frames: FrameReader) {
         let mut closed = self.shared.closed();
         let mut draining = self.deps.draining.clone();
         loop {
@@ -123,15 +126,18 @@ impl Reader {
                     self.shared.close(CloseCode::TokenExpired);
                     return;
                 }
-                msg = stream.next() => match msg {
-                    None => return,
-                    Some(Err(e)) => {
-                        if is_too_large(&e) {
-                            self.shared.close(CloseCode::TooLarge);
+                msg = frames.next() => match msg {
+                    Ok(None) | Ok(Some(Incoming::Close)) => return,
+                    Err(e) => {
+                        match e {
+                            ReadError::TooLarge(_) => self.shared.close(CloseCode::TooLarge),
+                            ReadError::Protocol(_) => self.shared.close(CloseCode::ProtocolError),
+                            ReadError::InvalidUtf8 => self.shared.close(CloseCode::InvalidText),
+                            ReadError::Io(_) => {}
                         }
                         return;
                     }
-                    Some(Ok(Message::Text(text))) => {
+                    Ok(Some(Incoming::Text(text))) => {
                         self.deps.metrics.frames_in.inc();
                         let started = Instant::now();
                         // Boxed: a command's state (store and service futures) lives on
@@ -141,15 +147,18 @@ impl Reader {
                         }
                         self.deps.metrics.command_latency.observe(started.elapsed());
                     }
-                    Some(Ok(Message::Binary(_))) => {
+                    Ok(Some(Incoming::Binary(_))) => {
                         self.deps.metrics.frames_in.inc();
                         let e = ApiError::bad_request("binary frames are not part of the protocol");
                         if !self.malformed_frame(&Value::Null, &e).await {
                             return;
                         }
                     }
-                    Some(Ok(Message::Close(_))) => return,
-                    Some(Ok(_)) => {}
+                    Ok(Some(Incoming::Ping(payload))) => {
+                        if !self.shared.send(Outbound::Pong(payload)).await {
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -446,17 +455,6 @@ impl Reader {
     }
 }
 
-fn is_too_large(e: &axum::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if let Some(t) = s.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
-            return matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_));
-        }
-        src = s.source();
-    }
-    e.to_string().contains("Space limit exceeded") || e.to_string().contains("too long")
-}
-
 /// The writer's tracks, one per subscribed channel. At most `MAX_SUBSCRIPTIONS` and
 /// usually one or two: a scan compares a short string where a hash map hashed it for
 /// every delivered event.
@@ -510,15 +508,13 @@ impl Track {
 }
 
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut out: FrameWriter,
     mut rx: mpsc::Receiver<Outbound>,
     mut closed: watch::Receiver<Option<CloseCode>>,
     metrics: Arc<Metrics>,
     pacer: Arc<FlushPacer>,
 ) {
     let mut tracks = Tracks::default();
-    // Grows to WRITE_BATCH only in sessions that are sent that much at once.
-    let mut out: Vec<Utf8Bytes> = Vec::new();
     let mut last_flush: Option<Instant> = None;
     {
         // One wait on the close signal for the whole session: a new one per batch cost ~2%
@@ -541,19 +537,17 @@ async fn write_loop(
                     {
                         tokio::time::sleep(gap).await;
                     }
-                    while out.len() < WRITE_BATCH {
+                    while out.frames() < WRITE_BATCH && out.pending() < WRITE_BYTES {
                         match rx.try_recv() {
                             Ok(item) => route(item, &mut tracks, &mut out),
                             Err(_) => break,
                         }
                     }
-                    let n = out.len() as u64;
-                    for f in out.drain(..) {
-                        if sink.feed(Message::Text(f)).await.is_err() {
-                            return;
-                        }
+                    let n = out.frames() as u64;
+                    if n == 0 {
+                        continue;
                     }
-                    if sink.flush().await.is_err() {
+                    if out.flush().await.is_err() {
                         return;
                     }
                     last_flush = Some(Instant::now());
@@ -571,29 +565,37 @@ async fn write_loop(
         match rx.try_recv() {
             Ok(Outbound::Frame(f)) => {
                 last_words += 1;
-                if sink.feed(Message::Text(f)).await.is_err() {
-                    break;
-                }
+                out.text(f.as_str());
             }
             Ok(_) => {}
             Err(_) => break,
         }
     }
-    if let Some(code) = code {
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: code.code(),
-                reason: code.reason().into(),
-            })))
-            .await;
+    out.close(code);
+    let _ = out.shutdown().await;
+}
+
+/// Where `route` puts the frames that go out.
+trait FrameOut {
+    fn text(&mut self, frame: &Utf8Bytes);
+    fn pong(&mut self, payload: &[u8]);
+}
+
+impl FrameOut for FrameWriter {
+    fn text(&mut self, frame: &Utf8Bytes) {
+        FrameWriter::text(self, frame.as_str());
     }
-    let _ = sink.close().await;
+
+    fn pong(&mut self, payload: &[u8]) {
+        FrameWriter::pong(self, payload);
+    }
 }
 
 /// Decides what of one queue item goes out, in order.
-fn route(item: Outbound, tracks: &mut Tracks, out: &mut Vec<Utf8Bytes>) {
+fn route(item: Outbound, tracks: &mut Tracks, out: &mut impl FrameOut) {
     match item {
-        Outbound::Frame(f) => out.push(f),
+        Outbound::Frame(f) => out.text(&f),
+        Outbound::Pong(p) => out.pong(&p),
         Outbound::Subscribed { channel, replay } => {
             tracks.insert(
                 channel,
@@ -618,7 +620,7 @@ fn route(item: Outbound, tracks: &mut Tracks, out: &mut Vec<Utf8Bytes>) {
                 // direct subscription carries them, in order), and so are those of a fan-out
                 // begun before the session left the firehose.
                 if !tracks.follows(channel) && tracks.follows(&Channel::Firehose) {
-                    out.extend(events.iter().map(|e| e.frame.clone()));
+                    events.iter().for_each(|e| out.text(&e.frame));
                 }
                 return;
             }
@@ -630,7 +632,7 @@ fn route(item: Outbound, tracks: &mut Tracks, out: &mut Vec<Utf8Bytes>) {
                 None => {
                     for e in events.iter() {
                         if t.admit(e.seq) {
-                            out.push(e.frame.clone());
+                            out.text(&e.frame);
                         }
                     }
                 }
@@ -651,7 +653,7 @@ fn route(item: Outbound, tracks: &mut Tracks, out: &mut Vec<Utf8Bytes>) {
             let held = if done { t.held.take() } else { None };
             for e in events.into_iter().chain(held.into_iter().flatten()) {
                 if t.admit(e.seq) {
-                    out.push(e.frame);
+                    out.text(&e.frame);
                 }
             }
         }
@@ -661,6 +663,14 @@ fn route(item: Outbound, tracks: &mut Tracks, out: &mut Vec<Utf8Bytes>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl FrameOut for Vec<Utf8Bytes> {
+        fn text(&mut self, frame: &Utf8Bytes) {
+            self.push(frame.clone());
+        }
+
+        fn pong(&mut self, _: &[u8]) {}
+    }
 
     fn event(channel: &Channel, seq: u64) -> Outbound {
         Outbound::Events {

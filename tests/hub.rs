@@ -710,3 +710,87 @@ async fn read_api_ranks_threads_and_profiles() {
     assert_eq!(ranked["post_count"], 2);
     assert_eq!(ranked["creator"], "author");
 }
+
+/// Reads one server frame (unmasked, short or 16-bit length): (opcode, payload).
+async fn read_frame(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[1] & 0x80, 0, "server frames are never masked");
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).await.unwrap();
+            usize::from(u16::from_be_bytes(l))
+        }
+        n => usize::from(n),
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.unwrap();
+    (head[0], payload)
+}
+
+#[tokio::test]
+async fn websocket_framing_pings_fragments_and_violations() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let hub = common::start().await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(hub.ws.as_str())
+        .await
+        .unwrap();
+    // A ping is answered with its payload; a command sent in three fragments is one command.
+    ws.send(Message::Ping("are you there".into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(T, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, Message::Pong("are you there".into()));
+    let parts = [r#"{"id":7,"#, r#""op":"#, r#""ping"}"#];
+    for (i, p) in parts.iter().enumerate() {
+        let op = if i == 0 { Data::Text } else { Data::Continue };
+        let frame = Frame::message(p.to_string(), OpCode::Data(op), i == parts.len() - 1);
+        ws.send(Message::Frame(frame)).await.unwrap();
+    }
+    let reply = tokio::time::timeout(T, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert_eq!(reply, json!({"id": 7, "result": {}}));
+
+    // Over plain TCP: an unmasked client frame is a protocol error, closed with 1002.
+    let addr = hub.ws.trim_start_matches("ws://").trim_end_matches("/ws");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // RFC 6455's own example key and answer.
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    s.write_all(b"\x81\x02hi").await.unwrap();
+    let (op, payload) = tokio::time::timeout(T, read_frame(&mut s)).await.unwrap();
+    assert_eq!(op, 0x88);
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002);
+
+    // A request that is not an upgrade is refused in the API's error shape.
+    let r = hub.http("GET", "/ws", None, None).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"]["code"], "bad_request");
+}

@@ -4,18 +4,19 @@
 use super::{AppState, HttpResult, bearer};
 use crate::protocol::{ApiError, MAX_FRAME_BYTES};
 use crate::session::{self, SessionDeps};
+use crate::websocket::Upgrade;
 use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 
-/// Bytes read from a session's socket at a time (see `upgrade`).
+/// Bytes read from a session's socket at a time: commands are small, and every idle session
+/// keeps this much. A larger frame grows the buffer only while it is read.
 const SESSION_READ_BUFFER: usize = 1024;
 
 pub async fn upgrade(
     State(st): State<AppState>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> HttpResult<Response> {
     let draining = *st.draining.borrow();
     if draining {
@@ -43,14 +44,11 @@ pub async fn upgrade(
         queue: st.config.session_queue,
         draining: st.draining.clone(),
     };
-    Ok(ws
-        // tungstenite zero-fills its whole read buffer before every read, so the default
-        // 128 KiB costs 128 KiB of resident memory per session and a 128 KiB memset per
-        // read. Commands are small; a larger frame grows the buffer only while it is read.
-        .read_buffer_size(SESSION_READ_BUFFER)
-        .max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| session::run(socket, deps, agent)))
+    Ok(
+        ws.on_upgrade(MAX_FRAME_BYTES, SESSION_READ_BUFFER, move |socket| {
+            session::run(socket, deps, agent)
+        }),
+    )
 }
 
 /// Allowed: a configured origin, or the hub's own (the Host the browser asked for).

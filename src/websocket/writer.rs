@@ -1,0 +1,187 @@
+//! The session's side of the socket that the hub writes to: frames are encoded into one
+//! buffer and leave in one write.
+
+use super::{MAX_CONTROL_PAYLOAD, OP_CLOSE, OP_PONG, OP_TEXT};
+use crate::protocol::CloseCode;
+use std::io;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// A buffer larger than this after a write is given back: a burst of large frames should
+/// not stay resident in an idle session.
+const RETAINED_CAPACITY: usize = 16 * 1024;
+
+/// Unmasked, unfragmented frames (a server never masks), buffered until `flush`.
+pub struct FrameWriter {
+    io: Box<dyn AsyncWrite + Send + Unpin>,
+    buf: Vec<u8>,
+    frames: usize,
+}
+
+impl FrameWriter {
+    pub(super) fn new(io: Box<dyn AsyncWrite + Send + Unpin>) -> FrameWriter {
+        FrameWriter {
+            io,
+            buf: Vec::new(),
+            frames: 0,
+        }
+    }
+
+    /// Queues a text frame.
+    pub fn text(&mut self, text: &str) {
+        self.frame(OP_TEXT, text.as_bytes());
+    }
+
+    /// Queues the answer to a ping.
+    pub fn pong(&mut self, payload: &[u8]) {
+        let n = payload.len().min(MAX_CONTROL_PAYLOAD);
+        self.frame(OP_PONG, &payload[..n]);
+    }
+
+    /// Queues a close frame: with a code and its reason, or empty (section 5.5.1).
+    pub fn close(&mut self, code: Option<CloseCode>) {
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        let len = match code {
+            Some(c) => {
+                payload[..2].copy_from_slice(&c.code().to_be_bytes());
+                let reason = truncate(c.reason(), MAX_CONTROL_PAYLOAD - 2);
+                payload[2..2 + reason.len()].copy_from_slice(reason.as_bytes());
+                2 + reason.len()
+            }
+            None => 0,
+        };
+        self.frame(OP_CLOSE, &payload[..len]);
+    }
+
+    /// Frames queued since the last flush.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// Bytes queued since the last flush.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes what is queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.io.write_all(&self.buf).await?;
+        }
+        self.buf.clear();
+        self.frames = 0;
+        if self.buf.capacity() > RETAINED_CAPACITY {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Flushes, then ends the write side of the connection (TCP FIN).
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.flush().await?;
+        self.io.shutdown().await
+    }
+
+    fn frame(&mut self, opcode: u8, payload: &[u8]) {
+        encode(&mut self.buf, opcode, payload);
+        self.frames += 1;
+    }
+}
+
+/// Appends one final, unmasked frame (section 5.2).
+fn encode(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    let len = payload.len();
+    out.reserve(10 + len);
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        out.push(126);
+        out.extend_from_slice(&short.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+    /// Parses `bytes` back with tungstenite's header parser: (opcode, payload) per frame.
+    fn parse(bytes: &[u8]) -> Vec<(OpCode, Vec<u8>)> {
+        let mut c = Cursor::new(bytes);
+        let mut frames = Vec::new();
+        while (c.position() as usize) < bytes.len() {
+            let (h, len) = FrameHeader::parse(&mut c).unwrap().unwrap();
+            assert!(h.is_final && h.mask.is_none() && !h.rsv1 && !h.rsv2 && !h.rsv3);
+            let at = c.position() as usize;
+            frames.push((h.opcode, bytes[at..at + len as usize].to_vec()));
+            c.set_position((at + len as usize) as u64);
+        }
+        frames
+    }
+
+    #[test]
+    fn frames_of_every_length_class_parse_back() {
+        let mut out = Vec::new();
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            encode(&mut out, OP_TEXT, &vec![b'a'; len]);
+        }
+        let lens: Vec<usize> = parse(&out).iter().map(|(_, p)| p.len()).collect();
+        assert_eq!(lens, [0, 1, 125, 126, 127, 65_535, 65_536, 70_000]);
+    }
+
+    #[test]
+    fn close_frames_carry_the_code_and_a_reason_that_fits() {
+        let (mut w, _) = writer();
+        w.close(Some(CloseCode::TooSlow));
+        w.close(None);
+        w.pong(&[7u8; 300]);
+        let frames = parse(&w.buf);
+        assert_eq!(frames[0].0, OpCode::Control(Control::Close));
+        assert_eq!(&frames[0].1[..2], &4008u16.to_be_bytes());
+        assert_eq!(&frames[0].1[2..], CloseCode::TooSlow.reason().as_bytes());
+        assert!(frames[0].1.len() <= MAX_CONTROL_PAYLOAD);
+        assert!(frames[1].1.is_empty());
+        assert_eq!(frames[2].0, OpCode::Control(Control::Pong));
+        assert_eq!(frames[2].1.len(), MAX_CONTROL_PAYLOAD);
+        assert_eq!(truncate("ééé", 5), "éé");
+    }
+
+    #[tokio::test]
+    async fn flush_writes_everything_queued_in_order_and_forgets_big_buffers() {
+        let (mut w, mut peer) = writer();
+        w.text("one");
+        w.text(&"x".repeat(40_000));
+        assert_eq!(w.frames(), 2);
+        w.flush().await.unwrap();
+        assert_eq!((w.frames(), w.pending(), w.buf.capacity()), (0, 0, 0));
+        w.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut got)
+            .await
+            .unwrap();
+        let frames = parse(&got);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0], (OpCode::Data(Data::Text), b"one".to_vec()));
+        assert_eq!(frames[1].1.len(), 40_000);
+    }
+
+    fn writer() -> (FrameWriter, tokio::io::DuplexStream) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        (FrameWriter::new(Box::new(a)), b)
+    }
+}
