@@ -104,6 +104,10 @@ pub struct Config {
     /// fanned out together). A session that falls this far behind is closed with 4008
     /// rather than slowing the others.
     pub session_queue: usize,
+    /// How long a closing session may take to send what it still owes and its close frame
+    /// before its connection is dropped: a client that stopped reading holds its socket
+    /// buffers and session no longer than this.
+    pub close_grace: Duration,
     /// How long a draining replica waits for in-flight commands.
     pub drain_timeout: Duration,
     /// Threads of the runtime that writes to sessions (see `egress`).
@@ -133,6 +137,7 @@ impl Config {
             allowed_origins: a.allowed_origins.clone(),
             demo: a.demo,
             session_queue: 4096,
+            close_grace: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             egress_threads: a
                 .egress_threads
@@ -155,6 +160,7 @@ impl Config {
             allowed_origins: Vec::new(),
             demo: false,
             session_queue: 4096,
+            close_grace: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
             egress_threads: 1,
         }

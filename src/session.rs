@@ -33,6 +33,8 @@ pub struct SessionDeps {
     pub service: Arc<Service>,
     pub metrics: Arc<Metrics>,
     pub queue: usize,
+    /// See `Config::close_grace`.
+    pub close_grace: Duration,
     /// Replica-wide shutdown: sessions close with 1012 when it flips.
     pub draining: watch::Receiver<bool>,
 }
@@ -52,6 +54,7 @@ pub async fn run(socket: Socket, deps: SessionDeps, agent: Option<AgentCtx>) {
         shared.closed(),
         deps.metrics.clone(),
         deps.hub.pacer.clone(),
+        deps.close_grace,
     ));
     let mut reader = Reader {
         deps: deps.clone(),
@@ -513,6 +516,7 @@ async fn write_loop(
     mut closed: watch::Receiver<Option<CloseCode>>,
     metrics: Arc<Metrics>,
     pacer: Arc<FlushPacer>,
+    close_grace: Duration,
 ) {
     let mut tracks = Tracks::default();
     let mut last_flush: Option<Instant> = None;
@@ -547,7 +551,15 @@ async fn write_loop(
                     if n == 0 {
                         continue;
                     }
-                    if out.flush().await.is_err() {
+                    // A client that stops reading blocks the write; the close signal (4008
+                    // once the queue overflows) must still get through, and the close path
+                    // finishes this write within the grace period.
+                    let flushed = tokio::select! {
+                        biased;
+                        _ = &mut closing => break,
+                        r = out.flush() => r,
+                    };
+                    if flushed.is_err() {
                         return;
                     }
                     last_flush = Some(Instant::now());
@@ -572,7 +584,7 @@ async fn write_loop(
         }
     }
     out.close(code);
-    let _ = out.shutdown().await;
+    let _ = tokio::time::timeout(close_grace, out.shutdown()).await;
 }
 
 /// Where `route` puts the frames that go out.

@@ -355,6 +355,66 @@ async fn a_slow_consumer_is_cut_off_and_never_slows_the_others() {
     assert_eq!(slow.closed_with(Duration::from_secs(10)).await, Some(4008));
 }
 
+/// A series' value from the hub's /metrics (one replica, so one sample).
+async fn metric(hub: &common::TestHub, series: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = hub.base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let prefix = format!("{series}{{");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_again_is_let_go_after_the_close_grace() {
+    let hub = common::start_with(|c| {
+        c.rate_limits = RateLimitMode::Off;
+        c.session_queue = 16;
+        c.close_grace = Duration::from_secs(1);
+    })
+    .await;
+    let (_, pub_t) = hub.agent("stall_sam").await;
+    let mut publisher = hub.connect(Some(&pub_t)).await;
+    make_topic(&mut publisher, "stall").await;
+    let mut stuck = hub.connect(None).await;
+    stuck.subscribe("topic:stall", None).await.unwrap();
+    assert_eq!(metric(&hub, "carapace_sessions").await, 2.0);
+    // Enough to fill both socket buffers and the queue: the hub closes it with 4008, but
+    // the close frame cannot reach a client that does not read.
+    let body = "x".repeat(30_000);
+    for i in 0..400 {
+        publisher
+            .command(
+                "post",
+                json!({"topic": "stall", "title": format!("p{i}"), "body": body}),
+            )
+            .await
+            .unwrap();
+    }
+    assert!(metric(&hub, "carapace_queue_drops_total").await >= 1.0);
+    // The session, its queue and its socket are let go after the grace period all the same.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&hub, "carapace_sessions").await > 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck session was never let go"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(publisher.command("ping", json!({})).await.is_ok());
+    drop(stuck);
+}
+
 #[tokio::test]
 async fn expiry_refresh_and_revocation_on_live_sessions() {
     // JWT times are whole seconds, so a 4 s TTL leaves 3 to 4 s: enough margin for the

@@ -42,6 +42,7 @@ pub async fn upgrade(
         service: st.service.clone(),
         metrics: st.metrics.clone(),
         queue: st.config.session_queue,
+        close_grace: st.config.close_grace,
         draining: st.draining.clone(),
     };
     Ok(

@@ -14,6 +14,8 @@ const RETAINED_CAPACITY: usize = 16 * 1024;
 pub struct FrameWriter {
     io: Box<dyn AsyncWrite + Send + Unpin>,
     buf: Vec<u8>,
+    /// How much of `buf` the socket has taken: a flush dropped part-way resumes here.
+    sent: usize,
     frames: usize,
 }
 
@@ -22,6 +24,7 @@ impl FrameWriter {
         FrameWriter {
             io,
             buf: Vec::new(),
+            sent: 0,
             frames: 0,
         }
     }
@@ -57,17 +60,22 @@ impl FrameWriter {
         self.frames
     }
 
-    /// Bytes queued since the last flush.
+    /// Bytes queued and not written yet.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.sent
     }
 
-    /// Writes what is queued.
+    /// Writes what is queued. Cancel safe: dropped part-way, the next flush (or `shutdown`)
+    /// goes on from the first byte the socket did not take, so frames stay whole.
     pub async fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.io.write_all(&self.buf).await?;
+        while self.sent < self.buf.len() {
+            match self.io.write(&self.buf[self.sent..]).await? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => self.sent += n,
+            }
         }
         self.buf.clear();
+        self.sent = 0;
         self.frames = 0;
         if self.buf.capacity() > RETAINED_CAPACITY {
             self.buf = Vec::new();
@@ -178,6 +186,31 @@ mod tests {
         assert_eq!(frames.len(), 2);
         assert_eq!(frames[0], (OpCode::Data(Data::Text), b"one".to_vec()));
         assert_eq!(frames[1].1.len(), 40_000);
+    }
+
+    #[tokio::test]
+    async fn a_flush_cut_short_resumes_where_the_socket_stopped() {
+        let (a, mut peer) = tokio::io::duplex(100);
+        let mut w = FrameWriter::new(Box::new(a));
+        w.text(&"y".repeat(1_000));
+        // The peer does not read: the flush stalls after 100 bytes and is abandoned.
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(50), w.flush()).await;
+        assert!(cut.is_err());
+        assert_eq!(w.pending(), 1_004 - 100);
+        w.close(None);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut got)
+                .await
+                .unwrap();
+            got
+        });
+        w.shutdown().await.unwrap();
+        drop(w);
+        let frames = parse(&reader.await.unwrap());
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].1, "y".repeat(1_000).into_bytes());
+        assert_eq!(frames[1].0, OpCode::Control(Control::Close));
     }
 
     fn writer() -> (FrameWriter, tokio::io::DuplexStream) {
