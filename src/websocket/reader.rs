@@ -73,6 +73,11 @@ impl FrameReader {
                 Parsed::Message(m) => return Ok(Some(m)),
                 Parsed::Consumed => continue,
                 Parsed::NeedMore(n) => {
+                    // A large frame grows the buffer only while it is read: idle sessions
+                    // are most sessions, and each keeps its buffer.
+                    if self.buf.is_empty() && self.buf.capacity() > 4 * self.read_size {
+                        self.buf = BytesMut::new();
+                    }
                     self.buf.reserve(n.max(self.read_size));
                     if self.io.read_buf(&mut self.buf).await? == 0 {
                         return Ok(None);
@@ -244,6 +249,8 @@ mod tests {
         assert_eq!(r.next().await.unwrap(), Some(text(&"z".repeat(70_000))));
         assert_eq!(r.next().await.unwrap(), Some(Incoming::Close));
         assert_eq!(r.next().await.unwrap(), None);
+        // The 70,000-byte frame's buffer was not kept.
+        assert!(r.buf.capacity() <= 4 * 1024, "{}", r.buf.capacity());
     }
 
     #[tokio::test]
