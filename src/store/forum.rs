@@ -293,7 +293,9 @@ impl WriteTx {
 impl Store {
     /// A post with nothing but its topic event: the ban check, the post, its topic's count,
     /// the channel's next seq and the event, atomically and in one round trip (the general
-    /// path, `begin` .. `commit`, takes five). Returns the event's seq, or `None` with nothing
+    /// path, `begin` .. `commit`, takes five). SQLite: one insert into the `post_writes` view,
+    /// then the seq read back (each statement's result wakes the caller: a six-statement
+    /// script woke it ~5 times per post); PostgreSQL: one statement of CTEs. Returns the event's seq, or `None` with nothing
     /// written when the author is banned from the topic at `p.created_at`.
     ///
     /// Why it matters: each round trip to SQLite wakes its worker thread and then the
@@ -304,19 +306,14 @@ impl Store {
         channel: &str,
         data: &[u8],
     ) -> StoreResult<Option<u64>> {
-        // Every statement after the first writes only if the post was written.
-        const SQLITE: &str = "BEGIN IMMEDIATE; \
-             INSERT INTO posts (id, topic, author_id, title, body, kind, url, score, comment_count, hot, created_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9 WHERE NOT EXISTS \
-             (SELECT 1 FROM bans WHERE topic = $2 AND agent_id = $3 AND (until_at IS NULL OR until_at > $9)); \
-             UPDATE topics SET post_count = post_count + 1, last_activity_at = $9 \
-             WHERE name = $2 AND EXISTS (SELECT 1 FROM posts WHERE id = $1); \
-             INSERT INTO channel_seqs (channel, seq) SELECT $10, 1 WHERE EXISTS (SELECT 1 FROM posts WHERE id = $1) \
-             ON CONFLICT (channel) DO UPDATE SET seq = channel_seqs.seq + 1; \
-             INSERT INTO events (channel, seq, event, data, sealed, created_at) \
-             SELECT $10, seq, 'post', $11, $12, $9 FROM channel_seqs \
-             WHERE channel = $10 AND EXISTS (SELECT 1 FROM posts WHERE id = $1) RETURNING seq; \
-             COMMIT";
+        // The view's trigger does the writing (migration 004_post_writes); the seq is then
+        // read on the same connection, the replica's only writer, so no other write comes
+        // between. Nothing is read when the ban kept the post out.
+        const SQLITE: &str = "INSERT INTO post_writes \
+             (id, topic, author_id, title, body, kind, url, hot, created_at, channel, data, sealed) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12); \
+             SELECT seq FROM events WHERE channel = $10 AND EXISTS (SELECT 1 FROM posts WHERE id = $1) \
+             ORDER BY seq DESC LIMIT 1";
         // One statement: atomic on its own, and the counter row stays locked until it
         // commits, so commits on one channel happen in seq order (see `append_event`).
         // Each step reads the one before it, which makes PostgreSQL run them in that order
@@ -343,31 +340,24 @@ impl Store {
         let rows = match self.dialect {
             Dialect::Postgres => query.fetch_all(&self.write).await?,
             Dialect::Sqlite => {
-                // The script holds its own transaction: a connection must never go back to
-                // the pool inside it, whether the script failed or its caller went away.
+                // Both statements run on one connection held throughout. A failed statement
+                // leaves nothing behind (each is its own transaction), so the connection stays
+                // usable; one whose caller went away mid-script is closed to be sure.
                 let mut c = ScriptConn {
                     conn: self.write.acquire().await?,
                     done: false,
                 };
-                match query.fetch_all(&mut *c.conn).await {
-                    Ok(rows) => {
-                        c.done = true;
-                        rows
-                    }
-                    Err(e) => {
-                        // Fails (and the connection is closed) when no transaction began.
-                        c.done = c.conn.execute("ROLLBACK").await.is_ok();
-                        return Err(e.into());
-                    }
-                }
+                let rows = query.fetch_all(&mut *c.conn).await;
+                c.done = true;
+                rows?
             }
         };
         Ok(rows.first().map(|r| r.get::<i64, _>("seq") as u64))
     }
 }
 
-/// A write connection running a script that holds its own transaction: closed instead of
-/// returned to the pool unless `done`, so that no one gets it mid-transaction.
+/// A write connection running a script: closed instead of returned to the pool unless `done`,
+/// so that no one gets it while a statement of an abandoned call may still be running.
 struct ScriptConn {
     conn: sqlx::pool::PoolConnection<Any>,
     done: bool,

@@ -103,6 +103,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "003_cluster",
         include_str!("migrations/sqlite/003_cluster.sql"),
     ),
+    (
+        "004_post_writes",
+        include_str!("migrations/sqlite/004_post_writes.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("001_init", include_str!("migrations/postgres/001_init.sql")),
