@@ -34,6 +34,20 @@ async fn drain(c: &mut Client, wait: Duration) -> Vec<Push> {
     c.pushes(usize::MAX, wait).await
 }
 
+/// Posts `n` posts of 30 KB each into `topic`, each answered before the next.
+async fn flood(publisher: &mut Client, topic: &str, n: usize) {
+    let body = "x".repeat(30_000);
+    for i in 0..n {
+        publisher
+            .command(
+                "post",
+                json!({"topic": topic, "title": format!("p{i}"), "body": body}),
+            )
+            .await
+            .unwrap();
+    }
+}
+
 fn assert_in_order(pushes: &[Push], channel: &str, from: u64, n: usize) {
     let seqs: Vec<u64> = pushes
         .iter()
@@ -338,16 +352,7 @@ async fn a_slow_consumer_is_cut_off_and_never_slows_the_others() {
         let got = fast.pushes(n, Duration::from_secs(30)).await;
         (fast, got)
     });
-    let body = "x".repeat(30_000);
-    for i in 0..n {
-        publisher
-            .command(
-                "post",
-                json!({"topic": "flood", "title": format!("p{i}"), "body": body}),
-            )
-            .await
-            .unwrap();
-    }
+    flood(&mut publisher, "flood", n).await;
     let (_fast, got) = reader.await.unwrap();
     assert_eq!(got.len(), n, "the fast consumer received everything");
     assert_in_order(&got, "topic:flood", 2, n);
@@ -391,16 +396,7 @@ async fn a_client_that_never_reads_again_is_let_go_after_the_close_grace() {
     assert_eq!(metric(&hub, "carapace_sessions").await, 2.0);
     // Enough to fill both socket buffers and the queue: the hub closes it with 4008, but
     // the close frame cannot reach a client that does not read.
-    let body = "x".repeat(30_000);
-    for i in 0..400 {
-        publisher
-            .command(
-                "post",
-                json!({"topic": "stall", "title": format!("p{i}"), "body": body}),
-            )
-            .await
-            .unwrap();
-    }
+    flood(&mut publisher, "stall", 400).await;
     assert!(metric(&hub, "carapace_queue_drops_total").await >= 1.0);
     // The session, its queue and its socket are let go after the grace period all the same.
     let deadline = Instant::now() + Duration::from_secs(10);
