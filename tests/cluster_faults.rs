@@ -8,9 +8,9 @@ mod common;
 use carapace::client::{self, Client, ClientError};
 use carapace::config::{Config, RateLimitMode};
 use common::infra::{self, Cluster, OwnPostgres, OwnRedis, PgDb, Replica};
+use common::{metric, raw_get};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -125,24 +125,6 @@ async fn publish(urls: Vec<String>, token: String, n: usize, pause: Duration) ->
         }
     }
     done
-}
-
-async fn raw_get(base: &str, path: &str) -> String {
-    let host = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no series {name} in /metrics"))
 }
 
 /// Redis dies and comes back while two replicas keep publishing: writes go on, `/readyz`

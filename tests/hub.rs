@@ -360,24 +360,9 @@ async fn a_slow_consumer_is_cut_off_and_never_slows_the_others() {
     assert_eq!(slow.closed_with(Duration::from_secs(10)).await, Some(4008));
 }
 
-/// A series' value from the hub's /metrics (one replica, so one sample).
-async fn metric(hub: &common::TestHub, series: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = hub.base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    let prefix = format!("{series}{{");
-    text.lines()
-        .find(|l| l.starts_with(&prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+/// A series' value from the hub's /metrics.
+async fn hub_metric(hub: &common::TestHub, series: &str) -> f64 {
+    common::metric(&common::raw_get(&hub.base, "/metrics").await, series)
 }
 
 #[tokio::test]
@@ -393,14 +378,14 @@ async fn a_client_that_never_reads_again_is_let_go_after_the_close_grace() {
     make_topic(&mut publisher, "stall").await;
     let mut stuck = hub.connect(None).await;
     stuck.subscribe("topic:stall", None).await.unwrap();
-    assert_eq!(metric(&hub, "carapace_sessions").await, 2.0);
+    assert_eq!(hub_metric(&hub, "carapace_sessions").await, 2.0);
     // Enough to fill both socket buffers and the queue: the hub closes it with 4008, but
     // the close frame cannot reach a client that does not read.
     flood(&mut publisher, "stall", 400).await;
-    assert!(metric(&hub, "carapace_queue_drops_total").await >= 1.0);
+    assert!(hub_metric(&hub, "carapace_queue_drops_total").await >= 1.0);
     // The session, its queue and its socket are let go after the grace period all the same.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&hub, "carapace_sessions").await > 1.0 {
+    while hub_metric(&hub, "carapace_sessions").await > 1.0 {
         assert!(
             Instant::now() < deadline,
             "the stuck session was never let go"
