@@ -295,8 +295,9 @@ impl Store {
     /// the channel's next seq and the event, atomically and in one round trip (the general
     /// path, `begin` .. `commit`, takes five). SQLite: one insert into the `post_writes` view,
     /// then the seq read back (each statement's result wakes the caller: a six-statement
-    /// script woke it ~5 times per post); PostgreSQL: one statement of CTEs. Returns the event's seq, or `None` with nothing
-    /// written when the author is banned from the topic at `p.created_at`.
+    /// script woke it ~5 times per post); PostgreSQL: one statement of CTEs. Returns the
+    /// event's seq, or `None` with nothing written when the author is banned from the topic
+    /// at `p.created_at`.
     ///
     /// Why it matters: each round trip to SQLite wakes its worker thread and then the
     /// caller, and on the machines measured a thread wake-up costs ~16 us of CPU.
