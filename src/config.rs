@@ -110,7 +110,7 @@ pub struct Config {
     pub close_grace: Duration,
     /// How long a draining replica waits for in-flight commands.
     pub drain_timeout: Duration,
-    /// Threads of the runtime that writes to sessions (see `egress`).
+    /// Egress shards, one thread each, that fan events out and write to sessions (see `egress`).
     pub egress_threads: usize,
 }
 

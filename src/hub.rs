@@ -7,13 +7,14 @@
 //! committed before it was published. So every local delivery on a channel is in seq order,
 //! with no gap and no duplicate.
 //!
-//! The fan-out itself runs on the egress runtime, next to the writers (see
-//! `fan_outs_loop`); one queue in front of it keeps every channel's events in order.
+//! The fan-out itself runs on the egress shards, each for the writers it holds (see
+//! `fan_outs_loop`); one queue per shard keeps every channel's events in order.
 //!
 //! A full session queue means a slow consumer: that session is closed with 4008, never waited
 //! for. No lock here is held across an `.await`.
 
 use crate::bus::{Bus, BusHandler, Control, Event};
+use crate::egress::{self, Egress};
 use crate::metrics::Metrics;
 use crate::pacing::FlushPacer;
 use crate::protocol::{Channel, CloseCode};
@@ -154,30 +155,39 @@ pub struct Hub {
     next_session: AtomicU64,
     /// How long writers may hold events back to batch them (see `pacing`).
     pub pacer: Arc<FlushPacer>,
-    /// Where session writers run (see `egress`).
-    pub egress: tokio::runtime::Handle,
-    /// Events on their way to `fan_outs_loop`, on the egress runtime, which queues them for
-    /// every subscriber.
-    fan_outs: mpsc::UnboundedSender<FanOut>,
+    /// Where session writers run, one handle per egress shard (see `egress`).
+    egress: Vec<tokio::runtime::Handle>,
+    /// Events on their way to each shard's `fan_outs_loop`, which queues them for the
+    /// subscribers on that shard.
+    fan_outs: Vec<mpsc::UnboundedSender<FanOut>>,
     /// Deliveries handed to `fan_outs` and not yet queued: what bounds that queue.
     fan_out_backlog: Arc<AtomicUsize>,
     me: Weak<Hub>,
 }
 
 impl Hub {
-    pub fn new(
-        service: Arc<Service>,
-        metrics: Arc<Metrics>,
-        egress: tokio::runtime::Handle,
-    ) -> Arc<Hub> {
+    pub fn new(service: Arc<Service>, metrics: Arc<Metrics>, egress: &mut Egress) -> Arc<Hub> {
         let bus = service.bus.clone();
-        let (fan_outs, queue) = mpsc::unbounded_channel();
         let fan_out_backlog = Arc::new(AtomicUsize::new(0));
-        egress.spawn(fan_outs_loop(
-            queue,
-            fan_out_backlog.clone(),
-            metrics.clone(),
-        ));
+        let shards = egress.shards();
+        let fan_outs = (0..shards)
+            .map(|i| {
+                let (tx, queue) = mpsc::unbounded_channel();
+                egress.drive(
+                    i,
+                    fan_outs_loop(
+                        Shard {
+                            index: i,
+                            of: shards,
+                        },
+                        queue,
+                        fan_out_backlog.clone(),
+                        metrics.clone(),
+                    ),
+                );
+                tx
+            })
+            .collect();
         Arc::new_cyclic(|me| Hub {
             channels: DashMap::new(),
             firehose: RwLock::new(Subscribers::default()),
@@ -187,7 +197,7 @@ impl Hub {
             metrics,
             next_session: AtomicU64::new(1),
             pacer: Arc::new(FlushPacer::default()),
-            egress,
+            egress: egress.handles(),
             fan_outs,
             fan_out_backlog,
             me: me.clone(),
@@ -196,6 +206,15 @@ impl Hub {
 
     pub fn new_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs the writer of session `id` on its egress shard, the one whose fan-out queues
+    /// that session's events.
+    pub fn spawn_writer<F>(&self, id: u64, writer: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        egress::spawn_on(&self.egress, id, writer)
     }
 
     /// Registers a live agent session (for kicks, presence and the access review).
@@ -473,8 +492,9 @@ impl Hub {
         }
     }
 
-    /// Hands `event` to the fan-out on the egress runtime, with the subscriber lists as
-    /// they stand now. One queue for all channels keeps each channel's events in order.
+    /// Hands `event` to the fan-out of every egress shard, with the subscriber lists as
+    /// they stand now. One queue per shard for all channels keeps each channel's events in
+    /// order.
     fn fan_out(&self, channel: &Channel, subs: &Subscribers, event: Event) {
         let firehose = matches!(channel, Channel::Topic(_))
             .then(|| self.firehose.read().ok().map(|f| f.clone()))
@@ -487,7 +507,13 @@ impl Hub {
         };
         self.fan_out_backlog
             .fetch_add(f.deliveries(), Ordering::Relaxed);
-        let _ = self.fan_outs.send(f);
+        if let [one] = self.fan_outs.as_slice() {
+            let _ = one.send(f);
+        } else {
+            for q in &self.fan_outs {
+                let _ = q.send(f.clone());
+            }
+        }
     }
 
     /// Waits while the fan-out is far behind, so that publishers slow down to what the
@@ -651,6 +677,7 @@ impl BusHandler for Hub {
 type Subscribers = Arc<Vec<Arc<SessionShared>>>;
 
 /// One event to queue for a channel's subscribers and, for a topic, the firehose's.
+#[derive(Clone)]
 struct FanOut {
     subs: Subscribers,
     firehose: Option<Subscribers>,
@@ -658,8 +685,8 @@ struct FanOut {
 }
 
 impl FanOut {
-    /// The deliveries it stands for in the backlog (the lists are snapshots: this does not
-    /// change between queueing and fan-out).
+    /// The deliveries it stands for in the backlog, on all shards (the lists are snapshots:
+    /// this does not change between queueing and fan-out).
     fn deliveries(&self) -> usize {
         self.subs.len() + self.firehose.as_ref().map_or(0, |f| f.len())
     }
@@ -676,14 +703,28 @@ impl FanOut {
     }
 }
 
-/// Queues each event for its subscribers, on the egress runtime: the frame's reference
-/// count, the queues and the writers' wake-ups then stay on the threads that write, instead
-/// of bouncing between cores once per delivery.
+/// Which egress shard a fan-out loop serves, out of how many.
+struct Shard {
+    index: usize,
+    of: usize,
+}
+
+impl Shard {
+    /// Whether session `id`'s writer runs on this shard (see `Hub::spawn_writer`).
+    fn holds(&self, id: u64) -> bool {
+        self.of == 1 || egress::shard_of(id, self.of) == self.index
+    }
+}
+
+/// Queues each event for the subscribers on one egress shard, on that shard's thread: the
+/// frame's reference count, the queues and the writers' wake-ups then stay on the thread
+/// that writes, instead of bouncing between cores once per delivery.
 ///
 /// Events that arrive together for the same audience go to each subscriber as one queue
 /// item: under load ~3 events wait per turn, and each queue item costs a subscriber about as
 /// much as the write of its frame (queue push and pop, permit, wake-up, channel clone).
 async fn fan_outs_loop(
+    shard: Shard,
     mut queue: mpsc::UnboundedReceiver<FanOut>,
     backlog: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
@@ -692,7 +733,6 @@ async fn fan_outs_loop(
     while queue.recv_many(&mut batch, 64).await > 0 {
         let mut fan_outs = batch.drain(..).peekable();
         while let Some(first) = fan_outs.next() {
-            let per_event = first.deliveries();
             let FanOut {
                 subs,
                 firehose,
@@ -708,15 +748,16 @@ async fn fan_outs_loop(
                 events.push(next.event);
             }
             let events: Arc<[Event]> = events.into();
-            let mut n = 0;
-            for s in subs.iter() {
-                n += u64::from(deliver(&metrics, s, &events, false));
+            let audience = subs.iter().map(|s| (s, false));
+            let audience =
+                audience.chain(firehose.iter().flat_map(|l| l.iter()).map(|s| (s, true)));
+            let (mut mine, mut queued) = (0, 0);
+            for (s, via_firehose) in audience.filter(|(s, _)| shard.holds(s.id)) {
+                mine += 1;
+                queued += u64::from(deliver(&metrics, s, &events, via_firehose));
             }
-            for s in firehose.iter().flat_map(|l| l.iter()) {
-                n += u64::from(deliver(&metrics, s, &events, true));
-            }
-            metrics.deliveries.add(n * events.len() as u64);
-            backlog.fetch_sub(per_event * events.len(), Ordering::Relaxed);
+            metrics.deliveries.add(queued * events.len() as u64);
+            backlog.fetch_sub(mine * events.len(), Ordering::Relaxed);
         }
     }
 }

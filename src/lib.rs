@@ -114,8 +114,8 @@ impl App {
             token_ttl: config.token_ttl,
             open_signup: config.open_signup,
         });
-        let egress = Egress::start(config.egress_threads).map_err(StartError::Egress)?;
-        let hub = Hub::new(service.clone(), metrics.clone(), egress.handle().clone());
+        let mut egress = Egress::start(config.egress_threads).map_err(StartError::Egress)?;
+        let hub = Hub::new(service.clone(), metrics.clone(), &mut egress);
         let handler: Arc<dyn BusHandler> = hub.clone();
         bus.attach(Arc::downgrade(&handler));
         let listener =

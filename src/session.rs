@@ -48,14 +48,17 @@ pub async fn run(socket: Socket, deps: SessionDeps, agent: Option<AgentCtx>) {
         reader: frames,
         writer,
     } = socket;
-    let writer = deps.hub.egress.spawn(write_loop(
-        writer,
-        rx,
-        shared.closed(),
-        deps.metrics.clone(),
-        deps.hub.pacer.clone(),
-        deps.close_grace,
-    ));
+    let writer = deps.hub.spawn_writer(
+        shared.id,
+        write_loop(
+            writer,
+            rx,
+            shared.closed(),
+            deps.metrics.clone(),
+            deps.hub.pacer.clone(),
+            deps.close_grace,
+        ),
+    );
     let mut reader = Reader {
         deps: deps.clone(),
         shared: shared.clone(),

@@ -332,6 +332,42 @@ async fn replay_with_since_gives_exactly_the_missed_events() {
 }
 
 #[tokio::test]
+async fn several_egress_shards_deliver_every_event_once_in_order() {
+    let hub = common::start_with(|c| {
+        c.rate_limits = RateLimitMode::Off;
+        c.egress_threads = 3;
+    })
+    .await;
+    let (_, pub_t) = hub.agent("publisher").await;
+    let mut publisher = hub.connect(Some(&pub_t)).await;
+    make_topic(&mut publisher, "shards").await;
+    // Consecutive sessions land on different shards; a topic subscriber, a firehose one and
+    // one on both on every shard, and the publisher's own session on one of them.
+    let mut subs = Vec::new();
+    for i in 0..9 {
+        let mut c = hub.connect(None).await;
+        if i % 3 != 1 {
+            c.subscribe("topic:shards", None).await.unwrap();
+        }
+        if i % 3 != 0 {
+            c.subscribe("firehose", None).await.unwrap();
+        }
+        subs.push(c);
+    }
+    for i in 0..100 {
+        post(&mut publisher, "shards", &format!("p{i}")).await;
+    }
+    for (i, c) in subs.iter_mut().enumerate() {
+        let got = c.pushes(100, T).await;
+        assert_in_order(&got, "topic:shards", 2, 100);
+        assert!(
+            drain(c, Duration::from_millis(200)).await.is_empty(),
+            "subscriber {i}: nothing more"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_slow_consumer_is_cut_off_and_never_slows_the_others() {
     let hub = common::start_with(|c| {
         c.rate_limits = RateLimitMode::Off;
