@@ -721,8 +721,9 @@ impl Shard {
 /// that writes, instead of bouncing between cores once per delivery.
 ///
 /// Events that arrive together for the same audience go to each subscriber as one queue
-/// item: under load ~3 events wait per turn, and each queue item costs a subscriber about as
-/// much as the write of its frame (queue push and pop, permit, wake-up, channel clone).
+/// item: each queue item costs a subscriber about as much as the write of its frame (queue
+/// push and pop, permit, wake-up, channel clone). Since the shard polls this loop first,
+/// events rarely wait for it long enough to group; a burst from several publishers does.
 async fn fan_outs_loop(
     shard: Shard,
     mut queue: mpsc::UnboundedReceiver<FanOut>,
