@@ -62,7 +62,7 @@ impl Egress {
         }
     }
 
-    /// Where the writers of shard `i` run.
+    /// One handle per shard, in shard order: where each shard's writers run.
     pub fn handles(&self) -> Vec<Handle> {
         self.shards.iter().map(|s| s.handle.clone()).collect()
     }
@@ -119,4 +119,52 @@ where
 /// The shard of `key` among `shards` shards.
 pub fn shard_of(key: u64, shards: usize) -> usize {
     (key % shards.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Signals when dropped, i.e. when the task holding it is dropped with its shard.
+    struct Dropped(Option<std::sync::mpsc::Sender<()>>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    #[test]
+    fn shards_run_their_main_future_and_tasks_and_stop_when_dropped() {
+        let mut egress = Egress::start(2).unwrap();
+        assert_eq!(egress.shards(), 2);
+        let (ran_tx, ran_rx) = std::sync::mpsc::channel();
+        for i in 0..2 {
+            let tx = ran_tx.clone();
+            egress.drive(i, async move {
+                let _ = tx.send(std::thread::current().name().map(str::to_owned));
+            });
+        }
+        for _ in 0..2 {
+            let name = ran_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(name.as_deref(), Some("carapace-egress"));
+        }
+        // The same key always lands on the same shard.
+        let handles = egress.handles();
+        assert_eq!(shard_of(7, 2), shard_of(7, 2));
+        assert_ne!(shard_of(7, 2), shard_of(8, 2));
+        let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
+        let guard = Dropped(Some(dropped_tx));
+        let _task = spawn_on(&handles, 7, async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        assert!(dropped_rx.recv_timeout(Duration::from_millis(200)).is_err());
+        drop(egress);
+        dropped_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a task still running on a shard is dropped with it");
+    }
 }
