@@ -151,10 +151,22 @@ mod tests {
             let name = ran_rx.recv_timeout(Duration::from_secs(5)).unwrap();
             assert_eq!(name.as_deref(), Some("carapace-egress"));
         }
-        // The same key always lands on the same shard.
+        // Keys that map to the same shard run on the same thread, the others elsewhere.
         let handles = egress.handles();
-        assert_eq!(shard_of(7, 2), shard_of(7, 2));
-        assert_ne!(shard_of(7, 2), shard_of(8, 2));
+        let (at_tx, at_rx) = std::sync::mpsc::channel();
+        for key in [7, 9, 8] {
+            let tx = at_tx.clone();
+            spawn_on(&handles, key, async move {
+                let _ = tx.send((key, std::thread::current().id()));
+            });
+        }
+        let mut at = std::collections::HashMap::new();
+        for _ in 0..3 {
+            let (key, thread) = at_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            at.insert(key, thread);
+        }
+        assert_eq!(at[&7], at[&9]);
+        assert_ne!(at[&7], at[&8]);
         let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
         let guard = Dropped(Some(dropped_tx));
         let _task = spawn_on(&handles, 7, async move {

@@ -507,12 +507,11 @@ impl Hub {
         };
         self.fan_out_backlog
             .fetch_add(f.deliveries(), Ordering::Relaxed);
-        if let [one] = self.fan_outs.as_slice() {
-            let _ = one.send(f);
-        } else {
-            for q in &self.fan_outs {
+        if let Some((last, others)) = self.fan_outs.split_last() {
+            for q in others {
                 let _ = q.send(f.clone());
             }
+            let _ = last.send(f);
         }
     }
 
