@@ -16,6 +16,7 @@
 use crate::bus::{Bus, BusHandler, Control, Event};
 use crate::egress::{self, Egress};
 use crate::metrics::Metrics;
+use crate::outbox;
 use crate::pacing::FlushPacer;
 use crate::protocol::{Channel, CloseCode};
 use crate::service::{Perimeter, Scopes, Service};
@@ -79,7 +80,7 @@ pub struct AgentTag {
 /// The part of a session the Hub holds: its queue, its close signal, its identity.
 pub struct SessionShared {
     pub id: u64,
-    tx: mpsc::Sender<Outbound>,
+    tx: outbox::Sender<Outbound>,
     close_tx: watch::Sender<Option<CloseCode>>,
     agent: OnceLock<AgentTag>,
     /// Narrowed scopes pushed by the control channel, applied before the next command.
@@ -87,7 +88,7 @@ pub struct SessionShared {
 }
 
 impl SessionShared {
-    pub fn new(id: u64, tx: mpsc::Sender<Outbound>) -> Arc<SessionShared> {
+    pub fn new(id: u64, tx: outbox::Sender<Outbound>) -> Arc<SessionShared> {
         Arc::new(SessionShared {
             id,
             tx,
@@ -126,7 +127,7 @@ impl SessionShared {
     }
 
     pub async fn send(&self, item: Outbound) -> bool {
-        self.tx.send(item).await.is_ok()
+        self.tx.send(item).await
     }
 }
 
@@ -720,8 +721,8 @@ impl Shard {
 /// that writes, instead of bouncing between cores once per delivery.
 ///
 /// Events that arrive together for the same audience go to each subscriber as one queue
-/// item: each queue item costs a subscriber about as much as the write of its frame (queue
-/// push and pop, permit, wake-up, channel clone). Since the shard polls this loop first,
+/// item: each queue item costs a subscriber a lock, a push, a wake-up and a reference count,
+/// about as much as the write of its frame. Since the shard polls this loop first,
 /// events rarely wait for it long enough to group; a burst from several publishers does.
 async fn fan_outs_loop(
     shard: Shard,
@@ -775,11 +776,11 @@ fn deliver(
         via_firehose,
     }) {
         Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
+        Err(outbox::TrySendError::Full) => {
             metrics.queue_drops.inc();
             s.close(CloseCode::TooSlow);
             false
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(outbox::TrySendError::Closed) => false,
     }
 }

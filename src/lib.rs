@@ -14,6 +14,7 @@ pub mod egress;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod outbox;
 pub mod pacing;
 pub mod protocol;
 pub mod ratelimit;

@@ -6,6 +6,7 @@
 use crate::bus::Event;
 use crate::hub::{AgentTag, HISTORY_PAGE, Hub, Outbound, SessionShared};
 use crate::metrics::Metrics;
+use crate::outbox;
 use crate::pacing::FlushPacer;
 use crate::protocol::{
     ApiError, Channel, CloseCode, Command, MAX_SUBSCRIPTIONS, RequestId, parse_command, reply_err,
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// More malformed frames than this within `MALFORMED_WINDOW` closes the session with 4000.
 const MALFORMED_LIMIT: usize = 20;
@@ -41,7 +42,7 @@ pub struct SessionDeps {
 
 /// Runs a session to its end. `agent` is set when the upgrade request carried a valid token.
 pub async fn run(socket: Socket, deps: SessionDeps, agent: Option<AgentCtx>) {
-    let (tx, rx) = mpsc::channel(deps.queue);
+    let (tx, rx) = outbox::outbox(deps.queue);
     let shared = SessionShared::new(deps.hub.new_session_id(), tx);
     deps.metrics.sessions.inc();
     let Socket {
@@ -515,7 +516,7 @@ impl Track {
 
 async fn write_loop(
     mut out: FrameWriter,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: outbox::Receiver<Outbound>,
     mut closed: watch::Receiver<Option<CloseCode>>,
     metrics: Arc<Metrics>,
     pacer: Arc<FlushPacer>,
@@ -523,6 +524,8 @@ async fn write_loop(
 ) {
     let mut tracks = Tracks::default();
     let mut last_flush: Option<Instant> = None;
+    // Items taken from the queue, all at once, and not yet routed.
+    let mut taken = VecDeque::new();
     {
         // One wait on the close signal for the whole session: a new one per batch cost ~2%
         // of the CPU of a busy fan-out.
@@ -531,60 +534,60 @@ async fn write_loop(
             tokio::select! {
                 biased;
                 _ = &mut closing => break,
-                item = rx.recv() => {
-                    let Some(item) = item else { break };
-                    let is_event = matches!(item, Outbound::Events { .. });
+                open = rx.recv_all(&mut taken) => if !open { break },
+            }
+            let Some(first) = taken.pop_front() else {
+                continue;
+            };
+            let is_event = matches!(first, Outbound::Events { .. });
+            route(first, &mut tracks, &mut out);
+            // An event that follows the last flush closely waits out the pacing gap (zero
+            // on a quiet replica) to leave with the events behind it; replies never wait.
+            if is_event
+                && taken.is_empty()
+                && rx.is_empty()
+                && let Some(gap) = last_flush.and_then(|t| pacer.gap().checked_sub(t.elapsed()))
+            {
+                tokio::time::sleep(gap).await;
+            }
+            while out.frames() < WRITE_BATCH && out.pending() < WRITE_BYTES {
+                if taken.is_empty() && rx.try_recv_all(&mut taken) == 0 {
+                    break;
+                }
+                if let Some(item) = taken.pop_front() {
                     route(item, &mut tracks, &mut out);
-                    // An event that follows the last flush closely waits out the pacing
-                    // gap (zero on a quiet replica) to leave with the events behind it;
-                    // replies never wait.
-                    if is_event
-                        && rx.is_empty()
-                        && let Some(gap) = last_flush.and_then(|t| pacer.gap().checked_sub(t.elapsed()))
-                    {
-                        tokio::time::sleep(gap).await;
-                    }
-                    while out.frames() < WRITE_BATCH && out.pending() < WRITE_BYTES {
-                        match rx.try_recv() {
-                            Ok(item) => route(item, &mut tracks, &mut out),
-                            Err(_) => break,
-                        }
-                    }
-                    let n = out.frames() as u64;
-                    if n == 0 {
-                        continue;
-                    }
-                    // A client that stops reading blocks the write; the close signal (4008
-                    // once the queue overflows) must still get through, and the close path
-                    // finishes this write within the grace period.
-                    let flushed = tokio::select! {
-                        biased;
-                        _ = &mut closing => break,
-                        r = out.flush() => r,
-                    };
-                    if flushed.is_err() {
-                        return;
-                    }
-                    last_flush = Some(Instant::now());
-                    metrics.frames_out.add(n);
-                    metrics.flushes.inc();
                 }
             }
+            let n = out.frames() as u64;
+            if n == 0 {
+                continue;
+            }
+            // A client that stops reading blocks the write; the close signal (4008 once the
+            // queue overflows) must still get through, and the close path finishes this
+            // write within the grace period.
+            let flushed = tokio::select! {
+                biased;
+                _ = &mut closing => break,
+                r = out.flush() => r,
+            };
+            if flushed.is_err() {
+                return;
+            }
+            last_flush = Some(Instant::now());
+            metrics.frames_out.add(n);
+            metrics.flushes.inc();
         }
     }
     let code = *closed.borrow();
     // Replies already queued (say, the error that explains an auth failure) still go out;
     // events do not: a closing session owes nobody more of those.
-    let mut last_words = 0;
-    while last_words < WRITE_BATCH {
-        match rx.try_recv() {
-            Ok(Outbound::Frame(f)) => {
-                last_words += 1;
-                out.text(f.as_str());
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
+    rx.try_recv_all(&mut taken);
+    let last_words = taken.into_iter().filter_map(|item| match item {
+        Outbound::Frame(f) => Some(f),
+        _ => None,
+    });
+    for f in last_words.take(WRITE_BATCH) {
+        out.text(f.as_str());
     }
     out.close(code);
     let _ = tokio::time::timeout(close_grace, out.shutdown()).await;
