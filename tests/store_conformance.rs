@@ -1169,3 +1169,46 @@ async fn crossed_channel_locks_fail_as_unavailable(s: Store, _url: String) {
     assert_eq!(s.last_seq("agent:y").await.unwrap(), ok as u64);
     assert_eq!(s.events_after("agent:x", 0, 10).await.unwrap().len(), ok);
 }
+
+async fn sqlite_page_size(url: &str) -> i64 {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut c = sqlx::AnyConnection::connect(url).await.expect("open");
+    let size = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&mut c)
+        .await
+        .expect("page_size");
+    c.close().await.ok();
+    size
+}
+
+/// SQLite only: a new file gets 2,048-byte pages (less WAL per post); a file made with
+/// 4,096-byte pages before keeps them, and the store works on it all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_new_files_get_small_pages_and_old_files_keep_theirs() {
+    let b = sqlite().await;
+    assert_eq!(sqlite_page_size(&b.url).await, 2048);
+    b.store.close().await;
+
+    let dir = common::temp_dir("oldpages");
+    let url = format!("sqlite://{}/carapace.db", dir.display());
+    {
+        use sqlx::{Connection, Executor};
+        sqlx::any::install_default_drivers();
+        let mut c = sqlx::AnyConnection::connect(&format!("{url}?mode=rwc"))
+            .await
+            .expect("create");
+        c.execute("PRAGMA page_size=4096; PRAGMA journal_mode=WAL; CREATE TABLE made_before (a)")
+            .await
+            .expect("old file");
+        c.close().await.ok();
+    }
+    let old = Backend {
+        store: Store::connect(&url).await.expect("store on the old file"),
+        url: url.clone(),
+        _pg: None,
+        dir: Some(dir),
+    };
+    assert_eq!(sqlite_page_size(&url).await, 4096);
+    run(old, post_with_event_in_one_round_trip).await;
+}

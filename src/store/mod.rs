@@ -120,6 +120,16 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Set on every SQLite connection. The page size applies only while the file is still empty
+/// (a file made before keeps its own, 4,096 bytes) and must come before WAL mode, which fixes
+/// it. Each commit writes every page it dirtied whole to the WAL, and a post dirties ~18 (the
+/// row and its four indexes, the full-text index, the event, the counters): 72.6 KiB of WAL
+/// per post at 4,096-byte pages, 41.2 at 2,048, 23.7 at 1,024. In `carapace bench`'s
+/// fan-out, 5 interleaved pairs: 4,096 -> 2,048 raised deliveries/s by ~12% (the post's store
+/// round trip is on every event's path); 1,024 gained less than 2,048 in 2 pairs.
+const SQLITE_PRAGMAS: &str = "PRAGMA page_size=2048; PRAGMA journal_mode=WAL; \
+    PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;";
+
 impl Store {
     /// Connects to `url` (`sqlite://...` or `postgres://...`) and applies pending migrations.
     pub async fn connect(url: &str) -> StoreResult<Store> {
@@ -143,11 +153,7 @@ impl Store {
                     .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
-                            conn.execute(
-                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
-                                 PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
-                            )
-                            .await?;
+                            conn.execute(SQLITE_PRAGMAS).await?;
                             Ok(())
                         })
                     })
