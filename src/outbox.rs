@@ -13,6 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use tokio::sync::Notify;
 
+/// Emptied buffers longer than this many items are dropped, not reused: a burst (a replay, a
+/// slow reader's backlog) should not pin its memory for the rest of the session.
+const KEEP: usize = 64;
+
 /// A queue of at most `capacity` items (items the receiver has taken no longer count).
 pub fn outbox<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
@@ -148,6 +152,10 @@ impl<T> Receiver<T> {
             if s.sender_gone {
                 return Poll::Ready(false);
             }
+            if into.capacity() > KEEP {
+                // Nothing to do for now, maybe for long: the receiver's buffer goes too.
+                *into = VecDeque::new();
+            }
             if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 s.waker = Some(cx.waker().clone());
             }
@@ -170,6 +178,9 @@ impl<T> Receiver<T> {
         let n = s.items.len();
         if into.is_empty() {
             // The emptied buffer goes back to the queue: no allocation in a steady state.
+            if into.capacity() > KEEP {
+                *into = VecDeque::new();
+            }
             std::mem::swap(&mut s.items, into);
         } else {
             into.extend(s.items.drain(..));
@@ -225,6 +236,30 @@ mod tests {
         assert_eq!(rx.try_recv_all(&mut got), 1);
         assert_eq!(got, [3]);
         assert!(rx.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_burst_does_not_pin_its_buffer() {
+        let (tx, mut rx) = outbox(4096);
+        let mut got = VecDeque::new();
+        for i in 0..1000 {
+            tx.try_send(i).unwrap();
+        }
+        assert_eq!(rx.try_recv_all(&mut got), 1000);
+        got.clear();
+        tx.try_send(0).unwrap();
+        rx.try_recv_all(&mut got);
+        tx.try_send(1).unwrap();
+        // The burst's buffer was not handed back to the queue.
+        assert!(rx.0.lock().items.capacity() <= KEEP);
+        got.clear();
+        rx.try_recv_all(&mut got);
+        assert_eq!(got, [1]);
+        // Nor by the receiver once it waits with nothing left.
+        got = VecDeque::with_capacity(1000);
+        let waited = tokio::time::timeout(Duration::from_millis(10), rx.recv_all(&mut got)).await;
+        assert!(waited.is_err(), "nothing is queued");
+        assert!(got.capacity() <= KEEP);
     }
 
     #[tokio::test]
