@@ -1212,3 +1212,44 @@ async fn sqlite_new_files_get_small_pages_and_old_files_keep_theirs() {
     assert_eq!(sqlite_page_size(&url).await, 4096);
     run(old, post_with_event_in_one_round_trip).await;
 }
+
+/// SQLite only: posts reach the database file itself within about a second, copied from the
+/// WAL by the store's own checkpoints; no commit does it (the automatic checkpoint waits for
+/// 20,000 frames).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_is_copied_into_the_database_file_beside_the_writer() {
+    use sqlx::Connection;
+    let b = sqlite().await;
+    let s = b.store.clone();
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "ckpt").await;
+    for i in 0..50 {
+        post(&s, &format!("c{i:02}"), "general", &a, 1.0, T0 + i).await;
+    }
+    let dir = b.dir.clone().expect("sqlite dir");
+    let copy = dir.join("copy.db");
+    let mut found = 0i64;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // The database file alone, without its WAL: what the checkpoints have copied so far.
+        for f in ["copy.db", "copy.db-wal", "copy.db-shm"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        std::fs::copy(dir.join("carapace.db"), &copy).expect("copy");
+        let url = format!("sqlite://{}", copy.display());
+        let Ok(mut c) = sqlx::AnyConnection::connect(&url).await else {
+            continue;
+        };
+        // A copy taken mid-checkpoint may be torn; the next one is not.
+        found = sqlx::query_scalar("SELECT COUNT(*) FROM posts WHERE id LIKE 'c%'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or(0);
+        c.close().await.ok();
+        if found == 50 {
+            break;
+        }
+    }
+    assert_eq!(found, 50, "every post reached the database file");
+    run(b, |_, _| async {}).await;
+}
