@@ -64,8 +64,8 @@ impl<T> Shared<T> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `item` if there is room; the receiver's waker, to be woken outside the lock.
-    fn push(&self, item: T) -> Result<Option<Waker>, (TrySendError, T)> {
+    /// Queues `item` if there is room and wakes the receiver, outside the lock, if it waits.
+    fn push(&self, item: T) -> Result<(), (TrySendError, T)> {
         let mut s = self.lock();
         if s.receiver_gone {
             return Err((TrySendError::Closed, item));
@@ -75,7 +75,12 @@ impl<T> Shared<T> {
             return Err((TrySendError::Full, item));
         }
         s.items.push_back(item);
-        Ok(s.waker.take())
+        let waker = s.waker.take();
+        drop(s);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
     }
 }
 
@@ -85,15 +90,7 @@ pub struct Sender<T>(Arc<Shared<T>>);
 impl<T> Sender<T> {
     /// Queues `item` unless the queue is full or the receiver is gone.
     pub fn try_send(&self, item: T) -> Result<(), TrySendError> {
-        match self.0.push(item) {
-            Ok(waker) => {
-                if let Some(w) = waker {
-                    w.wake();
-                }
-                Ok(())
-            }
-            Err((e, _)) => Err(e),
-        }
+        self.0.push(item).map_err(|(e, _)| e)
     }
 
     /// Queues `item`, waiting for room; false if the receiver is gone.
@@ -104,12 +101,7 @@ impl<T> Sender<T> {
             let mut space = std::pin::pin!(space);
             space.as_mut().enable();
             match self.0.push(item) {
-                Ok(waker) => {
-                    if let Some(w) = waker {
-                        w.wake();
-                    }
-                    return true;
-                }
+                Ok(()) => return true,
                 Err((TrySendError::Closed, _)) => return false,
                 Err((TrySendError::Full, back)) => item = back,
             }

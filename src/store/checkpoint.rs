@@ -16,8 +16,9 @@
 use sqlx::AnyPool;
 use std::time::Duration;
 
-/// How often the WAL is copied back into the database file; also the longest a commit waits
-/// for the fsync that makes it survive a power loss (`synchronous=NORMAL`).
+/// How often the WAL is copied back into the database file. The copy syncs the WAL first, so
+/// this is also about how long a commit stays unsynced, i.e. what a power loss can take
+/// (`synchronous=NORMAL`).
 pub const INTERVAL: Duration = Duration::from_millis(500);
 
 /// Checkpoints the database behind `pool` every `INTERVAL` until the pool is closed.
