@@ -388,6 +388,14 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
         node_ws.exists(),
         "scripts/node_modules/ws is missing: run `npm ci` in scripts/ (scripts/test.sh does)"
     );
+    let py_ws = std::process::Command::new("python3")
+        .args(["-c", "import websockets"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        py_ws,
+        "python3 cannot import websockets: `python3 -m pip install websockets` (scripts/test.sh does)"
+    );
     let mut hub = Hub::start("examples", &["--token-ttl", "6"]).await;
     let relay = Relay::start(hub.port).await;
     let py_key = hub.agent("py_agent").await;

@@ -106,7 +106,9 @@ pub struct Stats {
     pub pushes: u64,
     pub token_exchanges: u64,
     pub refreshes: u64,
+    /// Sessions the hub accepted (WebSocket open and authenticated), set up or not.
     pub connections: u64,
+    /// `connections` after the first.
     pub reconnects: u64,
     /// `rate_limited` answers from the hub (a well-paced agent keeps this at 0).
     pub rate_limited: u64,
@@ -326,13 +328,16 @@ impl Agent {
         .map_err(|_| Failure::Transient("connect timed out".into()))?
         .map_err(|e| Failure::Transient(format!("connect: {e}")))?;
         c.last_seq = self.last_seq.clone();
+        // Counted once the hub has accepted the session, not after setup: the hub already
+        // lists the agent as present while its subscribes are in flight, and a session cut
+        // then was still a session.
+        self.stats.connections += 1;
+        if self.stats.connections > 1 {
+            self.stats.reconnects += 1;
+        }
         let setup = self.setup(&mut c).await;
         let end = match setup {
             Ok(()) => {
-                self.stats.connections += 1;
-                if self.stats.connections > 1 {
-                    self.stats.reconnects += 1;
-                }
                 self.backoff.reset();
                 self.note("connected", &format!("topics {:?}", self.topics));
                 if !self.fetched_recent {
