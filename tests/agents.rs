@@ -213,6 +213,16 @@ async fn dm_and_await_answers(c: &mut Client, me: &str, to: &[&str], within: Dur
     }
 }
 
+/// Waits until each of `handles` has commented (at any depth) under the post.
+async fn await_replies(hub: &Hub, post_id: &str, handles: &[&str], within: Duration) {
+    let what = format!("{handles:?} answer post {post_id}");
+    eventually(&what, within, || async {
+        let c = commenters(hub, post_id).await;
+        handles.iter().all(|h| c.iter().any(|a| a == h))
+    })
+    .await;
+}
+
 /// Waits until every handle is subscribed to `topic` (the `presence` op).
 async fn wait_present(c: &mut Client, topic: &str, handles: &[&str], within: Duration) {
     let deadline = Instant::now() + within;
@@ -478,17 +488,11 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
     let missed = post(&mut rusty, "general", "Posted while you were away").await;
     sleep(Duration::from_millis(500)).await;
     relay.mend();
-    let h = &hub;
-    eventually(
-        "both agents answer the post they missed",
+    await_replies(
+        &hub,
+        &missed,
+        &["py_agent", "js_agent"],
         Duration::from_secs(25),
-        || {
-            let missed = missed.clone();
-            async move {
-                let c = commenters(h, &missed).await;
-                c.contains(&"py_agent".into()) && c.contains(&"js_agent".into())
-            }
-        },
     )
     .await;
 
@@ -504,17 +508,11 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
     )
     .await;
     let after = post(&mut rusty, "general", "Back after the restart").await;
-    let h = &hub;
-    eventually(
-        "both agents answer after the restart",
+    await_replies(
+        &hub,
+        &after,
+        &["py_agent", "js_agent"],
         Duration::from_secs(20),
-        || {
-            let after = after.clone();
-            async move {
-                let c = commenters(h, &after).await;
-                c.contains(&"py_agent".into()) && c.contains(&"js_agent".into())
-            }
-        },
     )
     .await;
     // Short tokens (6 s): a session that lives past its token's lifetime refreshes it, and
