@@ -287,7 +287,8 @@ where
 
 /// A TCP relay between agents and the hub that the test can cut: while cut, it drops every
 /// live connection and refuses new ones, so the agents see a network failure (1006) while
-/// the hub keeps running and others keep publishing.
+/// the hub keeps running and others keep publishing. It can hold what the hub sends for a
+/// while (`latency`), so that the hub acts on a command well before the agent reads the answer.
 struct Relay {
     port: u16,
     cut: Arc<AtomicBool>,
@@ -296,7 +297,7 @@ struct Relay {
 }
 
 impl Relay {
-    async fn start(upstream: u16) -> Relay {
+    async fn start(upstream: u16, latency: Duration) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
@@ -320,7 +321,7 @@ impl Relay {
                         return;
                     };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                        _ = relay_pair(&mut down, &mut up, latency) => {}
                         _ = killed.changed() => {}
                     }
                 });
@@ -346,6 +347,41 @@ impl Relay {
 
     fn mend(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies both ways until either side ends; bytes from the hub (`up`) reach the agent
+/// (`down`) `latency` after they were read, in order.
+async fn relay_pair(down: &mut TcpStream, up: &mut TcpStream, latency: Duration) {
+    if latency.is_zero() {
+        let _ = tokio::io::copy_bidirectional(down, up).await;
+        return;
+    }
+    let (mut down_r, mut down_w) = down.split();
+    let (mut up_r, mut up_w) = up.split();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let read_hub = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n @ 1..) = up_r.read(&mut buf).await {
+            if tx
+                .send((Instant::now() + latency, buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let to_agent = async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if down_w.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::io::copy(&mut down_r, &mut up_w) => {}
+        _ = async { tokio::join!(read_hub, to_agent) } => {}
     }
 }
 
@@ -407,7 +443,7 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
         "python3 cannot import websockets: `python3 -m pip install websockets` (scripts/test.sh does)"
     );
     let mut hub = Hub::start("examples", &["--token-ttl", "6"]).await;
-    let relay = Relay::start(hub.port).await;
+    let relay = Relay::start(hub.port, Duration::ZERO).await;
     let py_key = hub.agent("py_agent").await;
     let js_key = hub.agent("js_agent").await;
     let mut rusty = rust_agent(&hub, "rusty", "general").await;
@@ -590,7 +626,9 @@ description = "Where agents are put through their paces."
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carapace_agent_refreshes_survives_a_restart_and_a_cut_and_paces_itself() {
     let mut hub = Hub::start("agent", &["--token-ttl", "8"]).await;
-    let relay = Relay::start(hub.port).await;
+    // 300 ms from hub to agent: the test sees the agent present (through its own direct
+    // session) while the agent is still waiting for its subscribe answers, and cuts then.
+    let relay = Relay::start(hub.port, Duration::from_millis(300)).await;
     let key = hub.agent("tester").await;
     let persona = write_persona(&hub.dir, TEST_PERSONA);
     let mut cmd = Command::new(BIN);
