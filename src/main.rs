@@ -70,8 +70,24 @@ enum AdminTask {
 
 #[derive(Subcommand)]
 enum AuditTask {
-    /// Check the hash chain; exit 1 on a break.
-    Verify,
+    /// Check the keyed hash chain; exit 1 on a break.
+    Verify {
+        /// `ID:HASH` of a head the hub logged ("audit head"): the chain must still hold it,
+        /// which catches rows cut off the end.
+        #[arg(long, value_parser = parse_head)]
+        head: Option<(i64, String)>,
+    },
+    /// Re-chain a log begun before the keyed chain under the key (once, after upgrading).
+    Reseal,
+}
+
+fn parse_head(s: &str) -> Result<(i64, String), String> {
+    let (id, hash) = s.split_once(':').ok_or("expected ID:HASH")?;
+    let id = id.parse().map_err(|_| format!("'{id}' is not a row id"))?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("HASH must be 64 hex digits".into());
+    }
+    Ok((id, hash.to_string()))
 }
 
 #[derive(Subcommand)]
@@ -307,11 +323,30 @@ async fn admin(store_args: StoreArgs, task: AdminTask) -> anyhow::Result<()> {
             println!("{v}");
         }
         AdminTask::Audit {
-            task: AuditTask::Verify,
-        } => match audit::verify(&service.store).await? {
-            Ok(n) => println!("audit chain intact: {n} entries verified"),
+            task: AuditTask::Verify { head },
+        } => {
+            let head = head.as_ref().map(|(id, hash)| (*id, hash.as_str()));
+            match audit::verify(&service.store, &service.keys, head).await? {
+                Ok(v) => match v.head {
+                    Some((id, hash)) => println!(
+                        "audit chain intact: {} entries verified; head {id}:{hash}",
+                        v.rows
+                    ),
+                    None => println!("audit chain intact: empty"),
+                },
+                Err(b) => {
+                    eprintln!("audit chain BROKEN: {b}");
+                    service.store.close().await;
+                    std::process::exit(1);
+                }
+            }
+        }
+        AdminTask::Audit {
+            task: AuditTask::Reseal,
+        } => match audit::reseal(&service.store, &service.keys).await? {
+            Ok(n) => println!("audit chain resealed: {n} entries chained under the key"),
             Err(b) => {
-                eprintln!("audit chain BROKEN: {b:?}");
+                eprintln!("audit chain BROKEN, not resealed: {b}");
                 service.store.close().await;
                 std::process::exit(1);
             }

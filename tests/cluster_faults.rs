@@ -461,6 +461,46 @@ async fn sigterm_drains_with_1012_and_logs_keep_secrets() {
             "the logs contain a secret: {secret}\n{logs}"
         );
     }
+
+    // Each committed audit row put the chain's head in the log; kept off the machine, it
+    // lets an operator catch rows cut off the end, which the chain alone cannot show.
+    let head = lines
+        .iter()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "audit head")
+        .unwrap_or_else(|| panic!("no audit head in the logs\n{logs}"));
+    let head = format!(
+        "{}:{}",
+        head["audit_id"],
+        head["audit_hash"].as_str().unwrap()
+    );
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_carapace"))
+            .args(["admin", "--database-url", &db.url, "--secrets-dir"])
+            .arg(&secrets)
+            .args(["audit", "verify", "--head", &head])
+            .output()
+            .unwrap()
+    };
+    let ok = verify();
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(out.contains(&format!("head {head}")), "{out}");
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE id = (SELECT MAX(id) FROM audit_log)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let cut = verify();
+    let err = String::from_utf8_lossy(&cut.stderr);
+    assert_eq!(cut.status.code(), Some(1), "{err}");
+    assert!(err.contains("cut off"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -656,19 +656,31 @@ async fn tampering_with_the_audit_log_is_detected() {
     hub.http("POST", "/api/v1/agents/audited/suspend", Some(&owner), None)
         .await;
     hub.stop().await;
-    let verify = || {
+    let run = |args: &[&str]| {
         hub.admin_command()
-            .args(["audit", "verify"])
+            .arg("audit")
+            .args(args)
             .output()
             .unwrap()
     };
-    let ok = verify();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("intact"));
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let ok = run(&["verify"]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let out = text(&ok);
+    assert!(out.contains("intact"), "{out}");
+    // The head as the hub logged it (here read from verify's answer).
+    let head = out
+        .split("head ")
+        .nth(1)
+        .and_then(|h| h.split_whitespace().next())
+        .unwrap()
+        .to_string();
 
     let url = format!("sqlite://{}", hub.db_path().display());
     sqlx::any::install_default_drivers();
@@ -678,23 +690,37 @@ async fn tampering_with_the_audit_log_is_detected() {
         .execute(&pool)
         .await
         .unwrap();
-    pool.close().await;
-    let bad = verify();
-    assert_eq!(
-        bad.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&bad.stdout)
-    );
+    let bad = run(&["verify"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(text(&bad).contains("row 3 was altered"), "{}", text(&bad));
+
+    // Covering it up by re-chaining every row, without the key: still refused.
+    common::rechain_audit_unkeyed(&pool, 1).await;
+    let bad = run(&["verify"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(text(&bad).contains("unkeyed"), "{}", text(&bad));
+    // An operator talked into resealing that: the logged head still gives it away.
+    let sealed = run(&["reseal"]);
+    assert!(sealed.status.success(), "{}", text(&sealed));
+    assert!(run(&["verify"]).status.success());
+    let bad = run(&["verify", "--head", &head]);
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(text(&bad).contains("rewritten"), "{}", text(&bad));
 
     // Removing a row is detected too.
-    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
     sqlx::query("DELETE FROM audit_log WHERE id = 2")
         .execute(&pool)
         .await
         .unwrap();
     pool.close().await;
-    assert_eq!(verify().status.code(), Some(1));
+    assert_eq!(run(&["verify"]).status.code(), Some(1));
+    let refused = run(&["reseal"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("not resealed"),
+        "{}",
+        text(&refused)
+    );
 }
 
 #[tokio::test]

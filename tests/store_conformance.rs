@@ -5,6 +5,7 @@
 mod common;
 
 use carapace::audit::{self, Break, Entry};
+use carapace::auth::keyring::KeyRing;
 use carapace::store::{
     Cursor, NewAgent, NewComment, NewKey, NewOwner, NewPost, PostFilter, Sort, Store, StoreError,
     VoteTarget,
@@ -424,11 +425,37 @@ async fn keys_concurrent_inserts_keep_the_limit(s: Store, _url: String) {
     assert_eq!(s.keys_of_agent(&a).await.unwrap().len(), 2);
 }
 
+/// A key ring in a directory of its own, removed on drop.
+struct Ring {
+    keys: KeyRing,
+    dir: PathBuf,
+}
+
+impl Ring {
+    fn new() -> Ring {
+        let dir = common::temp_dir("ring");
+        Ring {
+            keys: KeyRing::load_or_init(&dir).expect("key ring"),
+            dir,
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 async fn audit_chain_appends_and_verifies(s: Store, url: String) {
-    assert_eq!(audit::verify(&s).await.unwrap(), Ok(0));
+    let ring = Ring::new();
+    let k = &ring.keys;
+    let rows = |n: u64| move |v: audit::Verified| v.rows == n;
+    assert!(audit::verify(&s, k, None).await.unwrap().is_ok_and(rows(0)));
     for i in 0..5 {
         audit::record(
             &s,
+            k,
             Entry {
                 actor: "cli",
                 action: "test.event",
@@ -443,9 +470,12 @@ async fn audit_chain_appends_and_verifies(s: Store, url: String) {
     let mut tasks = Vec::new();
     for i in 0..10 {
         let s = s.clone();
+        let dir = ring.dir.clone();
         tasks.push(tokio::spawn(async move {
+            let k = KeyRing::load(&dir).unwrap();
             audit::record(
                 &s,
+                &k,
                 Entry {
                     actor: "owner:x",
                     action: "test.concurrent",
@@ -459,7 +489,10 @@ async fn audit_chain_appends_and_verifies(s: Store, url: String) {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    assert_eq!(audit::verify(&s).await.unwrap(), Ok(15));
+    let v = audit::verify(&s, k, None).await.unwrap().unwrap();
+    assert_eq!(v.rows, 15);
+    let (head_id, head_hash) = v.head.clone().unwrap();
+    assert_eq!(head_id, 15);
     let page = s.audit_page(0, 3).await.unwrap();
     assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(page[1].prev_hash, page[0].hash);
@@ -469,6 +502,7 @@ async fn audit_chain_appends_and_verifies(s: Store, url: String) {
     let mut tx = s.begin().await.unwrap();
     audit::append(
         &mut tx,
+        k,
         Entry {
             actor: "cli",
             action: "x",
@@ -480,21 +514,108 @@ async fn audit_chain_appends_and_verifies(s: Store, url: String) {
     .await
     .unwrap();
     drop(tx);
-    assert_eq!(audit::verify(&s).await.unwrap(), Ok(15));
+    assert_eq!(audit::verify(&s, k, None).await.unwrap(), Ok(v));
 
-    // Tampering with a row behind the Store's back is detected.
+    // Another key (a forger's) does not verify the chain.
+    let other = Ring::new();
+    assert_eq!(
+        audit::verify(&s, &other.keys, None).await.unwrap(),
+        Err(Break::Altered(1))
+    );
+
+    // A known head: still there, and the wrong hash for it is caught.
+    let head = Some((head_id, head_hash.as_str()));
+    assert!(
+        audit::verify(&s, k, head)
+            .await
+            .unwrap()
+            .is_ok_and(rows(15))
+    );
+    let wrong = "ab".repeat(32);
+    assert_eq!(
+        audit::verify(&s, k, Some((15, &wrong))).await.unwrap(),
+        Err(Break::HeadMismatch(15))
+    );
+
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    // Rows cut off the end leave a valid shorter chain: only a head kept elsewhere shows it.
+    sqlx::query("DELETE FROM audit_log WHERE id >= 14")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(
+        audit::verify(&s, k, None)
+            .await
+            .unwrap()
+            .is_ok_and(rows(13))
+    );
+    assert_eq!(
+        audit::verify(&s, k, head).await.unwrap(),
+        Err(Break::Truncated { head: 15, last: 13 })
+    );
+
+    // Altering a row is found out; so is re-chaining every row with an unkeyed hash, which
+    // leaves a chain `verify` refuses until an operator reseals it under the key.
     sqlx::query("UPDATE audit_log SET subject = 'agent:evil' WHERE id = 7")
         .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(audit::verify(&s).await.unwrap(), Err(Break::Altered(7)));
-    sqlx::query("DELETE FROM audit_log WHERE id = 7")
+    assert_eq!(
+        audit::verify(&s, k, None).await.unwrap(),
+        Err(Break::Altered(7))
+    );
+    sqlx::query("UPDATE audit_log SET subject = 'agent:c3' WHERE id = 7")
         .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(audit::verify(&s).await.unwrap(), Err(Break::Unlinked(8)));
+    common::rechain_audit_unkeyed(&pool, 1).await;
+    assert_eq!(
+        audit::verify(&s, k, None).await.unwrap(),
+        Err(Break::Unkeyed(13))
+    );
+    // Keyed rows may follow unkeyed ones (an upgraded install), never the other way round.
+    for subject in ["agent:a0", "agent:a1"] {
+        let e = Entry {
+            actor: "cli",
+            action: "test.after_upgrade",
+            subject,
+            detail: json!({}),
+        };
+        audit::record(&s, k, e).await.unwrap();
+    }
+    assert_eq!(
+        audit::verify(&s, k, None).await.unwrap(),
+        Err(Break::Unkeyed(13))
+    );
+    common::rechain_audit_unkeyed(&pool, 15).await;
+    assert_eq!(
+        audit::verify(&s, k, None).await.unwrap(),
+        Err(Break::Altered(15))
+    );
+    sqlx::query("DELETE FROM audit_log WHERE id = 15")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    // A log begun before the keyed chain (unkeyed rows, then keyed ones) is resealed once,
+    // recording that it was; a broken one is refused.
+    assert_eq!(audit::reseal(&s, k).await.unwrap(), Ok(14));
+    assert!(
+        audit::verify(&s, k, None)
+            .await
+            .unwrap()
+            .is_ok_and(rows(15))
+    );
+    let last = s.audit_page(14, 1).await.unwrap();
+    assert_eq!(last[0].action, "audit.resealed");
+    assert_eq!(last[0].detail, r#"{"rows":14,"unkeyed":13}"#);
+    sqlx::query("UPDATE audit_log SET at = at + 1 WHERE id = 2")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(audit::reseal(&s, k).await.unwrap(), Err(Break::Altered(2)));
+    assert_eq!(s.audit_page(0, 100).await.unwrap().len(), 15);
     pool.close().await;
 }
 

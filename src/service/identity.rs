@@ -124,6 +124,7 @@ impl Service {
         })?;
         audit::append(
             &mut tx,
+            &self.keys,
             Entry {
                 actor,
                 action: "owner.signup",
@@ -161,6 +162,7 @@ impl Service {
                 .unwrap_or_else(|| "owner:unknown".into());
             audit::record(
                 &self.store,
+                &self.keys,
                 Entry {
                     actor: "anonymous",
                     action: "owner.login_failed",
@@ -188,6 +190,7 @@ impl Service {
         let reply = self.token_reply(&claims, claims.exp)?;
         audit::record(
             &self.store,
+            &self.keys,
             Entry {
                 actor: &format!("owner:{}", owner.handle),
                 action: "owner.login",
@@ -278,6 +281,7 @@ impl Service {
         let subject = format!("agent:{}", input.handle);
         audit::append(
             &mut tx,
+            &self.keys,
             Entry {
                 actor: &owner_actor(owner),
                 action: "agent.create",
@@ -289,6 +293,7 @@ impl Service {
         .await?;
         audit::append(
             &mut tx,
+            &self.keys,
             Entry {
                 actor: &owner_actor(owner),
                 action: "key.create",
@@ -403,6 +408,7 @@ impl Service {
         if access_changed {
             audit::append(
                 &mut tx,
+                &self.keys,
                 Entry {
                     actor: &owner_actor(owner),
                     action: "agent.scopes",
@@ -457,6 +463,7 @@ impl Service {
         .await?;
         audit::append(
             &mut tx,
+            &self.keys,
             Entry {
                 actor: &owner_actor(owner),
                 action: "key.rotate",
@@ -489,6 +496,7 @@ impl Service {
             })?;
         audit::append(
             &mut tx,
+            &self.keys,
             Entry {
                 actor: &owner_actor(owner),
                 action: "key.revoke",
@@ -543,6 +551,7 @@ impl Service {
         }
         audit::append(
             &mut tx,
+            &self.keys,
             Entry {
                 actor,
                 action: &format!("agent.{action}"),

@@ -59,6 +59,7 @@ impl Service {
         tx.remove(&t, now).await?;
         audit::append(
             &mut tx,
+            &self.keys,
             Entry {
                 actor: &format!("agent:{}", agent.handle),
                 action: "moderation.remove",
@@ -116,6 +117,7 @@ impl Service {
             .await?;
         audit::append(
             &mut tx,
+            &self.keys,
             Entry {
                 actor: &format!("agent:{}", agent.handle),
                 action: "moderation.ban",
@@ -145,6 +147,7 @@ impl Service {
         tx.insert_report(&id, &t, &agent.id, reason, now).await?;
         audit::append(
             &mut tx,
+            &self.keys,
             Entry {
                 actor: &format!("agent:{}", agent.handle),
                 action: "moderation.report",

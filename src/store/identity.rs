@@ -341,6 +341,26 @@ impl WriteTx {
         .bind(&row.hash)
         .execute(&mut *self.tx)
         .await?;
+        self.audit_head = Some((row.id, row.hash.clone()));
+        Ok(())
+    }
+
+    /// Every audit row, oldest first, read inside the write (after `lock_audit_head`).
+    pub async fn audit_rows(&mut self) -> StoreResult<Vec<AuditRow>> {
+        let rows = sqlx::query("SELECT * FROM audit_log ORDER BY id")
+            .fetch_all(&mut *self.tx)
+            .await?;
+        Ok(rows.iter().map(AuditRow::from_row).collect())
+    }
+
+    /// Replaces a row's link and hash (re-chaining under a new hash function).
+    pub async fn rechain_audit(&mut self, id: i64, prev_hash: &str, hash: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE audit_log SET prev_hash = $1, hash = $2 WHERE id = $3")
+            .bind(prev_hash)
+            .bind(hash)
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 }

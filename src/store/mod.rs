@@ -236,6 +236,7 @@ impl Store {
         Ok(WriteTx {
             tx: self.write.begin().await?,
             dialect: self.dialect,
+            audit_head: None,
         })
     }
 
@@ -254,11 +255,19 @@ impl Store {
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
     dialect: Dialect,
+    /// The audit row this write appended, if any: logged once it is committed.
+    audit_head: Option<(i64, String)>,
 }
 
 impl WriteTx {
     pub async fn commit(self) -> StoreResult<()> {
         self.tx.commit().await?;
+        // The chain's head, for logs shipped off the machine: a copy of the newest (id, hash)
+        // that someone able to write the database cannot take back, which is what makes
+        // rows cut off the end detectable (`carapace admin audit verify --head`).
+        if let Some((id, hash)) = self.audit_head {
+            tracing::info!(target: "carapace::audit", audit_id = id, audit_hash = %hash, "audit head");
+        }
         Ok(())
     }
 }

@@ -196,3 +196,47 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no series {name} in /metrics"))
 }
+
+/// What an attacker with write access to the database alone can do to a chain: rewrite the
+/// links and hashes of the rows from `from` on with an unkeyed SHA-256, as the log's first
+/// versions chained them.
+pub async fn rechain_audit_unkeyed(pool: &sqlx::AnyPool, from: i64) {
+    use sha2::{Digest, Sha256};
+    use sqlx::Row;
+    let rows = sqlx::query("SELECT * FROM audit_log ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let mut prev = "0".repeat(64);
+    for r in rows {
+        let id: i64 = r.get("id");
+        if id < from {
+            prev = r.get("hash");
+            continue;
+        }
+        let at: i64 = r.get("at");
+        let fields: [String; 7] = [
+            prev.clone(),
+            id.to_string(),
+            at.to_string(),
+            r.get("actor"),
+            r.get("action"),
+            r.get("subject"),
+            r.get("detail"),
+        ];
+        let mut h = Sha256::new();
+        for f in &fields {
+            h.update((f.len() as u64).to_be_bytes());
+            h.update(f.as_bytes());
+        }
+        let hash = hex::encode(h.finalize());
+        sqlx::query("UPDATE audit_log SET prev_hash = $1, hash = $2 WHERE id = $3")
+            .bind(&prev)
+            .bind(&hash)
+            .bind(id)
+            .execute(pool)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+}
