@@ -61,6 +61,8 @@ enum AdminTask {
     },
     /// Revoke an agent and all its keys; live sessions close with 4003.
     RevokeAgent { handle: String },
+    /// End every owner token an owner holds (they log in again to get a new one).
+    SignOutOwner { handle: String },
     /// Audit log tasks.
     Audit {
         #[command(subcommand)]
@@ -321,6 +323,13 @@ async fn admin(store_args: StoreArgs, task: AdminTask) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{v}");
+        }
+        AdminTask::SignOutOwner { handle } => {
+            service
+                .sign_out_from_cli(&handle)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("owner '{handle}' signed out: every token issued so far is refused");
         }
         AdminTask::Audit {
             task: AuditTask::Verify { head },

@@ -782,6 +782,77 @@ async fn admin_inventory_and_audit_endpoints() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("inventoried"));
 }
 
+/// Signing out ends every owner token the owner holds (not the agents' keys); an operator
+/// can sign an owner out too; both are in the audit log.
+#[tokio::test]
+async fn sign_out_ends_every_owner_token() {
+    let hub = common::start().await;
+    let first = hub.owner("leaver").await;
+    let second = hub.owner("leaver").await;
+    let (key, _) = hub.agent_for(&first, "leavers_bot", json!(["read"])).await;
+    let h = &hub;
+    let review = |token: String| async move {
+        h.http("GET", "/api/v1/owners/me/agents", Some(&token), None)
+            .await
+    };
+    assert_eq!(review(first.clone()).await.status, 200);
+    let out = hub
+        .http("POST", "/api/v1/owners/logout", Some(&second), None)
+        .await;
+    assert_eq!(out.status, 204, "{:?}", out.body);
+    for t in [&first, &second] {
+        let r = review(t.clone()).await;
+        assert_eq!(r.status, 401, "{:?}", r.body);
+        assert_eq!(r.body["error"]["code"], "unauthorized", "{:?}", r.body);
+    }
+    let again = hub
+        .http("POST", "/api/v1/owners/logout", Some(&first), None)
+        .await;
+    assert_eq!(again.status, 401);
+    // The agent's key is the agent's credential, not the owner's session: it still works.
+    carapace::client::agent_token(&hub.base, &key)
+        .await
+        .expect("the agent's key outlives its owner's sign-out");
+    // The next login works.
+    let third = hub.owner("leaver").await;
+    assert_eq!(review(third.clone()).await.status, 200);
+
+    // The operator's sign-out, for a stolen owner token.
+    let cli = hub
+        .admin_command()
+        .args(["sign-out-owner", "leaver"])
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert_eq!(review(third).await.status, 401);
+    let unknown = hub
+        .admin_command()
+        .args(["sign-out-owner", "nobody_here"])
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+
+    let admin = hub.admin_token("sign_out_admin").await;
+    let r = hub
+        .http("GET", "/api/v1/admin/audit?limit=100", Some(&admin), None)
+        .await;
+    let sign_outs: Vec<(&str, &str)> = r.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "owner.sign_out")
+        .map(|e| (e["actor"].as_str().unwrap(), e["subject"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        sign_outs,
+        [("owner:leaver", "owner:leaver"), ("cli", "owner:leaver")]
+    );
+}
+
 #[tokio::test]
 async fn key_rotation_keeps_old_tokens_and_sealed_data_readable() {
     let mut hub = common::start().await;

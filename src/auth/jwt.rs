@@ -41,6 +41,10 @@ pub struct OwnerClaims {
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
+    /// The owner's token epoch at login; a sign-out moves the owner's on (0 for tokens from
+    /// before sign-out existed, which the first sign-out also ends).
+    #[serde(default)]
+    pub epoch: i64,
 }
 
 /// Signs claims with the newest signing key, naming it in `kid`.

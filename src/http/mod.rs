@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/owners", post(owners::signup))
         .route("/api/v1/owners/login", post(owners::login))
+        .route("/api/v1/owners/logout", post(owners::sign_out))
         .route("/api/v1/owners/me/agents", get(owners::my_agents))
         .route("/api/v1/agents", post(agents::create))
         .route(

@@ -1,4 +1,4 @@
-//! Owner signup, login and the owner's access review.
+//! Owner signup, login, sign-out and the owner's access review.
 
 use super::{AppState, HttpResult, JsonBody, Owner};
 use crate::protocol::ApiError;
@@ -42,6 +42,12 @@ pub async fn login(
     JsonBody(b): JsonBody<LoginBody>,
 ) -> HttpResult<Json<Value>> {
     Ok(Json(st.service.login(&b.email, &b.password).await?))
+}
+
+/// Ends every owner token this owner holds, the one presented included.
+pub async fn sign_out(State(st): State<AppState>, Owner(o): Owner) -> HttpResult<StatusCode> {
+    st.service.sign_out(&o).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn my_agents(State(st): State<AppState>, Owner(o): Owner) -> HttpResult<Json<Value>> {

@@ -186,6 +186,7 @@ impl Service {
             iat: now,
             nbf: now,
             exp: now + OWNER_TOKEN_SECS,
+            epoch: owner.token_epoch,
         };
         let reply = self.token_reply(&claims, claims.exp)?;
         audit::record(
@@ -218,11 +219,57 @@ impl Service {
             .owner_by_id(&claims.sub)
             .await?
             .ok_or_else(|| ServiceError::Unauthorized("owner no longer exists".into()))?;
+        if claims.epoch != owner.token_epoch {
+            return Err(ServiceError::Unauthorized(
+                "token ended by a sign-out: log in again".into(),
+            ));
+        }
         Ok(OwnerCtx {
             id: owner.id,
             handle: owner.handle,
             admin: owner.role == "admin",
         })
+    }
+
+    /// The owner ends every owner token they hold, the one used included; the next login
+    /// gets a working one.
+    pub async fn sign_out(&self, owner: &OwnerCtx) -> ServiceResult<()> {
+        self.end_owner_tokens(&owner.id, &owner.handle, &owner_actor(owner))
+            .await
+    }
+
+    /// The operator's sign-out of an owner (a stolen owner token, a departing person).
+    pub async fn sign_out_from_cli(&self, handle: &str) -> ServiceResult<()> {
+        let owner = self
+            .store
+            .owner_by_handle(handle)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no owner '{handle}'")))?;
+        self.end_owner_tokens(&owner.id, &owner.handle, "cli").await
+    }
+
+    async fn end_owner_tokens(
+        &self,
+        owner_id: &str,
+        handle: &str,
+        actor: &str,
+    ) -> ServiceResult<()> {
+        let mut tx = self.store.begin().await?;
+        tx.bump_owner_token_epoch(owner_id).await?;
+        audit::append(
+            &mut tx,
+            &self.keys,
+            Entry {
+                actor,
+                action: "owner.sign_out",
+                subject: &format!("owner:{handle}"),
+                detail: json!({}),
+            },
+            now_ms(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// A fresh key, its id and its expiry.

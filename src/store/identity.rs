@@ -44,6 +44,14 @@ impl Store {
         Ok(row.as_ref().map(OwnerRow::from_row))
     }
 
+    pub async fn owner_by_handle(&self, handle: &str) -> StoreResult<Option<OwnerRow>> {
+        let row = sqlx::query("SELECT * FROM owners WHERE handle = $1")
+            .bind(handle)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.as_ref().map(OwnerRow::from_row))
+    }
+
     pub async fn owner_by_id(&self, id: &str) -> StoreResult<Option<OwnerRow>> {
         let row = sqlx::query("SELECT * FROM owners WHERE id = $1")
             .bind(id)
@@ -324,6 +332,15 @@ impl WriteTx {
             .fetch_optional(&mut *self.tx)
             .await?;
         Ok(row.map(|r| (r.get("id"), r.get("hash"))))
+    }
+
+    /// Ends every owner token issued so far to this owner (see `OwnerRow::token_epoch`).
+    pub async fn bump_owner_token_epoch(&mut self, owner_id: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE owners SET token_epoch = token_epoch + 1 WHERE id = $1")
+            .bind(owner_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
     }
 
     pub async fn insert_audit(&mut self, row: &AuditRow) -> StoreResult<()> {

@@ -108,6 +108,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "004_post_writes",
         include_str!("migrations/sqlite/004_post_writes.sql"),
     ),
+    (
+        "005_owner_sessions",
+        include_str!("migrations/sqlite/005_owner_sessions.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("001_init", include_str!("migrations/postgres/001_init.sql")),
@@ -118,6 +122,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "003_cluster",
         include_str!("migrations/postgres/003_cluster.sql"),
+    ),
+    (
+        "005_owner_sessions",
+        include_str!("migrations/postgres/005_owner_sessions.sql"),
     ),
 ];
 

@@ -12,6 +12,8 @@ pub struct OwnerRow {
     pub password_hash: String,
     pub role: String,
     pub created_at: i64,
+    /// Bumped by a sign-out: owner tokens carrying an older epoch are refused.
+    pub token_epoch: i64,
 }
 
 impl OwnerRow {
@@ -23,6 +25,7 @@ impl OwnerRow {
             password_hash: r.get("password_hash"),
             role: r.get("role"),
             created_at: r.get("created_at"),
+            token_epoch: r.get("token_epoch"),
         }
     }
 }
