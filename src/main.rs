@@ -345,6 +345,11 @@ async fn admin(store_args: StoreArgs, task: AdminTask) -> anyhow::Result<()> {
                 },
                 Err(b) => {
                     eprintln!("audit chain BROKEN: {b}");
+                    if matches!(b, audit::Break::Altered(_)) {
+                        eprintln!(
+                            "(or this is not the replicas' secrets dir: the chain is keyed with its blind-index key)"
+                        );
+                    }
                     service.store.close().await;
                     std::process::exit(1);
                 }
