@@ -49,6 +49,11 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("secrets: {0}")]
     Secrets(#[from] auth::AuthError),
+    #[error(
+        "{why}; the database already holds data written under keys, so none are made anew in \
+         {dir}: point --secrets-dir at the replicas' secrets"
+    )]
+    KeysMissing { dir: String, why: auth::AuthError },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -77,8 +82,22 @@ pub async fn open_store_and_keys(
     database_url: &str,
     secrets_dir: &std::path::Path,
 ) -> Result<(Store, KeyRing), StartError> {
-    let keys = KeyRing::load_or_init(secrets_dir)?;
     let store = Store::connect(database_url).await?;
+    let keys = match KeyRing::load(secrets_dir) {
+        Ok(keys) => keys,
+        // Fresh keys only for a database that holds nothing yet: what was sealed, indexed,
+        // signed or chained under other keys would not open under new ones, and a replica
+        // writing under keys of its own would split the deployment (a mistyped or unmounted
+        // secrets dir). Every owner, and so everything else, leaves an audit row.
+        Err(why) if store.audit_last_id().await? > 0 => {
+            store.close().await;
+            return Err(StartError::KeysMissing {
+                dir: secrets_dir.display().to_string(),
+                why,
+            });
+        }
+        Err(_) => KeyRing::load_or_init(secrets_dir)?,
+    };
     Ok((store, keys))
 }
 

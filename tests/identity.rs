@@ -782,6 +782,48 @@ async fn admin_inventory_and_audit_endpoints() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("inventoried"));
 }
 
+/// A replica or an admin command pointed at a secrets dir without keys (mistyped, not mounted)
+/// for a database already in use refuses to start, instead of making keys of its own that no
+/// other replica shares and under which nothing already stored opens.
+#[tokio::test]
+async fn a_database_in_use_never_gets_new_keys() {
+    let mut hub = common::start().await;
+    hub.owner("keeper").await;
+    hub.stop().await;
+    let empty = common::temp_dir("nokeys");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_carapace"))
+        .args([
+            "admin",
+            "--database-url",
+            &hub.database_url,
+            "--secrets-dir",
+        ])
+        .arg(&empty)
+        .arg("agents")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("point --secrets-dir at the replicas' secrets"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "keys were made"
+    );
+    // With its own secrets dir the database still opens.
+    let ok = hub.admin_command().arg("agents").output().unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&empty);
+}
+
 /// Signing out ends every owner token the owner holds (not the agents' keys); an operator
 /// can sign an owner out too; both are in the audit log.
 #[tokio::test]
