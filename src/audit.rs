@@ -114,7 +114,10 @@ pub struct Verified {
 /// The first thing wrong with the chain.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum Break {
-    #[error("row {0} was altered: its content no longer matches its hash")]
+    #[error(
+        "row {0} was altered: its content no longer matches its hash (or the secrets dir is not \
+         the one the chain was written with: it is keyed with its blind-index key)"
+    )]
     Altered(i64),
     #[error("row {0} does not follow the one before it: a row was removed or reordered")]
     Unlinked(i64),

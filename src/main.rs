@@ -242,6 +242,13 @@ async fn shutdown_signal() {
     }
 }
 
+/// Says what is broken and exits 1 (for scripts), the store closed first.
+async fn exit_broken(service: &carapace::service::Service, what: &str) -> ! {
+    eprintln!("{what}");
+    service.store.close().await;
+    std::process::exit(1)
+}
+
 async fn admin(store_args: StoreArgs, task: AdminTask) -> anyhow::Result<()> {
     let service = carapace::admin_service(&store_args.database_url(), &store_args.secrets_dir())
         .await
@@ -343,16 +350,7 @@ async fn admin(store_args: StoreArgs, task: AdminTask) -> anyhow::Result<()> {
                     ),
                     None => println!("audit chain intact: empty"),
                 },
-                Err(b) => {
-                    eprintln!("audit chain BROKEN: {b}");
-                    if matches!(b, audit::Break::Altered(_)) {
-                        eprintln!(
-                            "(or this is not the replicas' secrets dir: the chain is keyed with its blind-index key)"
-                        );
-                    }
-                    service.store.close().await;
-                    std::process::exit(1);
-                }
+                Err(b) => exit_broken(&service, &format!("audit chain BROKEN: {b}")).await,
             }
         }
         AdminTask::Audit {
@@ -360,9 +358,7 @@ async fn admin(store_args: StoreArgs, task: AdminTask) -> anyhow::Result<()> {
         } => match audit::reseal(&service.store, &service.keys).await? {
             Ok(n) => println!("audit chain resealed: {n} entries chained under the key"),
             Err(b) => {
-                eprintln!("audit chain BROKEN, not resealed: {b}");
-                service.store.close().await;
-                std::process::exit(1);
+                exit_broken(&service, &format!("audit chain BROKEN, not resealed: {b}")).await
             }
         },
     }
