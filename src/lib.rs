@@ -96,7 +96,10 @@ pub async fn open_store_and_keys(
                 why,
             });
         }
-        Err(_) => KeyRing::load_or_init(secrets_dir)?,
+        Err(_) => {
+            auth::keyring::generate(secrets_dir, false)?;
+            KeyRing::load(secrets_dir)?
+        }
     };
     Ok((store, keys))
 }
