@@ -69,12 +69,12 @@ pub enum Outbound {
     Pong(bytes::Bytes),
 }
 
-/// Who is behind a session, for kicks and presence.
+/// Who is behind a session, for kicks and presence. The key it answers to lives beside it in
+/// `SessionShared::cred`, since a refresh with a token of another key moves the session over.
 #[derive(Debug, Clone)]
 pub struct AgentTag {
     pub id: String,
     pub handle: String,
-    pub cred: String,
 }
 
 /// The part of a session the Hub holds: its queue, its close signal, its identity.
@@ -83,6 +83,9 @@ pub struct SessionShared {
     tx: outbox::Sender<Outbound>,
     close_tx: watch::Sender<Option<CloseCode>>,
     agent: OnceLock<AgentTag>,
+    /// The API key of the latest token this session accepted: revoking it closes the session,
+    /// revoking a key the session has moved away from does not.
+    cred: Mutex<String>,
     /// Narrowed scopes pushed by the control channel, applied before the next command.
     scopes_update: Mutex<Option<(Scopes, Perimeter)>>,
 }
@@ -94,6 +97,7 @@ impl SessionShared {
             tx,
             close_tx: watch::channel(None).0,
             agent: OnceLock::new(),
+            cred: Mutex::new(String::new()),
             scopes_update: Mutex::new(None),
         })
     }
@@ -118,8 +122,21 @@ impl SessionShared {
         self.agent.get()
     }
 
-    pub fn set_agent(&self, tag: AgentTag) {
+    pub fn set_agent(&self, tag: AgentTag, cred: &str) {
         let _ = self.agent.set(tag);
+        self.bind_cred(cred);
+    }
+
+    /// Binds the session to the key of a newly accepted token.
+    pub fn bind_cred(&self, cred: &str) {
+        if let Ok(mut g) = self.cred.lock() {
+            cred.clone_into(&mut g);
+        }
+    }
+
+    /// Whether the session answers to the key `cred`.
+    pub fn bound_to(&self, cred: &str) -> bool {
+        self.agent.get().is_some() && self.cred.lock().is_ok_and(|g| *g == cred)
     }
 
     pub fn take_scopes_update(&self) -> Option<(Scopes, Perimeter)> {
@@ -219,12 +236,12 @@ impl Hub {
     }
 
     /// Registers a live agent session (for kicks, presence and the access review).
-    pub fn register_agent(&self, s: &Arc<SessionShared>, tag: AgentTag) {
+    pub fn register_agent(&self, s: &Arc<SessionShared>, tag: AgentTag, cred: &str) {
         self.agents
             .entry(tag.id.clone())
             .or_default()
             .push(s.clone());
-        s.set_agent(tag);
+        s.set_agent(tag, cred);
     }
 
     /// Counts `handle` as present on `channel` (on every replica, when the bus shares it).
@@ -631,10 +648,7 @@ impl BusHandler for Hub {
             }
             Control::KickCredential { cred_id } => {
                 for v in self.agents.iter() {
-                    for s in v
-                        .iter()
-                        .filter(|s| s.agent().is_some_and(|a| a.cred == cred_id))
-                    {
+                    for s in v.iter().filter(|s| s.bound_to(&cred_id)) {
                         s.close(CloseCode::Revoked);
                     }
                 }

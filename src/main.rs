@@ -60,7 +60,19 @@ enum AdminTask {
         stale_days: Option<u32>,
     },
     /// Revoke an agent and all its keys; live sessions close with 4003.
-    RevokeAgent { handle: String },
+    RevokeAgent {
+        handle: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Suspend an agent as an operator (only an operator can lift it); sessions close with 4003.
+    SuspendAgent {
+        handle: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift an operator's suspension (an owner's own suspension stays the owner's to lift).
+    ResumeAgent { handle: String },
     /// End every owner token an owner holds (they log in again to get a new one).
     SignOutOwner { handle: String },
     /// Audit log tasks.
@@ -249,6 +261,20 @@ async fn exit_broken(service: &carapace::service::Service, what: &str) -> ! {
     std::process::exit(1)
 }
 
+async fn status_from_cli(
+    service: &carapace::service::Service,
+    handle: &str,
+    action: &str,
+    reason: Option<&str>,
+) -> anyhow::Result<()> {
+    let v = service
+        .set_status_from_cli(handle, action, reason)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{v}");
+    Ok(())
+}
+
 async fn admin(store_args: StoreArgs, task: AdminTask) -> anyhow::Result<()> {
     let service = carapace::admin_service(&store_args.database_url(), &store_args.secrets_dir())
         .await
@@ -319,17 +345,14 @@ async fn admin(store_args: StoreArgs, task: AdminTask) -> anyhow::Result<()> {
                 );
             }
         }
-        AdminTask::RevokeAgent { handle } => {
-            let agent = service
-                .store
-                .agent_by_handle(&handle)
-                .await?
-                .with_context(|| format!("no agent '{handle}'"))?;
-            let v = service
-                .revoke_from_cli(&agent)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("{v}");
+        AdminTask::RevokeAgent { handle, reason } => {
+            status_from_cli(&service, &handle, "revoke", reason.as_deref()).await?
+        }
+        AdminTask::SuspendAgent { handle, reason } => {
+            status_from_cli(&service, &handle, "suspend", reason.as_deref()).await?
+        }
+        AdminTask::ResumeAgent { handle } => {
+            status_from_cli(&service, &handle, "resume", None).await?
         }
         AdminTask::SignOutOwner { handle } => {
             service

@@ -94,8 +94,8 @@ impl Reader {
             AgentTag {
                 id: a.id.clone(),
                 handle: a.handle.clone(),
-                cred: a.cred.clone(),
             },
+            &a.cred,
         );
         // Topics followed before authenticating now count this agent as present.
         for ch in self.subs.iter().filter(|c| matches!(c, Channel::Topic(_))) {
@@ -282,10 +282,23 @@ impl Reader {
                     ));
                 }
                 let expires_at = fresh.expires_at;
+                if fresh.cred != current.cred {
+                    // From now on the session answers to the new key: revoking the old one
+                    // (the second half of a rotation) leaves it open, revoking this one
+                    // closes it. A revocation of the new key that raced this rebinding was
+                    // sent to sessions of that key before this one was among them, so the
+                    // key is read again once the session is bound to it.
+                    self.shared.bind_cred(&fresh.cred);
+                    if !svc.credential_in_force(&fresh).await? {
+                        self.shared.close(crate::protocol::CloseCode::Revoked);
+                        return Err(ServiceError::Unauthorized("credential revoked".into()));
+                    }
+                }
                 let a = self.agent.as_mut().expect("checked above");
                 a.expires_at = expires_at;
                 a.scopes = fresh.scopes;
                 a.topics = fresh.topics;
+                a.cred = fresh.cred;
                 Ok(Some(
                     json!({"expires_at": crate::clock::rfc3339(expires_at * 1000)}),
                 ))

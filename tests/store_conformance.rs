@@ -251,7 +251,9 @@ async fn agents(s: Store, _url: String) {
     tx.update_agent(&b, "Bravo II", "new bio", "read", "general")
         .await
         .unwrap();
-    tx.set_agent_status(&b, "suspended").await.unwrap();
+    tx.set_agent_status(&b, "suspended", Some(""), Some("spam wave"))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     s.touch_agent_seen(&b, T0 + 5).await.unwrap();
     let a = s.agent_by_id(&b).await.unwrap().unwrap();
@@ -267,6 +269,10 @@ async fn agents(s: Store, _url: String) {
     assert_eq!(
         (a.status.as_str(), a.last_seen_at),
         ("suspended", Some(T0 + 5))
+    );
+    assert_eq!(
+        (a.owner_hold.as_deref(), a.operator_hold.as_deref()),
+        (Some(""), Some("spam wave"))
     );
 
     let mut tx = s.begin().await.unwrap();

@@ -85,12 +85,32 @@ pub async fn revoke_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StatusBody {
+    reason: Option<String>,
+}
+
+/// `suspend`, `resume`, `revoke`: by the agent's owner, or by an operator for any agent. The
+/// body, `{"reason": "..."}`, may be left out.
 pub async fn status(
     State(st): State<AppState>,
     Owner(o): Owner,
     Path((handle, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
 ) -> HttpResult<Json<Value>> {
-    Ok(Json(st.service.set_status(&o, &handle, &action).await?))
+    let b: StatusBody = if body.iter().all(u8::is_ascii_whitespace) {
+        StatusBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(crate::protocol::truncate(&e.to_string(), 200).to_string())
+        })?
+    };
+    Ok(Json(
+        st.service
+            .set_status(&o, &handle, &action, b.reason.as_deref())
+            .await?,
+    ))
 }
 
 pub async fn token(State(st): State<AppState>, headers: HeaderMap) -> HttpResult<Json<Value>> {

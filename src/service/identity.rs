@@ -363,18 +363,30 @@ impl Service {
         }))
     }
 
-    /// The agent named `handle`, if `owner` owns it or is an admin.
+    /// The agent named `handle`, if `owner` owns it. Keys, scopes, perimeter and profile are
+    /// the owner's alone: an operator who does not own the agent is refused (it could
+    /// otherwise mint a key and speak as the agent, or read its private channel).
     async fn owned(&self, owner: &OwnerCtx, handle: &str) -> ServiceResult<AgentRow> {
-        let agent = self
-            .store
+        let agent = self.agent_named(handle).await?;
+        if agent.owner_id == owner.id {
+            return Ok(agent);
+        }
+        if owner.admin {
+            return Err(ServiceError::Forbidden(
+                "an operator may suspend, revoke, list and audit any agent, but keys, scopes \
+                 and profile belong to its owner"
+                    .into(),
+            ));
+        }
+        // Not found rather than forbidden: other owners' agents are none of your business.
+        Err(ServiceError::NotFound("no such agent".into()))
+    }
+
+    async fn agent_named(&self, handle: &str) -> ServiceResult<AgentRow> {
+        self.store
             .agent_by_handle(handle)
             .await?
-            .ok_or_else(|| ServiceError::NotFound("no such agent".into()))?;
-        if agent.owner_id != owner.id && !owner.admin {
-            // Not found rather than forbidden: other owners' agents are none of your business.
-            return Err(ServiceError::NotFound("no such agent".into()));
-        }
-        Ok(agent)
+            .ok_or_else(|| ServiceError::NotFound("no such agent".into()))
     }
 
     /// The access review: every agent of `owner` with its keys and live sessions.
@@ -561,38 +573,98 @@ impl Service {
         Ok(())
     }
 
-    /// `suspend`, `resume` or `revoke` an agent. Revoking also revokes every key, for good.
+    /// `suspend`, `resume` or `revoke` an agent, as its owner or, for an agent `owner` does
+    /// not own, as an operator (an admin). Revoking also revokes every key, for good.
     pub async fn set_status(
         &self,
         owner: &OwnerCtx,
         handle: &str,
         action: &str,
+        reason: Option<&str>,
     ) -> ServiceResult<Value> {
-        let agent = self.owned(owner, handle).await?;
-        let actor = owner_actor(owner);
-        self.apply_status(&agent, action, &actor).await
+        let action = StatusAction::parse(action)?;
+        let agent = self.agent_named(handle).await?;
+        let authority = if agent.owner_id == owner.id {
+            Authority::Owner
+        } else if owner.admin {
+            Authority::Operator
+        } else {
+            return Err(ServiceError::NotFound("no such agent".into()));
+        };
+        self.apply_status(&agent, action, authority, reason, &owner_actor(owner))
+            .await
     }
 
-    pub(crate) async fn apply_status(
+    /// `carapace admin suspend-agent | resume-agent | revoke-agent`: an operator's act.
+    pub async fn set_status_from_cli(
+        &self,
+        handle: &str,
+        action: &str,
+        reason: Option<&str>,
+    ) -> ServiceResult<Value> {
+        let action = StatusAction::parse(action)?;
+        let agent = self.agent_named(handle).await?;
+        self.apply_status(&agent, action, Authority::Operator, reason, "cli")
+            .await
+    }
+
+    async fn apply_status(
         &self,
         agent: &AgentRow,
-        action: &str,
+        action: StatusAction,
+        authority: Authority,
+        reason: Option<&str>,
         actor: &str,
     ) -> ServiceResult<Value> {
-        let status = match action {
-            "suspend" => "suspended",
-            "resume" => "active",
-            "revoke" => "revoked",
-            _ => return Err(ServiceError::NotFound("no such action".into())),
-        };
-        if agent.status == "revoked" && status != "revoked" {
+        let reason = reason.unwrap_or("").trim();
+        check_text("reason", reason, 500, true)?;
+        if agent.status == "revoked" && action != StatusAction::Revoke {
             return Err(ServiceError::Conflict(
                 "a revoked agent stays revoked".into(),
             ));
         }
+        let (mut owner_hold, mut operator_hold) =
+            (agent.owner_hold.clone(), agent.operator_hold.clone());
+        let (own, other) = match authority {
+            Authority::Owner => (&mut owner_hold, &operator_hold),
+            Authority::Operator => (&mut operator_hold, &owner_hold),
+        };
+        match action {
+            StatusAction::Suspend => *own = Some(reason.to_string()),
+            StatusAction::Resume => {
+                if own.is_none() && other.is_some() {
+                    return Err(ServiceError::Forbidden(
+                        match authority {
+                            Authority::Owner => {
+                                "an operator suspended this agent: only an operator can lift it"
+                            }
+                            Authority::Operator => {
+                                "its owner suspended this agent: only the owner can lift it"
+                            }
+                        }
+                        .into(),
+                    ));
+                }
+                *own = None;
+            }
+            StatusAction::Revoke => {}
+        }
+        let status = if action == StatusAction::Revoke || agent.status == "revoked" {
+            "revoked"
+        } else if owner_hold.is_some() || operator_hold.is_some() {
+            "suspended"
+        } else {
+            "active"
+        };
         let now = now_ms();
         let mut tx = self.store.begin().await?;
-        tx.set_agent_status(&agent.id, status).await?;
+        tx.set_agent_status(
+            &agent.id,
+            status,
+            owner_hold.as_deref(),
+            operator_hold.as_deref(),
+        )
+        .await?;
         if status == "revoked" {
             tx.revoke_all_keys(&agent.id, now).await?;
         }
@@ -601,9 +673,12 @@ impl Service {
             &self.keys,
             Entry {
                 actor,
-                action: &format!("agent.{action}"),
+                action: action.audit_action(),
                 subject: &format!("agent:{}", agent.handle),
-                detail: json!({"from": agent.status, "to": status}),
+                detail: json!({
+                    "from": agent.status, "to": status,
+                    "by": authority.name(), "reason": reason,
+                }),
             },
             now,
         )
@@ -615,7 +690,10 @@ impl Service {
             })
             .await;
         }
-        Ok(json!({"handle": agent.handle, "status": status}))
+        Ok(json!({
+            "handle": agent.handle, "status": status,
+            "holds": views::holds(owner_hold.as_deref(), operator_hold.as_deref()),
+        }))
     }
 
     /// Exchanges an API key for an agent JWT.
@@ -634,6 +712,8 @@ impl Service {
             return Err(refuse());
         }
         let secs = now / 1000;
+        // A token never outlives its key.
+        let exp = (secs + self.token_ttl.as_secs() as i64).min(k.expires_at / 1000);
         let claims = jwt::AgentClaims {
             iss: jwt::ISSUER.into(),
             aud: jwt::AGENT_AUDIENCE.into(),
@@ -649,7 +729,7 @@ impl Service {
             jti: new_id(),
             iat: secs,
             nbf: secs,
-            exp: secs + self.token_ttl.as_secs() as i64,
+            exp,
         };
         let reply = self.token_reply(&claims, claims.exp)?;
         if let Err(e) = self.store.touch_key(&k.id, &agent.id, now).await {
@@ -683,6 +763,9 @@ impl Service {
         if key.revoked_at.is_some() {
             return Err(ServiceError::Unauthorized("credential revoked".into()));
         }
+        if key.expires_at <= now_ms() {
+            return Err(ServiceError::Unauthorized("credential expired".into()));
+        }
         let claimed = Scopes::parse(claims.scopes.iter().map(String::as_str)).unwrap_or_default();
         let claimed_topics = if claims.topics.iter().any(|t| t == "*") {
             Perimeter::Any
@@ -698,6 +781,20 @@ impl Service {
             cred: claims.cred,
             expires_at: claims.exp,
         })
+    }
+
+    /// Whether the key behind `agent`'s session is still unrevoked and unexpired, and the
+    /// agent still active: read again after a session moves to another key.
+    pub async fn credential_in_force(&self, agent: &AgentCtx) -> ServiceResult<bool> {
+        let Some(key) = self.store.key_by_id(&agent.cred).await? else {
+            return Ok(false);
+        };
+        let active = self
+            .store
+            .agent_by_id(&agent.id)
+            .await?
+            .is_some_and(|a| a.status == "active");
+        Ok(active && key.agent_id == agent.id && key.is_active(now_ms()))
     }
 
     pub async fn public_profile(&self, handle: &str) -> ServiceResult<Value> {
@@ -732,9 +829,45 @@ impl Service {
     }
 }
 
-impl Service {
-    /// `carapace admin revoke-agent`.
-    pub async fn revoke_from_cli(&self, agent: &AgentRow) -> ServiceResult<Value> {
-        self.apply_status(agent, "revoke", "cli").await
+/// A change of an agent's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StatusAction {
+    Suspend,
+    Resume,
+    Revoke,
+}
+
+impl StatusAction {
+    fn parse(s: &str) -> ServiceResult<StatusAction> {
+        match s {
+            "suspend" => Ok(StatusAction::Suspend),
+            "resume" => Ok(StatusAction::Resume),
+            "revoke" => Ok(StatusAction::Revoke),
+            _ => Err(ServiceError::NotFound("no such action".into())),
+        }
+    }
+
+    fn audit_action(self) -> &'static str {
+        match self {
+            StatusAction::Suspend => "agent.suspend",
+            StatusAction::Resume => "agent.resume",
+            StatusAction::Revoke => "agent.revoke",
+        }
+    }
+}
+
+/// On whose authority an agent's standing changes: each side lifts only its own suspension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Authority {
+    Owner,
+    Operator,
+}
+
+impl Authority {
+    fn name(self) -> &'static str {
+        match self {
+            Authority::Owner => "owner",
+            Authority::Operator => "operator",
+        }
     }
 }

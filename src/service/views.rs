@@ -54,11 +54,20 @@ pub fn owned_agent(a: &AgentRow, keys: &[KeyRow], live_sessions: usize, now: i64
         "id": a.id, "handle": a.handle, "name": a.name, "bio": a.bio, "owner": a.owner_handle,
         "scopes": super::Scopes::from_stored(&a.scopes).names(),
         "topics": super::Perimeter::from_stored(&a.topics).names(),
-        "status": a.status, "karma": a.karma, "created_at": rfc3339(a.created_at),
+        "status": a.status,
+        "holds": holds(a.owner_hold.as_deref(), a.operator_hold.as_deref()),
+        "karma": a.karma, "created_at": rfc3339(a.created_at),
         "last_seen_at": rfc3339_opt(a.last_seen_at),
         "keys": keys.iter().map(|k| key(k, now)).collect::<Vec<_>>(),
         "live_sessions": live_sessions,
     })
+}
+
+/// The suspensions in force on an agent, each with its reason: `{"owner": null | {"reason"},
+/// "operator": null | {"reason"}}`.
+pub fn holds(owner: Option<&str>, operator: Option<&str>) -> Value {
+    let hold = |h: Option<&str>| h.map(|r| json!({"reason": r}));
+    json!({"owner": hold(owner), "operator": hold(operator)})
 }
 
 /// Nests a post's comments (oldest first) into a tree: top-level comments, each with `replies`.

@@ -290,12 +290,23 @@ impl WriteTx {
         Ok(())
     }
 
-    pub async fn set_agent_status(&mut self, agent_id: &str, status: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE agents SET status = $1 WHERE id = $2")
-            .bind(status)
-            .bind(agent_id)
-            .execute(&mut *self.tx)
-            .await?;
+    /// Sets an agent's status together with the suspension holds behind it.
+    pub async fn set_agent_status(
+        &mut self,
+        agent_id: &str,
+        status: &str,
+        owner_hold: Option<&str>,
+        operator_hold: Option<&str>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE agents SET status = $1, owner_hold = $2, operator_hold = $3 WHERE id = $4",
+        )
+        .bind(status)
+        .bind(owner_hold)
+        .bind(operator_hold)
+        .bind(agent_id)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 

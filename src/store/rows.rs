@@ -43,6 +43,10 @@ pub struct AgentRow {
     /// Space-separated topic names, or `*`.
     pub topics: String,
     pub status: String,
+    /// The owner's suspension, with its reason (possibly empty), if one is in force.
+    pub owner_hold: Option<String>,
+    /// An operator's suspension, with its reason, if one is in force: only an operator lifts it.
+    pub operator_hold: Option<String>,
     pub karma: i64,
     pub created_at: i64,
     pub last_seen_at: Option<i64>,
@@ -50,7 +54,7 @@ pub struct AgentRow {
 
 /// Columns for `AgentRow`, for queries over `agents a JOIN owners o`.
 pub(crate) const AGENT_COLS: &str = "a.id, a.handle, a.name, a.bio, a.owner_id, o.handle AS owner_handle, \
-     a.scopes, a.topics, a.status, a.karma, a.created_at, a.last_seen_at";
+     a.scopes, a.topics, a.status, a.owner_hold, a.operator_hold, a.karma, a.created_at, a.last_seen_at";
 
 impl AgentRow {
     pub(crate) fn from_row(r: &AnyRow) -> AgentRow {
@@ -64,6 +68,8 @@ impl AgentRow {
             scopes: r.get("scopes"),
             topics: r.get("topics"),
             status: r.get("status"),
+            owner_hold: opt_str(r, "owner_hold"),
+            operator_hold: opt_str(r, "operator_hold"),
             karma: r.get("karma"),
             created_at: r.get("created_at"),
             last_seen_at: opt_i64(r, "last_seen_at"),
