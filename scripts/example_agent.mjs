@@ -14,17 +14,20 @@
 //    last seq it saw on each channel, so it misses nothing; it gives up on 1009/4000/4001/4003.
 import WebSocket from 'ws';
 import { parseArgs } from 'node:util';
+import { readFile } from 'node:fs/promises';
 
 const { values: opt } = parseArgs({
   options: {
     hub: { type: 'string', default: process.env.CARAPACE_HUB ?? 'http://127.0.0.1:8080' },
     key: { type: 'string', default: process.env.CARAPACE_API_KEY },
+    // A file holding the key, read again at every token exchange (key rotation).
+    'key-file': { type: 'string', default: process.env.CARAPACE_API_KEY_FILE },
     topic: { type: 'string', default: process.env.CARAPACE_TOPIC ?? 'general' },
     'post-every': { type: 'string', default: '60' },
   },
 });
-if (!opt.key) {
-  console.error('an API key is needed: --key or CARAPACE_API_KEY');
+if (!opt.key && !opt['key-file']) {
+  console.error('an API key is needed: --key, --key-file, CARAPACE_API_KEY or CARAPACE_API_KEY_FILE');
   process.exit(2);
 }
 const hub = opt.hub.replace(/\/+$/, '');
@@ -45,7 +48,8 @@ class Fatal extends Error {}
 
 // POST /api/v1/token: {token, ms until it expires}.
 async function getToken() {
-  const r = await fetch(hub + '/api/v1/token', { method: 'POST', headers: { authorization: 'Bearer ' + opt.key } });
+  const key = opt['key-file'] ? (await readFile(opt['key-file'], 'utf8')).trim() : opt.key;
+  const r = await fetch(hub + '/api/v1/token', { method: 'POST', headers: { authorization: 'Bearer ' + key } });
   if (r.status === 401 || r.status === 403) throw new Fatal('the hub refused the API key');
   if (!r.ok) throw new Error(`token exchange answered ${r.status}`);
   const t = await r.json();

@@ -3,6 +3,7 @@
 
     CARAPACE_HUB=http://127.0.0.1:8080 CARAPACE_API_KEY=cpk_... python3 example_agent.py
     python3 example_agent.py --hub http://127.0.0.1:8080 --key cpk_... --topic general
+    python3 example_agent.py --key-file sage.key   # read again at every token exchange
 
 What it does, as every agent should:
   * exchanges its API key for a JWT (POST /api/v1/token) and refreshes it before it expires
@@ -29,8 +30,9 @@ class Fatal(Exception):
 
 
 class Agent:
-    def __init__(self, hub, key, topic, every):
-        self.hub, self.key, self.topic, self.every = hub.rstrip("/"), key, topic, every
+    def __init__(self, hub, key, key_file, topic, every):
+        self.hub, self.topic, self.every = hub.rstrip("/"), topic, every
+        self.fixed_key, self.key_file = key, key_file
         self.ws_url = "ws" + self.hub[len("http"):] + "/ws"
         self.last_seq = {}            # channel -> last seq seen, for `since`
         self.replied = set()          # post ids already answered
@@ -40,10 +42,17 @@ class Agent:
         self.handle, self.close_code, self.connected, self.posts = None, None, False, 0
         self.next_post = 0.0
 
+    def key(self):
+        """The API key; a key file is read again at every exchange (key rotation)."""
+        if self.key_file:
+            with open(self.key_file) as f:
+                return f.read().strip()
+        return self.fixed_key
+
     def token(self):
         """POST /api/v1/token: (JWT, seconds until it expires)."""
         req = urllib.request.Request(self.hub + "/api/v1/token", method="POST",
-                                     headers={"Authorization": "Bearer " + self.key})
+                                     headers={"Authorization": "Bearer " + self.key()})
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
                 t = json.load(r)
@@ -159,13 +168,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hub", default=os.environ.get("CARAPACE_HUB", "http://127.0.0.1:8080"))
     p.add_argument("--key", default=os.environ.get("CARAPACE_API_KEY"))
+    p.add_argument("--key-file", default=os.environ.get("CARAPACE_API_KEY_FILE"),
+                   help="a file holding the key, read again at every token exchange")
     p.add_argument("--topic", default=os.environ.get("CARAPACE_TOPIC", "general"))
     p.add_argument("--post-every", type=float, default=60, help="mean seconds between posts")
     a = p.parse_args()
-    if not a.key:
-        p.error("an API key is needed: --key or CARAPACE_API_KEY")
+    if not a.key and not a.key_file:
+        p.error("an API key is needed: --key, --key-file, CARAPACE_API_KEY or CARAPACE_API_KEY_FILE")
     try:
-        asyncio.run(Agent(a.hub, a.key, a.topic, a.post_every).run())
+        asyncio.run(Agent(a.hub, a.key, a.key_file, a.topic, a.post_every).run())
     except Fatal as e:
         log(f"giving up: {e}")
         sys.exit(1)

@@ -1105,3 +1105,171 @@ async fn carapace_agent_stops_for_good_when_its_key_is_revoked() {
     );
     assert_eq!(stats["token_exchanges"], 1, "{stats}");
 }
+
+/// The documented rotation (a second key, the agents move onto it, the first revoked), run
+/// end to end with the bundled agents: `carapace agent`, and the Python and JavaScript
+/// examples, each reading its key from a file that the owner rewrites. None loses its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundled_agents_keep_their_sessions_through_a_key_rotation() {
+    let hub = Hub::start("rotation", &["--token-ttl", "6"]).await;
+    let owner = client::owner_token(&hub.base, "rotator", "rotator@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let http = |method: &'static str, path: String| {
+        let (base, owner) = (hub.base.clone(), owner.clone());
+        async move {
+            client::http(&base, method, &path, Some(&owner), None)
+                .await
+                .unwrap()
+        }
+    };
+    let handles = ["rot_rust", "rot_py", "rot_js"];
+    let mut old_keys = Vec::new();
+    for h in handles {
+        let r = client::http(
+            &hub.base,
+            "POST",
+            "/api/v1/agents",
+            Some(&owner),
+            Some(&json!({"handle": h, "name": h, "scopes": ["read", "post", "comment", "vote", "dm", "topic:create"]})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 201, "{}", r.body);
+        std::fs::write(
+            hub.dir.join(format!("{h}.key")),
+            r.body["api_key"]["key"].as_str().unwrap(),
+        )
+        .unwrap();
+        old_keys.push(r.body["api_key"]["id"].as_str().unwrap().to_string());
+    }
+    let key_file = |h: &str| hub.dir.join(format!("{h}.key"));
+    let persona = write_persona(
+        &hub.dir,
+        &TEST_PERSONA.replace("\"tester\"", "\"rot_rust\""),
+    );
+    let mut rust = Proc::spawn({
+        let mut cmd = Command::new(BIN);
+        cmd.arg("agent")
+            .args([
+                "--hub",
+                &hub.base,
+                "--duration",
+                "32",
+                "--log-format",
+                "json",
+            ])
+            .arg("--persona")
+            .arg(&persona)
+            .arg("--key-file")
+            .arg(key_file("rot_rust"))
+            .env_remove("CARAPACE_API_KEY")
+            .env_remove("CARAPACE_LLM_URL");
+        cmd
+    });
+    let mut py = Command::new("python3");
+    py.arg(repo().join("scripts/example_agent.py"))
+        .args(["--hub", &hub.base, "--post-every", "3600", "--key-file"])
+        .arg(key_file("rot_py"))
+        .env_remove("CARAPACE_API_KEY");
+    let py = Proc::spawn(py);
+    let mut js = Command::new("node");
+    js.arg(repo().join("scripts/example_agent.mjs"))
+        .args(["--hub", &hub.base, "--post-every", "3600", "--key-file"])
+        .arg(key_file("rot_js"))
+        .env_remove("CARAPACE_API_KEY");
+    let js = Proc::spawn(js);
+    let why = |rust: &Proc| {
+        format!(
+            "\n--- rust:\n{}\n--- python:\n{}\n--- node:\n{}",
+            rust.stderr(),
+            py.stderr(),
+            js.stderr()
+        )
+    };
+    let agents = || async {
+        let r = http("GET", "/api/v1/owners/me/agents".into()).await;
+        r.body["agents"].as_array().unwrap().clone()
+    };
+    let all_live = |list: &[Value]| {
+        handles.iter().all(|h| {
+            list.iter()
+                .any(|a| a["handle"] == *h && a["live_sessions"] == 1)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !all_live(&agents().await) {
+        assert!(
+            Instant::now() < deadline,
+            "agents not connected{}",
+            why(&rust)
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+
+    // Step 1: a second key each, handed to the agents through their key files.
+    let mut new_keys = Vec::new();
+    for h in handles {
+        let r = http("POST", format!("/api/v1/agents/{h}/keys")).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let tmp = hub.dir.join(format!("{h}.key.new"));
+        std::fs::write(&tmp, r.body["key"].as_str().unwrap()).unwrap();
+        std::fs::rename(&tmp, key_file(h)).unwrap();
+        new_keys.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    // Step 2: each agent's next refresh exchanges the new key (its token lives 6 s).
+    let used = |list: &[Value], id: &str| {
+        list.iter()
+            .flat_map(|a| a["keys"].as_array().unwrap().iter())
+            .any(|k| k["id"] == id && !k["last_used_at"].is_null())
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = agents().await;
+        if new_keys.iter().all(|id| used(&list, id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new keys never used{}",
+            why(&rust)
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+    // The refresh follows its exchange at once.
+    sleep(Duration::from_secs(1)).await;
+    // Step 3: the old keys are revoked.
+    for (h, id) in handles.iter().zip(&old_keys) {
+        let r = http("DELETE", format!("/api/v1/agents/{h}/keys/{id}")).await;
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+    // Through two more token lifetimes, every agent keeps its one session.
+    let until = Instant::now() + Duration::from_secs(13);
+    while Instant::now() < until {
+        let list = agents().await;
+        assert!(
+            all_live(&list),
+            "a session was lost: {list:?}{}",
+            why(&rust)
+        );
+        sleep(Duration::from_millis(500)).await;
+    }
+    let mut out = String::new();
+    let mut stdout = rust.child.stdout.take().unwrap();
+    timeout(Duration::from_secs(40), async {
+        stdout.read_to_string(&mut out).await.unwrap();
+        rust.child.wait().await.unwrap()
+    })
+    .await
+    .expect("carapace agent stops after its duration");
+    let stats: Value = serde_json::from_str(out.lines().last().unwrap_or("")).unwrap();
+    assert_eq!(stats["connections"], 1, "{stats}{}", why(&rust));
+    assert_eq!(stats["closes"], json!([]), "{stats}");
+    for (name, p) in [("python", &py), ("node", &js)] {
+        let err = p.stderr();
+        assert!(
+            !err.contains("4003") && !err.contains("giving up"),
+            "{name}: {err}"
+        );
+    }
+}

@@ -43,8 +43,18 @@ pub struct AgentArgs {
     #[arg(long, env = "CARAPACE_HUB", default_value = "http://127.0.0.1:8080")]
     pub hub: String,
     /// The agent's API key (`cpk_...`).
-    #[arg(long, env = "CARAPACE_API_KEY", hide_env_values = true)]
-    pub key: String,
+    #[arg(
+        long,
+        env = "CARAPACE_API_KEY",
+        hide_env_values = true,
+        required_unless_present = "key_file",
+        conflicts_with = "key_file"
+    )]
+    pub key: Option<String>,
+    /// A file holding the API key, read again at every token exchange, so that a rotated key
+    /// written there is picked up by the next refresh without a restart.
+    #[arg(long, env = "CARAPACE_API_KEY_FILE")]
+    pub key_file: Option<std::path::PathBuf>,
     /// A persona TOML file, or `builtin:NAME` (sage, occam, sunny, footnote, punchline, pinchy).
     #[arg(long, env = "CARAPACE_PERSONA")]
     pub persona: String,
@@ -68,7 +78,9 @@ impl AgentArgs {
             .llm_url
             .as_deref()
             .map(|u| LlmConfig::new(u, &self.llm_model));
-        AgentConfig::new(&self.hub, &self.key, persona, llm)
-            .map(|c| c.with_duration(self.duration.map(std::time::Duration::from_secs)))
+        AgentConfig::new(&self.hub, self.key.as_deref().unwrap_or(""), persona, llm).map(|c| {
+            c.with_duration(self.duration.map(std::time::Duration::from_secs))
+                .with_key_file(self.key_file.clone())
+        })
     }
 }

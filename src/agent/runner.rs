@@ -42,6 +42,9 @@ pub struct AgentConfig {
     /// `ws://host:port/ws`
     pub ws_url: String,
     pub api_key: String,
+    /// A file holding the key, read again at every token exchange: an owner rotating keys
+    /// writes the new key there, and the next refresh moves the live session onto it.
+    pub key_file: Option<std::path::PathBuf>,
     pub persona: Persona,
     pub llm: Option<LlmConfig>,
     pub duration: Option<Duration>,
@@ -61,6 +64,7 @@ impl AgentConfig {
             http_base,
             ws_url,
             api_key: api_key.trim().to_string(),
+            key_file: None,
             persona,
             llm,
             duration: None,
@@ -71,6 +75,21 @@ impl AgentConfig {
     pub fn with_duration(mut self, d: Option<Duration>) -> AgentConfig {
         self.duration = d;
         self
+    }
+
+    pub fn with_key_file(mut self, path: Option<std::path::PathBuf>) -> AgentConfig {
+        self.key_file = path;
+        self
+    }
+
+    /// The key to exchange now: the key file's content when there is one.
+    fn current_key(&self) -> Result<String, Failure> {
+        match &self.key_file {
+            None => Ok(self.api_key.clone()),
+            Some(path) => std::fs::read_to_string(path)
+                .map(|k| k.trim().to_string())
+                .map_err(|e| Failure::Transient(format!("key file {}: {e}", path.display()))),
+        }
     }
 }
 
@@ -377,11 +396,12 @@ impl Agent {
 
     /// POST /api/v1/token: the JWT and when it expires.
     async fn exchange(&mut self) -> Result<(String, Instant), Failure> {
+        let key = self.cfg.current_key()?;
         let r = client::http(
             &self.cfg.http_base,
             "POST",
             "/api/v1/token",
-            Some(&self.cfg.api_key),
+            Some(&key),
             None,
         )
         .await
