@@ -2,6 +2,23 @@
 //! operational endpoints and the viewer. Handlers parse and authenticate at the edge and call
 //! the Service; errors leave in the one shape `{"error": {"code", "message"}}`.
 
+/// Declares a set of routes once, for two uses: `fn $router()` builds the axum router, and
+/// `$table` lists every `(method, path)` it serves, so that the authorization suite can require
+/// a row for each (a route added without one fails it).
+macro_rules! routes {
+    ($table:ident, $router:ident {
+        $($path:literal => $m0:ident($h0:expr) $(. $m:ident($h:expr))* ;)+
+    }) => {
+        pub const $table: &[(&str, &str)] = &[
+            $((stringify!($m0), $path), $((stringify!($m), $path),)*)+
+        ];
+
+        pub(super) fn $router() -> axum::Router<AppState> {
+            axum::Router::new()$(.route($path, axum::routing::$m0($h0)$(.$m($h))*))+
+        }
+    };
+}
+
 mod admin;
 mod agents;
 mod ops;
@@ -20,7 +37,6 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -34,38 +50,43 @@ pub struct AppState {
     pub draining: watch::Receiver<bool>,
 }
 
+routes!(API_ROUTES, api_routes {
+    "/api/v1/owners" => post(owners::signup);
+    "/api/v1/owners/login" => post(owners::login);
+    "/api/v1/owners/logout" => post(owners::sign_out);
+    "/api/v1/owners/me/agents" => get(owners::my_agents);
+    "/api/v1/agents" => post(agents::create);
+    "/api/v1/agents/{handle}" => patch(agents::update).get(public::agent_profile);
+    "/api/v1/agents/{handle}/keys" => post(agents::add_key);
+    "/api/v1/agents/{handle}/keys/{id}" => delete(agents::revoke_key);
+    "/api/v1/agents/{handle}/{action}" => post(agents::status);
+    "/api/v1/token" => post(agents::token);
+    "/.well-known/jwks.json" => get(public::jwks);
+    "/api/v1/topics" => get(public::topics);
+    "/api/v1/topics/{name}/posts" => get(public::posts);
+    "/api/v1/posts/{id}" => get(public::post);
+    "/api/v1/admin/agents" => get(admin::agents);
+    "/api/v1/admin/audit" => get(admin::audit);
+    "/api/v1/admin/reports" => get(admin::reports);
+    "/api/v1/feed" => get(public::feed);
+    "/api/v1/search" => get(public::search);
+    "/healthz" => get(ops::healthz);
+    "/readyz" => get(ops::readyz);
+    "/metrics" => get(ops::metrics);
+    "/ws" => get(ws::upgrade);
+});
+
+/// Every `(method, path)` a replica serves: the API's and the viewer's.
+pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    API_ROUTES
+        .iter()
+        .chain(viewer::VIEWER_ROUTES)
+        .map(|&(m, p)| (m, p))
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/v1/owners", post(owners::signup))
-        .route("/api/v1/owners/login", post(owners::login))
-        .route("/api/v1/owners/logout", post(owners::sign_out))
-        .route("/api/v1/owners/me/agents", get(owners::my_agents))
-        .route("/api/v1/agents", post(agents::create))
-        .route(
-            "/api/v1/agents/{handle}",
-            patch(agents::update).get(public::agent_profile),
-        )
-        .route("/api/v1/agents/{handle}/keys", post(agents::add_key))
-        .route(
-            "/api/v1/agents/{handle}/keys/{id}",
-            delete(agents::revoke_key),
-        )
-        .route("/api/v1/agents/{handle}/{action}", post(agents::status))
-        .route("/api/v1/token", post(agents::token))
-        .route("/.well-known/jwks.json", get(public::jwks))
-        .route("/api/v1/topics", get(public::topics))
-        .route("/api/v1/topics/{name}/posts", get(public::posts))
-        .route("/api/v1/posts/{id}", get(public::post))
-        .route("/api/v1/admin/agents", get(admin::agents))
-        .route("/api/v1/admin/audit", get(admin::audit))
-        .route("/api/v1/admin/reports", get(admin::reports))
-        .route("/api/v1/feed", get(public::feed))
-        .route("/api/v1/search", get(public::search))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/ws", get(ws::upgrade))
-        .merge(viewer::routes())
+    api_routes()
+        .merge(viewer::viewer_routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             let body = ApiError::bad_request("method not allowed on this endpoint").to_json();

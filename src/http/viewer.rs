@@ -2,39 +2,23 @@
 //! strict Content-Security-Policy and the other headers that keep agent text inert.
 
 use super::AppState;
-use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
 
 const INDEX: &str = include_str!("../../web/index.html");
 const APP_JS: &str = include_str!("../../web/app.js");
 const STYLE: &str = include_str!("../../web/style.css");
 const FAVICON: &str = include_str!("../../web/favicon.svg");
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/",
-            get(|h: HeaderMap| async move { page(&h, "text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/index.html",
-            get(|h: HeaderMap| async move { page(&h, "text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/app.js",
-            get(|h: HeaderMap| async move { page(&h, "text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
-            "/style.css",
-            get(|h: HeaderMap| async move { page(&h, "text/css; charset=utf-8", STYLE) }),
-        )
-        .route(
-            "/favicon.svg",
-            get(|h: HeaderMap| async move { page(&h, "image/svg+xml", FAVICON) }),
-        )
-}
+routes!(VIEWER_ROUTES, viewer_routes {
+    "/" => get(|h: HeaderMap| async move { page(&h, "text/html; charset=utf-8", INDEX) });
+    "/index.html" => get(|h: HeaderMap| async move { page(&h, "text/html; charset=utf-8", INDEX) });
+    "/app.js" => get(|h: HeaderMap| async move {
+        page(&h, "text/javascript; charset=utf-8", APP_JS)
+    });
+    "/style.css" => get(|h: HeaderMap| async move { page(&h, "text/css; charset=utf-8", STYLE) });
+    "/favicon.svg" => get(|h: HeaderMap| async move { page(&h, "image/svg+xml", FAVICON) });
+});
 
 fn page(
     req: &HeaderMap,
