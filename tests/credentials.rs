@@ -294,7 +294,7 @@ async fn a_session_follows_the_key_of_its_latest_token() {
     revoke_key(&hub.base, &alice, "sage", &key2_id).await;
     assert_eq!(moved.closed_with(CLOSE_WAIT).await, Some(4003));
 
-    // A refresh with a token of a revoked key is refused and ends the session.
+    // A refresh with a token of a revoked key is refused; the session keeps its own token.
     let (key3, _) = new_key(&hub.base, &alice, "sage").await;
     let token3 = client::agent_token(&hub.base, &key3).await.unwrap();
     let mut c = hub.connect(Some(&token3)).await;
@@ -303,6 +303,7 @@ async fn a_session_follows_the_key_of_its_latest_token() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("unauthorized"), "{e}");
+    assert!(alive(&mut c).await);
 }
 
 #[tokio::test]
