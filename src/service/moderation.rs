@@ -56,7 +56,8 @@ impl Service {
         }
         let now = now_ms();
         let mut tx = self.store.begin().await?;
-        tx.remove(&t, now).await?;
+        tx.remove(&t, &Channel::topic(&topic).to_string(), now)
+            .await?;
         audit::append(
             &mut tx,
             &self.keys,

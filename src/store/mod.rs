@@ -13,11 +13,13 @@ mod events;
 mod forum;
 mod identity;
 mod meta;
+mod removal;
 pub mod rows;
 mod social;
 
 pub use forum::{NewComment, NewPost, PostFilter, VoteTarget};
 pub use identity::{NewAgent, NewKey, NewOwner};
+pub use removal::tombstone;
 pub use rows::*;
 pub use social::{Ban, SearchHit, SearchKind};
 
