@@ -1560,4 +1560,23 @@ async fn removal_leaves_tombstones_in_history(s: Store, _url: String) {
         .map(|c| c.id)
         .collect();
     assert_eq!(thread, ["c2"]);
+    // What the service's search for private copies reads: a removed comment's author, and
+    // the events written at given instants.
+    assert_eq!(
+        s.comment_author_handle("c3").await.unwrap().as_deref(),
+        Some("bravo")
+    );
+    assert_eq!(s.comment_author_handle("zz").await.unwrap(), None);
+    let mut tx = s.begin().await.unwrap();
+    let at = |v: Vec<carapace::store::EventRow>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(
+        at(tx.events_written_at(ch, &[T0 + 1]).await.unwrap()),
+        [3, 4]
+    );
+    assert_eq!(
+        at(tx.events_written_at(ch, &[T0 + 2, T0]).await.unwrap()),
+        [1, 2, 5]
+    );
+    assert!(tx.events_written_at(ch, &[]).await.unwrap().is_empty());
+    tx.commit().await.unwrap();
 }

@@ -145,3 +145,52 @@ impl WriteTx {
         Ok(())
     }
 }
+
+impl WriteTx {
+    /// The events of `channel` written at one of the instants `at`, oldest first: where the
+    /// private copies of removed content are looked for. One scan of the channel between the
+    /// first and the last instant; the rest is filtered here.
+    pub async fn events_written_at(
+        &mut self,
+        channel: &str,
+        at: &[i64],
+    ) -> StoreResult<Vec<EventRow>> {
+        let (Some(lo), Some(hi)) = (at.iter().min(), at.iter().max()) else {
+            return Ok(Vec::new());
+        };
+        let at: std::collections::HashSet<i64> = at.iter().copied().collect();
+        let rows = sqlx::query(
+            "SELECT channel, seq, event, data, sealed, created_at FROM events \
+             WHERE channel = $1 AND created_at >= $2 AND created_at <= $3 ORDER BY seq",
+        )
+        .bind(channel)
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .iter()
+            .filter(|r| at.contains(&r.get::<i64, _>("created_at")))
+            .map(|r| EventRow {
+                channel: r.get("channel"),
+                seq: r.get::<i64, _>("seq") as u64,
+                event: r.get("event"),
+                data: r.get("data"),
+                sealed: r.get::<i64, _>("sealed") != 0,
+            })
+            .collect())
+    }
+}
+
+impl Store {
+    /// The handle of a comment's author, removed or not (a reply to it notified them).
+    pub async fn comment_author_handle(&self, id: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query(
+            "SELECT a.handle FROM comments c JOIN agents a ON a.id = c.author_id WHERE c.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(|r| r.get("handle")))
+    }
+}
