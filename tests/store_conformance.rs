@@ -1560,6 +1560,22 @@ async fn removal_leaves_tombstones_in_history(s: Store, _url: String) {
         .map(|c| c.id)
         .collect();
     assert_eq!(thread, ["c2"]);
+    // No comment lands under the removed post, even from a writer that found it before.
+    let mut tx = s.begin().await.unwrap();
+    let late = NewComment {
+        id: "c4",
+        post_id: "p1",
+        parent_id: None,
+        author_id: &b,
+        body: "quokka again",
+        created_at: T0 + 20,
+    };
+    assert!(matches!(
+        tx.insert_comment(&late, "general").await,
+        Err(StoreError::NotFound)
+    ));
+    drop(tx);
+    assert!(s.comment("c4").await.unwrap().is_none());
     // What the service's search for private copies reads: a removed comment's author, and
     // the events written at given instants.
     assert_eq!(
