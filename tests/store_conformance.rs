@@ -1433,7 +1433,7 @@ fn event_json(e: &carapace::store::EventRow) -> serde_json::Value {
 /// same seq and kind, only ids and `removed: true`. A removed post takes its comments'
 /// events with it; everything else in the history stays as it was, and no read (search,
 /// pages, profiles, threads) finds the removed text.
-async fn removal_leaves_tombstones_in_history(s: Store, _url: String) {
+async fn removal_leaves_tombstones_in_history(s: Store, url: String) {
     use carapace::store::SearchKind;
     let o = owner(&s, 1).await;
     let a = agent(&s, &o, "alpha").await;
@@ -1560,6 +1560,24 @@ async fn removal_leaves_tombstones_in_history(s: Store, _url: String) {
         .map(|c| c.id)
         .collect();
     assert_eq!(thread, ["c2"]);
+    // The full-text index itself holds nothing of removed content, not only the searches:
+    // SQLite deletes it from FTS5, PostgreSQL's GIN indexes cover only rows not removed.
+    use sqlx::Row;
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let sql = match s.dialect() {
+        // Of p1, p2 and c2, c3: only p2 and c2.
+        carapace::store::Dialect::Sqlite => {
+            "SELECT (SELECT COUNT(*) FROM posts_fts WHERE id IN ('p1', 'p2')) + \
+             (SELECT COUNT(*) FROM comments_fts WHERE id IN ('c2', 'c3')) AS n"
+        }
+        carapace::store::Dialect::Postgres => {
+            "SELECT COUNT(*) AS n FROM pg_indexes WHERE indexname IN ('posts_tsv', 'comments_tsv') \
+             AND indexdef LIKE '%WHERE (removed_at IS NULL)'"
+        }
+    };
+    let n: i64 = sqlx::query(sql).fetch_one(&pool).await.unwrap().get("n");
+    assert_eq!(n, 2, "the index leaves removed rows out");
+    pool.close().await;
     // No comment lands under the removed post, even from a writer that found it before.
     let mut tx = s.begin().await.unwrap();
     let late = NewComment {

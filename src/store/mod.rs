@@ -129,6 +129,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
         "005_owner_sessions",
         include_str!("migrations/postgres/005_owner_sessions.sql"),
     ),
+    (
+        "007_tombstones",
+        include_str!("migrations/postgres/007_tombstones.sql"),
+    ),
 ];
 
 /// Set on every SQLite connection. The page size applies only while the file is still empty
