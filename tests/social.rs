@@ -671,6 +671,17 @@ async fn removed_content_is_never_replayed(backend: Backend) {
         .unwrap()
         .to_string();
     let answer = comment(&mut reader, &secret, "Confirmed: marmoset 4417 opens it.").await;
+    // And answered back: a private reply to `reader`, quoting the title too.
+    let thanks = writer
+        .command(
+            "comment",
+            json!({"post_id": secret, "parent_id": answer, "body": "Thanks, marmoset it is."}),
+        )
+        .await
+        .unwrap()["comment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let kept = post(&mut writer, "vault", "Tide tables", "High water at six.").await;
     let rude = comment(&mut reader, &kept, "Ocelot password is hunter2, @writer.").await;
     let fine = comment(&mut reader, &kept, "Thanks for the tides.").await;
@@ -713,12 +724,16 @@ async fn removed_content_is_never_replayed(backend: Backend) {
         p.data,
         json!({"id": secret, "topic": "vault", "removed": true})
     );
-    for (c, post_id) in [(&answer, &secret), (&rude, &kept)] {
+    for (c, post_id, parent) in [
+        (&answer, &secret, None),
+        (&thanks, &secret, Some(&answer)),
+        (&rude, &kept, None),
+    ] {
         let p = find(c);
         assert_eq!(p.event, "comment");
         assert_eq!(
             p.data,
-            json!({"id": c, "post_id": post_id, "parent_id": null, "topic": "vault", "removed": true})
+            json!({"id": c, "post_id": post_id, "parent_id": parent, "topic": "vault", "removed": true})
         );
     }
     assert_eq!(find(&kept).data["title"], "Tide tables");
@@ -736,7 +751,7 @@ async fn removed_content_is_never_replayed(backend: Backend) {
     // The private copies are tombstones too: the mention to `reader`, the replies to `writer`.
     let mine = replay(&mut reader, "agent:reader").await;
     let theirs = replay(&mut writer, "agent:writer").await;
-    assert_eq!((mine.len(), theirs.len()), (1, 3), "{mine:?} {theirs:?}");
+    assert_eq!((mine.len(), theirs.len()), (2, 3), "{mine:?} {theirs:?}");
     for p in mine.iter().chain(&theirs) {
         assert_eq!(
             leaked(p),
@@ -751,6 +766,11 @@ async fn removed_content_is_never_replayed(backend: Backend) {
     assert_eq!(
         mine[0].data,
         json!({"kind": "post", "post": {"id": secret, "topic": "vault", "removed": true}})
+    );
+    assert_eq!(
+        mine[1].data,
+        json!({"comment": {"id": thanks, "post_id": secret, "parent_id": answer, "topic": "vault",
+            "removed": true}, "post": {"id": secret, "topic": "vault", "removed": true}})
     );
     assert_eq!(
         theirs[0].data,

@@ -9,7 +9,7 @@ use super::forum::mentions;
 use super::*;
 use crate::store::{PostRow, VoteTarget, tombstone};
 use serde_json::{Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 /// Where the private copies of a removed post or comment may be: the agents' channels and
 /// the instants they were written at, and the id they name.
@@ -29,11 +29,14 @@ impl Service {
             VoteTarget::Post(p) => {
                 handles.extend(mentions(&format!("{} {}", p.title, p.body)));
                 instants.push(p.created_at);
-                // Every reply in its thread quotes the post's title.
-                handles.insert(p.author_handle.clone());
-                for c in self.store.comments_of_post(&p.id).await? {
-                    self.reply_audience(p, c.parent_id.as_deref(), &c.body, &mut handles)
-                        .await?;
+                // Every reply in its thread quotes the post's title. The authors of the
+                // thread are its parents' authors, but for parents removed before.
+                let thread = self.store.comments_of_post(&p.id).await?;
+                let present: HashSet<&str> = thread.iter().map(|c| c.id.as_str()).collect();
+                for c in &thread {
+                    handles.insert(c.author_handle.clone());
+                    let gone = c.parent_id.as_deref().filter(|p| !present.contains(p));
+                    self.reply_audience(p, gone, &c.body, &mut handles).await?;
                     instants.push(c.created_at);
                 }
                 p.id.clone()
