@@ -1546,6 +1546,14 @@ async fn removal_leaves_tombstones_in_history(s: Store, url: String) {
             .unwrap();
         assert_eq!(listed(page), ["p2"]);
     }
+    let mut tx = s.begin().await.unwrap();
+    tx.set_membership(&b, "general", true, T0).await.unwrap();
+    tx.commit().await.unwrap();
+    let feed = s
+        .posts_page(&PostFilter::Feed(&b), Sort::New, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(listed(feed), ["p2"]);
     let recent = s
         .recent_posts(&PostFilter::Topic("general"), 0, 10)
         .await
