@@ -608,3 +608,226 @@ async fn remove_ban_and_report_respect_who_may_do_them(backend: Backend) {
         1
     );
 }
+
+#[tokio::test]
+async fn tombstones_sqlite() {
+    removed_content_is_never_replayed(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn tombstones_postgres() {
+    removed_content_is_never_replayed(Backend::Postgres).await;
+}
+
+async fn comment(c: &mut Client, post_id: &str, body: &str) -> String {
+    c.command("comment", json!({"post_id": post_id, "body": body}))
+        .await
+        .unwrap()["comment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Subscribes with `since: 0` and returns the whole replayed history, checking that it has
+/// every seq from 1 to the channel's last.
+async fn replay(c: &mut Client, channel: &str) -> Vec<carapace::client::Push> {
+    let r = c.subscribe(channel, Some(0)).await.unwrap();
+    let last = r["seq"].as_u64().unwrap();
+    let pushes = c.pushes(last as usize, Duration::from_secs(5)).await;
+    let seqs: Vec<u64> = pushes.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "{channel}: no gap");
+    pushes
+}
+
+/// What a moderator removes is never served again, to anyone, by any path: a spectator
+/// replaying the topic's history gets tombstones where the post and comments were (same
+/// seq, ids only), the agents it reached privately (mention, reply) replay tombstones too,
+/// and reads, search, profiles, pages and feeds do not have it.
+async fn removed_content_is_never_replayed(backend: Backend) {
+    let (hub, _pg) = start(backend, RateLimitMode::Off).await;
+    let (_, warden_t) = hub.agent("warden").await;
+    let (_, writer_t) = hub.agent("writer").await;
+    let (_, reader_t) = hub.agent("reader").await;
+    let mut warden = hub.connect(Some(&warden_t)).await;
+    let mut writer = hub.connect(Some(&writer_t)).await;
+    let mut reader = hub.connect(Some(&reader_t)).await;
+    topic(&mut warden, "vault").await;
+    reader
+        .command("join", json!({"topic": "vault"}))
+        .await
+        .unwrap();
+    // A link post that mentions `reader` (a private copy), answered by `reader` (a private
+    // reply to `writer` quoting its title); a plain post kept, with one comment removed.
+    let secret = writer
+        .command(
+            "post",
+            json!({"topic": "vault", "title": "Launch codes",
+                "body": "The launch code is marmoset 4417, ask @reader.",
+                "url": "https://leak.example/marmoset-4417"}),
+        )
+        .await
+        .unwrap()["post"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let answer = comment(&mut reader, &secret, "Confirmed: marmoset 4417 opens it.").await;
+    // And answered back: a private reply to `reader`, quoting the title too.
+    let thanks = writer
+        .command(
+            "comment",
+            json!({"post_id": secret, "parent_id": answer, "body": "Thanks, marmoset it is."}),
+        )
+        .await
+        .unwrap()["comment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kept = post(&mut writer, "vault", "Tide tables", "High water at six.").await;
+    let rude = comment(&mut reader, &kept, "Ocelot password is hunter2, @writer.").await;
+    let fine = comment(&mut reader, &kept, "Thanks for the tides.").await;
+
+    for target in [&rude, &secret] {
+        warden
+            .command("remove", json!({"target": target, "reason": "leak"}))
+            .await
+            .unwrap();
+    }
+    let leaked = |p: &carapace::client::Push| {
+        let text = p.data.to_string();
+        [
+            "marmoset",
+            "4417",
+            "Ocelot",
+            "hunter2",
+            "leak.example",
+            "Launch codes",
+        ]
+        .into_iter()
+        .find(|s| text.contains(s))
+    };
+
+    // A spectator replays the topic from the start.
+    let mut spectator = hub.connect(None).await;
+    let history = replay(&mut spectator, "topic:vault").await;
+    for p in &history {
+        assert_eq!(leaked(p), None, "#{} {}: {}", p.seq, p.event, p.data);
+    }
+    let find = |id: &str| {
+        history
+            .iter()
+            .find(|p| p.data["id"] == id)
+            .unwrap_or_else(|| panic!("no event for {id}"))
+    };
+    let p = find(&secret);
+    assert_eq!(p.event, "post");
+    assert_eq!(
+        p.data,
+        json!({"id": secret, "topic": "vault", "removed": true})
+    );
+    for (c, post_id, parent) in [
+        (&answer, &secret, None),
+        (&thanks, &secret, Some(&answer)),
+        (&rude, &kept, None),
+    ] {
+        let p = find(c);
+        assert_eq!(p.event, "comment");
+        assert_eq!(
+            p.data,
+            json!({"id": c, "post_id": post_id, "parent_id": parent, "topic": "vault", "removed": true})
+        );
+    }
+    assert_eq!(find(&kept).data["title"], "Tide tables");
+    assert_eq!(find(&fine).data["body"], "Thanks for the tides.");
+    let removals: Vec<&Value> = history
+        .iter()
+        .filter(|p| p.event == "removed")
+        .map(|p| &p.data["target"])
+        .collect();
+    assert_eq!(removals, [&json!(rude), &json!(secret)]);
+    // The firehose has no replay of its own: it is live only.
+    let e = spectator.subscribe("firehose", Some(0)).await.unwrap_err();
+    assert_eq!(e.code(), Some("bad_request"));
+
+    // The private copies are tombstones too: the mention to `reader`, the replies to `writer`.
+    let mine = replay(&mut reader, "agent:reader").await;
+    let theirs = replay(&mut writer, "agent:writer").await;
+    assert_eq!((mine.len(), theirs.len()), (2, 3), "{mine:?} {theirs:?}");
+    for p in mine.iter().chain(&theirs) {
+        assert_eq!(
+            leaked(p),
+            None,
+            "{} #{} {}: {}",
+            p.channel,
+            p.seq,
+            p.event,
+            p.data
+        );
+    }
+    assert_eq!(
+        mine[0].data,
+        json!({"kind": "post", "post": {"id": secret, "topic": "vault", "removed": true}})
+    );
+    assert_eq!(
+        mine[1].data,
+        json!({"comment": {"id": thanks, "post_id": secret, "parent_id": answer, "topic": "vault",
+            "removed": true}, "post": {"id": secret, "topic": "vault", "removed": true}})
+    );
+    assert_eq!(
+        theirs[0].data,
+        json!({"comment": {"id": answer, "post_id": secret, "parent_id": null, "topic": "vault",
+            "removed": true}, "post": {"id": secret, "topic": "vault", "removed": true}})
+    );
+    // A reply to the removed comment: the comment goes, its post (kept) stays as it was.
+    assert_eq!(theirs[1].data["comment"]["id"], rude.as_str());
+    assert_eq!(theirs[1].data["comment"]["removed"], true);
+    assert_eq!(theirs[1].data["post"]["title"], "Tide tables");
+    assert_eq!(theirs[2].data["comment"]["body"], "Thanks for the tides.");
+
+    // Reads: the post is gone, the kept thread lost the removed comment, search, pages,
+    // profile and feed have none of it.
+    let r = hub
+        .http("GET", &format!("/api/v1/posts/{secret}"), None, None)
+        .await;
+    assert_eq!(r.status, 404);
+    let r = hub
+        .http("GET", &format!("/api/v1/posts/{kept}"), None, None)
+        .await;
+    let thread: Vec<&str> = r.body["comments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(thread, [fine.as_str()]);
+    for kind in ["posts", "comments"] {
+        for q in ["marmoset", "ocelot", "launch%20codes"] {
+            let r = hub
+                .http(
+                    "GET",
+                    &format!("/api/v1/search?q={q}&type={kind}"),
+                    None,
+                    None,
+                )
+                .await;
+            assert_eq!(r.body["results"], json!([]), "{kind} {q}");
+        }
+    }
+    let profile = hub.http("GET", "/api/v1/agents/writer", None, None).await;
+    assert_eq!(
+        ids(&json!({"posts": profile.body["recent_posts"]})),
+        [kept.as_str()]
+    );
+    for sort in ["hot", "new", "top", "rising"] {
+        let page = hub
+            .http(
+                "GET",
+                &format!("/api/v1/topics/vault/posts?sort={sort}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(ids(&page.body), [kept.as_str()], "{sort}");
+        let feed = reader.command("feed", json!({"sort": sort})).await.unwrap();
+        assert_eq!(ids(&feed), [kept.as_str()], "feed {sort}");
+    }
+}

@@ -103,6 +103,7 @@ conformance!(
     post_with_event_and_general_writers_share_the_lock_order,
     crossed_channel_locks_fail_as_unavailable,
     prune_keeps_last_n,
+    removal_leaves_tombstones_in_history,
 );
 
 const T0: i64 = 1_700_000_000_000;
@@ -1379,4 +1380,251 @@ async fn sqlite_wal_is_copied_into_the_database_file_beside_the_writer() {
     }
     assert_eq!(found, 50, "every post reached the database file");
     run(b, |_, _| async {}).await;
+}
+
+/// A post with its `post` event as the service writes them: the event's data is the post,
+/// written at the post's `created_at`.
+async fn post_with_text(s: &Store, id: &str, author: &str, title: &str, body: &str, at: i64) {
+    let url = format!("https://example.com/{id}");
+    let p = NewPost {
+        title,
+        body,
+        kind: "link",
+        url: Some(&url),
+        ..new_post(id, "general", author, at)
+    };
+    let data = json!({"id": id, "topic": "general", "author": {"handle": "alpha"},
+        "title": title, "body": body, "kind": "link", "url": url});
+    s.insert_post_with_event(&p, "topic:general", data.to_string().as_bytes())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A comment with its `comment` event, written together as the service does.
+async fn comment_with_text(s: &Store, id: &str, post_id: &str, author: &str, body: &str, at: i64) {
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_comment(
+        &NewComment {
+            id,
+            post_id,
+            parent_id: None,
+            author_id: author,
+            body,
+            created_at: at,
+        },
+        "general",
+    )
+    .await
+    .unwrap();
+    let data = json!({"id": id, "post_id": post_id, "parent_id": null, "topic": "general",
+        "author": {"handle": "bravo"}, "body": body});
+    tx.append_event(
+        "topic:general",
+        "comment",
+        data.to_string().as_bytes(),
+        false,
+        at,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+fn event_json(e: &carapace::store::EventRow) -> serde_json::Value {
+    serde_json::from_slice(&e.data).unwrap()
+}
+
+/// Removal turns the removed content's events into tombstones in the same transaction: the
+/// same seq and kind, only ids and `removed: true`. A removed post takes its comments'
+/// events with it; everything else in the history stays as it was, and no read (search,
+/// pages, profiles, threads) finds the removed text.
+async fn removal_leaves_tombstones_in_history(s: Store, url: String) {
+    use carapace::store::SearchKind;
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let b = agent(&s, &o, "bravo").await;
+    let ch = "topic:general";
+    post_with_text(
+        &s,
+        "p1",
+        &a,
+        "Zanzibar vault code",
+        "The code is quokka 7741.",
+        T0,
+    )
+    .await;
+    // Another post and comment written at the very same instant: candidates, not matches.
+    post_with_text(&s, "p2", &a, "Tide tables", "High water at six.", T0).await;
+    comment_with_text(&s, "c1", "p1", &b, "I also know the quokka code.", T0 + 1).await;
+    comment_with_text(&s, "c2", "p2", &b, "Thanks for the tides.", T0 + 1).await;
+    comment_with_text(&s, "c3", "p2", &b, "Wombat insults here.", T0 + 2).await;
+    let before = s.events_after(ch, 0, 100).await.unwrap();
+    assert_eq!(before.len(), 5);
+    assert!(
+        !s.search(SearchKind::Posts, "quokka", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A comment alone.
+    let c3 = s.comment("c3").await.unwrap().unwrap();
+    let mut tx = s.begin().await.unwrap();
+    let n = tx
+        .remove(&VoteTarget::Comment(c3), ch, T0 + 10)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(n, 1);
+
+    // A post: its event and its comments' events.
+    let p1 = s.post("p1").await.unwrap().unwrap();
+    let mut tx = s.begin().await.unwrap();
+    let n = tx.remove(&VoteTarget::Post(p1), ch, T0 + 11).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(n, 2);
+
+    let after = s.events_after(ch, 0, 100).await.unwrap();
+    let shape = |v: &[carapace::store::EventRow]| {
+        v.iter()
+            .map(|e| (e.seq, e.event.clone(), e.sealed))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shape(&after), shape(&before), "same seqs, kinds: no gap");
+    let by_id = |id: &str| {
+        after
+            .iter()
+            .find(|e| event_json(e)["id"] == id)
+            .unwrap_or_else(|| panic!("no event for {id}"))
+    };
+    assert_eq!(
+        event_json(by_id("p1")),
+        json!({"id": "p1", "topic": "general", "removed": true})
+    );
+    for (c, p) in [("c1", "p1"), ("c3", "p2")] {
+        assert_eq!(
+            event_json(by_id(c)),
+            json!({"id": c, "post_id": p, "parent_id": null, "topic": "general", "removed": true})
+        );
+    }
+    // Nothing of the removed text is left anywhere in the history.
+    for e in &after {
+        let text = String::from_utf8(e.data.clone()).unwrap();
+        for secret in ["Zanzibar", "quokka", "Wombat", "example.com/p1"] {
+            assert!(
+                !text.contains(secret),
+                "{secret} left in #{}: {text}",
+                e.seq
+            );
+        }
+    }
+    // The rest is untouched.
+    for (i, id) in [(1, "p2"), (3, "c2")] {
+        assert_eq!(after[i].data, before[i].data, "{id} unchanged");
+    }
+    assert_eq!(event_json(by_id("p2"))["title"], "Tide tables");
+
+    // No read finds the removed text.
+    for (kind, q) in [
+        (SearchKind::Posts, "quokka"),
+        (SearchKind::Posts, "Zanzibar"),
+        (SearchKind::Comments, "quokka"),
+        (SearchKind::Comments, "Wombat"),
+    ] {
+        assert!(s.search(kind, q, 10).await.unwrap().is_empty(), "{q}");
+    }
+    assert_eq!(
+        s.search(SearchKind::Posts, "tides", 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(s.post("p1").await.unwrap().is_none());
+    assert!(s.comment("c1").await.unwrap().is_none());
+    assert!(s.comment("c3").await.unwrap().is_none());
+    let listed = |v: Vec<carapace::store::PostRow>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
+    for sort in [Sort::Hot, Sort::New, Sort::Top] {
+        let page = s
+            .posts_page(&PostFilter::Topic("general"), sort, 10, None)
+            .await
+            .unwrap();
+        assert_eq!(listed(page), ["p2"]);
+    }
+    let mut tx = s.begin().await.unwrap();
+    tx.set_membership(&b, "general", true, T0).await.unwrap();
+    tx.commit().await.unwrap();
+    let feed = s
+        .posts_page(&PostFilter::Feed(&b), Sort::New, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(listed(feed), ["p2"]);
+    let recent = s
+        .recent_posts(&PostFilter::Topic("general"), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(listed(recent), ["p2"]);
+    assert_eq!(listed(s.recent_posts_by(&a, 10).await.unwrap()), ["p2"]);
+    let thread: Vec<String> = s
+        .comments_of_post("p2")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(thread, ["c2"]);
+    // The full-text index itself holds nothing of removed content, not only the searches:
+    // SQLite deletes it from FTS5, PostgreSQL's GIN indexes cover only rows not removed.
+    use sqlx::Row;
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let sql = match s.dialect() {
+        // Of p1, p2 and c2, c3: only p2 and c2.
+        carapace::store::Dialect::Sqlite => {
+            "SELECT (SELECT COUNT(*) FROM posts_fts WHERE id IN ('p1', 'p2')) + \
+             (SELECT COUNT(*) FROM comments_fts WHERE id IN ('c2', 'c3')) AS n"
+        }
+        carapace::store::Dialect::Postgres => {
+            "SELECT COUNT(*) AS n FROM pg_indexes WHERE indexname IN ('posts_tsv', 'comments_tsv') \
+             AND indexdef LIKE '%WHERE (removed_at IS NULL)'"
+        }
+    };
+    let n: i64 = sqlx::query(sql).fetch_one(&pool).await.unwrap().get("n");
+    assert_eq!(n, 2, "the index leaves removed rows out");
+    pool.close().await;
+    // No comment lands under the removed post, even from a writer that found it before.
+    let mut tx = s.begin().await.unwrap();
+    let late = NewComment {
+        id: "c4",
+        post_id: "p1",
+        parent_id: None,
+        author_id: &b,
+        body: "quokka again",
+        created_at: T0 + 20,
+    };
+    assert!(matches!(
+        tx.insert_comment(&late, "general").await,
+        Err(StoreError::NotFound)
+    ));
+    drop(tx);
+    assert!(s.comment("c4").await.unwrap().is_none());
+    // What the service's search for private copies reads: a removed comment's author, and
+    // the events written at given instants.
+    assert_eq!(
+        s.comment_author_handle("c3").await.unwrap().as_deref(),
+        Some("bravo")
+    );
+    assert_eq!(s.comment_author_handle("zz").await.unwrap(), None);
+    let mut tx = s.begin().await.unwrap();
+    let at = |v: Vec<carapace::store::EventRow>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(
+        at(tx.events_written_at(ch, &[T0 + 1]).await.unwrap()),
+        [3, 4]
+    );
+    assert_eq!(
+        at(tx.events_written_at(ch, &[T0 + 2, T0]).await.unwrap()),
+        [1, 2, 5]
+    );
+    assert!(tx.events_written_at(ch, &[]).await.unwrap().is_empty());
+    tx.commit().await.unwrap();
 }

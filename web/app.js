@@ -715,6 +715,16 @@ const store = {
     this.totalEvents += 1;
     this.eventTimes.push(Date.now());
     if (this.eventTimes.length > 5000) this.eventTimes.splice(0, 1000);
+    // A tombstone from history (removed content: ids and `removed: true`, no text) is
+    // dropped like a live removal. A comment unknown here counts as the comment it was, as
+    // the `removed` event after it in history takes one off again.
+    if ((msg.event === 'post' || msg.event === 'comment') && data.removed === true) {
+      const id = str(data.id);
+      const post = this.posts.get(str(data.post_id));
+      if (msg.event === 'comment' && post && !this.comments.has(id)) post.comment_count = num(post.comment_count) + 1;
+      this.forget(id, msg.event, str(data.post_id), str(data.topic));
+      return;
+    }
     switch (msg.event) {
       case 'post': {
         const isNew = !this.posts.has(str(data.id));
@@ -766,18 +776,22 @@ const store = {
         const target = str(data.target);
         const kind = str(data.target_kind);
         if (kind === 'comment') {
-          this.comments.delete(target);
           const post = this.posts.get(str(data.post_id));
           if (post) post.comment_count = Math.max(0, num(post.comment_count) - 1);
-        } else {
-          this.posts.delete(target);
         }
-        this.feed = this.feed.filter((f) => str(f.data.id) !== target && !(kind === 'post' && str(f.data.post_id) === target));
-        this.emit({ type: 'removed', target, kind, postId: str(data.post_id), topic: str(data.topic) });
+        this.forget(target, kind, str(data.post_id), str(data.topic));
         return;
       }
       default:
     }
+  },
+
+  /** Drops a removed post (with what hangs on it in the feed) or comment from view. */
+  forget(target, kind, postId, topic) {
+    if (kind === 'comment') this.comments.delete(target);
+    else this.posts.delete(target);
+    this.feed = this.feed.filter((f) => str(f.data.id) !== target && !(kind === 'post' && str(f.data.post_id) === target));
+    this.emit({ type: 'removed', target, kind, postId, topic });
   },
 
   async loadTopics() {

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod moderation;
 pub mod ranking;
 pub mod social;
+mod tombstones;
 pub mod views;
 
 use crate::auth::keyring::KeyRing;

@@ -1,7 +1,8 @@
 //! Moderation: a topic's creator moderates it (and admins' agents moderate everywhere):
-//! `remove` hides a post or comment everywhere and tells viewers, `ban` stops an agent
-//! writing in a topic, `report` queues content for moderators and admins. Every act is
-//! audited in the same transaction.
+//! `remove` hides a post or comment everywhere, turns its stored events (on the topic and
+//! the private copies) into tombstones (see `store::removal` and `tombstones`) and tells
+//! viewers, `ban` stops an agent writing in a topic, `report` queues content for moderators
+//! and admins. Every act is audited in the same transaction.
 
 use super::*;
 use crate::audit::{self, Entry};
@@ -54,9 +55,12 @@ impl Service {
                 "only the moderators of '{topic}' may remove content there"
             )));
         }
+        let copies = self.private_copies(&t).await?;
         let now = now_ms();
         let mut tx = self.store.begin().await?;
-        tx.remove(&t, now).await?;
+        tx.remove(&t, &Channel::topic(&topic).to_string(), now)
+            .await?;
+        self.bury_private_copies(&mut tx, &copies).await?;
         audit::append(
             &mut tx,
             &self.keys,

@@ -389,7 +389,9 @@ fn bind_post<'q>(
 }
 
 impl WriteTx {
-    /// Inserts a comment and returns the post's new comment count.
+    /// Inserts a comment and returns the post's new comment count. `NotFound` when the post
+    /// is removed: a caller that found it before the removal committed must not add a
+    /// comment (and its event) after the removal's tombstones.
     pub async fn insert_comment(&mut self, c: &NewComment<'_>, topic: &str) -> StoreResult<i64> {
         sqlx::query(
             "INSERT INTO comments (id, post_id, parent_id, author_id, body, score, created_at) \
@@ -404,7 +406,8 @@ impl WriteTx {
         .execute(&mut *self.tx)
         .await?;
         let count: i64 = sqlx::query(
-            "UPDATE posts SET comment_count = comment_count + 1 WHERE id = $1 RETURNING comment_count",
+            "UPDATE posts SET comment_count = comment_count + 1 WHERE id = $1 AND removed_at IS NULL \
+             RETURNING comment_count",
         )
         .bind(c.post_id)
         .fetch_one(&mut *self.tx)

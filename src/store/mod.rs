@@ -13,11 +13,13 @@ mod events;
 mod forum;
 mod identity;
 mod meta;
+mod removal;
 pub mod rows;
 mod social;
 
 pub use forum::{NewComment, NewPost, PostFilter, VoteTarget};
 pub use identity::{NewAgent, NewKey, NewOwner};
+pub use removal::tombstone;
 pub use rows::*;
 pub use social::{Ban, SearchHit, SearchKind};
 
@@ -131,6 +133,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "006_holds",
         include_str!("migrations/postgres/006_holds.sql"),
+    ),
+    (
+        "007_tombstones",
+        include_str!("migrations/postgres/007_tombstones.sql"),
     ),
 ];
 

@@ -1,7 +1,7 @@
-//! The social graph (follows, topic memberships), moderation (removals, bans, reports) and
-//! full-text search: SQLite FTS5 tables kept by triggers, PostgreSQL `tsvector` columns with
-//! GIN indexes. Search terms are always bound as parameters and, for FTS5, quoted term by
-//! term, so no query syntax from outside reaches either engine.
+//! The social graph (follows, topic memberships), moderation (bans, reports; removals are in
+//! `removal`) and full-text search: SQLite FTS5 tables kept by triggers, PostgreSQL `tsvector`
+//! columns with GIN indexes. Search terms are always bound as parameters and, for FTS5,
+//! quoted term by term, so no query syntax from outside reaches either engine.
 
 use super::*;
 
@@ -237,40 +237,6 @@ impl WriteTx {
                 .await?
         };
         Ok(r.rows_affected() > 0)
-    }
-
-    /// Hides a post or comment everywhere (kept for the audit, never served again) and keeps
-    /// the counters honest.
-    pub async fn remove(&mut self, target: &VoteTarget, now: i64) -> StoreResult<()> {
-        match target {
-            VoteTarget::Post(p) => {
-                sqlx::query(
-                    "UPDATE posts SET removed_at = $1 WHERE id = $2 AND removed_at IS NULL",
-                )
-                .bind(now)
-                .bind(&p.id)
-                .execute(&mut *self.tx)
-                .await?;
-                sqlx::query("UPDATE topics SET post_count = post_count - 1 WHERE name = $1 AND post_count > 0")
-                    .bind(&p.topic)
-                    .execute(&mut *self.tx)
-                    .await?;
-            }
-            VoteTarget::Comment(c) => {
-                sqlx::query(
-                    "UPDATE comments SET removed_at = $1 WHERE id = $2 AND removed_at IS NULL",
-                )
-                .bind(now)
-                .bind(&c.id)
-                .execute(&mut *self.tx)
-                .await?;
-                sqlx::query("UPDATE posts SET comment_count = comment_count - 1 WHERE id = $1 AND comment_count > 0")
-                    .bind(&c.post_id)
-                    .execute(&mut *self.tx)
-                    .await?;
-            }
-        }
-        Ok(())
     }
 
     pub async fn upsert_ban(

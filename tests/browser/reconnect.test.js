@@ -192,4 +192,40 @@ describe('reconnect after network loss', { timeout: 100_000 }, () => {
       await p.context.close();
     }
   });
+
+  it('replays content removed while away as tombstones: none of its text reaches or shows on the page', async () => {
+    const { page, rec, context } = await openPage(browser);
+    const frames = [];
+    page.on('websocket', (ws) => ws.on('framereceived', (f) => frames.push(String(f.payload))));
+    await agents.atlas.createTopic('quay', 'The Quay', 'Boats tied up for the night.');
+    const kept = await agents.brine.post('quay', 'Mooring fees', 'Ten a night, payable at the office.');
+    await page.goto(`http://127.0.0.1:${proxy.port}/#/t/quay?sort=new`);
+    await waitLive(page);
+    await page.locator(`.post-row[data-id="${kept.id}"]`).waitFor();
+
+    proxy.cut();
+    await until(async () => (await connState(page)) !== 'live', { what: 'the page to notice the drop' });
+    // Written and removed by the topic's moderator while the page is away: the page can
+    // only learn of them from the `since` replay, which holds their tombstones.
+    const secret = await agents.brine.post('quay', 'Harbour safe combination', 'It is 31-17-42, tell nobody.');
+    const leak = await agents.coral.comment(kept.id, 'The harbour safe opens with 31-17-42.');
+    await agents.atlas.remove(secret.id, 'leak');
+    await agents.atlas.remove(leak.id, 'leak');
+    const later = await agents.brine.post('quay', 'Tide at noon', 'Mind the ramp.');
+    proxy.restore();
+
+    await waitLive(page, 30_000);
+    await page.locator(`.post-row[data-id="${later.id}"]`).waitFor();
+    assert.deepEqual(new Set(await postOrder(page)), new Set([kept.id, later.id]));
+    await page.locator(`.post-row[data-id="${kept.id}"] .pr-comments`, { hasText: '0 comments' }).waitFor();
+    assert.equal(await page.getByText('31-17-42').count(), 0);
+    assert.equal(await page.getByText('(untitled)').count(), 0, 'a tombstone renders nothing');
+    const tombstone = frames.find((f) => f.includes(`"id":"${secret.id}"`) && f.includes('"event":"post"'));
+    assert.ok(tombstone?.includes('"removed":true'), `the replay carried the tombstone: ${tombstone}`);
+    assert.deepEqual(frames.filter((f) => f.includes('31-17-42') || f.includes('Harbour safe')), [], 'the text never reached the page');
+    assert.deepEqual(rec.pageErrors, []);
+    assert.deepEqual(rec.consoleErrors, []);
+    assert.deepEqual(await page.evaluate(() => window.__cspViolations), []);
+    await context.close();
+  });
 });
