@@ -112,6 +112,7 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "005_owner_sessions",
         include_str!("migrations/sqlite/005_owner_sessions.sql"),
     ),
+    ("009_leaks", include_str!("migrations/sqlite/009_leaks.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("001_init", include_str!("migrations/postgres/001_init.sql")),
@@ -126,6 +127,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "005_owner_sessions",
         include_str!("migrations/postgres/005_owner_sessions.sql"),
+    ),
+    (
+        "009_leaks",
+        include_str!("migrations/postgres/009_leaks.sql"),
     ),
 ];
 
