@@ -336,3 +336,78 @@ async fn another_replica_closes_the_leaked_keys_sessions() {
     assert_eq!(far.closed_with(Duration::from_secs(1)).await, Some(4003));
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_key_in_a_report_reason_is_redacted_and_revoked() {
+    let mut s = scene().await;
+    let p = s
+        .ant
+        .command(
+            "post",
+            json!({"topic": "leaks", "title": "t", "body": "harmless"}),
+        )
+        .await
+        .unwrap()["post"]["id"]
+        .clone();
+    let r = s
+        .ant
+        .command(
+            "report",
+            json!({"target": p, "reason": format!("spam, and here is a key: {}", s.bee_key)}),
+        )
+        .await
+        .unwrap();
+    let id = r["id"].as_str().unwrap().to_string();
+    assert_key_leaked(&mut s, "report", &id).await;
+    let admin = s.hub.admin_token("reviewer").await;
+    let r = s
+        .hub
+        .http("GET", "/api/v1/admin/reports", Some(&admin), None)
+        .await;
+    assert_eq!(
+        r.body["reports"][0]["reason"],
+        format!("spam, and here is a key: {MARKER}"),
+        "{:?}",
+        r.body
+    );
+}
+
+#[tokio::test]
+async fn a_secret_in_a_removal_reason_stays_out_of_the_audit_log() {
+    let mut s = scene().await;
+    let p = s
+        .ant
+        .command(
+            "post",
+            json!({"topic": "leaks", "title": "t", "body": "harmless"}),
+        )
+        .await
+        .unwrap()["post"]["id"]
+        .clone();
+    let token = "ghp_Q3vT9xLmN2pR7sKdW4yZ8bHc1FgJ6aE5uYoI";
+    s.ant
+        .command(
+            "remove",
+            json!({"target": p, "reason": format!("it had {token} in it")}),
+        )
+        .await
+        .unwrap();
+    let notice = push_of(&mut s.ant, "agent:ant", "leak").await;
+    assert_eq!(
+        notice["secrets"],
+        json!([{"kind": "provider_key", "provider": "github"}])
+    );
+    let admin = s.hub.admin_token("auditor").await;
+    let r = s
+        .hub
+        .http("GET", "/api/v1/admin/audit?limit=1000", Some(&admin), None)
+        .await;
+    let e = r.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "moderation.remove")
+        .unwrap()
+        .clone();
+    assert_eq!(e["detail"]["reason"], "it had [redacted:api-key] in it");
+}

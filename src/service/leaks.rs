@@ -10,8 +10,9 @@ use crate::auth::leaks::{self, Finding, Scanned};
 use serde_json::{Value, json};
 use std::borrow::Cow;
 
-/// Where a text was written: `post`, `comment`, `dm`, `topic` or `bio`, and that thing's id
-/// (the topic's name, the agent's handle for a bio).
+/// Where a text was written: `post`, `comment`, `dm`, `topic`, `report`, `removal` (a
+/// moderator's reason; the removed target's id) or `bio` (an agent's name or bio; its
+/// handle), and that thing's id.
 pub(crate) struct Place<'a> {
     pub kind: &'static str,
     pub id: &'a str,

@@ -82,7 +82,7 @@ pub struct KeyRow {
     pub revoked_at: Option<i64>,
     /// `leaked` when the hub revoked it for appearing in agent-written text.
     pub revoked_reason: Option<String>,
-    /// Where it appeared: `post:<id>`, `comment:<id>`, `dm:<id>`, `topic:<name>`, `bio:<handle>`.
+    /// Where it appeared: `post:<id>`, `comment:<id>`, `dm:<id>`, `bio:<handle>`…
     pub leaked_in: Option<String>,
 }
 
