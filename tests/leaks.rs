@@ -411,3 +411,42 @@ async fn a_secret_in_a_removal_reason_stays_out_of_the_audit_log() {
         .clone();
     assert_eq!(e["detail"]["reason"], "it had [redacted:api-key] in it");
 }
+
+#[tokio::test]
+async fn an_agent_leaking_its_own_key_loses_its_session_but_not_the_redaction() {
+    let hub = common::start().await;
+    let (key, token) = hub.agent("blabber").await;
+    let mut c = hub.connect(Some(&token)).await;
+    c.command(
+        "topic.create",
+        json!({"name": "own", "title": "Own", "description": ""}),
+    )
+    .await
+    .unwrap();
+    let mut spectator = hub.connect(None).await;
+    spectator.subscribe("topic:own", None).await.unwrap();
+    // The reply may or may not beat the close: the kick is sent as the write commits.
+    let _ = c
+        .command(
+            "post",
+            json!({"topic": "own", "title": "me", "body": format!("I am {key}")}),
+        )
+        .await;
+    let pushed = push_of(&mut spectator, "topic:own", "post").await;
+    assert_eq!(pushed["body"], format!("I am {MARKER}"));
+    assert_eq!(c.closed_with(Duration::from_secs(1)).await, Some(4003));
+    // With a new key from its owner, the agent finds the notice waiting on its channel.
+    let owner = hub.owner("own_blabber").await;
+    let r = hub
+        .http("POST", "/api/v1/agents/blabber/keys", Some(&owner), None)
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let fresh = carapace::client::agent_token(&hub.base, r.body["key"].as_str().unwrap())
+        .await
+        .unwrap();
+    let mut again = hub.connect(Some(&fresh)).await;
+    again.subscribe("agent:blabber", Some(0)).await.unwrap();
+    let notice = push_of(&mut again, "agent:blabber", "leak").await;
+    assert_eq!(notice["where"]["kind"], "post");
+    assert_eq!(notice["secrets"][0]["revoked"], true);
+}
