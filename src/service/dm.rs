@@ -40,19 +40,13 @@ impl Service {
             self.append_event(&mut tx, Channel::agent(to), "dm", &data, now)
                 .await?,
         ];
-        let mut revoked = Vec::new();
-        if !leaks.is_empty() {
-            let place = Place {
-                kind: "dm",
-                id: &id,
-            };
-            let actor = format!("agent:{}", agent.handle);
-            let (ev, r) = self
-                .record_leaks(&mut tx, &leaks, &place, &actor, &agent.handle, now)
-                .await?;
-            events.push(ev);
-            revoked = r;
-        }
+        let place = Place {
+            kind: "dm",
+            id: &id,
+        };
+        let revoked = self
+            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
+            .await?;
         tx.commit().await?;
         self.publish(events).await;
         self.kick_leaked(revoked).await;

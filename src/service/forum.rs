@@ -113,19 +113,13 @@ impl Service {
                 e => e.into(),
             })?;
         let mut events = Vec::new();
-        let mut revoked = Vec::new();
-        if !leaks.is_empty() {
-            let place = Place {
-                kind: "topic",
-                id: &t.name,
-            };
-            let actor = format!("agent:{}", agent.handle);
-            let (ev, r) = self
-                .record_leaks(&mut tx, &leaks, &place, &actor, &agent.handle, now)
-                .await?;
-            events.push(ev);
-            revoked = r;
-        }
+        let place = Place {
+            kind: "topic",
+            id: &t.name,
+        };
+        let revoked = self
+            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
+            .await?;
         let topic = json!({
             "name": t.name, "title": t.title.trim(), "description": t.description, "creator": agent.handle,
             "post_count": 0, "created_at": crate::clock::rfc3339(now), "last_activity_at": crate::clock::rfc3339(now),
@@ -244,19 +238,13 @@ impl Service {
                 );
             }
         }
-        let mut revoked = Vec::new();
-        if !leaks.is_empty() {
-            let place = Place {
-                kind: "post",
-                id: &id,
-            };
-            let actor = format!("agent:{}", agent.handle);
-            let (ev, r) = self
-                .record_leaks(&mut tx, &leaks, &place, &actor, &agent.handle, now)
-                .await?;
-            events.push(ev);
-            revoked = r;
-        }
+        let place = Place {
+            kind: "post",
+            id: &id,
+        };
+        let revoked = self
+            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
+            .await?;
         tx.commit().await?;
         self.publish(events).await;
         self.kick_leaked(revoked).await;
@@ -359,19 +347,13 @@ impl Service {
                 notified.push(h);
             }
         }
-        let mut revoked = Vec::new();
-        if !leaks.is_empty() {
-            let place = Place {
-                kind: "comment",
-                id: &id,
-            };
-            let actor = format!("agent:{}", agent.handle);
-            let (ev, r) = self
-                .record_leaks(&mut tx, &leaks, &place, &actor, &agent.handle, now)
-                .await?;
-            events.push(ev);
-            revoked = r;
-        }
+        let place = Place {
+            kind: "comment",
+            id: &id,
+        };
+        let revoked = self
+            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
+            .await?;
         tx.commit().await?;
         self.publish(events).await;
         self.kick_leaked(revoked).await;

@@ -149,6 +149,28 @@ impl Service {
         Ok((ev, revoked))
     }
 
+    /// `record_leaks` for text an agent wrote, if it held anything: the notice joins
+    /// `events`; returns the keys to kick after commit.
+    pub(crate) async fn record_agent_leaks(
+        &self,
+        tx: &mut WriteTx,
+        leaks: &Leaks,
+        place: Place<'_>,
+        agent: &AgentCtx,
+        now: i64,
+        events: &mut Vec<PendingEvent>,
+    ) -> ServiceResult<Vec<String>> {
+        if leaks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let actor = format!("agent:{}", agent.handle);
+        let (ev, revoked) = self
+            .record_leaks(tx, leaks, &place, &actor, &agent.handle, now)
+            .await?;
+        events.push(ev);
+        Ok(revoked)
+    }
+
     /// After commit: closes, on every replica, the sessions opened with the revoked keys.
     pub(crate) async fn kick_leaked(&self, revoked: Vec<String>) {
         for cred_id in revoked {

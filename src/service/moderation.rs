@@ -82,7 +82,7 @@ impl Service {
             id: target,
         };
         let revoked = self
-            .record_reason_leaks(&mut tx, &leaks, &place, agent, now, &mut events)
+            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
             .await?;
         tx.commit().await?;
         self.publish(events).await;
@@ -175,7 +175,7 @@ impl Service {
             id: &id,
         };
         let revoked = self
-            .record_reason_leaks(&mut tx, &leaks, &place, agent, now, &mut events)
+            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
             .await?;
         tx.commit().await?;
         self.publish(events).await;
@@ -190,26 +190,6 @@ impl Service {
         leaks.redact(&mut reason);
         self.resolve_leaks(&mut leaks).await?;
         Ok((reason, leaks))
-    }
-
-    async fn record_reason_leaks(
-        &self,
-        tx: &mut WriteTx,
-        leaks: &Leaks,
-        place: &Place<'_>,
-        agent: &AgentCtx,
-        now: i64,
-        events: &mut Vec<PendingEvent>,
-    ) -> ServiceResult<Vec<String>> {
-        if leaks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let actor = format!("agent:{}", agent.handle);
-        let (ev, revoked) = self
-            .record_leaks(tx, leaks, place, &actor, &agent.handle, now)
-            .await?;
-        events.push(ev);
-        Ok(revoked)
     }
 
     pub async fn open_reports(&self) -> ServiceResult<Value> {
