@@ -133,8 +133,12 @@ pub fn scan(text: &str) -> Scanned<'_> {
     };
     // A marker can end a token that a secret-shaped neighbour needed ended (`AKIA…` glued to
     // a key): scan again until nothing changes. Markers hold no trigger, so each pass replaces
-    // at least one trigger's bytes outside any marker with a marker, and the loop ends.
-    while let Some((next, more)) = scan_once(&out) {
+    // at least one trigger's bytes outside any marker and the loop would end by itself; the
+    // cap keeps the cost linear whatever the input (real text needs one more pass at most).
+    for _ in 0..MAX_PASSES {
+        let Some((next, more)) = scan_once(&out) else {
+            break;
+        };
         out = next;
         findings.extend(more);
     }
@@ -144,6 +148,8 @@ pub fn scan(text: &str) -> Scanned<'_> {
     }
 }
 
+const MAX_PASSES: usize = 8;
+
 /// One pass: the redacted text and what was found, or `None` if nothing was.
 fn scan_once(text: &str) -> Option<(String, Vec<Finding>)> {
     let b = text.as_bytes();
@@ -152,7 +158,7 @@ fn scan_once(text: &str) -> Option<(String, Vec<Finding>)> {
     let mut spans: Vec<(usize, usize)> = Vec::new();
     let mut pos = 0;
     // Where the last secret ended: a secret glued to it starts a token of its own, as it
-    // will once the first is replaced by its marker, so a second scan finds nothing more.
+    // will once the first is replaced by its marker, so it is found in this pass.
     let mut last_end = None;
     while pos < b.len() {
         let Some(m) = SEARCH.find(Input::new(b).span(pos..b.len())) else {
@@ -325,7 +331,10 @@ fn private_key(text: &str, after: usize) -> Option<(usize, Finding)> {
         return None;
     }
     let body = label_end + 5;
-    let finder = memchr::memmem::find(&b[body..], b"-----END ");
+    // The END is looked for within a private key's size, so a text of many headers without
+    // one costs a bounded search per header, not one to the end of the text each.
+    let window = &b[body..b.len().min(body + MAX_PEM_BYTES)];
+    let finder = memchr::memmem::find(window, b"-----END ");
     if let Some(i) = finder {
         let end_label = body + i + 9;
         let e = run(b, end_label, |c| c.is_ascii_uppercase() || c == b' ');
@@ -347,6 +356,9 @@ fn private_key(text: &str, after: usize) -> Option<(usize, Finding)> {
     }
     Some((end, Finding::PrivateKey))
 }
+
+/// Larger than any PEM or PGP private key block in use (an RSA-16384 PEM is under 13 KiB).
+const MAX_PEM_BYTES: usize = 32 * 1024;
 
 /// `PRIVATE KEY` with any qualifier before it (`RSA`, `OPENSSH`, `ENCRYPTED`…), or PGP's
 /// `PRIVATE KEY BLOCK`.
