@@ -33,9 +33,12 @@ pub async fn run(store: Store, hub: Arc<Hub>) {
             };
             let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap_or_default();
             let control = match r.action.as_str() {
-                "key.revoke" => detail["key_id"].as_str().map(|k| Control::KickCredential {
-                    cred_id: k.to_string(),
-                }),
+                // A leaked key is revoked with the write that leaked it.
+                "key.revoke" | "key.leaked" => {
+                    detail["key_id"].as_str().map(|k| Control::KickCredential {
+                        cred_id: k.to_string(),
+                    })
+                }
                 "agent.suspend" | "agent.revoke" | "agent.scopes" => {
                     let Ok(Some(agent)) = store.agent_by_handle(handle).await else {
                         continue;

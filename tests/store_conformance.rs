@@ -89,6 +89,7 @@ conformance!(
     agents,
     keys_at_most_two_active,
     keys_concurrent_inserts_keep_the_limit,
+    keys_revoked_as_leaked_say_where,
     audit_chain_appends_and_verifies,
     topics,
     posts_pages_with_cursors,
@@ -302,6 +303,30 @@ fn key<'a>(id: &'a str, agent: &'a str, hash: &'a [u8], at: i64, exp: i64) -> Ne
         created_at: at,
         expires_at: exp,
     }
+}
+
+async fn keys_revoked_as_leaked_say_where(s: Store, _url: String) {
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_key(&key("k1", &a, &[1; 32], T0, T0 + 1_000_000), 2)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = s.begin().await.unwrap();
+    assert!(tx.revoke_leaked_key("k1", "post:p1", T0 + 1).await.unwrap());
+    // Already revoked: nothing changes, the first place stays.
+    assert!(
+        !tx.revoke_leaked_key("k1", "comment:c1", T0 + 2)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    let (k, _) = s.key_by_hash(&[1; 32]).await.unwrap().unwrap();
+    assert_eq!(k.revoked_at, Some(T0 + 1));
+    assert_eq!(k.revoked_reason.as_deref(), Some("leaked"));
+    assert_eq!(k.leaked_in.as_deref(), Some("post:p1"));
+    assert!(!k.is_active(T0 + 2));
 }
 
 async fn keys_at_most_two_active(s: Store, _url: String) {

@@ -1,6 +1,7 @@
 //! Private messages: sealed at rest (the body never touches the database in clear), pushed
 //! on the recipient's private channel.
 
+use super::leaks::{Leaks, Place};
 use super::*;
 use crate::clock::{now_ms, rfc3339};
 use crate::protocol::{MAX_DM_BODY_CHARS, valid_handle};
@@ -23,6 +24,10 @@ impl Service {
             .filter(|a| a.status != "revoked")
             .ok_or_else(|| ServiceError::NotFound("no such agent".into()))?;
         self.rate_limit(agent, Action::Dm).await?;
+        let mut body = body.to_string();
+        let mut leaks = Leaks::default();
+        leaks.redact(&mut body);
+        self.resolve_leaks(&mut leaks).await?;
         let now = now_ms();
         let id = new_id();
         let sealed_body = sealed::seal(&self.keys, &format!("dm:{id}"), body.as_bytes());
@@ -31,11 +36,20 @@ impl Service {
             .await?;
         let data =
             json!({"id": id, "from": agent.handle, "body": body, "created_at": rfc3339(now)});
-        let ev = self
-            .append_event(&mut tx, Channel::agent(to), "dm", &data, now)
+        let mut events = vec![
+            self.append_event(&mut tx, Channel::agent(to), "dm", &data, now)
+                .await?,
+        ];
+        let place = Place {
+            kind: "dm",
+            id: &id,
+        };
+        let revoked = self
+            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
             .await?;
         tx.commit().await?;
-        self.publish(vec![ev]).await;
+        self.publish(events).await;
+        self.kick_leaked(revoked).await;
         Ok(json!({"id": id, "created_at": rfc3339(now)}))
     }
 }

@@ -1,6 +1,7 @@
 //! The forum: topics, posts, threaded comments and votes, with the events they emit on the
 //! topic channel, and replies and mentions on the private channels of the agents concerned.
 
+use super::leaks::{Leaks, Place};
 use super::*;
 use crate::clock::now_ms;
 use crate::protocol::{
@@ -91,7 +92,7 @@ pub(crate) fn cursor_after(p: &crate::store::PostRow, sort: Sort) -> Cursor {
 }
 
 impl Service {
-    pub async fn create_topic(&self, agent: &AgentCtx, t: TopicInput) -> ServiceResult<Value> {
+    pub async fn create_topic(&self, agent: &AgentCtx, mut t: TopicInput) -> ServiceResult<Value> {
         agent.require(Scope::TopicCreate)?;
         if !valid_topic_name(&t.name) {
             return Err(bad("'name' must match ^[a-z0-9][a-z0-9_-]{1,29}$"));
@@ -99,6 +100,10 @@ impl Service {
         check_text("title", &t.title, 100, false)?;
         check_text("description", &t.description, 1000, true)?;
         self.rate_limit(agent, Action::TopicCreate).await?;
+        let mut leaks = Leaks::default();
+        leaks.redact(&mut t.title);
+        leaks.redact(&mut t.description);
+        self.resolve_leaks(&mut leaks).await?;
         let now = now_ms();
         let mut tx = self.store.begin().await?;
         tx.insert_topic(&t.name, t.title.trim(), &t.description, &agent.id, now)
@@ -107,6 +112,14 @@ impl Service {
                 StoreError::Conflict(_) => ServiceError::Conflict("topic already exists".into()),
                 e => e.into(),
             })?;
+        let mut events = Vec::new();
+        let place = Place {
+            kind: "topic",
+            id: &t.name,
+        };
+        let revoked = self
+            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
+            .await?;
         let topic = json!({
             "name": t.name, "title": t.title.trim(), "description": t.description, "creator": agent.handle,
             "post_count": 0, "created_at": crate::clock::rfc3339(now), "last_activity_at": crate::clock::rfc3339(now),
@@ -114,12 +127,14 @@ impl Service {
         let ev = self
             .append_event(&mut tx, Channel::topic(&t.name), "topic", &topic, now)
             .await?;
+        events.insert(0, ev);
         tx.commit().await?;
-        self.publish(vec![ev]).await;
+        self.publish(events).await;
+        self.kick_leaked(revoked).await;
         Ok(json!({"topic": topic}))
     }
 
-    pub async fn create_post(&self, agent: &AgentCtx, p: PostInput) -> ServiceResult<Value> {
+    pub async fn create_post(&self, agent: &AgentCtx, mut p: PostInput) -> ServiceResult<Value> {
         agent.require(Scope::Post)?;
         if !valid_topic_name(&p.topic) {
             return Err(bad("'topic' is not a valid topic name"));
@@ -132,6 +147,11 @@ impl Service {
         }
         check_text("title", &p.title, MAX_TITLE_CHARS, false)?;
         check_text("body", &p.body, MAX_POST_BODY_CHARS, true)?;
+        // Markers are never longer than what they replace, so the limits still hold.
+        let mut leaks = Leaks::default();
+        leaks.redact(&mut p.title);
+        leaks.redact(&mut p.body);
+        leaks.redact_opt(&mut p.url);
         let kind = p
             .kind
             .as_deref()
@@ -162,10 +182,11 @@ impl Service {
             .into_iter()
             .filter(|h| *h != agent.handle)
             .collect();
-        if !mentioned.is_empty() {
+        if !mentioned.is_empty() || !leaks.is_empty() {
             social::check_not_banned(self, agent, &p.topic).await?;
         }
         self.rate_limit(agent, Action::Post).await?;
+        self.resolve_leaks(&mut leaks).await?;
         let now = now_ms();
         let id = new_id();
         let post = json!({
@@ -185,7 +206,7 @@ impl Service {
             created_at: now,
         };
         let channel = Channel::topic(&p.topic);
-        if mentioned.is_empty() {
+        if mentioned.is_empty() && leaks.is_empty() {
             // The common case, in one round trip; the ban is checked inside it.
             let data = post.to_string();
             let seq = self
@@ -217,12 +238,24 @@ impl Service {
                 );
             }
         }
+        let place = Place {
+            kind: "post",
+            id: &id,
+        };
+        let revoked = self
+            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
+            .await?;
         tx.commit().await?;
         self.publish(events).await;
+        self.kick_leaked(revoked).await;
         Ok(json!({"post": post}))
     }
 
-    pub async fn create_comment(&self, agent: &AgentCtx, c: CommentInput) -> ServiceResult<Value> {
+    pub async fn create_comment(
+        &self,
+        agent: &AgentCtx,
+        mut c: CommentInput,
+    ) -> ServiceResult<Value> {
         agent.require(Scope::Comment)?;
         check_text("body", &c.body, MAX_COMMENT_BODY_CHARS, false)?;
         let post = self
@@ -252,6 +285,9 @@ impl Service {
             None => None,
         };
         self.rate_limit(agent, Action::Comment).await?;
+        let mut leaks = Leaks::default();
+        leaks.redact(&mut c.body);
+        self.resolve_leaks(&mut leaks).await?;
         let now = now_ms();
         let id = new_id();
         let mut tx = self.store.begin().await?;
@@ -311,8 +347,16 @@ impl Service {
                 notified.push(h);
             }
         }
+        let place = Place {
+            kind: "comment",
+            id: &id,
+        };
+        let revoked = self
+            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
+            .await?;
         tx.commit().await?;
         self.publish(events).await;
+        self.kick_leaked(revoked).await;
         Ok(json!({"comment": comment}))
     }
 

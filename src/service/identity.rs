@@ -3,6 +3,7 @@
 //! JWT; sessions authenticate a JWT. Every credential event is audited in the same
 //! transaction as the change.
 
+use super::leaks::{Leaks, Place};
 use super::*;
 use crate::audit::{self, Entry};
 use crate::auth::{api_key, jwt, password, sealed};
@@ -272,6 +273,36 @@ impl Service {
         Ok(())
     }
 
+    /// A secret in an agent's name or bio, which its owner wrote: recorded like any leak,
+    /// the notice going to the agent's own channel.
+    async fn record_profile_leaks(
+        &self,
+        tx: &mut WriteTx,
+        leaks: &Leaks,
+        handle: &str,
+        actor: &str,
+        now: i64,
+    ) -> ServiceResult<Option<(PendingEvent, Vec<String>)>> {
+        if leaks.is_empty() {
+            return Ok(None);
+        }
+        let place = Place {
+            kind: "bio",
+            id: handle,
+        };
+        Ok(Some(
+            self.record_leaks(tx, leaks, &place, actor, handle, now)
+                .await?,
+        ))
+    }
+
+    async fn after_profile_leaks(&self, leak: Option<(PendingEvent, Vec<String>)>) {
+        if let Some((ev, revoked)) = leak {
+            self.publish(vec![ev]).await;
+            self.kick_leaked(revoked).await;
+        }
+    }
+
     /// A fresh key, its id and its expiry.
     fn new_key_row(now: i64) -> (api_key::NewKey, String, i64) {
         (api_key::generate(), new_id(), now + KEY_LIFETIME_MS)
@@ -280,7 +311,7 @@ impl Service {
     pub async fn create_agent(
         &self,
         owner: &OwnerCtx,
-        input: NewAgentInput,
+        mut input: NewAgentInput,
     ) -> ServiceResult<Value> {
         if !valid_handle(&input.handle) {
             return Err(bad("'handle' must match ^[a-z0-9_]{3,30}$"));
@@ -292,6 +323,10 @@ impl Service {
             None => Scopes::DEFAULT,
         };
         let topics = check_perimeter(input.topics.as_deref().unwrap_or(&["*".to_string()]))?;
+        let mut leaks = Leaks::default();
+        leaks.redact(&mut input.name);
+        leaks.redact(&mut input.bio);
+        self.resolve_leaks(&mut leaks).await?;
         let now = now_ms();
         let id = new_id();
         let (key, key_id, expires_at) = Self::new_key_row(now);
@@ -350,7 +385,11 @@ impl Service {
             now,
         )
         .await?;
+        let leak = self
+            .record_profile_leaks(&mut tx, &leaks, &input.handle, &owner_actor(owner), now)
+            .await?;
         tx.commit().await?;
+        self.after_profile_leaks(leak).await;
         let agent = self
             .store
             .agent_by_id(&id)
@@ -434,7 +473,7 @@ impl Service {
         &self,
         owner: &OwnerCtx,
         handle: &str,
-        patch: AgentPatch,
+        mut patch: AgentPatch,
     ) -> ServiceResult<Value> {
         let agent = self.owned(owner, handle).await?;
         if let Some(n) = &patch.name {
@@ -453,6 +492,10 @@ impl Service {
         };
         let old_scopes = Scopes::from_stored(&agent.scopes);
         let old_topics = Perimeter::from_stored(&agent.topics);
+        let mut leaks = Leaks::default();
+        leaks.redact_opt(&mut patch.name);
+        leaks.redact_opt(&mut patch.bio);
+        self.resolve_leaks(&mut leaks).await?;
         let now = now_ms();
         let mut tx = self.store.begin().await?;
         tx.update_agent(
@@ -481,7 +524,11 @@ impl Service {
             )
             .await?;
         }
+        let leak = self
+            .record_profile_leaks(&mut tx, &leaks, &agent.handle, &owner_actor(owner), now)
+            .await?;
         tx.commit().await?;
+        self.after_profile_leaks(leak).await;
         if access_changed {
             self.control(Control::Scopes {
                 agent_id: agent.id.clone(),

@@ -6,6 +6,7 @@
 pub mod dm;
 pub mod forum;
 pub mod identity;
+pub mod leaks;
 pub mod moderation;
 pub mod ranking;
 pub mod social;

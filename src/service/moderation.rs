@@ -4,6 +4,7 @@
 //! viewers, `ban` stops an agent writing in a topic, `report` queues content for moderators
 //! and admins. Every act is audited in the same transaction.
 
+use super::leaks::{Leaks, Place};
 use super::*;
 use crate::audit::{self, Entry};
 use crate::clock::now_ms;
@@ -46,6 +47,7 @@ impl Service {
     ) -> ServiceResult<Value> {
         check_text("reason", reason, MAX_REASON_CHARS, true)?;
         let t = self.target(target).await?;
+        let (reason, leaks) = self.redact_reason(reason).await?;
         let (topic, post_id, kind) = match &t {
             VoteTarget::Post(p) => (p.topic.clone(), p.id.clone(), "post"),
             VoteTarget::Comment(c) => (c.topic.clone(), c.post_id.clone(), "comment"),
@@ -75,11 +77,20 @@ impl Service {
         .await?;
         let data =
             json!({"target": target, "target_kind": kind, "post_id": post_id, "topic": topic});
-        let ev = self
-            .append_event(&mut tx, Channel::topic(&topic), "removed", &data, now)
+        let mut events = vec![
+            self.append_event(&mut tx, Channel::topic(&topic), "removed", &data, now)
+                .await?,
+        ];
+        let place = Place {
+            kind: "removal",
+            id: target,
+        };
+        let revoked = self
+            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
             .await?;
         tx.commit().await?;
-        self.publish(vec![ev]).await;
+        self.publish(events).await;
+        self.kick_leaked(revoked).await;
         Ok(json!({"target": target, "removed": true}))
     }
 
@@ -145,10 +156,11 @@ impl Service {
         check_text("reason", reason, MAX_REASON_CHARS, false)?;
         let t = self.target(target).await?;
         self.rate_limit(agent, Action::Report).await?;
+        let (reason, leaks) = self.redact_reason(reason).await?;
         let now = now_ms();
         let id = new_id();
         let mut tx = self.store.begin().await?;
-        tx.insert_report(&id, &t, &agent.id, reason, now).await?;
+        tx.insert_report(&id, &t, &agent.id, &reason, now).await?;
         audit::append(
             &mut tx,
             &self.keys,
@@ -161,8 +173,27 @@ impl Service {
             now,
         )
         .await?;
+        let mut events = Vec::new();
+        let place = Place {
+            kind: "report",
+            id: &id,
+        };
+        let revoked = self
+            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
+            .await?;
         tx.commit().await?;
+        self.publish(events).await;
+        self.kick_leaked(revoked).await;
         Ok(json!({"id": id}))
+    }
+
+    /// A reason is agent-written text kept in reports and the audit log: redacted like a post.
+    async fn redact_reason(&self, reason: &str) -> ServiceResult<(String, Leaks)> {
+        let mut reason = reason.to_string();
+        let mut leaks = Leaks::default();
+        leaks.redact(&mut reason);
+        self.resolve_leaks(&mut leaks).await?;
+        Ok((reason, leaks))
     }
 
     pub async fn open_reports(&self) -> ServiceResult<Value> {

@@ -45,6 +45,7 @@ pub fn key(k: &KeyRow, now: i64) -> Value {
         "id": k.id, "prefix": k.prefix, "created_at": rfc3339(k.created_at),
         "expires_at": rfc3339(k.expires_at), "last_used_at": rfc3339_opt(k.last_used_at),
         "revoked_at": rfc3339_opt(k.revoked_at), "active": k.is_active(now),
+        "revoked_reason": k.revoked_reason, "leaked_in": k.leaked_in,
     })
 }
 

@@ -279,6 +279,26 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Revokes a key found in agent-written text, noting where; false if it was no longer
+    /// active (already revoked), in which case nothing changes.
+    pub async fn revoke_leaked_key(
+        &mut self,
+        key_id: &str,
+        leaked_in: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1, revoked_reason = 'leaked', leaked_in = $2 \
+             WHERE id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(leaked_in)
+        .bind(key_id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     pub async fn revoke_all_keys(&mut self, agent_id: &str, now: i64) -> StoreResult<()> {
         sqlx::query(
             "UPDATE api_keys SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL",

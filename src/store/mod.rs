@@ -115,6 +115,7 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         include_str!("migrations/sqlite/005_owner_sessions.sql"),
     ),
     ("006_holds", include_str!("migrations/sqlite/006_holds.sql")),
+    ("009_leaks", include_str!("migrations/sqlite/009_leaks.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("001_init", include_str!("migrations/postgres/001_init.sql")),
@@ -137,6 +138,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "007_tombstones",
         include_str!("migrations/postgres/007_tombstones.sql"),
+    ),
+    (
+        "009_leaks",
+        include_str!("migrations/postgres/009_leaks.sql"),
     ),
 ];
 

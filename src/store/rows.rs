@@ -86,10 +86,13 @@ pub struct KeyRow {
     pub expires_at: i64,
     pub last_used_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// `leaked` when the hub revoked it for appearing in agent-written text.
+    pub revoked_reason: Option<String>,
+    /// Where it appeared: `post:<id>`, `comment:<id>`, `dm:<id>`, `bio:<handle>`…
+    pub leaked_in: Option<String>,
 }
 
-pub(crate) const KEY_COLS: &str =
-    "k.id, k.agent_id, k.prefix, k.created_at, k.expires_at, k.last_used_at, k.revoked_at";
+pub(crate) const KEY_COLS: &str = "k.id, k.agent_id, k.prefix, k.created_at, k.expires_at, k.last_used_at, k.revoked_at, k.revoked_reason, k.leaked_in";
 
 impl KeyRow {
     pub(crate) fn from_row(r: &AnyRow) -> KeyRow {
@@ -101,6 +104,8 @@ impl KeyRow {
             expires_at: r.get("expires_at"),
             last_used_at: opt_i64(r, "last_used_at"),
             revoked_at: opt_i64(r, "revoked_at"),
+            revoked_reason: opt_str(r, "revoked_reason"),
+            leaked_in: opt_str(r, "leaked_in"),
         }
     }
 
