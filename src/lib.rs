@@ -16,6 +16,7 @@ pub mod hub;
 pub mod metrics;
 pub mod outbox;
 pub mod pacing;
+pub mod private_fs;
 pub mod protocol;
 pub mod ratelimit;
 pub mod revocation_watch;

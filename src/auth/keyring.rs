@@ -10,7 +10,7 @@ use ed25519_dalek::SigningKey;
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// A signing key: its id, the encoding key, and the public half for JWKS and verification.
@@ -56,6 +56,11 @@ impl KeyRing {
     pub fn load(dir: &Path) -> Result<KeyRing, AuthError> {
         let entries = std::fs::read_dir(dir)
             .map_err(|e| AuthError::Secrets(format!("cannot read {}: {e}", dir.display())))?;
+        let tighten = |path: &Path, mode| {
+            crate::private_fs::tighten(path, mode)
+                .map_err(|e| AuthError::Secrets(format!("cannot read {}: {e}", path.display())))
+        };
+        tighten(dir, 0o700)?;
         let mut signing = BTreeMap::new();
         let mut data = BTreeMap::new();
         let mut index_key = None;
@@ -64,6 +69,7 @@ impl KeyRing {
             let Some(stem) = name.strip_suffix(KEY_SUFFIX) else {
                 continue;
             };
+            tighten(&entry.path(), 0o600)?;
             let read = || read_key_file(&entry.path());
             if let Some(kid) = stem.strip_prefix(SIGNING_PREFIX) {
                 signing.insert(kid.to_string(), signing_entry(kid, read()?));
@@ -180,9 +186,8 @@ fn write_secret(path: &Path, key: &[u8; 32]) -> Result<(), AuthError> {
 /// signing and data key; otherwise only the kinds that are missing. Existing keys are kept.
 /// Returns the kids written.
 pub fn generate(dir: &Path, rotate: bool) -> Result<Vec<String>, AuthError> {
-    std::fs::create_dir_all(dir)
+    crate::private_fs::private_dir(dir)
         .map_err(|e| AuthError::Secrets(format!("cannot create {}: {e}", dir.display())))?;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     let existing: Vec<String> = std::fs::read_dir(dir)
         .map_err(|e| AuthError::Secrets(e.to_string()))?
         .flatten()
@@ -219,6 +224,7 @@ pub fn generate(dir: &Path, rotate: bool) -> Result<Vec<String>, AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn generate_then_rotate_keeps_old_keys() {
