@@ -9,10 +9,12 @@ pub mod bus;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod data_reseal;
 pub mod demo;
 pub mod egress;
 pub mod http;
 pub mod hub;
+pub mod index_rotation;
 pub mod metrics;
 pub mod outbox;
 pub mod pacing;
@@ -55,6 +57,11 @@ pub enum StartError {
          {dir}: point --secrets-dir at the replicas' secrets"
     )]
     KeysMissing { dir: String, why: auth::AuthError },
+    #[error(
+        "the database's email indexes and audit chain are under blind-index key '{id}', which \
+         is not in {dir}: give every replica the deployment's current secrets"
+    )]
+    IndexKeyMissing { dir: String, id: String },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -102,6 +109,17 @@ pub async fn open_store_and_keys(
             KeyRing::load(secrets_dir)?
         }
     };
+    // After a blind-index key rotation, a replica still on the old secrets would find no
+    // owner and chain nothing: it stops here instead.
+    if let Some(id) = store.index_key_id().await?
+        && keys.index_key(&id).is_none()
+    {
+        store.close().await;
+        return Err(StartError::IndexKeyMissing {
+            dir: secrets_dir.display().to_string(),
+            id,
+        });
+    }
     Ok((store, keys))
 }
 

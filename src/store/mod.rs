@@ -14,11 +14,13 @@ mod forum;
 mod identity;
 mod meta;
 pub mod rows;
+mod sealed_rows;
 mod social;
 
 pub use forum::{NewComment, NewPost, PostFilter, VoteTarget};
 pub use identity::{NewAgent, NewKey, NewOwner};
 pub use rows::*;
+pub use sealed_rows::{SealedBlob, SealedKind};
 pub use social::{Ban, SearchHit, SearchKind};
 
 use dashmap::DashSet;

@@ -484,6 +484,17 @@ impl Cluster {
         });
     }
 
+    /// Stops replica `i` (it drains: its sessions close with 1012) and starts it again on the
+    /// same database, Redis and secrets dir, reading the keys anew (a new port).
+    pub async fn restart(&mut self, i: usize) {
+        self.replicas[i].stop().await;
+        let id = format!("r{i}");
+        self.add(&id, &|_| {}).await;
+        let fresh = self.replicas.pop().expect("just added");
+        self.replicas[i] = fresh;
+        wait_ready(&self.replicas[i].base, Duration::from_secs(10)).await;
+    }
+
     /// Waits until every replica says it is ready (its bus connected).
     pub async fn ready(&self) {
         for r in &self.replicas {
