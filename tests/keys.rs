@@ -358,3 +358,78 @@ async fn every_key_rotates_under_three_live_replicas() {
     assert!(older.contains(&format!("--head {old_head}")), "{older}");
     cl.stop().await;
 }
+
+/// `rotate-index` changes nothing when it cannot finish: with no newer blind-index key, and
+/// on a chain that does not verify under the key in use (owners still log in, the chain is
+/// still under the old key). Once it has run, a secrets dir without the new key is refused
+/// by an operator command, instead of finding no owner and chaining nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_index_refuses_rather_than_half_rotating() {
+    let mut hub = common::start().await;
+    client::owner_token(&hub.base, "dora", "dora@example.com", PW)
+        .await
+        .expect("owner");
+    let copy = temp_dir("old-secrets");
+    for e in std::fs::read_dir(&hub.secrets_dir).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+
+    let none = run(hub.keys_command("rotate-index")).await.unwrap_err();
+    assert!(none.contains("no blind-index key newer"), "{none}");
+
+    let mut generate = std::process::Command::new(env!("CARGO_BIN_EXE_carapace"));
+    generate
+        .args(["keys", "generate", "--dir"])
+        .arg(&hub.secrets_dir);
+    run(generate).await.expect("keys generate");
+    hub.restart().await;
+    let pool = sqlx::AnyPool::connect(&hub.database_url).await.unwrap();
+    let detail: String = sqlx::query_scalar("SELECT detail FROM audit_log WHERE id = 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_log SET detail = '{\"role\":\"admin\"}' WHERE id = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let broken = run(hub.keys_command("rotate-index")).await.unwrap_err();
+    assert!(
+        broken.contains("BROKEN") && broken.contains("row 1"),
+        "{broken}"
+    );
+    let named: Option<String> =
+        sqlx::query_scalar("SELECT value FROM cluster_meta WHERE name = 'index_key'")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+    assert_eq!(named, None, "nothing rotated");
+    assert!(login(&hub.base, "dora@example.com").await);
+
+    sqlx::query("UPDATE audit_log SET detail = $1 WHERE id = 1")
+        .bind(&detail)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let done = run(hub.keys_command("rotate-index"))
+        .await
+        .expect("rotates");
+    assert!(done.contains("from blind-index to index-"), "{done}");
+    assert!(login(&hub.base, "dora@example.com").await);
+    pool.close().await;
+
+    let mut stale = hub.admin_command();
+    let args: Vec<_> = stale.get_args().map(|a| a.to_owned()).collect();
+    let at = args.iter().position(|a| a == "--secrets-dir").unwrap();
+    stale = std::process::Command::new(env!("CARGO_BIN_EXE_carapace"));
+    stale
+        .args(&args[..=at])
+        .arg(&copy)
+        .args(["audit", "verify"]);
+    let refused = run(stale).await.unwrap_err();
+    assert!(
+        refused.contains("blind-index key 'index-") && refused.contains("is not in"),
+        "{refused}"
+    );
+    let _ = std::fs::remove_dir_all(&copy);
+}

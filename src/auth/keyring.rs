@@ -274,6 +274,12 @@ mod tests {
         let ring = KeyRing::load(&dir).unwrap();
         assert_ne!(ring.current_signing().kid, first);
         assert!(ring.signing_key(&first).is_some());
+        // The new blind-index key sorts after the first one, which stays.
+        let ids: Vec<&str> = ring.index_keys().map(|(id, _)| id).collect();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[0], FIRST_INDEX_ID);
+        assert_eq!(ring.newest_index_id(), ids[1]);
+        assert!(ids[1].starts_with(INDEX_PREFIX));
         for e in std::fs::read_dir(&dir).unwrap().flatten() {
             let mode = e.metadata().unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
