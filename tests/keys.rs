@@ -270,6 +270,12 @@ async fn every_key_rotates_under_three_live_replicas() {
         .await
         .expect("signup after the rotation");
     every_replica_works(&cl, "rotated", &ann_new, &mut bob).await;
+    for r in &cl.replicas {
+        let mine = r
+            .http("GET", "/api/v1/owners/me/agents", Some(&owner), None)
+            .await;
+        assert_eq!(mine.status, 200, "the first owner token, old signing key");
+    }
     verify(&cl, None)
         .await
         .expect("chain intact after the rotation");
@@ -303,6 +309,14 @@ async fn every_key_rotates_under_three_live_replicas() {
         old_token.is_err(),
         "a token of the deleted signing key is refused"
     );
+    let mine = cl.replicas[0]
+        .http("GET", "/api/v1/owners/me/agents", Some(&owner), None)
+        .await;
+    assert_eq!(mine.status, 401, "so is an owner token");
+    let fresh = client::agent_token(&cl.replicas[0].base, &ann_key)
+        .await
+        .expect("the API key still gets a token");
+    every_replica_works(&cl, "fresh token", &fresh, &mut bob).await;
     for r in &cl.replicas {
         assert!(
             login(&r.base, "carol@example.com").await,
