@@ -109,11 +109,12 @@ pub async fn open_store_and_keys(
             KeyRing::load(secrets_dir)?
         }
     };
-    // After a blind-index key rotation, a replica still on the old secrets would find no
-    // owner and chain nothing: it stops here instead.
-    if let Some(id) = store.index_key_id().await?
-        && keys.index_key(&id).is_none()
-    {
+    // Without the blind-index key in use (old secrets after a rotation, or a dir missing the
+    // first key) a replica would find no owner and chain nothing: it stops here instead.
+    let in_use = store.index_key_id().await?;
+    let id = in_use.as_deref().unwrap_or(auth::keyring::FIRST_INDEX_ID);
+    if keys.index_key(id).is_none() {
+        let id = id.to_string();
         store.close().await;
         return Err(StartError::IndexKeyMissing {
             dir: secrets_dir.display().to_string(),
