@@ -28,7 +28,7 @@ pub enum RotateError {
     )]
     InUseMissing(String),
     #[error(
-        "owner '{0}''s email does not open with the data keys in the secrets dir; nothing rotated"
+        "the email of owner '{0}' does not open with the data keys in the secrets dir; nothing rotated"
     )]
     Email(String),
 }
