@@ -298,8 +298,9 @@ struct Walk {
     /// With a head, the chain as each older blind-index key still held would have it: a head
     /// logged before a rotation is checked against the old key's chain while that key is kept.
     older: Vec<Older>,
-    /// The head's hash was found in the chain of the key the rotation after it retired.
-    head_under_older_key: bool,
+    /// With the key the rotation after the head retired still held (its chain recomputed
+    /// ending at the head the rotation recorded): whether that chain holds the head.
+    head_under_older_key: Option<bool>,
 }
 
 struct Older {
@@ -327,7 +328,7 @@ impl Walk {
         Walk {
             key,
             older: Vec::new(),
-            head_under_older_key: false,
+            head_under_older_key: None,
             head_differs: false,
             rotation_after_head: None,
             prev: None,
@@ -363,11 +364,14 @@ impl Walk {
                 // The retired key's chain, recomputed, must end where the rotation recorded
                 // (which shows it is the chain that key had) and hold the head.
                 let from = recorded_from(&r.detail);
-                self.head_under_older_key = self.older.iter().any(|o| {
-                    Some(&o.id) == from.as_ref()
-                        && recorded.as_ref() == Some(&(r.id - 1, o.prev.clone()))
-                        && o.at_head.as_ref() == Some(hash)
-                });
+                self.head_under_older_key = self
+                    .older
+                    .iter()
+                    .find(|o| {
+                        Some(&o.id) == from.as_ref()
+                            && recorded.as_ref() == Some(&(r.id - 1, o.prev.clone()))
+                    })
+                    .map(|o| o.at_head.as_ref() == Some(hash));
                 self.rotation_after_head = Some((r.id, recorded));
             }
             if self.rotation_after_head.is_none() {
@@ -398,7 +402,10 @@ impl Walk {
             // old chain's head, which is what such a head is checked against.
             match self.rotation_after_head {
                 Some((_, Some((id, old)))) if id == head && old == hash => {}
-                Some(_) if self.head_under_older_key => {}
+                Some(_) if self.head_under_older_key == Some(true) => {}
+                Some(_) if self.head_under_older_key == Some(false) => {
+                    return Err(Break::HeadMismatch(head));
+                }
                 Some((rotation, Some((old_id, old_hash)))) if head < old_id => {
                     return Err(Break::HeadBeforeRotation {
                         head,

@@ -285,6 +285,11 @@ async fn every_key_rotates_under_three_live_replicas() {
     verify(&cl, Some(&logged_before))
         .await
         .expect("an older head, while the old key is kept");
+    let (id, _) = logged_before.split_once(':').unwrap();
+    let forged = verify(&cl, Some(&format!("{id}:{}", "ab".repeat(32))))
+        .await
+        .expect_err("a head the old chain never had");
+    assert!(forged.contains("is not the recorded head"), "{forged}");
 
     // 3. Everything sealed is re-sealed under the new data key.
     let resealed = run(cl.replicas[0].keys_command("reseal-data"))
