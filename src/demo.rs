@@ -126,8 +126,8 @@ fn key_of(v: &serde_json::Value) -> Result<String, DemoError> {
 /// a random password nobody knows (a demo owner never logs in).
 async fn demo_owner(svc: &Service, p: &Persona) -> Result<OwnerCtx, DemoError> {
     let email = format!("{}@demo.carapace.invalid", p.handle);
-    let index = sealed::email_index(&svc.keys, &email);
-    if svc.store.owner_by_email_index(&index).await?.is_none() {
+    let indexes = sealed::email_indexes(&svc.keys, &email);
+    if svc.store.owner_by_email_indexes(&indexes).await?.is_none() {
         let mut secret = [0u8; 24];
         getrandom::fill(&mut secret)
             .map_err(|e| ServiceError::Internal(format!("no randomness: {e}")))?;
@@ -137,7 +137,7 @@ async fn demo_owner(svc: &Service, p: &Persona) -> Result<OwnerCtx, DemoError> {
     }
     let o = svc
         .store
-        .owner_by_email_index(&index)
+        .owner_by_email_indexes(&indexes)
         .await?
         .ok_or(StoreError::NotFound)?;
     Ok(OwnerCtx {

@@ -9,13 +9,16 @@ pub mod bus;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod data_reseal;
 pub mod demo;
 pub mod egress;
 pub mod http;
 pub mod hub;
+pub mod index_rotation;
 pub mod metrics;
 pub mod outbox;
 pub mod pacing;
+pub mod private_fs;
 pub mod protocol;
 pub mod ratelimit;
 pub mod revocation_watch;
@@ -54,6 +57,11 @@ pub enum StartError {
          {dir}: point --secrets-dir at the replicas' secrets"
     )]
     KeysMissing { dir: String, why: auth::AuthError },
+    #[error(
+        "the database's email indexes and audit chain are under blind-index key '{id}', which \
+         is not in {dir}: give every replica the deployment's current secrets"
+    )]
+    IndexKeyMissing { dir: String, id: String },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -101,6 +109,18 @@ pub async fn open_store_and_keys(
             KeyRing::load(secrets_dir)?
         }
     };
+    // Without the blind-index key in use (old secrets after a rotation, or a dir missing the
+    // first key) a replica would find no owner and chain nothing: it stops here instead.
+    let in_use = store.index_key_id().await?;
+    let id = in_use.as_deref().unwrap_or(auth::keyring::FIRST_INDEX_ID);
+    if keys.index_key(id).is_none() {
+        let id = id.to_string();
+        store.close().await;
+        return Err(StartError::IndexKeyMissing {
+            dir: secrets_dir.display().to_string(),
+            id,
+        });
+    }
     Ok((store, keys))
 }
 

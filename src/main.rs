@@ -106,10 +106,23 @@ fn parse_head(s: &str) -> Result<(i64, String), String> {
 
 #[derive(Subcommand)]
 enum KeysTask {
-    /// Write a fresh JWT signing key and data key into DIR (existing keys are kept).
+    /// Write a fresh JWT signing key, data key and blind-index key into DIR (existing keys
+    /// are kept; the blind-index key waits for `rotate-index`).
     Generate {
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Move the email indexes and the audit chain onto the newest blind-index key in the
+    /// secrets dir, in one transaction; afterwards the old one can be deleted.
+    RotateIndex {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Re-seal every sealed email, DM and private event under the newest data key, so older
+    /// data keys can be deleted.
+    ResealData {
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -195,6 +208,18 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Cmd::Keys {
+            task: KeysTask::RotateIndex { store },
+        }) => {
+            init_logging(Some(LogFormat::Pretty));
+            rotate_index(store).await
+        }
+        Some(Cmd::Keys {
+            task: KeysTask::ResealData { store },
+        }) => {
+            init_logging(Some(LogFormat::Pretty));
+            reseal_data(store).await
+        }
         Some(Cmd::Bench(args)) => bench(args).await,
         Some(Cmd::Agent(args)) => agent(args).await,
     }
@@ -252,6 +277,47 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+async fn rotate_index(store_args: StoreArgs) -> anyhow::Result<()> {
+    let service = carapace::admin_service(&store_args.database_url(), &store_args.secrets_dir())
+        .await
+        .context("opening the database")?;
+    match carapace::index_rotation::rotate(&service.store, &service.keys).await {
+        Ok(r) => {
+            println!(
+                "blind-index key rotated from {} to {}: {} owners re-indexed, {} audit rows \
+                 re-chained",
+                r.from, r.to, r.owners, r.rows
+            );
+            if let Some((id, hash)) = r.old_head {
+                println!("old audit head (recorded in the chain): {id}:{hash}");
+            }
+            println!(
+                "the key {} is no longer used: delete it from every secrets dir",
+                r.from
+            );
+        }
+        Err(e) => exit_broken(&service, &format!("{e}")).await,
+    }
+    service.store.close().await;
+    Ok(())
+}
+
+async fn reseal_data(store_args: StoreArgs) -> anyhow::Result<()> {
+    let service = carapace::admin_service(&store_args.database_url(), &store_args.secrets_dir())
+        .await
+        .context("opening the database")?;
+    match carapace::data_reseal::reseal(&service.store, &service.keys).await {
+        Ok(r) => println!(
+            "sealed data under data key {}: {} blobs re-sealed, {} already were; older data \
+             keys are no longer used",
+            r.to, r.resealed, r.current
+        ),
+        Err(e) => exit_broken(&service, &format!("{e}")).await,
+    }
+    service.store.close().await;
+    Ok(())
 }
 
 /// Says what is broken and exits 1 (for scripts), the store closed first.

@@ -1,7 +1,10 @@
-//! The key ring: Ed25519 signing keys (JWTs), data keys (AEAD for sealed fields) and the
-//! blind-index key, each a file in the secrets dir with mode 0600, never in the database.
-//! The newest key signs and encrypts; every key kept in the dir still verifies and decrypts,
-//! which is how rotation works without downtime.
+//! The key ring: Ed25519 signing keys (JWTs), data keys (AEAD for sealed fields) and
+//! blind-index keys (HMAC for the email lookup and the audit chain), each a file in the
+//! secrets dir with mode 0600, never in the database. The newest signing and data key sign and
+//! encrypt; every key kept in the dir still verifies and decrypts, which is how rotation works
+//! without downtime. Which blind-index key is in use is the database's to say (it names the
+//! key its indexes and chain are under, see `index_rotation`): a new one in the dir waits
+//! until `carapace keys rotate-index` moves everything onto it.
 
 use super::{AuthError, random_bytes};
 use base64::Engine;
@@ -10,7 +13,7 @@ use ed25519_dalek::SigningKey;
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// A signing key: its id, the encoding key, and the public half for JWKS and verification.
@@ -26,12 +29,19 @@ pub struct KeyRing {
     /// kid → key; kids sort by creation time, so the last is the newest.
     signing: BTreeMap<String, SigningEntry>,
     data: BTreeMap<String, [u8; 32]>,
-    index_key: [u8; 32],
+    /// id → key: `blind-index` (the first, from `blind-index.key`) sorts before every
+    /// `index-<kid>`, so here too the last is the newest.
+    index: BTreeMap<String, [u8; 32]>,
 }
+
+/// The id of the blind-index key every deployment starts with (`blind-index.key`), and the
+/// one in use while the database names none.
+pub const FIRST_INDEX_ID: &str = "blind-index";
 
 const SIGNING_PREFIX: &str = "signing-";
 const DATA_PREFIX: &str = "data-";
 const INDEX_FILE: &str = "blind-index.key";
+const INDEX_PREFIX: &str = "index-";
 const KEY_SUFFIX: &str = ".key";
 
 /// PKCS#8 v1 wrapping of an Ed25519 seed (RFC 8410): a fixed 16-byte header, then the seed.
@@ -56,21 +66,29 @@ impl KeyRing {
     pub fn load(dir: &Path) -> Result<KeyRing, AuthError> {
         let entries = std::fs::read_dir(dir)
             .map_err(|e| AuthError::Secrets(format!("cannot read {}: {e}", dir.display())))?;
+        let tighten = |path: &Path, mode| {
+            crate::private_fs::tighten(path, mode)
+                .map_err(|e| AuthError::Secrets(format!("cannot read {}: {e}", path.display())))
+        };
+        tighten(dir, 0o700)?;
         let mut signing = BTreeMap::new();
         let mut data = BTreeMap::new();
-        let mut index_key = None;
+        let mut index = BTreeMap::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             let Some(stem) = name.strip_suffix(KEY_SUFFIX) else {
                 continue;
             };
+            tighten(&entry.path(), 0o600)?;
             let read = || read_key_file(&entry.path());
             if let Some(kid) = stem.strip_prefix(SIGNING_PREFIX) {
                 signing.insert(kid.to_string(), signing_entry(kid, read()?));
             } else if let Some(kid) = stem.strip_prefix(DATA_PREFIX) {
                 data.insert(kid.to_string(), read()?);
+            } else if stem.starts_with(INDEX_PREFIX) {
+                index.insert(stem.to_string(), read()?);
             } else if name == INDEX_FILE {
-                index_key = Some(read()?);
+                index.insert(FIRST_INDEX_ID.to_string(), read()?);
             }
         }
         if signing.is_empty() || data.is_empty() {
@@ -79,12 +97,16 @@ impl KeyRing {
                 dir.display()
             )));
         }
-        let index_key =
-            index_key.ok_or_else(|| AuthError::Secrets("blind-index key missing".into()))?;
+        if index.is_empty() {
+            return Err(AuthError::Secrets(format!(
+                "no blind-index key in {}",
+                dir.display()
+            )));
+        }
         Ok(KeyRing {
             signing,
             data,
-            index_key,
+            index,
         })
     }
 
@@ -116,8 +138,20 @@ impl KeyRing {
         self.data.get(kid)
     }
 
-    pub fn index_key(&self) -> &[u8; 32] {
-        &self.index_key
+    pub fn index_key(&self, id: &str) -> Option<&[u8; 32]> {
+        self.index.get(id)
+    }
+
+    /// Every blind-index key, oldest first.
+    pub fn index_keys(&self) -> impl Iterator<Item = (&str, &[u8; 32])> {
+        self.index.iter().map(|(id, k)| (id.as_str(), k))
+    }
+
+    pub fn newest_index_id(&self) -> &str {
+        self.index
+            .keys()
+            .next_back()
+            .expect("load guarantees one blind-index key")
     }
 }
 
@@ -177,12 +211,12 @@ fn write_secret(path: &Path, key: &[u8; 32]) -> Result<(), AuthError> {
 }
 
 /// Writes keys into `dir` (created with mode 0700). With `rotate`, always adds a new
-/// signing and data key; otherwise only the kinds that are missing. Existing keys are kept.
+/// signing, data and blind-index key (the last unused until `carapace keys rotate-index`);
+/// otherwise only the kinds that are missing. Existing keys are kept.
 /// Returns the kids written.
 pub fn generate(dir: &Path, rotate: bool) -> Result<Vec<String>, AuthError> {
-    std::fs::create_dir_all(dir)
+    crate::private_fs::private_dir(dir)
         .map_err(|e| AuthError::Secrets(format!("cannot create {}: {e}", dir.display())))?;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     let existing: Vec<String> = std::fs::read_dir(dir)
         .map_err(|e| AuthError::Secrets(e.to_string()))?
         .flatten()
@@ -209,9 +243,15 @@ pub fn generate(dir: &Path, rotate: bool) -> Result<Vec<String>, AuthError> {
         )?;
         written.push(format!("{DATA_PREFIX}{kid}"));
     }
-    if !existing.iter().any(|n| n == INDEX_FILE) {
+    if !existing.iter().any(|n| n == INDEX_FILE) && !has(INDEX_PREFIX) {
         write_secret(&dir.join(INDEX_FILE), &random_bytes())?;
-        written.push("blind-index".into());
+        written.push(FIRST_INDEX_ID.into());
+    } else if rotate {
+        write_secret(
+            &dir.join(format!("{INDEX_PREFIX}{kid}{KEY_SUFFIX}")),
+            &random_bytes(),
+        )?;
+        written.push(format!("{INDEX_PREFIX}{kid}"));
     }
     Ok(written)
 }
@@ -219,6 +259,7 @@ pub fn generate(dir: &Path, rotate: bool) -> Result<Vec<String>, AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn generate_then_rotate_keeps_old_keys() {
@@ -233,6 +274,12 @@ mod tests {
         let ring = KeyRing::load(&dir).unwrap();
         assert_ne!(ring.current_signing().kid, first);
         assert!(ring.signing_key(&first).is_some());
+        // The new blind-index key sorts after the first one, which stays.
+        let ids: Vec<&str> = ring.index_keys().map(|(id, _)| id).collect();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[0], FIRST_INDEX_ID);
+        assert_eq!(ring.newest_index_id(), ids[1]);
+        assert!(ids[1].starts_with(INDEX_PREFIX));
         for e in std::fs::read_dir(&dir).unwrap().flatten() {
             let mode = e.metadata().unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);

@@ -60,11 +60,28 @@ pub fn open_string(ring: &KeyRing, context: &str, blob: &[u8]) -> Result<String,
     String::from_utf8(open(ring, context, blob)?).map_err(|_| AuthError::Decrypt)
 }
 
-/// The blind index of an email: HMAC-SHA256 under the index key of the normalised address.
-pub fn email_index(ring: &KeyRing, email: &str) -> Vec<u8> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(ring.index_key())
-        .expect("HMAC accepts any key length");
+/// The blind index of an email: HMAC-SHA256 under a blind-index key of the normalised address.
+pub fn email_index(key: &[u8; 32], email: &str) -> Vec<u8> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(b"owner-email\0");
     mac.update(email.trim().to_lowercase().as_bytes());
     mac.finalize().into_bytes().to_vec()
+}
+
+/// The email's blind index under every key in the ring, for a lookup: while a rotation is
+/// under way the rows are under the old key or the new one, and either must find the owner.
+pub fn email_indexes(ring: &KeyRing, email: &str) -> Vec<Vec<u8>> {
+    ring.index_keys()
+        .map(|(_, key)| email_index(key, email))
+        .collect()
+}
+
+/// The id of the data key a blob was sealed with, if it is a blob at all.
+pub fn kid_of(blob: &[u8]) -> Option<&str> {
+    let (&version, rest) = blob.split_first()?;
+    let (&kid_len, rest) = rest.split_first()?;
+    if version != VERSION {
+        return None;
+    }
+    std::str::from_utf8(rest.get(..kid_len as usize)?).ok()
 }

@@ -95,7 +95,6 @@ impl Service {
         if n > password::MAX_PASSWORD_CHARS {
             return Err(ServiceError::TooLarge("'password' is too long".into()));
         }
-        let index = sealed::email_index(&self.keys, email);
         let email_sealed = sealed::seal(&self.keys, "owner.email", email.trim().as_bytes());
         let pass = pass.to_string();
         let hash = tokio::task::spawn_blocking(move || password::hash(&pass))
@@ -106,6 +105,9 @@ impl Service {
         let role = if admin { "admin" } else { "owner" };
         let now = now_ms();
         let mut tx = self.store.begin().await?;
+        // Indexed under the key in use, read under the chain's lock: a rotation holds that
+        // lock, so this row is either re-indexed by it or written after it, under the new key.
+        let index = sealed::email_index(audit::index_key_in_use(&mut tx, &self.keys).await?, email);
         tx.insert_owner(&NewOwner {
             id: &id,
             handle,
@@ -147,7 +149,7 @@ impl Service {
         }
         let owner = self
             .store
-            .owner_by_email_index(&sealed::email_index(&self.keys, email))
+            .owner_by_email_indexes(&sealed::email_indexes(&self.keys, email))
             .await?;
         let phc = owner
             .as_ref()

@@ -44,6 +44,27 @@ impl Store {
         Ok(row.as_ref().map(OwnerRow::from_row))
     }
 
+    /// The owner whose email index is any of `indexes` (one per blind-index key held).
+    pub async fn owner_by_email_indexes(
+        &self,
+        indexes: &[Vec<u8>],
+    ) -> StoreResult<Option<OwnerRow>> {
+        if indexes.is_empty() {
+            return Ok(None);
+        }
+        let slots: Vec<String> = (1..=indexes.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT * FROM owners WHERE email_index IN ({})",
+            slots.join(", ")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for index in indexes {
+            q = q.bind(index.clone());
+        }
+        let row = q.fetch_optional(&self.read).await?;
+        Ok(row.as_ref().map(OwnerRow::from_row))
+    }
+
     pub async fn owner_by_handle(&self, handle: &str) -> StoreResult<Option<OwnerRow>> {
         let row = sqlx::query("SELECT * FROM owners WHERE handle = $1")
             .bind(handle)
@@ -399,6 +420,26 @@ impl WriteTx {
             .fetch_all(&mut *self.tx)
             .await?;
         Ok(rows.iter().map(AuditRow::from_row).collect())
+    }
+
+    /// Every owner's (id, handle, sealed email), for re-deriving the blind indexes.
+    pub async fn owner_emails(&mut self) -> StoreResult<Vec<(String, String, Vec<u8>)>> {
+        let rows = sqlx::query("SELECT id, handle, email_sealed FROM owners ORDER BY id")
+            .fetch_all(&mut *self.tx)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("id"), r.get("handle"), r.get("email_sealed")))
+            .collect())
+    }
+
+    pub async fn set_owner_email_index(&mut self, owner_id: &str, index: &[u8]) -> StoreResult<()> {
+        sqlx::query("UPDATE owners SET email_index = $1 WHERE id = $2")
+            .bind(index.to_vec())
+            .bind(owner_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
     }
 
     /// Replaces a row's link and hash (re-chaining under a new hash function).

@@ -24,3 +24,42 @@ impl Store {
         Ok(row.get("value"))
     }
 }
+
+/// The id of the blind-index key the owners' email indexes and the audit chain are under, kept
+/// in `cluster_meta` so every replica and operator command agrees on it; `None` until the
+/// first rotation (the deployment's first key).
+const INDEX_KEY: &str = "index_key";
+
+impl Store {
+    pub async fn index_key_id(&self) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT value FROM cluster_meta WHERE name = $1")
+            .bind(INDEX_KEY)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|r| r.get("value")))
+    }
+}
+
+impl WriteTx {
+    /// As [`Store::index_key_id`], inside the write (after `lock_audit_head`, which a rotation
+    /// holds while it moves everything onto a new key).
+    pub async fn index_key_id(&mut self) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT value FROM cluster_meta WHERE name = $1")
+            .bind(INDEX_KEY)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        Ok(row.map(|r| r.get("value")))
+    }
+
+    pub async fn set_index_key_id(&mut self, id: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO cluster_meta (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(INDEX_KEY)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}

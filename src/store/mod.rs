@@ -15,12 +15,14 @@ mod identity;
 mod meta;
 mod removal;
 pub mod rows;
+mod sealed_rows;
 mod social;
 
 pub use forum::{NewComment, NewPost, PostFilter, VoteTarget};
 pub use identity::{NewAgent, NewKey, NewOwner};
 pub use removal::tombstone;
 pub use rows::*;
+pub use sealed_rows::{SealedBlob, SealedKind};
 pub use social::{Ban, SearchHit, SearchKind};
 
 use dashmap::DashSet;
@@ -165,13 +167,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         let store = if let Some(path) = url.strip_prefix("sqlite://") {
             let path = path.split('?').next().unwrap_or(path);
-            if let Some(parent) = std::path::Path::new(path).parent()
-                && !parent.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    StoreError::Unavailable(format!("cannot create {parent:?}: {e}"))
-                })?;
-            }
+            private_sqlite_files(path)?;
             let url = format!("sqlite://{path}?mode=rwc");
             let opts = || {
                 AnyPoolOptions::new()
@@ -273,6 +269,30 @@ impl Store {
         self.read.close().await;
         self.write.close().await;
     }
+}
+
+/// The database file is made 0600 before SQLite opens it, in a dir made 0700: SQLite gives
+/// the `-wal` and `-shm` files it creates the database file's mode, so all three stay the
+/// owner's whatever the umask (its own default would be 0644). Older files are tightened.
+fn private_sqlite_files(path: &str) -> StoreResult<()> {
+    if path.is_empty() || path.starts_with(':') {
+        return Ok(());
+    }
+    let fail = |what: &std::path::Path, e: std::io::Error| {
+        StoreError::Unavailable(format!("cannot create {}: {e}", what.display()))
+    };
+    let file = std::path::Path::new(path);
+    if let Some(parent) = file.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        crate::private_fs::private_dir(parent).map_err(|e| fail(parent, e))?;
+    }
+    crate::private_fs::private_file(file).map_err(|e| fail(file, e))?;
+    for suffix in ["-wal", "-shm"] {
+        let side = std::path::PathBuf::from(format!("{path}{suffix}"));
+        crate::private_fs::tighten(&side, 0o600).map_err(|e| fail(&side, e))?;
+    }
+    Ok(())
 }
 
 /// One atomic write: everything done through it commits or rolls back together.

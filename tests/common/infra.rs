@@ -321,6 +321,16 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
 }
 
+/// The real `carapace` binary run through `sh` with the process umask set to `umask`; the
+/// caller adds the binary's arguments.
+pub fn umask_command(umask: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("umask {umask}; exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_carapace"));
+    cmd
+}
+
 /// A `carapace serve` process from the real binary, killed when the guard drops.
 pub struct Replica {
     pub port: u16,
@@ -331,10 +341,19 @@ pub struct Replica {
 impl Replica {
     /// Starts a replica on a free port with `args` after `serve` and waits until `/healthz`.
     pub fn start(id: &str, dir: &Path, args: &[&str]) -> Replica {
+        Self::start_as(Command::new(env!("CARGO_BIN_EXE_carapace")), id, dir, args)
+    }
+
+    /// As `start`, with the process umask set to `umask` (an octal string such as "000").
+    pub fn start_with_umask(id: &str, dir: &Path, args: &[&str], umask: &str) -> Replica {
+        Self::start_as(umask_command(umask), id, dir, args)
+    }
+
+    fn start_as(mut cmd: Command, id: &str, dir: &Path, args: &[&str]) -> Replica {
         let port = free_port();
         let log = dir.join(format!("{id}.log"));
         let logf = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_carapace"))
+        let child = cmd
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--replica-id", id, "--log-format", "json"])
@@ -463,6 +482,17 @@ impl Cluster {
             database_url: self.db.url.clone(),
             secrets_dir: self.secrets.clone(),
         });
+    }
+
+    /// Stops replica `i` (it drains: its sessions close with 1012) and starts it again on the
+    /// same database, Redis and secrets dir, reading the keys anew (a new port).
+    pub async fn restart(&mut self, i: usize) {
+        self.replicas[i].stop().await;
+        let id = format!("r{i}");
+        self.add(&id, &|_| {}).await;
+        let fresh = self.replicas.pop().expect("just added");
+        self.replicas[i] = fresh;
+        wait_ready(&self.replicas[i].base, Duration::from_secs(10)).await;
     }
 
     /// Waits until every replica says it is ready (its bus connected).

@@ -122,6 +122,18 @@ impl TestHub {
         cmd
     }
 
+    /// `carapace keys TASK ...` against this hub's store and secrets (`rotate-index`,
+    /// `reseal-data`).
+    pub fn keys_command(&self, task: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_carapace"));
+        cmd.args(["keys", task, "--data-dir"])
+            .arg(&self.dir)
+            .args(["--database-url", &self.database_url])
+            .arg("--secrets-dir")
+            .arg(&self.secrets_dir);
+        cmd
+    }
+
     /// Creates an admin with `carapace admin create-owner --admin` (password on stdin) and
     /// logs it in over HTTP.
     pub async fn admin_token(&self, handle: &str) -> String {
