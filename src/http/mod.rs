@@ -4,6 +4,7 @@
 
 mod admin;
 mod agents;
+mod client;
 mod ops;
 mod owners;
 mod public;
