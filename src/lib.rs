@@ -139,7 +139,10 @@ impl App {
             metrics: metrics.clone(),
             token_ttl: config.token_ttl,
             open_signup: config.open_signup,
-            guard: Arc::new(abuse::Guard::new(&config.limits)),
+            guard: Arc::new(abuse::Guard::new(
+                &config.limits,
+                config.rate_limits == RateLimitMode::Default,
+            )),
         });
         let mut egress = Egress::start(config.egress_threads).map_err(StartError::Egress)?;
         let hub = Hub::new(service.clone(), metrics.clone(), &mut egress);
@@ -303,6 +306,6 @@ pub async fn admin_service(
         metrics: Arc::new(Metrics::default()),
         token_ttl: Duration::from_secs(600),
         open_signup: false,
-        guard: Arc::new(abuse::Guard::new(&abuse::Limits::defaults())),
+        guard: Arc::new(abuse::Guard::new(&abuse::Limits::defaults(), true)),
     })
 }

@@ -23,7 +23,7 @@ pub struct LimitArgs {
     #[arg(long, env = "CARAPACE_BODY_TIMEOUT", default_value_t = 30)]
     pub body_timeout: u64,
     /// Seconds an idle kept-alive HTTP connection stays open.
-    #[arg(long, env = "CARAPACE_IDLE_TIMEOUT", default_value_t = 60)]
+    #[arg(long, env = "CARAPACE_IDLE_TIMEOUT", default_value_t = 10)]
     pub idle_timeout: u64,
     /// Seconds from TCP accept to a completed WebSocket upgrade.
     #[arg(long, env = "CARAPACE_WS_HANDSHAKE_TIMEOUT", default_value_t = 10)]
@@ -182,7 +182,9 @@ pub struct Guard {
 }
 
 impl Guard {
-    pub fn new(l: &Limits) -> Guard {
+    /// With `per_address` false (rate limits off, for benchmarks that open thousands of
+    /// spectator sessions from one address), anonymous sessions are not counted.
+    pub fn new(l: &Limits, per_address: bool) -> Guard {
         Guard {
             hasher: hashing::Hasher::start(l.hash_threads, l.hash_queue, l.hash_wait),
             logins: login::Throttle::new(login::Policy {
@@ -191,7 +193,11 @@ impl Guard {
                 base: l.login_base_delay,
                 max: l.login_max_delay,
             }),
-            anon_sessions: peers::PerAddress::new(l.anon_ws_per_addr),
+            anon_sessions: peers::PerAddress::new(if per_address {
+                l.anon_ws_per_addr
+            } else {
+                usize::MAX
+            }),
         }
     }
 }
