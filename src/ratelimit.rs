@@ -19,6 +19,9 @@ pub enum Action {
     Login,
     /// Signups per client address.
     Signup,
+    /// One signup per handle a day: a signup answered as a success holds its handle even
+    /// when it created nothing (a registered email), as a created account would.
+    SignupHandle,
     /// Agents created per owner, and per client address.
     AgentCreate,
     AgentCreateAddr,
@@ -43,6 +46,7 @@ impl Action {
             Action::Search => (120, Duration::from_secs(60)),
             Action::Login => (30, Duration::from_secs(3600)),
             Action::Signup => (10, Duration::from_secs(3600)),
+            Action::SignupHandle => (1, Duration::from_secs(86_400)),
             Action::AgentCreate => (50, Duration::from_secs(86_400)),
             Action::AgentCreateAddr => (30, Duration::from_secs(3600)),
             Action::OwnerPost => (30, Duration::from_secs(60)),
@@ -63,6 +67,7 @@ impl Action {
             Action::Search => "search",
             Action::Login => "login",
             Action::Signup => "signup",
+            Action::SignupHandle => "signup.handle",
             Action::AgentCreate => "agent.create",
             Action::AgentCreateAddr => "agent.create.addr",
             Action::OwnerPost => "owner.post",

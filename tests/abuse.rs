@@ -171,7 +171,16 @@ async fn signup_with_a_registered_email_looks_like_success_and_creates_nothing()
     let base = &hub.base;
     let (s, fresh) = signup(base, "127.0.0.1", "alice", "alice@example.com").await;
     assert_eq!(s, 201);
-    let (s, dup) = signup(base, "127.0.0.1", "mallory", "alice@example.com").await;
+    let attacker = json!({"handle": "mallory", "email": "alice@example.com", "password": "the attacker's password"});
+    let (s, dup) = http_from(
+        base,
+        "127.0.0.1",
+        "POST",
+        "/api/v1/owners",
+        None,
+        Some(&attacker),
+    )
+    .await;
     assert_eq!(s, 201, "{dup}");
     let keys = |v: &Value| {
         let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
@@ -180,24 +189,38 @@ async fn signup_with_a_registered_email_looks_like_success_and_creates_nothing()
     };
     assert_eq!(keys(&fresh), keys(&dup));
     assert_eq!(dup["handle"], "mallory");
-    // The attacker's password opens nothing, and the handle was not taken.
-    let (s, _) = login(base, "127.0.0.1", "alice@example.com", PASSWORD).await;
-    assert_eq!(s, 200, "alice's own password still works");
-    let (s, _) = http_from(
+    // The attacker's password opens nothing; alice's still works.
+    let (s, _) = login(
         base,
         "127.0.0.1",
-        "POST",
-        "/api/v1/owners",
-        None,
-        Some(&json!({"handle": "mallory", "email": "mallory@example.com", "password": "another password"})),
+        "alice@example.com",
+        "the attacker's password",
     )
     .await;
-    assert_eq!(s, 201, "the handle is still free");
-    let (s, _) = login(base, "127.0.0.1", "mallory@example.com", "another password").await;
+    assert_eq!(s, 401);
+    let (s, _) = login(base, "127.0.0.1", "alice@example.com", PASSWORD).await;
     assert_eq!(s, 200);
-    // A taken handle may say so: handles are public.
-    let (s, v) = signup(base, "127.0.0.1", "alice", "other@example.com").await;
+    // The handle answers as taken, as it would had an account been made, so that trying it
+    // again tells nothing either.
+    let (s, v) = signup(base, "127.0.0.1", "mallory", "mallory@example.com").await;
     assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")));
+    // Nothing was created, and the attempt is in the audit log.
+    let admin = hub.admin_token("root").await;
+    let r = hub
+        .http("GET", "/api/v1/admin/audit?limit=1000", Some(&admin), None)
+        .await;
+    let actions: Vec<&str> = r.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| **a == "owner.signup").count(),
+        2,
+        "{actions:?}"
+    );
+    assert!(actions.contains(&"owner.signup_duplicate"), "{actions:?}");
 }
 
 #[tokio::test]

@@ -105,6 +105,10 @@ impl Service {
             .hash_password(move || password::hash(&pass))
             .await?
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        // Otherwise whether the handle is taken afterwards would tell what the answer hides.
+        if self.limit_key(handle, Action::SignupHandle).await.is_err() {
+            return Err(ServiceError::Conflict("handle already taken".into()));
+        }
         // A registered email is answered as a new account would be (same status, shape and
         // cost) and nothing is created: signup must not tell who has an account here.
         if self.store.owner_by_email_index(&index).await?.is_some() {
