@@ -438,3 +438,52 @@ async fn anonymous_websocket_sessions_are_limited_per_address() {
     }
     assert!(ok);
 }
+
+#[tokio::test]
+async fn out_of_descriptors_pauses_accepts_logs_once_and_spares_open_sessions() {
+    let dir = common::temp_dir("fds");
+    let replica = common::infra::Replica::start("fds", &dir, &[]);
+    let pid = replica.pid();
+    let mut session = carapace::client::Client::connect(&replica.ws(), None)
+        .await
+        .unwrap();
+    let prlimit = |n: &str| {
+        let st = std::process::Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={n}")])
+            .status()
+            .expect("prlimit runs");
+        assert!(st.success());
+    };
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap()
+        .to_string();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    prlimit(&format!("{}:", open + 2));
+    // Connections the kernel completes but the hub cannot take: a few fit, the rest wait.
+    let mut waiting = Vec::new();
+    for _ in 0..10 {
+        waiting.push(common::connect_from(&replica.base(), "127.0.0.1").await);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The open session still answers.
+    session.command("ping", json!({})).await.unwrap();
+    let log = std::fs::read_to_string(&replica.log).unwrap();
+    assert_eq!(
+        log.matches("out of file descriptors").count(),
+        1,
+        "logged once: {log}"
+    );
+    drop(waiting);
+    prlimit(&format!("{soft}:"));
+    let r = carapace::client::http(&replica.base(), "GET", "/healthz", None, None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
