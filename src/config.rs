@@ -84,6 +84,8 @@ pub struct ServeArgs {
     /// of the replica; default: half the cores, at least one.
     #[arg(long, env = "CARAPACE_EGRESS_THREADS")]
     pub egress_threads: Option<usize>,
+    #[command(flatten)]
+    pub limits: Box<crate::abuse::LimitArgs>,
 }
 
 /// The resolved configuration the hub runs with.
@@ -112,6 +114,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Egress shards, one thread each, that fan events out and write to sessions (see `egress`).
     pub egress_threads: usize,
+    /// Timeouts, throttles and budgets against abuse (see `abuse`).
+    pub limits: crate::abuse::Limits,
 }
 
 impl Config {
@@ -142,6 +146,7 @@ impl Config {
             egress_threads: a
                 .egress_threads
                 .unwrap_or_else(crate::egress::Egress::default_threads),
+            limits: crate::abuse::Limits::from_args(&a.limits),
         }
     }
 
@@ -163,6 +168,19 @@ impl Config {
             close_grace: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
             egress_threads: 1,
+            limits: test_limits(),
         }
     }
+}
+
+/// The default limits, except those per client address: every test client comes from
+/// loopback, so tests that need them set them.
+fn test_limits() -> crate::abuse::Limits {
+    let mut l = crate::abuse::Limits::defaults();
+    l.login_free_failures_per_addr = 10_000;
+    l.signups_per_addr_hour = 10_000;
+    l.agents_per_addr_hour = 10_000;
+    l.anon_ws_per_addr = 10_000;
+    l.anon_searches_per_min = 10_000;
+    l
 }

@@ -1,6 +1,7 @@
 //! Carapace: a real-time social network for AI agents. `App::build` assembles one replica
 //! (store, keys, bus, service, hub, HTTP) from a `Config`; `main` and the tests both use it.
 
+pub mod abuse;
 pub mod agent;
 pub mod audit;
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod private_fs;
 pub mod protocol;
 pub mod ratelimit;
 pub mod revocation_watch;
+pub mod server;
 pub mod service;
 pub mod session;
 pub mod store;
@@ -38,7 +40,6 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::service::Service;
 use crate::store::Store;
-use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,7 +129,9 @@ impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
         let (store, keys) = open_store_and_keys(&config.database_url, &config.secrets_dir).await?;
         let metrics = Arc::new(Metrics::default());
-        let mut limits = RateLimiter::new(config.rate_limits == RateLimitMode::Default);
+        let mut limits = config.limits.budgets(RateLimiter::new(
+            config.rate_limits == RateLimitMode::Default,
+        ));
         let bus: Arc<dyn Bus> = match &config.redis_url {
             None => {
                 metrics.bus_up.set(1);
@@ -156,6 +159,10 @@ impl App {
             metrics: metrics.clone(),
             token_ttl: config.token_ttl,
             open_signup: config.open_signup,
+            guard: Arc::new(abuse::Guard::new(
+                &config.limits,
+                config.rate_limits == RateLimitMode::Default,
+            )),
         });
         let mut egress = Egress::start(config.egress_threads).map_err(StartError::Egress)?;
         let hub = Hub::new(service.clone(), metrics.clone(), &mut egress);
@@ -213,37 +220,23 @@ impl App {
             ))
         });
         let app = http::router(state);
-        let draining = self.draining.clone();
         let drain_timeout = self.config.drain_timeout;
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let signal = async move {
-            shutdown.await;
-            tracing::info!("draining: closing sessions with 1012");
-            // Every session's reader watches this flag and closes its session with 1012.
-            let _ = draining.send(true);
-            let _ = done_tx.send(());
-        };
-        // Events are small frames written as they happen: without TCP_NODELAY, Nagle holds
-        // a write back until the client's delayed ACK (tens of ms) whenever one is in flight.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
-        });
-        let server = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signal)
-        .into_future();
-        tokio::pin!(server);
-        let result = tokio::select! {
-            r = &mut server => r,
-            _ = async {
-                let _ = done_rx.await;
-                tokio::time::sleep(drain_timeout).await;
-            } => {
+        let mut server = tokio::spawn(server::serve(
+            self.listener,
+            app,
+            self.config.limits.timeouts(),
+            self.draining.subscribe(),
+        ));
+        shutdown.await;
+        tracing::info!("draining: closing sessions with 1012");
+        // Every session's reader and every connection watch this flag: sessions close with
+        // 1012, connections finish their request and close.
+        let _ = self.draining.send(true);
+        let result = match tokio::time::timeout(drain_timeout, &mut server).await {
+            Ok(_) => Ok(()),
+            Err(_) => {
                 tracing::warn!("drain timeout reached; exiting with connections still open");
+                server.abort();
                 Ok(())
             }
         };
@@ -333,5 +326,6 @@ pub async fn admin_service(
         metrics: Arc::new(Metrics::default()),
         token_ttl: Duration::from_secs(600),
         open_signup: false,
+        guard: Arc::new(abuse::Guard::new(&abuse::Limits::defaults(), true)),
     })
 }

@@ -15,6 +15,21 @@ pub enum Action {
     Graph,
     Report,
     Search,
+    /// Login attempts per account, on every replica together (see `abuse::login`).
+    Login,
+    /// Signups per client address.
+    Signup,
+    /// One signup per handle a day: a signup answered as a success holds its handle even
+    /// when it created nothing (a registered email), as a created account would.
+    SignupHandle,
+    /// Agents created per owner, and per client address.
+    AgentCreate,
+    AgentCreateAddr,
+    /// What all of one owner's agents together may post and create.
+    OwnerPost,
+    OwnerTopicCreate,
+    /// Searches without an agent, per client address.
+    AnonSearch,
 }
 
 impl Action {
@@ -29,6 +44,14 @@ impl Action {
             Action::Graph => (120, Duration::from_secs(60)),
             Action::Report => (20, Duration::from_secs(60)),
             Action::Search => (120, Duration::from_secs(60)),
+            Action::Login => (30, Duration::from_secs(3600)),
+            Action::Signup => (10, Duration::from_secs(3600)),
+            Action::SignupHandle => (1, Duration::from_secs(86_400)),
+            Action::AgentCreate => (50, Duration::from_secs(86_400)),
+            Action::AgentCreateAddr => (30, Duration::from_secs(3600)),
+            Action::OwnerPost => (30, Duration::from_secs(60)),
+            Action::OwnerTopicCreate => (10, Duration::from_secs(3600)),
+            Action::AnonSearch => (30, Duration::from_secs(60)),
         }
     }
 
@@ -42,6 +65,23 @@ impl Action {
             Action::Graph => "follow/join",
             Action::Report => "report",
             Action::Search => "search",
+            Action::Login => "login",
+            Action::Signup => "signup",
+            Action::SignupHandle => "signup.handle",
+            Action::AgentCreate => "agent.create",
+            Action::AgentCreateAddr => "agent.create.addr",
+            Action::OwnerPost => "owner.post",
+            Action::OwnerTopicCreate => "owner.topic.create",
+            Action::AnonSearch => "search.anon",
+        }
+    }
+
+    /// The owner-wide bucket an agent's action also draws from, if any.
+    pub fn owner_budget(self) -> Option<Action> {
+        match self {
+            Action::Post => Some(Action::OwnerPost),
+            Action::TopicCreate => Some(Action::OwnerTopicCreate),
+            _ => None,
         }
     }
 }
@@ -71,6 +111,8 @@ pub struct RateLimiter {
     enabled: bool,
     buckets: DashMap<(String, Action), Bucket>,
     shared: Option<std::sync::Arc<dyn SharedBuckets>>,
+    /// Budgets configured in place of `Action::limit`.
+    budgets: std::collections::HashMap<Action, (u32, Duration)>,
 }
 
 impl RateLimiter {
@@ -79,7 +121,21 @@ impl RateLimiter {
             enabled,
             buckets: DashMap::new(),
             shared: None,
+            budgets: Default::default(),
         }
+    }
+
+    /// Sets `action`'s budget to `limit` per `period` (at least one).
+    pub fn with_budget(mut self, action: Action, limit: u32, period: Duration) -> RateLimiter {
+        self.budgets.insert(action, (limit.max(1), period));
+        self
+    }
+
+    fn limit_of(&self, action: Action) -> (u32, Duration) {
+        self.budgets
+            .get(&action)
+            .copied()
+            .unwrap_or_else(|| action.limit())
     }
 
     /// Keeps the buckets in `shared` (every replica sees the same ones).
@@ -94,7 +150,7 @@ impl RateLimiter {
             return Ok(());
         }
         if let Some(shared) = &self.shared {
-            let (limit, period) = action.limit();
+            let (limit, period) = self.limit_of(action);
             match shared.take(action.name(), agent_id, limit, period).await {
                 Ok(r) => return r,
                 Err(e) => {
@@ -110,7 +166,7 @@ impl RateLimiter {
         if !self.enabled {
             return Ok(());
         }
-        let (limit, period) = action.limit();
+        let (limit, period) = self.limit_of(action);
         let rate = limit as f64 / period.as_secs_f64();
         let now = Instant::now();
         let mut b = self

@@ -38,6 +38,8 @@ pub struct SessionDeps {
     pub close_grace: Duration,
     /// Replica-wide shutdown: sessions close with 1012 when it flips.
     pub draining: watch::Receiver<bool>,
+    /// The client's address, for limits on what a session without an agent may do.
+    pub client: std::net::IpAddr,
 }
 
 /// Runs a session to its end. `agent` is set when the upgrade request carried a valid token.
@@ -336,7 +338,13 @@ impl Reader {
                     "the feed is an agent's own; authenticate first".into(),
                 )),
             },
-            Command::Search(q) => svc.search(self.agent.as_ref(), q).await.map(Some),
+            Command::Search(q) => match self.agent.as_ref() {
+                Some(a) => svc.search(Some(a), q).await.map(Some),
+                None => svc
+                    .search_anonymous(&self.deps.client.to_string(), q)
+                    .await
+                    .map(Some),
+            },
             Command::Remove { target, reason } => {
                 svc.remove(self.agent(), &target, &reason).await.map(Some)
             }

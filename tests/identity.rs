@@ -82,10 +82,8 @@ async fn owner_agent_key_token_rotation_revocation_and_review() {
             Some(&json!({"handle": "alice2", "email": "ALICE@example.com", "password": PASSWORD})),
         )
         .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (409, Some("conflict"))
-    );
+    // A registered email (any case) is answered like a new account, and nothing is made.
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (201, None));
 
     // Login: wrong password and unknown email look the same.
     let bad1 = hub

@@ -1,7 +1,9 @@
 //! Agent management by its owner (create, update, keys, status) and the key-for-token exchange.
 
+use super::client::ClientIp;
 use super::{AppState, HttpResult, JsonBody, Owner, bearer};
 use crate::protocol::ApiError;
+use crate::ratelimit::Action;
 use crate::service::identity::{AgentPatch, NewAgentInput};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -23,8 +25,12 @@ pub struct CreateBody {
 pub async fn create(
     State(st): State<AppState>,
     Owner(o): Owner,
+    ClientIp(ip): ClientIp,
     JsonBody(b): JsonBody<CreateBody>,
 ) -> HttpResult<(StatusCode, Json<Value>)> {
+    st.service
+        .limit_key(&ip.to_string(), Action::AgentCreateAddr)
+        .await?;
     let v = st
         .service
         .create_agent(

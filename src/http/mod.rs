@@ -21,6 +21,7 @@ macro_rules! routes {
 
 mod admin;
 mod agents;
+mod client;
 mod ops;
 mod owners;
 mod public;

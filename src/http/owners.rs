@@ -1,7 +1,9 @@
 //! Owner signup, login, sign-out and the owner's access review.
 
+use super::client::ClientIp;
 use super::{AppState, HttpResult, JsonBody, Owner};
 use crate::protocol::ApiError;
+use crate::ratelimit::Action;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,11 +20,15 @@ pub struct SignupBody {
 
 pub async fn signup(
     State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
     JsonBody(b): JsonBody<SignupBody>,
 ) -> HttpResult<(StatusCode, Json<Value>)> {
     if !st.config.open_signup {
         return Err(ApiError::forbidden("signup is closed; ask an operator").into());
     }
+    st.service
+        .limit_key(&ip.to_string(), Action::Signup)
+        .await?;
     let v = st
         .service
         .signup(&b.handle, &b.email, &b.password, false, "anonymous")
@@ -39,9 +45,14 @@ pub struct LoginBody {
 
 pub async fn login(
     State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
     JsonBody(b): JsonBody<LoginBody>,
 ) -> HttpResult<Json<Value>> {
-    Ok(Json(st.service.login(&b.email, &b.password).await?))
+    Ok(Json(
+        st.service
+            .login(&b.email, &b.password, &ip.to_string())
+            .await?,
+    ))
 }
 
 /// Ends every owner token this owner holds, the one presented included.

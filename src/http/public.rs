@@ -1,6 +1,7 @@
 //! What anyone may read: topics, ranked posts, threads, public profiles, the JWKS.
 
 use super::QueryParams;
+use super::client::ClientIp;
 use super::{AppState, HttpResult, bearer};
 use crate::protocol::{ApiError, FeedInput, SearchInput};
 use axum::Json;
@@ -77,6 +78,7 @@ pub struct SearchQuery {
 
 pub async fn search(
     State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
     QueryParams(q): QueryParams<SearchQuery>,
 ) -> HttpResult<Json<Value>> {
     let input = SearchInput {
@@ -84,5 +86,7 @@ pub async fn search(
         kind: q.kind,
         limit: q.limit,
     };
-    Ok(Json(st.service.search(None, input).await?))
+    Ok(Json(
+        st.service.search_anonymous(&ip.to_string(), input).await?,
+    ))
 }

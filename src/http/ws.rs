@@ -1,6 +1,7 @@
 //! The `/ws` upgrade: checks the browser's Origin, authenticates an `Authorization` header if
 //! one is given (tokens in the URL are never read), then hands the socket to a Session.
 
+use super::client::ClientIp;
 use super::{AppState, HttpResult, bearer};
 use crate::protocol::{ApiError, MAX_FRAME_BYTES};
 use crate::session::{self, SessionDeps};
@@ -15,6 +16,7 @@ const SESSION_READ_BUFFER: usize = 1024;
 
 pub async fn upgrade(
     State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     ws: Upgrade,
 ) -> HttpResult<Response> {
@@ -37,6 +39,17 @@ pub async fn upgrade(
         ),
         None => None,
     };
+    // Sessions without an agent cost nothing to open: at most so many per address.
+    let slot = match agent {
+        Some(_) => None,
+        None => Some(
+            st.service
+                .guard
+                .anon_sessions
+                .acquire(ip)
+                .ok_or_else(|| ApiError::rate_limited(1000))?,
+        ),
+    };
     let deps = SessionDeps {
         hub: st.hub.clone(),
         service: st.service.clone(),
@@ -44,12 +57,17 @@ pub async fn upgrade(
         queue: st.config.session_queue,
         close_grace: st.config.close_grace,
         draining: st.draining.clone(),
+        client: ip,
     };
-    Ok(
-        ws.on_upgrade(MAX_FRAME_BYTES, SESSION_READ_BUFFER, move |socket| {
-            session::run(socket, deps, agent)
-        }),
-    )
+    Ok(ws.on_upgrade(
+        MAX_FRAME_BYTES,
+        SESSION_READ_BUFFER,
+        st.config.limits.ws_handshake_timeout,
+        move |socket| async move {
+            let _slot = slot;
+            session::run(socket, deps, agent).await
+        },
+    ))
 }
 
 /// Allowed: a configured origin, or the hub's own (the Host the browser asked for).

@@ -95,12 +95,26 @@ impl Service {
         if n > password::MAX_PASSWORD_CHARS {
             return Err(ServiceError::TooLarge("'password' is too long".into()));
         }
+        // Handles are public: a taken one may be said so, before a hash is paid for.
+        if self.store.owner_by_handle(handle).await?.is_some() {
+            return Err(ServiceError::Conflict("handle already taken".into()));
+        }
         let email_sealed = sealed::seal(&self.keys, "owner.email", email.trim().as_bytes());
         let pass = pass.to_string();
-        let hash = tokio::task::spawn_blocking(move || password::hash(&pass))
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?
+        let hash = self
+            .hash_password(move || password::hash(&pass))
+            .await?
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        // Otherwise whether the handle is taken afterwards would tell what the answer hides.
+        if self.limit_key(handle, Action::SignupHandle).await.is_err() {
+            return Err(ServiceError::Conflict("handle already taken".into()));
+        }
+        // A registered email is answered as a new account would be (same status, shape and
+        // cost) and nothing is created: signup must not tell who has an account here.
+        let indexes = sealed::email_indexes(&self.keys, email);
+        if self.store.owner_by_email_indexes(&indexes).await?.is_some() {
+            return self.signup_duplicate(handle, actor).await;
+        }
         let id = new_id();
         let role = if admin { "admin" } else { "owner" };
         let now = now_ms();
@@ -108,23 +122,29 @@ impl Service {
         // Indexed under the key in use, read under the chain's lock: a rotation holds that
         // lock, so this row is either re-indexed by it or written after it, under the new key.
         let index = sealed::email_index(audit::index_key_in_use(&mut tx, &self.keys).await?, email);
-        tx.insert_owner(&NewOwner {
-            id: &id,
-            handle,
-            email_sealed: &email_sealed,
-            email_index: &index,
-            password_hash: &hash,
-            role,
-            created_at: now,
-        })
-        .await
-        .map_err(|e| match e {
-            // Same answer for a taken handle or email: no account enumeration by email.
-            crate::store::StoreError::Conflict(_) => {
-                ServiceError::Conflict("handle or email already registered".into())
+        let inserted = tx
+            .insert_owner(&NewOwner {
+                id: &id,
+                handle,
+                email_sealed: &email_sealed,
+                email_index: &index,
+                password_hash: &hash,
+                role,
+                created_at: now,
+            })
+            .await;
+        match inserted {
+            Ok(()) => {}
+            // Another signup won a race for this handle or this email.
+            Err(crate::store::StoreError::Conflict(_)) => {
+                drop(tx);
+                if self.store.owner_by_handle(handle).await?.is_some() {
+                    return Err(ServiceError::Conflict("handle already taken".into()));
+                }
+                return self.signup_duplicate(handle, actor).await;
             }
-            e => e.into(),
-        })?;
+            Err(e) => return Err(e.into()),
+        }
         audit::append(
             &mut tx,
             &self.keys,
@@ -141,25 +161,64 @@ impl Service {
         Ok(json!({"id": id, "handle": handle}))
     }
 
-    pub async fn login(&self, email: &str, pass: &str) -> ServiceResult<Value> {
+    /// A signup with an email already registered: audited, nothing created, answered like a
+    /// success (with an id that names nothing).
+    async fn signup_duplicate(&self, handle: &str, actor: &str) -> ServiceResult<Value> {
+        audit::record(
+            &self.store,
+            &self.keys,
+            Entry {
+                actor,
+                action: "owner.signup_duplicate",
+                subject: &format!("owner:{handle}"),
+                detail: json!({}),
+            },
+        )
+        .await?;
+        Ok(json!({"id": new_id(), "handle": handle}))
+    }
+
+    /// Runs a password hash or check on the bounded hashing threads.
+    async fn hash_password<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> ServiceResult<T> {
+        self.guard.hasher.run(f).await.map_err(|busy| {
+            tracing::debug!(why = %busy, "password hash refused");
+            ServiceError::Unavailable(busy.to_string())
+        })
+    }
+
+    /// Logs an owner in. `from` is the client's address, for the failed-login throttle,
+    /// which is checked before any hashing so that a throttled guess costs nothing.
+    pub async fn login(&self, email: &str, pass: &str, from: &str) -> ServiceResult<Value> {
         if email.len() > 254 || pass.len() > password::MAX_PASSWORD_CHARS * 4 {
             return Err(ServiceError::Unauthorized(
                 "invalid email or password".into(),
             ));
         }
-        let owner = self
-            .store
-            .owner_by_email_indexes(&sealed::email_indexes(&self.keys, email))
-            .await?;
-        let phc = owner
-            .as_ref()
-            .map(|o| o.password_hash.clone())
-            .unwrap_or_else(|| password::dummy_hash().to_string());
+        // Under every blind-index key held (a rotation may be under way); the throttle's key
+        // is the newest one's, the same whether or not an account has this email.
+        let indexes = sealed::email_indexes(&self.keys, email);
+        let account = indexes.last().map(hex::encode).unwrap_or_default();
+        if let Err(wait) = self.guard.logins.check(&account, from) {
+            return Err(ServiceError::RateLimited {
+                action: "login",
+                retry_after_ms: wait.as_millis().max(1) as u64,
+            });
+        }
+        self.limit_key(&account, Action::Login).await?;
+        let owner = self.store.owner_by_email_indexes(&indexes).await?;
+        let phc = owner.as_ref().map(|o| o.password_hash.clone());
         let pass = pass.to_string();
-        let ok = tokio::task::spawn_blocking(move || password::verify(&pass, &phc))
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let ok = self
+            .hash_password(move || match phc {
+                Some(phc) => password::verify(&pass, &phc),
+                None => password::verify(&pass, password::dummy_hash()),
+            })
+            .await?;
         let Some(owner) = owner.clone().filter(|_| ok) else {
+            self.guard.logins.failed(&account, from);
             let subject = owner
                 .map(|o| format!("owner:{}", o.handle))
                 .unwrap_or_else(|| "owner:unknown".into());
@@ -178,6 +237,7 @@ impl Service {
                 "invalid email or password".into(),
             ));
         };
+        self.guard.logins.succeeded(&account);
         let now = now_ms() / 1000;
         let claims = jwt::OwnerClaims {
             iss: jwt::ISSUER.into(),
@@ -325,6 +385,7 @@ impl Service {
             None => Scopes::DEFAULT,
         };
         let topics = check_perimeter(input.topics.as_deref().unwrap_or(&["*".to_string()]))?;
+        self.limit_key(&owner.id, Action::AgentCreate).await?;
         let mut leaks = Leaks::default();
         leaks.redact(&mut input.name);
         leaks.redact(&mut input.bio);
@@ -829,6 +890,7 @@ impl Service {
             topics: claimed_topics.intersect(&Perimeter::from_stored(&agent.topics)),
             cred: claims.cred,
             expires_at: claims.exp,
+            owner_id: agent.owner_id,
         })
     }
 

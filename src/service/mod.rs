@@ -237,6 +237,8 @@ pub struct AgentCtx {
     pub cred: String,
     /// Token expiry, Unix seconds.
     pub expires_at: i64,
+    /// The owner, whose agents together share some budgets.
+    pub owner_id: String,
 }
 
 impl AgentCtx {
@@ -276,13 +278,25 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     pub token_ttl: Duration,
     pub open_signup: bool,
+    /// Bounded hashing, the login throttle, anonymous sessions per address.
+    pub guard: Arc<crate::abuse::Guard>,
 }
 
 impl Service {
     /// Across every replica when the buckets are shared (Redis).
+    /// An action that has an owner-wide budget also draws from the owner's bucket.
     async fn rate_limit(&self, agent: &AgentCtx, action: Action) -> ServiceResult<()> {
+        self.limit_key(&agent.id, action).await?;
+        if let Some(owner_action) = action.owner_budget() {
+            self.limit_key(&agent.owner_id, owner_action).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes one token of `action` for `key` (an agent, owner or client address).
+    pub async fn limit_key(&self, key: &str, action: Action) -> ServiceResult<()> {
         self.limits
-            .take(&agent.id, action)
+            .take(key, action)
             .await
             .map_err(|wait| ServiceError::RateLimited {
                 action: action.name(),

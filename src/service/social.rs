@@ -122,6 +122,12 @@ impl Service {
         .await
     }
 
+    /// A search by no agent (HTTP, a spectator session): limited per client address.
+    pub async fn search_anonymous(&self, addr: &str, s: SearchInput) -> ServiceResult<Value> {
+        self.limit_key(addr, Action::AnonSearch).await?;
+        self.search(None, s).await
+    }
+
     pub async fn search(&self, who: Option<&AgentCtx>, s: SearchInput) -> ServiceResult<Value> {
         let q = s.q.trim();
         if q.is_empty() {

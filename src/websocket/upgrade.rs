@@ -4,6 +4,7 @@
 use super::{FrameReader, FrameWriter};
 use crate::http::HttpError;
 use crate::protocol::ApiError;
+use crate::server::{Conn, handshake_left};
 use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -11,12 +12,15 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::Response;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// A checked upgrade request, answered by `on_upgrade`.
 pub struct Upgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
+    /// The connection it came on (absent only outside the hub's own server).
+    conn: Option<Conn>,
 }
 
 /// The upgraded connection, as halves for the session's reader and writer tasks.
@@ -51,23 +55,43 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             .extensions
             .remove::<OnUpgrade>()
             .ok_or_else(|| bad("this connection cannot be upgraded"))?;
-        Ok(Upgrade { key, on_upgrade })
+        let conn = parts.extensions.get::<Conn>().cloned();
+        Ok(Upgrade {
+            key,
+            on_upgrade,
+            conn,
+        })
     }
 }
 
 impl Upgrade {
     /// The 101 answer; once the client has it, `session` runs with the connection. Frames
     /// and messages over `max` bytes are refused; the socket is read `read_size` bytes at a
-    /// time.
-    pub fn on_upgrade<F, Fut>(self, max: usize, read_size: usize, session: F) -> Response
+    /// time. An upgrade not complete within `handshake` of the TCP accept is dropped.
+    pub fn on_upgrade<F, Fut>(
+        self,
+        max: usize,
+        read_size: usize,
+        handshake: Duration,
+        session: F,
+    ) -> Response
     where
         F: FnOnce(Socket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let left = handshake_left(self.conn.as_ref(), handshake);
+        let conn = self.conn;
         tokio::spawn(async move {
-            match self.on_upgrade.await {
-                Ok(upgraded) => session(Socket::new(upgraded, max, read_size)).await,
-                Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
+            match tokio::time::timeout(left, self.on_upgrade).await {
+                Ok(Ok(upgraded)) => {
+                    // From here the session's own rules (pings, token expiry) keep it honest.
+                    if let Some(c) = &conn {
+                        c.upgraded();
+                    }
+                    session(Socket::new(upgraded, max, read_size)).await
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
+                Err(_) => tracing::debug!("websocket handshake timed out"),
             }
         });
         let mut resp = Response::new(Body::empty());

@@ -1,0 +1,303 @@
+//! The accept loop: HTTP/1.1 connections served by hyper with the timeouts a slow or greedy
+//! client must not outlast (request head, body reads, idle keep-alive, WebSocket
+//! handshake), the peer address for handlers (`ConnectInfo`), a back-off when the process
+//! runs out of file descriptors, and a graceful drain on shutdown.
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Sleep};
+use tower::ServiceExt;
+
+/// How long a connection may keep the server waiting on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From the moment the server waits for a request head until it has all of it.
+    pub header: Duration,
+    /// Longest silence while a request is in progress (its body being read).
+    pub body: Duration,
+    /// Longest silence between two requests on a kept-alive connection.
+    pub idle: Duration,
+    /// From the TCP accept to a completed WebSocket upgrade.
+    pub ws_handshake: Duration,
+}
+
+/// Facts about the connection a request came on, as a request extension.
+#[derive(Clone)]
+pub struct Conn {
+    /// When the TCP connection was accepted.
+    pub accepted: Instant,
+    phase: Arc<AtomicU8>,
+}
+
+const PHASE_IDLE: u8 = 0;
+const PHASE_REQUEST: u8 = 1;
+/// Upgraded to a WebSocket: the session has its own liveness rules.
+const PHASE_UPGRADED: u8 = 2;
+
+impl Conn {
+    /// Called once the connection is a WebSocket: the HTTP read timeouts no longer apply.
+    pub fn upgraded(&self) {
+        self.phase.store(PHASE_UPGRADED, Ordering::Relaxed);
+    }
+}
+
+/// Accepts and serves until `draining` turns true, then asks every HTTP connection to
+/// finish its request and close, and returns once they have (upgraded connections are the
+/// sessions' to close).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    timeouts: Timeouts,
+    mut draining: watch::Receiver<bool>,
+) {
+    // Each connection task holds a sender; `recv` returns None once all are gone.
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let mut backoff = Backoff::default();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = async { let _ = draining.wait_for(|d| *d).await; } => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => {
+                backoff.reset();
+                x
+            }
+            Err(e) => {
+                backoff.wait(&e).await;
+                continue;
+            }
+        };
+        // Events are small frames written as they happen: without TCP_NODELAY, Nagle holds
+        // a write back until the client's delayed ACK (tens of ms) whenever one is in flight.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        tokio::spawn(connection(
+            tcp,
+            peer,
+            app.clone(),
+            timeouts,
+            draining.clone(),
+            alive_tx.clone(),
+        ));
+    }
+    drop(alive_tx);
+    let _ = alive_rx.recv().await;
+}
+
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    t: Timeouts,
+    mut draining: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+) {
+    let conn = Conn {
+        accepted: Instant::now(),
+        phase: Arc::new(AtomicU8::new(PHASE_IDLE)),
+    };
+    let io = TimedIo::new(tcp, conn.phase.clone(), t);
+    let meta = conn.clone();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(meta.clone());
+        let _ = meta.phase.compare_exchange(
+            PHASE_IDLE,
+            PHASE_REQUEST,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        let app = app.clone();
+        let phase = meta.phase.clone();
+        async move {
+            let resp = app.oneshot(req.map(axum::body::Body::new)).await;
+            let _ = phase.compare_exchange(
+                PHASE_REQUEST,
+                PHASE_IDLE,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            resp
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(t.header)
+        .keep_alive(true);
+    let served = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(served);
+    let result = tokio::select! {
+        r = served.as_mut() => r,
+        _ = async { let _ = draining.wait_for(|d| *d).await; } => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %peer, "connection ended");
+    }
+}
+
+/// Sleeps after a failed accept. Running out of descriptors (EMFILE, ENFILE) is logged once
+/// per episode and retried with a growing pause, so that sessions already open keep
+/// working while others close; other accept errors (a peer that reset) are retried at once.
+#[derive(Default)]
+struct Backoff {
+    pause: Option<Duration>,
+}
+
+impl Backoff {
+    fn reset(&mut self) {
+        if self.pause.take().is_some() {
+            tracing::info!("accepting connections again");
+        }
+    }
+
+    async fn wait(&mut self, e: &io::Error) {
+        // EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12 (Linux numbering).
+        let exhausted = matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12));
+        if !exhausted {
+            tracing::debug!(error = %e, "accept failed");
+            return;
+        }
+        let pause = match self.pause {
+            None => {
+                tracing::warn!(error = %e, "out of file descriptors: pausing accepts");
+                Duration::from_millis(10)
+            }
+            Some(p) => (p * 2).min(Duration::from_secs(1)),
+        };
+        self.pause = Some(pause);
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// A TCP stream whose reads fail with `TimedOut` after a silence longer than the phase
+/// allows (body during a request, idle between requests); writes count as activity.
+struct TimedIo {
+    tcp: TcpStream,
+    phase: Arc<AtomicU8>,
+    t: Timeouts,
+    timer: Pin<Box<Sleep>>,
+    /// The phase the timer was armed for.
+    armed: u8,
+}
+
+impl TimedIo {
+    fn new(tcp: TcpStream, phase: Arc<AtomicU8>, t: Timeouts) -> TimedIo {
+        TimedIo {
+            tcp,
+            phase,
+            t,
+            timer: Box::pin(tokio::time::sleep(t.idle)),
+            armed: PHASE_IDLE,
+        }
+    }
+
+    fn limit(&self, phase: u8) -> Option<Duration> {
+        match phase {
+            PHASE_IDLE => Some(self.t.idle),
+            PHASE_REQUEST => Some(self.t.body),
+            _ => None,
+        }
+    }
+
+    fn activity(&mut self) {
+        let phase = self.phase.load(Ordering::Relaxed);
+        if let Some(d) = self.limit(phase) {
+            self.timer.as_mut().reset(Instant::now() + d);
+        }
+        self.armed = phase;
+    }
+}
+
+impl AsyncRead for TimedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.tcp).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.activity();
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let phase = this.phase.load(Ordering::Relaxed);
+                if phase != this.armed {
+                    // The phase changed since the last activity: its own limit counts from now.
+                    this.activity();
+                }
+                if this.limit(phase).is_some() && this.timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client silent for too long",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TimedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// How much of the WebSocket handshake allowance is left for a request on `conn`.
+pub fn handshake_left(conn: Option<&Conn>, limit: Duration) -> Duration {
+    conn.map(|c| limit.saturating_sub(c.accepted.elapsed()))
+        .unwrap_or(limit)
+}
