@@ -15,7 +15,7 @@ pub enum Action {
     Graph,
     Report,
     Search,
-    /// Login attempts per account, on every replica together (see `abuse::login`).
+    /// Failed logins per account, on every replica together (see `abuse::login`).
     Login,
     /// Signups per client address.
     Signup,

@@ -3,7 +3,8 @@
 //! cap. It is checked before the password is hashed, so a throttled attempt costs nothing,
 //! and keyed by the email's blind index whether or not an account has that email, so it
 //! says nothing about which emails are registered. In-process: across replicas the
-//! per-account `login` bucket of the shared rate limiter caps the total.
+//! per-account `login` bucket of the shared rate limiter caps the failures together, and a
+//! replica that finds it dry holds the account here.
 
 use dashmap::DashMap;
 use std::time::{Duration, Instant};
@@ -65,6 +66,19 @@ impl Throttle {
         }
         self.bump(acct_key(account), self.policy.free_per_account, now);
         self.bump(addr_key(addr), self.policy.free_per_addr, now);
+    }
+
+    /// Holds `account` for `wait` whatever its own count: the replicas together have seen
+    /// too many failures for it (the shared `login` bucket ran dry).
+    pub fn hold(&self, account: &str, wait: Duration) {
+        let now = Instant::now();
+        let mut f = self.entries.entry(acct_key(account)).or_insert(Failures {
+            count: 0,
+            until: now,
+            last: now,
+        });
+        f.until = f.until.max(now + wait);
+        f.last = now;
     }
 
     /// A correct password: the account's count starts over (the address's does not, or one
@@ -133,6 +147,21 @@ mod tests {
         );
         t.succeeded("acct");
         assert!(t.check("acct", "10.9.9.9").is_ok());
+    }
+
+    #[test]
+    fn a_hold_from_the_shared_count_refuses_the_account_until_it_ends() {
+        let t = throttle();
+        assert!(t.check("acct", "10.0.0.1").is_ok());
+        t.hold("acct", Duration::from_secs(600));
+        let wait = t.check("acct", "10.0.0.2").unwrap_err();
+        assert!(wait > Duration::from_secs(590), "{wait:?}");
+        assert!(t.check("other", "10.0.0.1").is_ok());
+        t.hold("acct", Duration::from_millis(1));
+        assert!(
+            t.check("acct", "10.0.0.2").is_err(),
+            "a shorter hold keeps the longer"
+        );
     }
 
     #[test]

@@ -207,7 +207,6 @@ impl Service {
                 retry_after_ms: wait.as_millis().max(1) as u64,
             });
         }
-        self.limit_key(&account, Action::Login).await?;
         let owner = self.store.owner_by_email_indexes(&indexes).await?;
         let phc = owner.as_ref().map(|o| o.password_hash.clone());
         let pass = pass.to_string();
@@ -219,6 +218,15 @@ impl Service {
             .await?;
         let Some(owner) = owner.clone().filter(|_| ok) else {
             self.guard.logins.failed(&account, from);
+            // Failures on every replica together: once the shared bucket runs dry, this
+            // replica holds the account (and each other one will at its next failure).
+            if let Err(ServiceError::RateLimited { retry_after_ms, .. }) =
+                self.limit_key(&account, Action::Login).await
+            {
+                self.guard
+                    .logins
+                    .hold(&account, Duration::from_millis(retry_after_ms));
+            }
             let subject = owner
                 .map(|o| format!("owner:{}", o.handle))
                 .unwrap_or_else(|| "owner:unknown".into());
