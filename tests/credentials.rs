@@ -266,33 +266,46 @@ async fn operators_and_owners_hold_their_own_powers() {
     assert_eq!(r.status, 201, "{:?}", r.body);
 }
 
-#[tokio::test]
-async fn a_session_follows_the_key_of_its_latest_token() {
-    let hub = common::start().await;
-    let alice = hub.owner("alice").await;
-    let (_, token1) = hub.agent_for(&alice, "sage", json!(["read"])).await;
-    let key1_id = key_ids(&hub.base, &alice, "sage").await.remove(0);
-    let mut moved = hub.connect(Some(&token1)).await;
-    let mut stayed = hub.connect(Some(&token1)).await;
-
-    // The documented rotation: a second key, a refresh with its token, the first revoked.
-    let (key2, key2_id) = new_key(&hub.base, &alice, "sage").await;
-    let token2 = client::agent_token(&hub.base, &key2).await.unwrap();
+/// The documented rotation (a second key, a refresh with its token, the first revoked), then
+/// the second key revoked: the session on `home` follows the key, another session on `other`
+/// stays on the first one; the keys are made and revoked through `via_a` and `via_b`.
+async fn rotate_and_revoke(
+    home: &common::TestHub,
+    other: &common::TestHub,
+    via_a: &common::TestHub,
+    via_b: &common::TestHub,
+) -> (String, String) {
+    let alice = via_a.owner("alice").await;
+    let (_, token1) = via_a.agent_for(&alice, "sage", json!(["read"])).await;
+    let key1_id = key_ids(&via_a.base, &alice, "sage").await.remove(0);
+    let mut moved = home.connect(Some(&token1)).await;
+    let mut stayed = other.connect(Some(&token1)).await;
+    let (key2, key2_id) = new_key(&via_b.base, &alice, "sage").await;
+    let token2 = client::agent_token(&via_a.base, &key2).await.unwrap();
     moved
         .command("refresh", json!({"token": token2}))
         .await
         .unwrap();
-    revoke_key(&hub.base, &alice, "sage", &key1_id).await;
+    revoke_key(&via_a.base, &alice, "sage", &key1_id).await;
     assert_eq!(
         stayed.closed_with(CLOSE_WAIT).await,
         Some(4003),
         "a session still on the revoked key closes"
     );
     assert!(alive(&mut moved).await, "the rebound session lives on");
+    revoke_key(&via_b.base, &alice, "sage", &key2_id).await;
+    assert_eq!(
+        moved.closed_with(CLOSE_WAIT).await,
+        Some(4003),
+        "revoking the key it moved to closes it"
+    );
+    (alice, token2)
+}
 
-    // Revoking the key it moved to closes it.
-    revoke_key(&hub.base, &alice, "sage", &key2_id).await;
-    assert_eq!(moved.closed_with(CLOSE_WAIT).await, Some(4003));
+#[tokio::test]
+async fn a_session_follows_the_key_of_its_latest_token() {
+    let hub = common::start().await;
+    let (alice, token2) = rotate_and_revoke(&hub, &hub, &hub, &hub).await;
 
     // A refresh with a token of a revoked key is refused; the session keeps its own token.
     let (key3, _) = new_key(&hub.base, &alice, "sage").await;
@@ -365,23 +378,7 @@ async fn rebinding_and_revocation_cross_replicas() {
     let mut cl = Cluster::start(3, |_| {}).await;
     cl.ready().await;
     let (r0, r1, r2) = (&cl.replicas[0], &cl.replicas[1], &cl.replicas[2]);
-    let alice = r0.owner("alice").await;
-    let (_, token1) = r0.agent_for(&alice, "sage", json!(["read"])).await;
-    let key1_id = key_ids(&r0.base, &alice, "sage").await.remove(0);
-    let mut moved = r2.connect(Some(&token1)).await;
-    let mut stayed = r1.connect(Some(&token1)).await;
-    let (key2, key2_id) = new_key(&r1.base, &alice, "sage").await;
-    let token2 = client::agent_token(&r0.base, &key2).await.unwrap();
-    moved
-        .command("refresh", json!({"token": token2}))
-        .await
-        .unwrap();
-
-    revoke_key(&r0.base, &alice, "sage", &key1_id).await;
-    assert_eq!(stayed.closed_with(CLOSE_WAIT).await, Some(4003));
-    assert!(alive(&mut moved).await);
-    revoke_key(&r1.base, &alice, "sage", &key2_id).await;
-    assert_eq!(moved.closed_with(CLOSE_WAIT).await, Some(4003));
+    let (alice, _) = rotate_and_revoke(r2, r1, r0, r1).await;
 
     // An operator's suspension through one replica holds against the owner on another.
     let ops = r0.admin_token("ops").await;

@@ -26,6 +26,20 @@ struct Scene {
     spectator: Client,
 }
 
+impl Scene {
+    /// A post of ant's with nothing secret in it, to comment on, report or remove; its id.
+    async fn harmless_post(&mut self) -> Value {
+        self.ant
+            .command(
+                "post",
+                json!({"topic": "leaks", "title": "t", "body": "harmless"}),
+            )
+            .await
+            .unwrap()["post"]["id"]
+            .clone()
+    }
+}
+
 async fn scene() -> Scene {
     let hub = common::start().await;
     let (_, ant_t) = hub.agent("ant").await;
@@ -182,15 +196,7 @@ async fn a_key_in_a_post_title_or_url_is_redacted_too() {
 #[tokio::test]
 async fn a_key_in_a_comment_is_redacted_and_revoked() {
     let mut s = scene().await;
-    let p = s
-        .ant
-        .command(
-            "post",
-            json!({"topic": "leaks", "title": "t", "body": "harmless"}),
-        )
-        .await
-        .unwrap()["post"]["id"]
-        .clone();
+    let p = s.harmless_post().await;
     push_of(&mut s.spectator, "topic:leaks", "post").await;
     let r = s
         .ant
@@ -267,15 +273,7 @@ async fn a_key_in_a_bio_is_redacted_and_revoked() {
 #[tokio::test]
 async fn a_third_party_key_is_redacted_without_revoking_anything() {
     let mut s = scene().await;
-    let p = s
-        .ant
-        .command(
-            "post",
-            json!({"topic": "leaks", "title": "t", "body": "harmless"}),
-        )
-        .await
-        .unwrap()["post"]["id"]
-        .clone();
+    let p = s.harmless_post().await;
     let secret = "sk-proj-Q3vT9xLmN2pR7sKdW4yZ8bHc1FgJ6aE5uYoI0tVn";
     let r = s
         .ant
@@ -340,15 +338,7 @@ async fn another_replica_closes_the_leaked_keys_sessions() {
 #[tokio::test]
 async fn a_key_in_a_report_reason_is_redacted_and_revoked() {
     let mut s = scene().await;
-    let p = s
-        .ant
-        .command(
-            "post",
-            json!({"topic": "leaks", "title": "t", "body": "harmless"}),
-        )
-        .await
-        .unwrap()["post"]["id"]
-        .clone();
+    let p = s.harmless_post().await;
     let r = s
         .ant
         .command(
@@ -375,15 +365,7 @@ async fn a_key_in_a_report_reason_is_redacted_and_revoked() {
 #[tokio::test]
 async fn a_secret_in_a_removal_reason_stays_out_of_the_audit_log() {
     let mut s = scene().await;
-    let p = s
-        .ant
-        .command(
-            "post",
-            json!({"topic": "leaks", "title": "t", "body": "harmless"}),
-        )
-        .await
-        .unwrap()["post"]["id"]
-        .clone();
+    let p = s.harmless_post().await;
     let token = "ghp_Q3vT9xLmN2pR7sKdW4yZ8bHc1FgJ6aE5uYoI";
     s.ant
         .command(
