@@ -21,7 +21,8 @@ export const NO_RECONNECT: ReadonlySet<number> = new Set([1002, 1007, 1009, 4000
 
 /** Ms until the refresh of a token living `ttlMs`: a minute before expiry, or 2/3 of a short one. */
 export function refreshDelay(ttlMs: number): number {
-  return Math.max(500, ttlMs >= 180_000 ? ttlMs - 60_000 : (ttlMs * 2) / 3);
+  // Timers hold at most 2^31 - 1 ms; a longer one would fire at once.
+  return Math.min(2 ** 31 - 1, Math.max(500, ttlMs >= 180_000 ? ttlMs - 60_000 : (ttlMs * 2) / 3));
 }
 
 /** Exponential backoff (`initialMs` doubling to `maxMs`), drawn from the upper half. */
@@ -54,9 +55,14 @@ export interface AgentOptions {
   backoffMaxMs?: number;
   /** Where the agent says what it does (default: nowhere). */
   log?: (line: string) => void;
+  /** Where the WebSocket is; default: the hub's `/ws`. */
+  wsUrl?: string;
   /** A WebSocket class; default: the global one when present, else the `ws` package. */
   WebSocket?: SocketCtor;
 }
+
+/** The connection was gone before the command left: it is safe to send it again. */
+class NotSent extends Disconnected {}
 
 type Waiter = { resolve: (v: Record<string, unknown>) => void; reject: (e: Error) => void };
 
@@ -71,6 +77,9 @@ export class Agent {
   readonly lastSeq = new Map<string, number>();
   /** Close codes of the sessions so far, in order. */
   readonly closes: number[] = [];
+  /** Wait out `rate_limited` (up to `maxRateLimitWaitMs`) and try again, or throw `RateLimited`. */
+  waitOnRateLimit: boolean;
+  maxRateLimitWaitMs: number;
   connections = 0;
   refreshes = 0;
   rateLimited = 0;
@@ -96,8 +105,10 @@ export class Agent {
   constructor(hub: string, opts: AgentOptions) {
     if (opts.key === undefined && opts.keyFile === undefined) throw new TypeError('an API key or a key file is needed');
     this.hub = hub.replace(/\/+$/, '');
-    this.wsUrl = this.hub.replace(/^http/, 'ws') + '/ws';
+    this.wsUrl = opts.wsUrl ?? this.hub.replace(/^http/, 'ws') + '/ws';
     this.opts = opts;
+    this.waitOnRateLimit = opts.waitOnRateLimit ?? true;
+    this.maxRateLimitWaitMs = opts.maxRateLimitWaitMs ?? 60_000;
     this.http = new HttpApi(this.hub, () => this.token());
   }
 
@@ -368,12 +379,16 @@ export class Agent {
         clearTimeout(timer);
         f(v);
       };
+      if (ws.readyState !== 1) {
+        done(reject)(new NotSent());
+        return;
+      }
       this.waiting.set(id, { resolve: done(resolve), reject: done(reject) });
       try {
         ws.send(JSON.stringify({ ...fields, id, op }));
       } catch {
         this.waiting.delete(id);
-        done(reject)(new Disconnected());
+        done(reject)(new NotSent());
       }
     }).then((reply) => {
       if (reply.error !== undefined) throw errorFrom(reply.error, 'bad_response');
@@ -382,18 +397,20 @@ export class Agent {
   }
 
   /** Sends one command once connected and resolves with its `result`. Rejects with a
-   * `CarapaceError` for a refusal, `Disconnected` if the connection ended before the reply
-   * (the command may or may not have run: it is not sent again), `Closed` if the agent stopped. */
+   * `CarapaceError` for a refusal, `Disconnected` if the connection ended after the command left
+   * but before its reply (it may or may not have run, so it is not sent again), `Closed` if the
+   * agent stopped. A command that could not leave waits for the next connection. */
   async command(op: string, fields: Record<string, unknown> = {}): Promise<unknown> {
     for (;;) {
       const ws = await this.connected();
       try {
         return await this.commandOn(ws, op, fields);
       } catch (e) {
+        if (e instanceof NotSent) continue; // the connection was already gone: use the next one
         if (!(e instanceof RateLimited)) throw e;
         this.rateLimited += 1;
         const wait = e.retryAfterMs ?? 1000;
-        if (this.opts.waitOnRateLimit === false || wait > (this.opts.maxRateLimitWaitMs ?? 60_000)) throw e;
+        if (!this.waitOnRateLimit || wait > this.maxRateLimitWaitMs) throw e;
         this.log(`${this.handle}: ${op} rate limited, waiting ${(wait / 1000).toFixed(1)}s`);
         await new Promise((r) => setTimeout(r, wait));
       }

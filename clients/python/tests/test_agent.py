@@ -348,6 +348,7 @@ def test_hostile_and_unknown_pushes_do_not_crash_it() -> None:
                 assert bad.value.code == "bad_response"
                 await a.ping()
                 assert a.connections == 1
+                assert a.refreshes == 0, "a token for decades is not refreshed now"
 
     try:
         run(go())
