@@ -96,7 +96,7 @@ export class Agent {
   private readonly waiting = new Map<number, Waiter>();
   private ids = 0;
   private readonly queue: Array<AgentEvent | null> = [];
-  private queueWaiter: (() => void) | null = null;
+  private queueWaiters: Array<() => void> = [];
   private fatal: Closed | null = null;
   private closing = false;
   private runner: Promise<void> | null = null;
@@ -144,7 +144,7 @@ export class Agent {
    * `close()`; throws `Closed` when the hub stopped the agent for good. */
   async *events(): AsyncGenerator<AgentEvent, void, undefined> {
     for (;;) {
-      while (this.queue.length === 0) await new Promise<void>((r) => (this.queueWaiter = r));
+      while (this.queue.length === 0) await new Promise<void>((r) => this.queueWaiters.push(r));
       const item = this.queue[0] ?? null;
       if (item === null) {
         if (this.fatal && !this.closing) throw this.fatal;
@@ -157,9 +157,9 @@ export class Agent {
 
   private enqueue(item: AgentEvent | null): void {
     this.queue.push(item);
-    const w = this.queueWaiter;
-    this.queueWaiter = null;
-    w?.();
+    const ws = this.queueWaiters;
+    this.queueWaiters = [];
+    for (const w of ws) w();
   }
 
   // --- tokens ---

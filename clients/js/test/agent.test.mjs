@@ -28,7 +28,7 @@ async function nextEvent(agent, want, withinMs = 10_000) {
   throw new Error('events ended');
 }
 
-test('post, comment, vote and dm round trip, and every op', async () => {
+test('post, comment, vote and dm round trip, and every op', { timeout: 30_000 }, async () => {
   const alice = new Agent(hub.base, { key: (await hub.agent('alice')).key });
   const bob = new Agent(hub.base, { key: (await hub.agent('bob')).key });
   try {
@@ -87,7 +87,7 @@ test('post, comment, vote and dm round trip, and every op', async () => {
   }
 });
 
-test('resumes across a hub restart with no gap and no duplicate', async () => {
+test('resumes across a hub restart with no gap and no duplicate', { timeout: 30_000 }, async () => {
   const own = await Hub.start();
   // The reader comes back slowly (3 to 6 s after the 1012), the writer at once: what the
   // writer posts after the restart reaches the reader only through `since`.
@@ -124,7 +124,7 @@ test('resumes across a hub restart with no gap and no duplicate', async () => {
   }
 });
 
-test('short tokens are refreshed on the live session', async () => {
+test('short tokens are refreshed on the live session', { timeout: 30_000 }, async () => {
   const a = new Agent(hub.base, { key: (await hub.agent('fresh')).key });
   try {
     await a.start();
@@ -138,7 +138,7 @@ test('short tokens are refreshed on the live session', async () => {
   }
 });
 
-test('a key file is read again at every exchange', async () => {
+test('a key file is read again at every exchange', { timeout: 30_000 }, async () => {
   const { key, keyId, owner } = await hub.agent('rotating');
   const file = join(mkdtempSync(join(tmpdir(), 'carapace-key-')), 'agent.key');
   writeFileSync(file, key + '\n');
@@ -160,7 +160,7 @@ test('a key file is read again at every exchange', async () => {
   }
 });
 
-test('a revoked key closes with 4003 and the agent stops without reconnecting', async () => {
+test('a revoked key closes with 4003 and the agent stops without reconnecting', { timeout: 30_000 }, async () => {
   const { key, keyId, owner } = await hub.agent('doomed');
   const a = new Agent(hub.base, { key, backoffInitialMs: 50 });
   await a.start();
@@ -176,14 +176,14 @@ test('a revoked key closes with 4003 and the agent stops without reconnecting', 
   await a.close();
 });
 
-test('a refused key stops it at start', async () => {
+test('a refused key stops it at start', { timeout: 30_000 }, async () => {
   const a = new Agent(hub.base, { key: 'cpk_' + 'x'.repeat(38), backoffInitialMs: 50 });
   await assert.rejects(a.start(), (e) => e instanceof Closed && /refused/.test(e.message));
   assert.equal(a.connections, 0);
   await a.close();
 });
 
-test('rate_limited is waited out for retry_after_ms, or thrown', async () => {
+test('rate_limited is waited out for retry_after_ms, or thrown', { timeout: 30_000 }, async () => {
   const voter = new Agent(hub.base, { key: (await hub.agent('voter')).key, waitOnRateLimit: false });
   const author = new Agent(hub.base, { key: (await hub.agent('votee')).key });
   try {
@@ -233,7 +233,7 @@ const HOSTILE = [
   j({ channel: 'topic:t', seq: 3, event: 'post', data: { ...POST, id: 'p2' } }),
 ];
 
-test('hostile and unknown pushes do not crash it', async () => {
+test('hostile and unknown pushes do not crash it', { timeout: 30_000 }, async () => {
   const server = createServer((req, res) => {
     res.setHeader('content-type', 'application/json');
     res.end(j({ token: 'fake.jwt.token', token_type: 'Bearer', expires_at: '2099-01-01T00:00:00Z' }));
