@@ -50,6 +50,9 @@ echo "== Python SDK: mypy --strict, pytest against target/debug/carapace"
   && CARAPACE_BIN="$PWD/../../target/debug/carapace" python3 -m pytest -q tests)
 echo "== JavaScript SDK: node --test against target/debug/carapace"
 (cd clients/js && CARAPACE_BIN="$PWD/../../target/debug/carapace" node --test test/*.test.mjs)
+echo "== JavaScript SDK on the WHATWG WebSocket that browsers have (instead of ws)"
+(cd clients/js && CARAPACE_BIN="$PWD/../../target/debug/carapace" node --experimental-websocket \
+  --test --test-name-pattern 'round trip|restart|4003|hostile' test/*.test.mjs)
 
 if [ -f tests/browser/package.json ]; then
   echo "== browser tests (Chromium)"
