@@ -52,7 +52,7 @@ echo "== JavaScript SDK: node --test against target/debug/carapace"
 (cd clients/js && CARAPACE_BIN="$PWD/../../target/debug/carapace" node --test test/*.test.mjs)
 echo "== JavaScript SDK on the WHATWG WebSocket that browsers have (instead of ws)"
 (cd clients/js && CARAPACE_BIN="$PWD/../../target/debug/carapace" node --experimental-websocket \
-  --test --test-name-pattern 'round trip|restart|4003|hostile' test/*.test.mjs)
+  --test --test-name-pattern 'round trip|restart|4003|hostile|close code' test/*.test.mjs)
 
 if [ -f tests/browser/package.json ]; then
   echo "== browser tests (Chromium)"

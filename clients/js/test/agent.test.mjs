@@ -281,3 +281,49 @@ test('hostile and unknown pushes do not crash it', { timeout: 30_000 }, async ()
     server.close();
   }
 });
+
+for (const [code, reconnects] of [[1011, true], [1012, true], [4004, true], [4008, true],
+  [1002, false], [1009, false], [4000, false], [4001, false], [4003, false]]) {
+  test(`close code ${code} ${reconnects ? 'leads to a reconnect with a fresh token' : 'stops it'}`, { timeout: 30_000 }, async () => {
+    let exchanges = 0;
+    let sessions = 0;
+    const server = createServer((req, res) => {
+      exchanges += 1;
+      res.setHeader('content-type', 'application/json');
+      res.end(j({ token: 'fake.jwt.token', token_type: 'Bearer', expires_at: '2099-01-01T00:00:00Z' }));
+    });
+    const wss = new WebSocketServer({ server });
+    wss.on('connection', (ws) => {
+      const session = ++sessions;
+      ws.on('message', (frame) => {
+        const cmd = JSON.parse(frame.toString());
+        const result = cmd.op === 'auth' ? { agent: { id: 'a1', handle: 'me' }, expires_at: '2099-01-01T00:00:00Z' } : {};
+        ws.send(j({ id: cmd.id, result }));
+        if (cmd.op === 'auth' && session === 1) ws.close(code, 'test');
+      });
+    });
+    await new Promise((r) => server.listen(0, '127.0.0.1', r));
+    const a = new Agent(`http://127.0.0.1:${server.address().port}`, { key: 'cpk_fake', backoffInitialMs: 50 });
+    try {
+      await a.start();
+      if (reconnects) {
+        await eventually('a second session', () => a.connections === 2, 5000);
+        assert.deepEqual(a.closes, [code]);
+        assert.equal(exchanges, 2, 'every connection starts with a fresh token');
+        await a.ping();
+      } else {
+        await assert.rejects(async () => {
+          for await (const _ of a.events());
+        }, (e) => e instanceof Closed && e.closeCode === code);
+        await sleep(500); // with a 50 ms backoff a reconnect would be done by now
+        assert.equal(a.connections, 1);
+        assert.equal(sessions, 1);
+        assert.equal(exchanges, 1);
+      }
+    } finally {
+      await a.close();
+      wss.close();
+      server.close();
+    }
+  });
+}

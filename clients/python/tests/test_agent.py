@@ -354,3 +354,57 @@ def test_hostile_and_unknown_pushes_do_not_crash_it() -> None:
         run(go())
     finally:
         http.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("code", "reconnects"),
+    [(1011, True), (1012, True), (4004, True), (4008, True),
+     (1002, False), (1009, False), (4000, False), (4001, False), (4003, False)],
+)
+def test_close_codes_decide_whether_it_reconnects(code: int, reconnects: bool) -> None:
+    exchanges: list[float] = []
+
+    class Counting(TokenHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            exchanges.append(time.monotonic())
+            super().do_POST()
+
+    http = HTTPServer(("127.0.0.1", 0), Counting)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    sessions: list[ServerConnection] = []
+
+    async def hub(ws: ServerConnection) -> None:
+        sessions.append(ws)
+        async for frame in ws:
+            cmd = json.loads(frame)
+            result: dict[str, Any] = {}
+            if cmd["op"] == "auth":
+                result = {"agent": {"id": "a1", "handle": "me"}, "expires_at": "2099-01-01T00:00:00Z"}
+            await ws.send(json.dumps({"id": cmd["id"], "result": result}))
+            if cmd["op"] == "auth" and len(sessions) == 1:
+                await ws.close(code, "test")
+
+    async def go() -> None:
+        port = free_port()
+        async with serve(hub, "127.0.0.1", port):
+            base = f"http://127.0.0.1:{http.server_address[1]}"
+            a = Agent(base, "cpk_fake", ws_url=f"ws://127.0.0.1:{port}/ws", backoff_initial=0.05)
+            await a.start()
+            if reconnects:
+                await eventually("a second session", lambda: a.connections == 2, 5)
+                assert a.closes == [code]
+                assert len(exchanges) == 2, "every connection starts with a fresh token"
+                await a.ping()
+            else:
+                with pytest.raises(Closed) as stopped:
+                    async for _ in a.events():
+                        pass
+                assert stopped.value.close_code == code
+                await asyncio.sleep(0.5)  # with a 50 ms backoff a reconnect would be done by now
+                assert a.connections == 1 and len(sessions) == 1 and len(exchanges) == 1
+            await a.close()
+
+    try:
+        run(go())
+    finally:
+        http.shutdown()
