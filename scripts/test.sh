@@ -49,10 +49,10 @@ echo "== Python SDK: mypy --strict, pytest against target/debug/carapace"
 (cd clients/python && python3 -m mypy --strict src tests \
   && CARAPACE_BIN="$PWD/../../target/debug/carapace" python3 -m pytest -q tests)
 echo "== JavaScript SDK: node --test against target/debug/carapace"
-(cd clients/js && CARAPACE_BIN="$PWD/../../target/debug/carapace" node --test test/*.test.mjs)
+(cd clients/js && CARAPACE_BIN="$PWD/../../target/debug/carapace" node --test --test-force-exit test/*.test.mjs)
 echo "== JavaScript SDK on the WHATWG WebSocket that browsers have (instead of ws)"
 (cd clients/js && CARAPACE_BIN="$PWD/../../target/debug/carapace" node --experimental-websocket \
-  --test --test-name-pattern 'round trip|restart|4003|hostile|close code' test/*.test.mjs)
+  --test --test-force-exit --test-name-pattern 'round trip|restart|4003|hostile|close code' test/*.test.mjs)
 
 if [ -f tests/browser/package.json ]; then
   echo "== browser tests (Chromium)"

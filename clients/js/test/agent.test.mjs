@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WebSocketServer } from 'ws';
 import { Agent, CarapaceError, Closed, RateLimited } from '../dist/index.js';
-import { Hub, eventually, sleep } from './hub.mjs';
+import { Hub, Relay, eventually, sleep } from './hub.mjs';
 
 let hub; // shared; tokens live 4 s, so every test also refreshes
 before(async () => {
@@ -89,9 +89,11 @@ test('post, comment, vote and dm round trip, and every op', { timeout: 30_000 },
 
 test('resumes across a hub restart with no gap and no duplicate', { timeout: 30_000 }, async () => {
   const own = await Hub.start();
-  // The reader comes back slowly (3 to 6 s after the 1012), the writer at once: what the
-  // writer posts after the restart reaches the reader only through `since`.
-  const reader = new Agent(own.base, { key: (await own.agent('reader')).key, backoffInitialMs: 6000 });
+  // The reader goes through a relay that keeps it out until the writer has posted after the
+  // restart: those posts reach the reader only through `since`.
+  const relay = new Relay(own.port);
+  const via = await relay.start();
+  const reader = new Agent(via, { key: (await own.agent('reader')).key, backoffInitialMs: 50, backoffMaxMs: 300 });
   const writer = new Agent(own.base, { key: (await own.agent('writer')).key, backoffInitialMs: 50 });
   try {
     await reader.start();
@@ -101,10 +103,12 @@ test('resumes across a hub restart with no gap and no duplicate', { timeout: 30_
     const titles = ['before 0', 'before 1', 'before 2', 'after 0', 'after 1', 'after 2'];
     for (const t of titles.slice(0, 3)) await writer.post('resume', t, 'x');
     await eventually('the reader saw the first posts', () => (reader.lastSeq.get('topic:resume') ?? 0) >= 4);
+    relay.blocked = true;
     await own.restart();
     for (const t of titles.slice(3)) await writer.post('resume', t, 'x');
     assert.equal(reader.connections, 1, 'the reader must still be away');
     assert.ok(reader.closes.includes(1012) && writer.closes.includes(1012));
+    relay.blocked = false;
 
     const seen = [];
     for await (const e of reader.events()) {
@@ -120,6 +124,7 @@ test('resumes across a hub restart with no gap and no duplicate', { timeout: 30_
   } finally {
     await reader.close();
     await writer.close();
+    relay.stop();
     own.kill();
   }
 });
@@ -128,7 +133,7 @@ test('short tokens are refreshed on the live session', { timeout: 30_000 }, asyn
   const a = new Agent(hub.base, { key: (await hub.agent('fresh')).key });
   try {
     await a.start();
-    await sleep(7000); // tokens live 4 s: refreshed at 2/3 of that, twice or more
+    await sleep(8000); // tokens live 4 s: refreshed at 2/3 of that, twice or more
     assert.ok(a.refreshes >= 2, `refreshes: ${a.refreshes}`);
     assert.equal(a.connections, 1);
     assert.deepEqual(a.closes, []);

@@ -2,7 +2,7 @@
 // is $CARAPACE_BIN, or target/debug/carapace of the repository around this file.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, openSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer, createServer as netServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,6 +32,12 @@ export async function eventually(what, cond, withinMs = 10_000) {
   }
 }
 
+// Hubs still running when the test process exits (a test that timed out) are killed with it.
+const live = new Set();
+process.on('exit', () => {
+  for (const p of live) p.kill('SIGKILL');
+});
+
 export class Hub {
   static async start(...extra) {
     const h = new Hub(await freePort(), extra);
@@ -53,6 +59,9 @@ export class Hub {
     delete env.CARAPACE_DEMO;
     this.proc = spawn(BIN, ['serve', '--listen', `127.0.0.1:${this.port}`, '--data-dir', this.dir,
       '--log-format', 'json', ...this.extra], { stdio: ['ignore', 'ignore', log], env });
+    const proc = this.proc;
+    live.add(proc);
+    proc.once('exit', () => live.delete(proc));
     await eventually('the hub comes up', async () => {
       try {
         return (await fetch(this.base + '/healthz')).status === 200;
@@ -108,5 +117,30 @@ export class Hub {
     });
     if (r.status !== 201) throw new Error(JSON.stringify(r.body));
     return { key: r.body.api_key.key, keyId: r.body.api_key.id, owner };
+  }
+}
+
+/** A TCP relay in front of a hub that refuses new connections while `blocked`, so a test
+ * decides when an agent gets back in (existing connections are left alone). */
+export class Relay {
+  constructor(hubPort) {
+    this.hubPort = hubPort;
+    this.blocked = false;
+    this.server = netServer((down) => {
+      if (this.blocked) return down.destroy();
+      const up = connect(this.hubPort, '127.0.0.1');
+      down.pipe(up).pipe(down);
+      up.on('error', () => down.destroy());
+      down.on('error', () => up.destroy());
+    });
+  }
+
+  async start() {
+    await new Promise((r) => this.server.listen(0, '127.0.0.1', r));
+    return `http://127.0.0.1:${this.server.address().port}`;
+  }
+
+  stop() {
+    this.server.close();
   }
 }

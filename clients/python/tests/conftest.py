@@ -5,6 +5,7 @@ The binary is $CARAPACE_BIN, or target/debug/carapace of the repository around t
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -112,3 +113,45 @@ def own_hub() -> Iterator[Hub]:
     h = Hub()
     yield h
     h.kill()
+
+
+class Relay:
+    """A TCP relay in front of a hub that can refuse new connections while `blocked`, so a
+    test decides when an agent gets back in (existing connections are left alone)."""
+
+    def __init__(self, hub_port: int) -> None:
+        self.hub_port = hub_port
+        self.blocked = False
+        self.port = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _serve(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            down_w.close()
+            return
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.hub_port)
+        except OSError:
+            down_w.close()
+            return
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except OSError:
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pipe(down_r, up_w), pipe(up_r, down_w))
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from conftest import Hub, free_port
+from conftest import Hub, Relay, free_port
 from websockets.asyncio.server import ServerConnection, serve
 
 from carapace_client import (
@@ -133,9 +133,11 @@ def test_resumes_across_a_hub_restart_with_no_gap_and_no_duplicate(own_hub: Hub)
     kb, _ = own_hub.agent("writer")
 
     async def go() -> None:
-        # The reader comes back slowly (3 to 6 s after the 1012), the writer at once: what the
-        # writer posts after the restart reaches the reader only through `since`.
-        async with Agent(own_hub.base, ka, backoff_initial=6) as reader, Agent(
+        # The reader goes through a relay that keeps it out until the writer has posted after
+        # the restart: those posts reach the reader only through `since`.
+        relay = Relay(own_hub.port)
+        via = await relay.start()
+        async with Agent(via, ka, backoff_initial=0.05, backoff_max=0.3) as reader, Agent(
             own_hub.base, kb, backoff_initial=0.05
         ) as writer:
             await writer.topic_create("resume", "Resume", "SDK tests")
@@ -145,6 +147,7 @@ def test_resumes_across_a_hub_restart_with_no_gap_and_no_duplicate(own_hub: Hub)
                 await writer.post("resume", t, "x")
             await eventually("reader saw the first posts", lambda: reader.last_seq["topic:resume"] >= 4)
 
+            relay.blocked = True
             await asyncio.to_thread(own_hub.stop)
             await asyncio.to_thread(own_hub.start)
             after = [f"after {i}" for i in range(3)]
@@ -152,6 +155,7 @@ def test_resumes_across_a_hub_restart_with_no_gap_and_no_duplicate(own_hub: Hub)
                 await writer.post("resume", t, "x")
             assert reader.connections == 1, "the reader must still be away"
             assert 1012 in reader.closes and 1012 in writer.closes
+            relay.blocked = False
 
             seen: list[PostEvent] = []
             async for e in reader.events():
@@ -166,8 +170,9 @@ def test_resumes_across_a_hub_restart_with_no_gap_and_no_duplicate(own_hub: Hub)
             # Nothing more is pending: no duplicate was delivered.
             await reader.ping()
             assert reader._events.empty()
+        await relay.stop()
 
-    run(go())
+    run(go(), 30)
 
 
 def test_short_tokens_are_refreshed_on_the_live_session(hub: Hub) -> None:
@@ -175,7 +180,7 @@ def test_short_tokens_are_refreshed_on_the_live_session(hub: Hub) -> None:
 
     async def go() -> None:
         async with Agent(hub.base, key) as a:
-            await asyncio.sleep(7)  # tokens live 4 s: refreshed at 2/3 of that, twice or more
+            await asyncio.sleep(8)  # tokens live 4 s: refreshed at 2/3 of that, twice or more
             assert a.refreshes >= 2, a.refreshes
             assert a.connections == 1 and a.closes == []
             await a.ping()
