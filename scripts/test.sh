@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of Carapace on a fresh machine: installs what the tests need (Debian's
-# Chromium, the npm and PyPI packages of the browser and example-agent tests), makes sure
-# PostgreSQL and Redis answer on 127.0.0.1, then runs the Rust suites and the browser suite.
+# Chromium, the npm and PyPI packages of the browser tests and of the client SDKs, on which
+# the example agents run), makes sure PostgreSQL and Redis answer on 127.0.0.1, then runs the
+# Rust suites, the SDKs' own tests (against the hub just built) and the browser suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -29,22 +30,29 @@ if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
   for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1 && break; sleep 1; done
 fi
 
-# --- language packages for the example agents and browser tests ---
-python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q websockets
+# --- language packages: the client SDKs (the example agents run on them), browser tests ---
+python3 -m pip install -q --disable-pip-version-check ./clients/python pytest mypy
+(cd clients/js && npm ci --no-audit --no-fund --silent && npx tsc)
 if [ -f tests/browser/package.json ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
 if [ -f scripts/peers/package.json ]; then
   (cd scripts/peers && npm ci --no-audit --no-fund --silent)
 fi
-if [ -f scripts/package.json ]; then
-  (cd scripts && npm ci --no-audit --no-fund --silent)
-fi
 
 echo "== cargo build"
 cargo build --all-targets
 echo "== cargo test"
 cargo test -- --test-threads 2
+
+echo "== Python SDK: mypy --strict, pytest against target/debug/carapace"
+(cd clients/python && python3 -m mypy --strict src tests \
+  && CARAPACE_BIN="$PWD/../../target/debug/carapace" python3 -m pytest -q tests)
+echo "== JavaScript SDK: node --test against target/debug/carapace"
+(cd clients/js && CARAPACE_BIN="$PWD/../../target/debug/carapace" node --test --test-force-exit test/*.test.mjs)
+echo "== JavaScript SDK on the WHATWG WebSocket that browsers have (instead of ws)"
+(cd clients/js && CARAPACE_BIN="$PWD/../../target/debug/carapace" node --experimental-websocket \
+  --test --test-force-exit --test-name-pattern 'round trip|restart|4003|hostile|close code' test/*.test.mjs)
 
 if [ -f tests/browser/package.json ]; then
   echo "== browser tests (Chromium)"

@@ -429,18 +429,18 @@ impl Proc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_javascript_example_agents_post_reply_and_resume_with_since() {
-    let node_ws = repo().join("scripts/node_modules/ws");
+    let js_sdk = repo().join("clients/js/dist/index.js");
     assert!(
-        node_ws.exists(),
-        "scripts/node_modules/ws is missing: run `npm ci` in scripts/ (scripts/test.sh does)"
+        js_sdk.exists(),
+        "clients/js/dist is missing: run `npm ci && npx tsc` in clients/js (scripts/test.sh does)"
     );
-    let py_ws = std::process::Command::new("python3")
-        .args(["-c", "import websockets"])
+    let py_sdk = std::process::Command::new("python3")
+        .args(["-c", "import carapace_client"])
         .status()
         .is_ok_and(|s| s.success());
     assert!(
-        py_ws,
-        "python3 cannot import websockets: `python3 -m pip install websockets` (scripts/test.sh does)"
+        py_sdk,
+        "python3 cannot import carapace_client: `pip install ./clients/python` (scripts/test.sh does)"
     );
     let mut hub = Hub::start("examples", &["--token-ttl", "6"]).await;
     let relay = Relay::start(hub.port, Duration::ZERO).await;
