@@ -195,7 +195,8 @@ struct TimedIo {
     tcp: TcpStream,
     phase: Arc<AtomicU8>,
     t: Timeouts,
-    timer: Pin<Box<Sleep>>,
+    /// Gone once the connection is upgraded: a session does not pay for it.
+    timer: Option<Pin<Box<Sleep>>>,
     /// The phase the timer was armed for.
     armed: u8,
 }
@@ -206,7 +207,7 @@ impl TimedIo {
             tcp,
             phase,
             t,
-            timer: Box::pin(tokio::time::sleep(t.idle)),
+            timer: Some(Box::pin(tokio::time::sleep(t.idle))),
             armed: PHASE_IDLE,
         }
     }
@@ -221,8 +222,10 @@ impl TimedIo {
 
     fn activity(&mut self) {
         let phase = self.phase.load(Ordering::Relaxed);
-        if let Some(d) = self.limit(phase) {
-            self.timer.as_mut().reset(Instant::now() + d);
+        match (self.limit(phase), self.timer.as_mut()) {
+            (Some(d), Some(timer)) => timer.as_mut().reset(Instant::now() + d),
+            (None, _) => self.timer = None,
+            (Some(_), None) => {}
         }
         self.armed = phase;
     }
@@ -246,7 +249,12 @@ impl AsyncRead for TimedIo {
                     // The phase changed since the last activity: its own limit counts from now.
                     this.activity();
                 }
-                if this.limit(phase).is_some() && this.timer.as_mut().poll(cx).is_ready() {
+                let expired = this.limit(phase).is_some()
+                    && this
+                        .timer
+                        .as_mut()
+                        .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                if expired {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "client silent for too long",

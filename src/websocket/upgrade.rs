@@ -82,17 +82,24 @@ impl Upgrade {
         let left = handshake_left(self.conn.as_ref(), handshake);
         let conn = self.conn;
         tokio::spawn(async move {
-            match tokio::time::timeout(left, self.on_upgrade).await {
-                Ok(Ok(upgraded)) => {
-                    // From here the session's own rules (pings, token expiry) keep it honest.
-                    if let Some(c) = &conn {
-                        c.upgraded();
-                    }
-                    session(Socket::new(upgraded, max, read_size)).await
+            // Bound apart from the session's own await, so that neither the handshake's timer
+            // nor the connection's bookkeeping stays in the session task while it lives.
+            let upgraded = match tokio::time::timeout(left, self.on_upgrade).await {
+                Ok(Ok(upgraded)) => upgraded,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "websocket upgrade did not complete");
+                    return;
                 }
-                Ok(Err(e)) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
-                Err(_) => tracing::debug!("websocket handshake timed out"),
+                Err(_) => {
+                    tracing::debug!("websocket handshake timed out");
+                    return;
+                }
+            };
+            // From here the session's own rules (pings, token expiry) keep it honest.
+            if let Some(c) = conn {
+                c.upgraded();
             }
+            session(Socket::new(upgraded, max, read_size)).await
         });
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
