@@ -60,16 +60,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.read)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| EventRow {
-                channel: r.get("channel"),
-                seq: r.get::<i64, _>("seq") as u64,
-                event: r.get("event"),
-                data: r.get("data"),
-                sealed: r.get::<i64, _>("sealed") != 0,
-            })
-            .collect())
+        Ok(rows.iter().map(EventRow::from_row).collect())
     }
 
     /// The channel's last assigned seq (0 if none).

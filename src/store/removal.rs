@@ -171,13 +171,7 @@ impl WriteTx {
         Ok(rows
             .iter()
             .filter(|r| at.contains(&r.get::<i64, _>("created_at")))
-            .map(|r| EventRow {
-                channel: r.get("channel"),
-                seq: r.get::<i64, _>("seq") as u64,
-                event: r.get("event"),
-                data: r.get("data"),
-                sealed: r.get::<i64, _>("sealed") != 0,
-            })
+            .map(EventRow::from_row)
             .collect())
     }
 }

@@ -225,6 +225,18 @@ pub struct EventRow {
     pub sealed: bool,
 }
 
+impl EventRow {
+    pub(crate) fn from_row(r: &AnyRow) -> EventRow {
+        EventRow {
+            channel: r.get("channel"),
+            seq: r.get::<i64, _>("seq") as u64,
+            event: r.get("event"),
+            data: r.get("data"),
+            sealed: r.get::<i64, _>("sealed") != 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AuditRow {
     pub id: i64,
