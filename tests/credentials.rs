@@ -396,3 +396,31 @@ async fn rebinding_and_revocation_cross_replicas() {
     assert_eq!(code(&r), (403, "forbidden"));
     cl.stop().await;
 }
+
+/// A raw API key sent where a token belongs is refused with what to do instead, on every
+/// door: an owner route, an agent route, the WebSocket upgrade and the `auth` op.
+#[tokio::test]
+async fn an_api_key_where_a_token_belongs_is_told_what_to_do() {
+    let hub = common::start().await;
+    let (key, _) = hub.agent("sage").await;
+    let hint = "exchange it at POST /api/v1/token";
+    for path in ["/api/v1/owners/me/agents", "/api/v1/feed"] {
+        let r = hub.http("GET", path, Some(&key), None).await;
+        assert_eq!(code(&r), (401, "unauthorized"), "{path}");
+        let msg = r.body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(hint) && !msg.contains(&key), "{path}: {msg}");
+    }
+    let e = Client::connect(&hub.ws, Some(&key)).await.err().unwrap();
+    assert!(e.to_string().contains("401"), "{e}");
+    let mut c = hub.connect(None).await;
+    let e = c.command("auth", json!({"token": key})).await.unwrap_err();
+    assert_eq!(e.code(), Some("unauthorized"));
+    assert!(e.to_string().contains(hint), "{e}");
+    // Anything else that is not a token keeps the plain answer.
+    let mut c = hub.connect(None).await;
+    let e = c
+        .command("auth", json!({"token": "cpk_notavalidkey"}))
+        .await
+        .unwrap_err();
+    assert!(!e.to_string().contains(hint), "{e}");
+}

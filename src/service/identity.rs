@@ -67,6 +67,17 @@ fn check_perimeter(topics: &[String]) -> ServiceResult<Perimeter> {
     Ok(Perimeter::Only(topics.to_vec()))
 }
 
+/// Why a token was refused. An API key sent where a token belongs is the commonest mistake
+/// of a new client: say what to do with it (the key itself is never echoed).
+fn token_refused(token: &str, e: impl std::fmt::Display) -> ServiceError {
+    if api_key::well_formed(token.trim()) {
+        return ServiceError::Unauthorized(
+            "this is an API key, not a token: exchange it at POST /api/v1/token".into(),
+        );
+    }
+    ServiceError::Unauthorized(e.to_string())
+}
+
 fn owner_actor(o: &OwnerCtx) -> String {
     format!("{}:{}", if o.admin { "admin" } else { "owner" }, o.handle)
 }
@@ -283,8 +294,7 @@ impl Service {
 
     /// Verifies an owner token and that the owner still exists.
     pub async fn owner_from_token(&self, token: &str) -> ServiceResult<OwnerCtx> {
-        let claims = jwt::verify_owner(&self.keys, token)
-            .map_err(|e| ServiceError::Unauthorized(e.to_string()))?;
+        let claims = jwt::verify_owner(&self.keys, token).map_err(|e| token_refused(token, e))?;
         let owner = self
             .store
             .owner_by_id(&claims.sub)
@@ -859,8 +869,7 @@ impl Service {
     /// Verifies an agent JWT and that its key and agent are still in good standing. Scopes and
     /// perimeter are the narrower of the token's and the agent's current ones.
     pub async fn authenticate_agent(&self, token: &str) -> ServiceResult<AgentCtx> {
-        let claims = jwt::verify_agent(&self.keys, token)
-            .map_err(|e| ServiceError::Unauthorized(e.to_string()))?;
+        let claims = jwt::verify_agent(&self.keys, token).map_err(|e| token_refused(token, e))?;
         let agent = self
             .store
             .agent_by_id(&claims.sub)
