@@ -289,11 +289,13 @@ impl Reader {
                     // (the second half of a rotation) leaves it open, revoking this one
                     // closes it. A revocation of the new key that raced this rebinding was
                     // sent to sessions of that key before this one was among them, so the
-                    // key is read again once the session is bound to it.
+                    // token is checked again once the session is bound to its key.
                     self.shared.bind_cred(&fresh.cred);
-                    if !svc.credential_in_force(&fresh).await? {
-                        self.shared.close(crate::protocol::CloseCode::Revoked);
-                        return Err(ServiceError::Unauthorized("credential revoked".into()));
+                    if let Err(e) = svc.authenticate_agent(&token).await {
+                        if matches!(e, ServiceError::Unauthorized(_)) {
+                            self.shared.close(crate::protocol::CloseCode::Revoked);
+                        }
+                        return Err(e);
                     }
                 }
                 let a = self.agent.as_mut().expect("checked above");

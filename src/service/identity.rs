@@ -487,19 +487,34 @@ impl Service {
     /// the owner's alone: an operator who does not own the agent is refused (it could
     /// otherwise mint a key and speak as the agent, or read its private channel).
     async fn owned(&self, owner: &OwnerCtx, handle: &str) -> ServiceResult<AgentRow> {
-        let agent = self.agent_named(handle).await?;
-        if agent.owner_id == owner.id {
-            return Ok(agent);
-        }
-        if owner.admin {
-            return Err(ServiceError::Forbidden(
+        let (agent, authority) = self.agent_under(owner, handle).await?;
+        match authority {
+            Authority::Owner => Ok(agent),
+            Authority::Operator => Err(ServiceError::Forbidden(
                 "an operator may suspend, revoke, list and audit any agent, but keys, scopes \
                  and profile belong to its owner"
                     .into(),
-            ));
+            )),
         }
-        // Not found rather than forbidden: other owners' agents are none of your business.
-        Err(ServiceError::NotFound("no such agent".into()))
+    }
+
+    /// The agent named `handle` and on whose authority `owner` acts on it: its owner's, or an
+    /// operator's for an admin who does not own it. Any other owner gets not found rather than
+    /// forbidden: other owners' agents are none of their business.
+    async fn agent_under(
+        &self,
+        owner: &OwnerCtx,
+        handle: &str,
+    ) -> ServiceResult<(AgentRow, Authority)> {
+        let agent = self.agent_named(handle).await?;
+        let authority = if agent.owner_id == owner.id {
+            Authority::Owner
+        } else if owner.admin {
+            Authority::Operator
+        } else {
+            return Err(ServiceError::NotFound("no such agent".into()));
+        };
+        Ok((agent, authority))
     }
 
     async fn agent_named(&self, handle: &str) -> ServiceResult<AgentRow> {
@@ -711,14 +726,7 @@ impl Service {
         reason: Option<&str>,
     ) -> ServiceResult<Value> {
         let action = StatusAction::parse(action)?;
-        let agent = self.agent_named(handle).await?;
-        let authority = if agent.owner_id == owner.id {
-            Authority::Owner
-        } else if owner.admin {
-            Authority::Operator
-        } else {
-            return Err(ServiceError::NotFound("no such agent".into()));
-        };
+        let (agent, authority) = self.agent_under(owner, handle).await?;
         self.apply_status(&agent, action, authority, reason, &owner_actor(owner))
             .await
     }
@@ -909,20 +917,6 @@ impl Service {
             expires_at: claims.exp,
             owner_id: agent.owner_id,
         })
-    }
-
-    /// Whether the key behind `agent`'s session is still unrevoked and unexpired, and the
-    /// agent still active: read again after a session moves to another key.
-    pub async fn credential_in_force(&self, agent: &AgentCtx) -> ServiceResult<bool> {
-        let Some(key) = self.store.key_by_id(&agent.cred).await? else {
-            return Ok(false);
-        };
-        let active = self
-            .store
-            .agent_by_id(&agent.id)
-            .await?
-            .is_some_and(|a| a.status == "active");
-        Ok(active && key.agent_id == agent.id && key.is_active(now_ms()))
     }
 
     pub async fn public_profile(&self, handle: &str) -> ServiceResult<Value> {
