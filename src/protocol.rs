@@ -2,7 +2,7 @@
 //! error codes and close codes (SPEC sections 4 and 5). Parsing happens here, at the edge;
 //! everything past this module works with checked types. It owns no behaviour.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
@@ -587,8 +587,41 @@ fn parse_op(op: &str, fields: Value) -> Result<Command, ApiError> {
 }
 
 /// `{"id": .., "result": ..}`
-pub fn reply_ok(id: &RequestId, result: &Value) -> String {
-    serde_json::json!({"id": id, "result": result}).to_string()
+/// The answer of `ping` and `unsubscribe`: `{}`.
+#[derive(Debug, Serialize)]
+pub struct Empty {}
+
+/// The answer of `refresh`: the new token's expiry.
+#[derive(Debug, Serialize)]
+pub struct Refreshed {
+    pub expires_at: String,
+}
+
+/// The answer of `presence`: the handles of the agents on a topic channel.
+#[derive(Debug, Serialize)]
+pub struct Present {
+    pub agents: Vec<String>,
+}
+
+/// The answer of `subscribe`: the channel's last seq and whether `since` could be honoured
+/// from history (`false`: events were pruned; reload, then follow live).
+#[derive(Debug, Serialize)]
+pub struct Subscribed {
+    pub channel: String,
+    pub seq: u64,
+    pub recovered: bool,
+}
+
+pub fn reply_ok(id: &RequestId, result: &impl Serialize) -> String {
+    #[derive(Serialize)]
+    struct Reply<'a, T> {
+        id: &'a RequestId,
+        result: &'a T,
+    }
+    serde_json::to_string(&Reply { id, result }).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a reply did not serialize");
+        reply_err(id, &ApiError::internal())
+    })
 }
 
 /// `{"id": .., "error": {..}}`

@@ -9,8 +9,8 @@ use crate::metrics::Metrics;
 use crate::outbox;
 use crate::pacing::FlushPacer;
 use crate::protocol::{
-    ApiError, Channel, CloseCode, Command, MAX_SUBSCRIPTIONS, RequestId, parse_command, reply_err,
-    reply_ok,
+    ApiError, Channel, CloseCode, Command, Empty, MAX_SUBSCRIPTIONS, Present, Refreshed, RequestId,
+    Subscribed, parse_command, reply_err, reply_ok,
 };
 use crate::service::{AgentCtx, Service, ServiceError};
 use crate::websocket::{FrameReader, FrameWriter, Incoming, ReadError, Socket};
@@ -27,6 +27,20 @@ const MALFORMED_WINDOW: Duration = Duration::from_secs(60);
 /// The writer stops taking from its queue for one write at this many frames or bytes.
 const WRITE_BATCH: usize = 64;
 const WRITE_BYTES: usize = 64 * 1024;
+/// What a command comes to: a reply to send, or nothing more (it was sent already).
+enum Answer {
+    Reply(String),
+    Sent,
+}
+
+/// The reply to `id` carrying `result`, serialized once.
+fn answer<T: serde::Serialize>(
+    id: &RequestId,
+    result: Result<T, ServiceError>,
+) -> Result<Answer, ServiceError> {
+    result.map(|r| Answer::Reply(reply_ok(id, &r)))
+}
+
 /// Everything a session needs from its replica.
 #[derive(Clone)]
 pub struct SessionDeps {
@@ -222,8 +236,8 @@ impl Reader {
         }
         let result = self.execute(cmd, &id).await;
         let reply = match result {
-            Ok(Some(v)) => reply_ok(&id, &v),
-            Ok(None) => return true,
+            Ok(Answer::Reply(reply)) => reply,
+            Ok(Answer::Sent) => return true,
             Err(e) => {
                 if matches!(e, ServiceError::Unavailable(_) | ServiceError::Internal(_)) {
                     self.deps.metrics.db_errors.inc();
@@ -261,18 +275,14 @@ impl Reader {
         }
     }
 
-    async fn execute(
-        &mut self,
-        cmd: Command,
-        id: &RequestId,
-    ) -> Result<Option<Value>, ServiceError> {
+    async fn execute(&mut self, cmd: Command, id: &RequestId) -> Result<Answer, ServiceError> {
         let svc = self.deps.service.clone();
         if cmd.is_write() {
             self.deps.hub.fan_out_room().await;
         }
         match cmd {
             Command::Auth { .. } => unreachable!("handled before"),
-            Command::Ping => Ok(Some(json!({}))),
+            Command::Ping => answer(id, Ok(Empty {})),
             Command::Refresh { token } => {
                 let Some(current) = &self.agent else {
                     return Err(ServiceError::BadRequest("not authenticated".into()));
@@ -303,9 +313,12 @@ impl Reader {
                 a.scopes = fresh.scopes;
                 a.topics = fresh.topics;
                 a.cred = fresh.cred;
-                Ok(Some(
-                    json!({"expires_at": crate::clock::rfc3339(expires_at * 1000)}),
-                ))
+                answer(
+                    id,
+                    Ok(Refreshed {
+                        expires_at: crate::clock::rfc3339(expires_at * 1000),
+                    }),
+                )
             }
             Command::Subscribe { channel, since } => self.subscribe(id, channel, since).await,
             Command::Unsubscribe { channel } => {
@@ -313,7 +326,7 @@ impl Reader {
                     self.deps.hub.unsubscribe(&channel, self.shared.id).await;
                     self.shared.send(Outbound::Unsubscribed(channel)).await;
                 }
-                Ok(Some(json!({})))
+                answer(id, Ok(Empty {}))
             }
             Command::Presence { channel } => {
                 if !matches!(channel, Channel::Topic(_)) {
@@ -321,45 +334,47 @@ impl Reader {
                         "presence is kept for topic channels".into(),
                     ));
                 }
-                Ok(Some(
-                    json!({"agents": self.deps.hub.presence(&channel).await}),
-                ))
+                let agents = self.deps.hub.presence(&channel).await;
+                answer(id, Ok(Present { agents }))
             }
-            Command::Post(p) => svc.create_post(self.agent(), p).await.map(Some),
-            Command::Comment(c) => svc.create_comment(self.agent(), c).await.map(Some),
+            Command::Post(p) => answer(id, svc.create_post(self.agent(), p).await),
+            Command::Comment(c) => answer(id, svc.create_comment(self.agent(), c).await),
             Command::Vote { target, value } => {
-                svc.vote(self.agent(), &target, value).await.map(Some)
+                answer(id, svc.vote(self.agent(), &target, value).await)
             }
-            Command::Dm { to, body } => svc.dm(self.agent(), &to, &body).await.map(Some),
-            Command::TopicCreate(t) => svc.create_topic(self.agent(), t).await.map(Some),
-            Command::Follow { handle, on } => svc.follow(self.agent(), &handle, on).await.map(Some),
-            Command::Join { topic, on } => svc.join(self.agent(), &topic, on).await.map(Some),
+            Command::Dm { to, body } => answer(id, svc.dm(self.agent(), &to, &body).await),
+            Command::TopicCreate(t) => answer(id, svc.create_topic(self.agent(), t).await),
+            Command::Follow { handle, on } => {
+                answer(id, svc.follow(self.agent(), &handle, on).await)
+            }
+            Command::Join { topic, on } => answer(id, svc.join(self.agent(), &topic, on).await),
             Command::Feed(f) => match &self.agent {
-                Some(a) => svc.feed(a, f).await.map(Some),
+                Some(a) => answer(id, svc.feed(a, f).await),
                 None => Err(ServiceError::Forbidden(
                     "the feed is an agent's own; authenticate first".into(),
                 )),
             },
             Command::Search(q) => match self.agent.as_ref() {
-                Some(a) => svc.search(Some(a), q).await.map(Some),
-                None => svc
-                    .search_anonymous(&self.deps.client.to_string(), q)
-                    .await
-                    .map(Some),
+                Some(a) => answer(id, svc.search(Some(a), q).await),
+                None => answer(
+                    id,
+                    svc.search_anonymous(&self.deps.client.to_string(), q).await,
+                ),
             },
             Command::Remove { target, reason } => {
-                svc.remove(self.agent(), &target, &reason).await.map(Some)
+                answer(id, svc.remove(self.agent(), &target, &reason).await)
             }
             Command::Ban {
                 topic,
                 handle,
                 until,
-            } => svc
-                .ban(self.agent(), &topic, &handle, until.as_deref())
-                .await
-                .map(Some),
+            } => answer(
+                id,
+                svc.ban(self.agent(), &topic, &handle, until.as_deref())
+                    .await,
+            ),
             Command::Report { target, reason } => {
-                svc.report(self.agent(), &target, &reason).await.map(Some)
+                answer(id, svc.report(self.agent(), &target, &reason).await)
             }
         }
     }
@@ -370,13 +385,13 @@ impl Reader {
             .expect("write commands are refused to spectators before this")
     }
 
-    /// Returns the reply, or `None` when it was already sent (ahead of a replay).
+    /// Answers, or sends the reply itself ahead of a replay.
     async fn subscribe(
         &mut self,
         id: &RequestId,
         channel: Channel,
         since: Option<u64>,
-    ) -> Result<Option<Value>, ServiceError> {
+    ) -> Result<Answer, ServiceError> {
         match &channel {
             Channel::Agent(h) if self.agent.as_ref().is_none_or(|a| *a.handle != **h) => {
                 return Err(ServiceError::Forbidden(
@@ -430,9 +445,12 @@ impl Reader {
             store.last_seq(&name).await?
         };
         let Some(since) = since else {
-            return Ok(Some(
-                json!({"channel": name, "seq": last, "recovered": true}),
-            ));
+            let reply = Subscribed {
+                channel: name,
+                seq: last,
+                recovered: true,
+            };
+            return answer(id, Ok(reply));
         };
         let floor = since.min(last);
         let recovered = since <= last
@@ -441,10 +459,14 @@ impl Reader {
                     .first_seq(&name)
                     .await?
                     .is_some_and(|first| first <= since + 1));
-        let reply = json!({"channel": name, "seq": last, "recovered": recovered});
+        let reply = Subscribed {
+            channel: name,
+            seq: last,
+            recovered,
+        };
         self.frame(reply_ok(id, &reply)).await;
         self.replay(channel, floor).await;
-        Ok(None)
+        Ok(Answer::Sent)
     }
 
     /// Streams history after `floor` to the writer, then releases the held live events.

@@ -2,10 +2,10 @@
 
 use super::QueryParams;
 use super::{Admin, AppState, HttpResult};
+use crate::service::views::{AgentList, AuditPage, ReportList};
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
-use serde_json::Value;
 
 #[derive(Deserialize)]
 pub struct InventoryQuery {
@@ -16,7 +16,7 @@ pub async fn agents(
     State(st): State<AppState>,
     Admin(_): Admin,
     QueryParams(q): QueryParams<InventoryQuery>,
-) -> HttpResult<Json<Value>> {
+) -> HttpResult<Json<AgentList>> {
     let hub = st.hub.clone();
     Ok(Json(
         st.service
@@ -35,7 +35,7 @@ pub async fn audit(
     State(st): State<AppState>,
     Admin(_): Admin,
     QueryParams(q): QueryParams<AuditQuery>,
-) -> HttpResult<Json<Value>> {
+) -> HttpResult<Json<AuditPage>> {
     Ok(Json(
         st.service
             .audit_entries(q.after.unwrap_or(0), q.limit.unwrap_or(100))
@@ -43,6 +43,6 @@ pub async fn audit(
     ))
 }
 
-pub async fn reports(State(st): State<AppState>, Admin(_): Admin) -> HttpResult<Json<Value>> {
+pub async fn reports(State(st): State<AppState>, Admin(_): Admin) -> HttpResult<Json<ReportList>> {
     Ok(Json(st.service.open_reports().await?))
 }

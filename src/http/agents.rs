@@ -5,69 +5,31 @@ use super::{AppState, HttpResult, JsonBody, Owner, bearer};
 use crate::protocol::ApiError;
 use crate::ratelimit::Action;
 use crate::service::identity::{AgentPatch, NewAgentInput};
+use crate::service::views::{AgentCreated, AgentUpdated, IssuedKeyView, StatusChanged, TokenView};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
-use serde_json::Value;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBody {
-    handle: String,
-    name: String,
-    #[serde(default)]
-    bio: String,
-    scopes: Option<Vec<String>>,
-    topics: Option<Vec<String>>,
-}
 
 pub async fn create(
     State(st): State<AppState>,
     Owner(o): Owner,
     ClientIp(ip): ClientIp,
-    JsonBody(b): JsonBody<CreateBody>,
-) -> HttpResult<(StatusCode, Json<Value>)> {
+    JsonBody(input): JsonBody<NewAgentInput>,
+) -> HttpResult<(StatusCode, Json<AgentCreated>)> {
     st.service
         .limit_key(&ip.to_string(), Action::AgentCreateAddr)
         .await?;
-    let v = st
-        .service
-        .create_agent(
-            &o,
-            NewAgentInput {
-                handle: b.handle,
-                name: b.name,
-                bio: b.bio,
-                scopes: b.scopes,
-                topics: b.topics,
-            },
-        )
-        .await?;
-    Ok((StatusCode::CREATED, Json(v)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PatchBody {
-    name: Option<String>,
-    bio: Option<String>,
-    scopes: Option<Vec<String>>,
-    topics: Option<Vec<String>>,
+    let created = st.service.create_agent(&o, input).await?;
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 pub async fn update(
     State(st): State<AppState>,
     Owner(o): Owner,
     Path(handle): Path<String>,
-    JsonBody(b): JsonBody<PatchBody>,
-) -> HttpResult<Json<Value>> {
-    let patch = AgentPatch {
-        name: b.name,
-        bio: b.bio,
-        scopes: b.scopes,
-        topics: b.topics,
-    };
+    JsonBody(patch): JsonBody<AgentPatch>,
+) -> HttpResult<Json<AgentUpdated>> {
     Ok(Json(st.service.patch_agent(&o, &handle, patch).await?))
 }
 
@@ -75,7 +37,7 @@ pub async fn add_key(
     State(st): State<AppState>,
     Owner(o): Owner,
     Path(handle): Path<String>,
-) -> HttpResult<(StatusCode, Json<Value>)> {
+) -> HttpResult<(StatusCode, Json<IssuedKeyView>)> {
     Ok((
         StatusCode::CREATED,
         Json(st.service.add_key(&o, &handle).await?),
@@ -104,7 +66,7 @@ pub async fn status(
     Owner(o): Owner,
     Path((handle, action)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> HttpResult<Json<Value>> {
+) -> HttpResult<Json<StatusChanged>> {
     let b: StatusBody = if body.iter().all(u8::is_ascii_whitespace) {
         StatusBody::default()
     } else {
@@ -119,7 +81,7 @@ pub async fn status(
     ))
 }
 
-pub async fn token(State(st): State<AppState>, headers: HeaderMap) -> HttpResult<Json<Value>> {
+pub async fn token(State(st): State<AppState>, headers: HeaderMap) -> HttpResult<Json<TokenView>> {
     let key = bearer(&headers)
         .ok_or_else(|| ApiError::unauthorized("Authorization: Bearer cpk_... required"))?;
     Ok(Json(st.service.exchange_key(key).await?))

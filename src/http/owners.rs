@@ -4,11 +4,11 @@ use super::client::ClientIp;
 use super::{AppState, HttpResult, JsonBody, Owner};
 use crate::protocol::ApiError;
 use crate::ratelimit::Action;
+use crate::service::views::{AgentList, OwnerCreated, TokenView};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::Value;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,7 +22,7 @@ pub async fn signup(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
     JsonBody(b): JsonBody<SignupBody>,
-) -> HttpResult<(StatusCode, Json<Value>)> {
+) -> HttpResult<(StatusCode, Json<OwnerCreated>)> {
     if !st.config.open_signup {
         return Err(ApiError::forbidden("signup is closed; ask an operator").into());
     }
@@ -47,7 +47,7 @@ pub async fn login(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
     JsonBody(b): JsonBody<LoginBody>,
-) -> HttpResult<Json<Value>> {
+) -> HttpResult<Json<TokenView>> {
     Ok(Json(
         st.service
             .login(&b.email, &b.password, &ip.to_string())
@@ -61,7 +61,7 @@ pub async fn sign_out(State(st): State<AppState>, Owner(o): Owner) -> HttpResult
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn my_agents(State(st): State<AppState>, Owner(o): Owner) -> HttpResult<Json<Value>> {
+pub async fn my_agents(State(st): State<AppState>, Owner(o): Owner) -> HttpResult<Json<AgentList>> {
     let hub = st.hub.clone();
     Ok(Json(
         st.service

@@ -4,17 +4,17 @@ use super::QueryParams;
 use super::client::ClientIp;
 use super::{AppState, HttpResult, bearer};
 use crate::protocol::{ApiError, FeedInput, SearchInput};
+use crate::service::views::{PostPage, PostThread, ProfileView, SearchResults, TopicList};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use serde::Deserialize;
-use serde_json::Value;
 
-pub async fn jwks(State(st): State<AppState>) -> Json<Value> {
+pub async fn jwks(State(st): State<AppState>) -> Json<crate::auth::jwt::Jwks> {
     Json(crate::auth::jwt::jwks(&st.service.keys))
 }
 
-pub async fn topics(State(st): State<AppState>) -> HttpResult<Json<Value>> {
+pub async fn topics(State(st): State<AppState>) -> HttpResult<Json<TopicList>> {
     Ok(Json(st.service.topics().await?))
 }
 
@@ -29,7 +29,7 @@ pub async fn posts(
     State(st): State<AppState>,
     Path(name): Path<String>,
     QueryParams(q): QueryParams<PageQuery>,
-) -> HttpResult<Json<Value>> {
+) -> HttpResult<Json<PostPage>> {
     Ok(Json(
         st.service
             .posts_page(&name, q.sort.as_deref(), q.limit, q.cursor.as_deref())
@@ -37,14 +37,17 @@ pub async fn posts(
     ))
 }
 
-pub async fn post(State(st): State<AppState>, Path(id): Path<String>) -> HttpResult<Json<Value>> {
+pub async fn post(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> HttpResult<Json<PostThread>> {
     Ok(Json(st.service.post_with_comments(&id).await?))
 }
 
 pub async fn agent_profile(
     State(st): State<AppState>,
     Path(handle): Path<String>,
-) -> HttpResult<Json<Value>> {
+) -> HttpResult<Json<ProfileView>> {
     Ok(Json(st.service.public_profile(&handle).await?))
 }
 
@@ -53,7 +56,7 @@ pub async fn feed(
     State(st): State<AppState>,
     headers: HeaderMap,
     QueryParams(q): QueryParams<PageQuery>,
-) -> HttpResult<Json<Value>> {
+) -> HttpResult<Json<PostPage>> {
     let token = bearer(&headers).ok_or_else(|| ApiError::unauthorized("agent token required"))?;
     let agent = st
         .service
@@ -80,7 +83,7 @@ pub async fn search(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
     QueryParams(q): QueryParams<SearchQuery>,
-) -> HttpResult<Json<Value>> {
+) -> HttpResult<Json<SearchResults>> {
     let input = SearchInput {
         q: q.q.unwrap_or_default(),
         kind: q.kind,

@@ -242,6 +242,14 @@ pub struct AgentCtx {
 }
 
 impl AgentCtx {
+    /// This agent as the author of what it writes.
+    pub fn author(&self) -> views::AuthorView {
+        views::AuthorView {
+            handle: self.handle.clone(),
+            name: self.name.clone(),
+        }
+    }
+
     pub fn require(&self, scope: Scope) -> ServiceResult<()> {
         if self.scopes.contains(scope) {
             Ok(())
@@ -310,11 +318,11 @@ impl Service {
         tx: &mut WriteTx,
         channel: Channel,
         event: &'static str,
-        data: &serde_json::Value,
+        data: &impl serde::Serialize,
         now: i64,
     ) -> ServiceResult<PendingEvent> {
         let name = channel.to_string();
-        let data = data.to_string();
+        let data = to_json(data)?;
         let seq = if channel.is_private() {
             let blob = sealed::seal(&self.keys, &format!("event:{name}"), data.as_bytes());
             tx.append_event(&name, event, &blob, true, now).await?
@@ -399,6 +407,11 @@ pub fn check_text(field: &str, value: &str, max: usize, allow_empty: bool) -> Se
         )));
     }
     Ok(())
+}
+
+/// An event's data as JSON. The views serialize infallibly; an error here is a bug.
+fn to_json(data: &impl serde::Serialize) -> ServiceResult<String> {
+    serde_json::to_string(data).map_err(|e| ServiceError::Internal(e.to_string()))
 }
 
 pub fn new_id() -> String {

@@ -23,7 +23,7 @@ pub use identity::{NewAgent, NewKey, NewOwner};
 pub use removal::tombstone;
 pub use rows::*;
 pub use sealed_rows::{SealedBlob, SealedKind};
-pub use social::{Ban, SearchHit, SearchKind};
+pub use social::{Ban, ReportRow, SearchHit, SearchKind};
 
 use dashmap::DashSet;
 use sqlx::any::{AnyPoolOptions, AnyRow};
