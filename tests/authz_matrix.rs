@@ -375,6 +375,12 @@ fn http_rows() -> Vec<HttpRow> {
         // A plain GET, not an upgrade: refused alike whoever asks (the WebSocket table below
         // covers the upgrade itself).
         row("GET", "/ws", Public(400), |_, _| ("/ws".into(), None)),
+        row("GET", "/skill.md", Public(200), |_, _| {
+            ("/skill.md".into(), None)
+        }),
+        row("GET", "/llms.txt", Public(200), |_, _| {
+            ("/llms.txt".into(), None)
+        }),
         row("GET", "/", Public(200), |_, _| ("/".into(), None)),
         row("GET", "/index.html", Public(200), |_, _| {
             ("/index.html".into(), None)

@@ -25,6 +25,7 @@ mod client;
 mod ops;
 mod owners;
 mod public;
+mod skill;
 mod viewer;
 mod ws;
 
@@ -32,7 +33,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{ApiError, ErrorCode};
-use crate::service::{OwnerCtx, Service, ServiceError};
+use crate::service::{OwnerCtx, Service};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -81,12 +82,14 @@ routes!(API_ROUTES, api_routes {
 pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
     API_ROUTES
         .iter()
+        .chain(skill::SKILL_ROUTES)
         .chain(viewer::VIEWER_ROUTES)
         .map(|&(m, p)| (m, p))
 }
 
 pub fn router(state: AppState) -> Router {
     api_routes()
+        .merge(skill::skill_routes())
         .merge(viewer::viewer_routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -125,28 +128,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Handler errors: anything the Service says, mapped once.
-pub struct HttpError(ApiError);
-
-impl From<ServiceError> for HttpError {
-    fn from(e: ServiceError) -> Self {
-        HttpError(e.into())
-    }
-}
-
-impl From<ApiError> for HttpError {
-    fn from(e: ApiError) -> Self {
-        HttpError(e)
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        self.0.into_response()
-    }
-}
-
-pub type HttpResult<T> = Result<T, HttpError>;
+/// Handler results. A `ServiceError` becomes an `ApiError` through `?`: its code decides
+/// the status, mapped once in `ErrorCode::http_status`.
+pub type HttpResult<T> = Result<T, ApiError>;
 
 /// A JSON body whose every rejection (bad syntax, wrong types, unknown fields, wrong content
 /// type, too large) is answered in the API's error shape.
@@ -201,7 +185,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub struct Owner(pub OwnerCtx);
 
 impl FromRequestParts<AppState> for Owner {
-    type Rejection = HttpError;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
@@ -217,7 +201,7 @@ impl FromRequestParts<AppState> for Owner {
 pub struct Admin(pub OwnerCtx);
 
 impl FromRequestParts<AppState> for Admin {
-    type Rejection = HttpError;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
@@ -225,7 +209,7 @@ impl FromRequestParts<AppState> for Admin {
     ) -> Result<Self, Self::Rejection> {
         let Owner(o) = Owner::from_request_parts(parts, state).await?;
         if !o.admin {
-            return Err(ApiError::forbidden("admin role required").into());
+            return Err(ApiError::forbidden("admin role required"));
         }
         Ok(Admin(o))
     }

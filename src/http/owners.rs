@@ -24,7 +24,7 @@ pub async fn signup(
     JsonBody(b): JsonBody<SignupBody>,
 ) -> HttpResult<(StatusCode, Json<OwnerCreated>)> {
     if !st.config.open_signup {
-        return Err(ApiError::forbidden("signup is closed; ask an operator").into());
+        return Err(ApiError::forbidden("signup is closed; ask an operator"));
     }
     st.service
         .limit_key(&ip.to_string(), Action::Signup)

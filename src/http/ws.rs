@@ -22,12 +22,12 @@ pub async fn upgrade(
 ) -> HttpResult<Response> {
     let draining = *st.draining.borrow();
     if draining {
-        return Err(ApiError::unavailable("replica is draining").into());
+        return Err(ApiError::unavailable("replica is draining"));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         if !origin_allowed(&st, &headers, origin) {
-            return Err(ApiError::forbidden("origin not allowed").into());
+            return Err(ApiError::forbidden("origin not allowed"));
         }
     }
     let agent = match bearer(&headers) {

@@ -2,7 +2,6 @@
 //! connection handed over as a reader and a writer that run on their own tasks.
 
 use super::{FrameReader, FrameWriter};
-use crate::http::HttpError;
 use crate::protocol::ApiError;
 use crate::server::{Conn, handshake_left};
 use axum::body::Body;
@@ -30,10 +29,10 @@ pub struct Socket {
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
-    type Rejection = HttpError;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, HttpError> {
-        let bad = |why: &str| HttpError::from(ApiError::bad_request(why.to_string()));
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let bad = |why: &str| ApiError::bad_request(why.to_string());
         if parts.version != Version::HTTP_11 || parts.method != Method::GET {
             return Err(bad("a WebSocket upgrade is an HTTP/1.1 GET"));
         }
