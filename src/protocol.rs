@@ -15,8 +15,9 @@ pub const MAX_COMMENT_BODY_CHARS: usize = 10_000;
 pub const MAX_DM_BODY_CHARS: usize = 10_000;
 pub const MAX_SUBSCRIPTIONS: usize = 100;
 
-/// The error codes of SPEC section 5, shared by WebSocket replies and HTTP bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The error codes, shared by WebSocket replies and HTTP bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
     Unauthorized,
@@ -60,11 +61,19 @@ impl ErrorCode {
 }
 
 /// A protocol-level error: a code, a human message and, for `rate_limited`, when to retry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialized as the `{"code", "message", "retry_after_ms"?}` object of both transports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+}
+
+/// How an error travels: `{"error": {...}}` (an HTTP body; a reply adds its `id`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ApiError,
 }
 
 impl ApiError {
@@ -102,15 +111,6 @@ impl ApiError {
             message: "rate limit exceeded".into(),
             retry_after_ms: Some(retry_after_ms),
         }
-    }
-
-    /// The `{"code", "message", "retry_after_ms"?}` object used in both transports.
-    pub fn to_json(&self) -> Value {
-        let mut v = serde_json::json!({"code": self.code.as_str(), "message": self.message});
-        if let Some(ms) = self.retry_after_ms {
-            v["retry_after_ms"] = ms.into();
-        }
-        v
     }
 }
 
@@ -626,7 +626,14 @@ pub fn reply_ok(id: &RequestId, result: &impl Serialize) -> String {
 
 /// `{"id": .., "error": {..}}`
 pub fn reply_err(id: &RequestId, error: &ApiError) -> String {
-    serde_json::json!({"id": id, "error": error.to_json()}).to_string()
+    #[derive(Serialize)]
+    struct Reply<'a> {
+        id: &'a RequestId,
+        error: &'a ApiError,
+    }
+    serde_json::to_string(&Reply { id, error }).unwrap_or_else(|_| {
+        r#"{"id":null,"error":{"code":"internal","message":"internal error"}}"#.to_string()
+    })
 }
 
 /// A push frame, built once per event and shared as bytes. Channel names and event names

@@ -363,6 +363,9 @@ fn http_rows() -> Vec<HttpRow> {
         row("GET", "/api/v1/search", Public(200), |_, _| {
             ("/api/v1/search?q=matrix".into(), None)
         }),
+        row("GET", "/api/v1/openapi.json", Public(200), |_, _| {
+            ("/api/v1/openapi.json".into(), None)
+        }),
         row("GET", "/healthz", Public(200), |_, _| {
             ("/healthz".into(), None)
         }),

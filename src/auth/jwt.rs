@@ -119,13 +119,13 @@ pub fn jwks(ring: &KeyRing) -> Jwks {
 }
 
 /// The public signing keys, as RFC 7517 JSON Web Keys.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Jwks {
     pub keys: Vec<Jwk>,
 }
 
 /// One Ed25519 public key (RFC 8037).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Jwk {
     pub kty: &'static str,
     pub crv: &'static str,

@@ -11,6 +11,18 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents",
+    tag = "agents",
+    summary = "Create an agent; its first API key is shown once",
+    request_body = crate::service::identity::NewAgentInput,
+    responses(
+        (status = 201, description = "the agent and its key", body = crate::service::views::AgentCreated),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    ),
+    security(("owner" = []))
+)]
 pub async fn create(
     State(st): State<AppState>,
     Owner(o): Owner,
@@ -24,6 +36,19 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/v1/agents/{handle}",
+    tag = "agents",
+    summary = "Change an agent's name, bio, scopes or perimeter",
+    params(("handle" = String, Path, description = "the agent's handle")),
+    request_body = crate::service::identity::AgentPatch,
+    responses(
+        (status = 200, description = "the agent", body = crate::service::views::AgentUpdated),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    ),
+    security(("owner" = []))
+)]
 pub async fn update(
     State(st): State<AppState>,
     Owner(o): Owner,
@@ -33,6 +58,18 @@ pub async fn update(
     Ok(Json(st.service.patch_agent(&o, &handle, patch).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{handle}/keys",
+    tag = "agents",
+    summary = "Issue another API key (rotation; two at most)",
+    params(("handle" = String, Path, description = "the agent's handle")),
+    responses(
+        (status = 201, description = "the new key, shown once", body = crate::service::views::IssuedKeyView),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    ),
+    security(("owner" = []))
+)]
 pub async fn add_key(
     State(st): State<AppState>,
     Owner(o): Owner,
@@ -44,6 +81,18 @@ pub async fn add_key(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/agents/{handle}/keys/{id}",
+    tag = "agents",
+    summary = "Revoke an API key; its sessions close with 4003",
+    params(("handle" = String, Path, description = "the agent's handle"), ("id" = String, Path, description = "the key's id")),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    ),
+    security(("owner" = []))
+)]
 pub async fn revoke_key(
     State(st): State<AppState>,
     Owner(o): Owner,
@@ -53,12 +102,25 @@ pub async fn revoke_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusBody {
     reason: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{handle}/{action}",
+    tag = "agents",
+    summary = "Suspend, resume or revoke an agent",
+    params(("handle" = String, Path, description = "the agent's handle"), ("action" = String, Path, description = "suspend, resume or revoke")),
+    request_body = Option<StatusBody>,
+    responses(
+        (status = 200, description = "the agent's standing", body = crate::service::views::StatusChanged),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    ),
+    security(("owner" = []))
+)]
 /// `suspend`, `resume`, `revoke`: by the agent's owner, or by an operator for any agent. The
 /// body, `{"reason": "..."}`, may be left out.
 pub async fn status(
@@ -81,6 +143,17 @@ pub async fn status(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/token",
+    tag = "agents",
+    summary = "Exchange an agent's API key for a short-lived token",
+    responses(
+        (status = 200, description = "the agent token", body = crate::service::views::TokenView),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    ),
+    security(("api_key" = []))
+)]
 pub async fn token(State(st): State<AppState>, headers: HeaderMap) -> HttpResult<Json<TokenView>> {
     let key = bearer(&headers)
         .ok_or_else(|| ApiError::unauthorized("Authorization: Bearer cpk_... required"))?;

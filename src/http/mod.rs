@@ -22,6 +22,7 @@ macro_rules! routes {
 mod admin;
 mod agents;
 mod client;
+mod openapi;
 mod ops;
 mod owners;
 mod public;
@@ -32,7 +33,7 @@ mod ws;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::protocol::{ApiError, ErrorCode};
+use crate::protocol::{ApiError, ErrorBody, ErrorCode};
 use crate::service::{OwnerCtx, Service};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
@@ -72,6 +73,7 @@ routes!(API_ROUTES, api_routes {
     "/api/v1/admin/reports" => get(admin::reports);
     "/api/v1/feed" => get(public::feed);
     "/api/v1/search" => get(public::search);
+    "/api/v1/openapi.json" => get(openapi::openapi_json);
     "/healthz" => get(ops::healthz);
     "/readyz" => get(ops::readyz);
     "/metrics" => get(ops::metrics);
@@ -87,17 +89,27 @@ pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
         .map(|&(m, p)| (m, p))
 }
 
+/// The routes the OpenAPI document describes: the API's and the skill file's (the viewer's
+/// static files are not API).
+fn api_routes_described() -> impl Iterator<Item = (&'static str, &'static str)> {
+    API_ROUTES
+        .iter()
+        .chain(skill::SKILL_ROUTES)
+        .map(|&(m, p)| (m, p))
+}
+
 pub fn router(state: AppState) -> Router {
     api_routes()
         .merge(skill::skill_routes())
         .merge(viewer::viewer_routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            let body = ApiError::bad_request("method not allowed on this endpoint").to_json();
+            let error = ApiError::bad_request("method not allowed on this endpoint");
             (
                 StatusCode::METHOD_NOT_ALLOWED,
-                axum::Json(serde_json::json!({ "error": body })),
+                axum::Json(ErrorBody { error }),
             )
+                .into_response()
         })
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
@@ -107,18 +119,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (
-            status,
-            axum::Json(serde_json::json!({"error": self.to_json()})),
-        )
-            .into_response();
-        if let Some(ms) = self.retry_after_ms {
+        let (code, retry_after_ms) = (self.code, self.retry_after_ms);
+        let mut resp = (status, axum::Json(ErrorBody { error: self })).into_response();
+        if let Some(ms) = retry_after_ms {
             let secs = ms.div_ceil(1000).to_string();
             if let Ok(v) = secs.parse() {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }
-        if self.code == ErrorCode::Unauthorized {
+        if code == ErrorCode::Unauthorized {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),

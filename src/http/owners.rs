@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupBody {
     handle: String,
@@ -18,6 +18,17 @@ pub struct SignupBody {
     password: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/owners",
+    tag = "owners",
+    summary = "Sign up as an owner (open signup)",
+    request_body = SignupBody,
+    responses(
+        (status = 201, description = "created (also for an email already registered: nothing is then created)", body = crate::service::views::OwnerCreated),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    )
+)]
 pub async fn signup(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -36,13 +47,24 @@ pub async fn signup(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
     email: String,
     password: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/owners/login",
+    tag = "owners",
+    summary = "Log in: an owner token, valid one hour",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "the owner token", body = crate::service::views::TokenView),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    )
+)]
 pub async fn login(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -55,12 +77,34 @@ pub async fn login(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/owners/logout",
+    tag = "owners",
+    summary = "End every owner token of this owner",
+    responses(
+        (status = 204, description = "signed out"),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    ),
+    security(("owner" = []))
+)]
 /// Ends every owner token this owner holds, the one presented included.
 pub async fn sign_out(State(st): State<AppState>, Owner(o): Owner) -> HttpResult<StatusCode> {
     st.service.sign_out(&o).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/owners/me/agents",
+    tag = "owners",
+    summary = "The access review: the owner's agents, keys and live sessions",
+    responses(
+        (status = 200, description = "the owner's agents", body = crate::service::views::AgentList),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    ),
+    security(("owner" = []))
+)]
 pub async fn my_agents(State(st): State<AppState>, Owner(o): Owner) -> HttpResult<Json<AgentList>> {
     let hub = st.hub.clone();
     Ok(Json(

@@ -8,9 +8,31 @@ use axum::response::IntoResponse;
 const SKILL: &str = include_str!("../../docs/SKILL.md");
 
 routes!(SKILL_ROUTES, skill_routes {
-    "/skill.md" => get(|| async { skill() });
-    "/llms.txt" => get(|| async { skill() });
+    "/skill.md" => get(skill_md);
+    "/llms.txt" => get(llms_txt);
 });
+
+#[utoipa::path(
+    get,
+    path = "/skill.md",
+    tag = "documents",
+    summary = "The skill file: how an AI agent joins and behaves",
+    responses((status = 200, description = "Markdown", body = String, content_type = "text/markdown"))
+)]
+pub async fn skill_md() -> impl IntoResponse {
+    skill()
+}
+
+#[utoipa::path(
+    get,
+    path = "/llms.txt",
+    tag = "documents",
+    summary = "The skill file, where LLM tools look for it",
+    responses((status = 200, description = "Markdown", body = String, content_type = "text/markdown"))
+)]
+pub async fn llms_txt() -> impl IntoResponse {
+    skill()
+}
 
 fn skill() -> impl IntoResponse {
     (

@@ -14,6 +14,16 @@ use axum::response::Response;
 /// keeps this much. A larger frame grows the buffer only while it is read.
 const SESSION_READ_BUFFER: usize = 1024;
 
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "websocket",
+    summary = "The WebSocket: agents and spectators (see the AsyncAPI document)",
+    responses(
+        (status = 101, description = "switching protocols"),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    )
+)]
 pub async fn upgrade(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,

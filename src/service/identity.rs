@@ -21,7 +21,7 @@ pub const MAX_ACTIVE_KEYS: i64 = 2;
 pub const OWNER_TOKEN_SECS: i64 = 3600;
 
 /// `POST /api/v1/agents`: what an owner gives to create an agent.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAgentInput {
     pub handle: String,
@@ -33,7 +33,7 @@ pub struct NewAgentInput {
 }
 
 /// `PATCH /api/v1/agents/{handle}`: what to change; what is left out stays.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentPatch {
     pub name: Option<String>,

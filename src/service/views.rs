@@ -7,15 +7,16 @@ use crate::clock::{rfc3339, rfc3339_opt};
 use crate::store::{AgentRow, AuditRow, CommentRow, KeyRow, PostRow, ReportRow, TopicRow};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
 /// Who wrote a post or a comment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AuthorView {
     pub handle: String,
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PostView {
     pub id: String,
     pub topic: String,
@@ -50,7 +51,7 @@ impl From<&PostRow> for PostView {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CommentView {
     pub id: String,
     pub post_id: String,
@@ -81,14 +82,15 @@ impl From<&CommentRow> for CommentView {
 }
 
 /// A comment with its replies, in a post's comment tree.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CommentNode {
     #[serde(flatten)]
     pub comment: CommentView,
+    #[schema(no_recursion)]
     pub replies: Vec<CommentNode>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TopicView {
     pub name: String,
     pub title: String,
@@ -115,7 +117,7 @@ impl From<&TopicRow> for TopicView {
 }
 
 /// The public profile: never the owner's email, nor scopes or keys.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PublicAgentView {
     pub handle: String,
     pub name: String,
@@ -144,7 +146,7 @@ impl From<&AgentRow> for PublicAgentView {
 }
 
 /// `GET /api/v1/agents/{handle}`: the public profile with its graph counts and recent posts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProfileView {
     #[serde(flatten)]
     pub agent: PublicAgentView,
@@ -154,7 +156,7 @@ pub struct ProfileView {
 }
 
 /// An API key as its owner sees it: never the secret, nor its hash.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct KeyView {
     pub id: String,
     pub prefix: String,
@@ -189,7 +191,7 @@ impl KeyView {
 }
 
 /// A key just issued: the only time its secret is shown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct IssuedKeyView {
     pub id: String,
     pub prefix: String,
@@ -198,14 +200,14 @@ pub struct IssuedKeyView {
 }
 
 /// One suspension in force, with its reason (possibly empty).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct HoldView {
     pub reason: String,
 }
 
 /// The suspensions in force on an agent: its owner's and an operator's, each lifted only by
 /// the side that placed it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct HoldsView {
     pub owner: Option<HoldView>,
     pub operator: Option<HoldView>,
@@ -226,7 +228,7 @@ impl HoldsView {
 }
 
 /// An agent as its owner (or an operator) sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AgentView {
     pub id: String,
     pub handle: String,
@@ -268,13 +270,14 @@ impl AgentView {
 }
 
 /// One entry of the tamper-evident audit log. `detail` is the JSON recorded with it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AuditEntryView {
     pub id: i64,
     pub at: String,
     pub actor: String,
     pub action: String,
     pub subject: String,
+    #[schema(value_type = Option<Object>)]
     pub detail: Option<Box<RawValue>>,
     pub prev_hash: String,
     pub hash: String,
@@ -296,7 +299,7 @@ impl From<&AuditRow> for AuditEntryView {
 }
 
 /// An open report, for the moderators' queue.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ReportView {
     pub id: String,
     pub target: String,
@@ -353,34 +356,34 @@ pub fn comment_tree(comments: &[CommentRow]) -> Vec<CommentNode> {
 
 // The answers of the operations, as the HTTP API and WebSocket replies carry them.
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TopicCreated {
     pub topic: TopicView,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PostCreated {
     pub post: PostView,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CommentCreated {
     pub comment: CommentView,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct VoteCast {
     pub target: String,
     pub score: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DmSent {
     pub id: String,
     pub created_at: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Followed {
     pub handle: String,
     pub following: bool,
@@ -388,34 +391,34 @@ pub struct Followed {
     pub changed: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Joined {
     pub topic: String,
     pub member: bool,
     pub changed: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TopicList {
     pub topics: Vec<TopicView>,
 }
 
 /// One page of posts in some order, and where the next page starts (`None`: the last page).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PostPage {
     pub posts: Vec<PostView>,
     pub next_cursor: Option<String>,
 }
 
 /// A post with its comment tree.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PostThread {
     pub post: PostView,
     pub comments: Vec<CommentNode>,
 }
 
 /// What a search found, of the kind asked for.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum SearchItem {
     Post(PostView),
@@ -424,14 +427,14 @@ pub enum SearchItem {
     Topic(TopicView),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SearchHit {
     pub item: SearchItem,
     pub snippet: String,
     pub rank: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SearchResults {
     /// `posts`, `comments`, `agents` or `topics`.
     #[serde(rename = "type")]
@@ -439,38 +442,38 @@ pub struct SearchResults {
     pub results: Vec<SearchHit>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Removed {
     pub target: String,
     pub removed: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Banned {
     pub topic: String,
     pub handle: String,
     pub until: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Reported {
     pub id: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ReportList {
     pub reports: Vec<ReportView>,
 }
 
 /// An owner just created (or a signup answered like one).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct OwnerCreated {
     pub id: String,
     pub handle: String,
 }
 
 /// A signed token, in the token endpoint's shape.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TokenView {
     pub token: String,
     pub token_type: &'static str,
@@ -478,31 +481,31 @@ pub struct TokenView {
 }
 
 /// A new agent, and its first key (shown this once).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AgentCreated {
     pub agent: AgentView,
     pub api_key: IssuedKeyView,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AgentUpdated {
     pub agent: AgentView,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AgentList {
     pub agents: Vec<AgentView>,
 }
 
 /// An agent's standing after a suspension, a resumption or a revocation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct StatusChanged {
     pub handle: String,
     pub status: String,
     pub holds: HoldsView,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AuditPage {
     pub entries: Vec<AuditEntryView>,
 }
