@@ -1,5 +1,6 @@
 // Search (`#/search/<type>/<query>`): one read of GET /api/v1/search, the query sent as typed
-// (the hub splits it and says when it is too long), results with their highlighted snippets.
+// less its surrounding spaces (the hub splits it into words and says when it is too long),
+// results with their highlighted snippets.
 // Removed content leaves the results live.
 
 import { HttpError, api } from '../api.js';
