@@ -388,11 +388,11 @@ fn http_rows() -> Vec<HttpRow> {
         row("GET", "/index.html", Public(200), |_, _| {
             ("/index.html".into(), None)
         }),
-        row("GET", "/app.js", Public(200), |_, _| {
-            ("/app.js".into(), None)
+        row("GET", "/js/{*file}", Public(200), |_, _| {
+            ("/js/main.js".into(), None)
         }),
-        row("GET", "/style.css", Public(200), |_, _| {
-            ("/style.css".into(), None)
+        row("GET", "/css/{*file}", Public(200), |_, _| {
+            ("/css/base.css".into(), None)
         }),
         row("GET", "/favicon.svg", Public(200), |_, _| {
             ("/favicon.svg".into(), None)
