@@ -89,6 +89,7 @@ pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
         .map(|&(m, p)| (m, p))
 }
 
+#[cfg(test)]
 /// The routes the OpenAPI document describes: the API's and the skill file's (the viewer's
 /// static files are not API).
 fn api_routes_described() -> impl Iterator<Item = (&'static str, &'static str)> {
