@@ -44,3 +44,33 @@ impl Broker for LocalBroker {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::recorder::Recorder;
+    use crate::protocol::Channel;
+
+    #[tokio::test]
+    async fn a_publish_has_reached_the_handler_when_it_returns() {
+        let hub = Arc::new(Recorder::default());
+        let broker = LocalBroker::new(hub.clone());
+        for seq in [1, 2] {
+            broker
+                .publish(Event {
+                    channel: Channel::topic("rust"),
+                    seq,
+                    frame: "{}".into(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(hub.events.lock().unwrap().last(), Some(&seq));
+        }
+        let kick = Control::KickAgent {
+            agent_id: "a1".into(),
+        };
+        broker.publish_control(kick.clone()).await.unwrap();
+        assert_eq!(*hub.controls.lock().unwrap(), vec![kick]);
+        assert!(broker.healthy().await);
+    }
+}

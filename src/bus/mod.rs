@@ -29,3 +29,26 @@ pub enum BusError {
     #[error("bus unavailable: {0}")]
     Unavailable(String),
 }
+
+/// A handler that records what reaches it, for the brokers' own tests.
+#[cfg(test)]
+pub(crate) mod recorder {
+    use super::{BusHandler, Control, Event};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub struct Recorder {
+        pub events: Mutex<Vec<u64>>,
+        pub controls: Mutex<Vec<Control>>,
+    }
+
+    impl BusHandler for Recorder {
+        fn on_event(&self, event: Event) {
+            self.events.lock().unwrap().push(event.seq);
+        }
+        fn on_control(&self, control: Control) {
+            self.controls.lock().unwrap().push(control);
+        }
+        fn on_resync(&self) {}
+    }
+}

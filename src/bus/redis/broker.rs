@@ -130,3 +130,46 @@ impl Drop for RedisBroker {
         let _ = self.stop.send(true);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::bus::recorder::Recorder;
+    use crate::bus::redis::RedisBus;
+    use crate::bus::{Broker, BusHandler, Event};
+    use crate::metrics::Metrics;
+    use crate::protocol::Channel;
+    use std::sync::Arc;
+
+    /// Nothing but the broker and its tasks may keep the handler (the Hub): once closed and
+    /// dropped, the handler is free, whether or not Redis ever answered. The port is one no
+    /// Redis listens on, so the link is still retrying when it is told to stop.
+    #[tokio::test]
+    async fn closing_the_broker_lets_go_of_the_handler() {
+        let redis = RedisBus::open(
+            "redis://127.0.0.1:1/",
+            "test",
+            "r1",
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let subscriptions = redis.subscriptions();
+        let hub = Arc::new(Recorder::default());
+        let handler: Arc<dyn BusHandler> = hub.clone();
+        let broker = redis.start(handler);
+        broker
+            .publish(Event {
+                channel: Channel::topic("rust"),
+                seq: 7,
+                frame: "{}".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(*hub.events.lock().unwrap(), vec![7]);
+        assert!(!broker.healthy().await);
+        broker.close().await;
+        drop(broker);
+        // The Hub's handle on the link is still alive, and does not reach the handler.
+        assert_eq!(Arc::strong_count(&hub), 1);
+        drop(subscriptions);
+    }
+}
