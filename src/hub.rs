@@ -13,13 +13,15 @@
 //! A full session queue means a slow consumer: that session is closed with 4008, never waited
 //! for. No lock here is held across an `.await`.
 
-use crate::bus::{Bus, BusHandler, Control, Event};
+use crate::auth::keyring::KeyRing;
+use crate::bus::{BusHandler, Control, Event, Presence, Subscriptions};
 use crate::egress::{self, Egress};
 use crate::metrics::Metrics;
 use crate::outbox;
 use crate::pacing::FlushPacer;
 use crate::protocol::{Channel, CloseCode};
-use crate::service::{Perimeter, Scopes, Service};
+use crate::service::{Perimeter, Scopes};
+use crate::store::Store;
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use std::collections::BTreeMap;
@@ -167,8 +169,12 @@ pub struct Hub {
     firehose: RwLock<Subscribers>,
     /// agent id → its live sessions on this replica.
     agents: DashMap<String, Vec<Arc<SessionShared>>>,
-    bus: Arc<dyn Bus>,
-    service: Arc<Service>,
+    /// What this replica hears from others; `None` in-process, where it hears everything.
+    subscriptions: Option<Arc<dyn Subscriptions>>,
+    /// Presence across replicas; `None` when this replica's view is the whole truth.
+    presence: Option<Arc<dyn Presence>>,
+    store: Store,
+    keys: Arc<KeyRing>,
     metrics: Arc<Metrics>,
     next_session: AtomicU64,
     /// How long writers may hold events back to batch them (see `pacing`).
@@ -184,8 +190,14 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(service: Arc<Service>, metrics: Arc<Metrics>, egress: &mut Egress) -> Arc<Hub> {
-        let bus = service.bus.clone();
+    pub fn new(
+        store: Store,
+        keys: Arc<KeyRing>,
+        subscriptions: Option<Arc<dyn Subscriptions>>,
+        presence: Option<Arc<dyn Presence>>,
+        metrics: Arc<Metrics>,
+        egress: &mut Egress,
+    ) -> Arc<Hub> {
         let fan_out_backlog = Arc::new(AtomicUsize::new(0));
         let shards = egress.shards();
         let fan_outs = (0..shards)
@@ -210,8 +222,10 @@ impl Hub {
             channels: DashMap::new(),
             firehose: RwLock::new(Subscribers::default()),
             agents: DashMap::new(),
-            bus,
-            service,
+            subscriptions,
+            presence,
+            store,
+            keys,
             metrics,
             next_session: AtomicU64::new(1),
             pacer: Arc::new(FlushPacer::default()),
@@ -246,7 +260,9 @@ impl Hub {
 
     /// Counts `handle` as present on `channel` (on every replica, when the bus shares it).
     pub fn presence_join(&self, channel: &Channel, handle: &str) {
-        self.bus.presence_join(channel, handle);
+        if let Some(p) = &self.presence {
+            p.join(channel, handle);
+        }
     }
 
     pub fn live_sessions(&self, agent_id: &str) -> usize {
@@ -268,9 +284,8 @@ impl Hub {
                 }
                 Err(_) => false,
             };
-            if first {
-                return self
-                    .bus
+            if first && let Some(subs) = &self.subscriptions {
+                return subs
                     .subscribe(channel)
                     .await
                     .map_err(|e| crate::service::ServiceError::Unavailable(e.to_string()));
@@ -289,15 +304,14 @@ impl Hub {
             (init, first, starting)
         };
         self.metrics.subscriptions.inc();
-        if let (Channel::Topic(_), Some(a)) = (channel, s.agent()) {
-            self.bus.presence_join(channel, &a.handle);
+        if let (Channel::Topic(_), Some(a), Some(p)) = (channel, s.agent(), &self.presence) {
+            p.join(channel, &a.handle);
         }
         // The bus follows local subscribers: the first one subscribes the replica (a channel
         // the firehose already follows has its seq, but no bus subscription of its own yet).
         // Neither bus fails here: an unreachable Redis records the wish and resubscribes later.
-        if first {
-            self.bus
-                .subscribe(channel)
+        if first && let Some(subs) = &self.subscriptions {
+            subs.subscribe(channel)
                 .await
                 .map_err(|e| crate::service::ServiceError::Unavailable(e.to_string()))?;
         }
@@ -348,7 +362,7 @@ impl Hub {
 
     /// Learns where the channel's sequence stands, then releases what arrived meanwhile.
     async fn start_seq(&self, channel: &Channel) -> Result<(), crate::service::ServiceError> {
-        let last = self.service.store.last_seq(&channel.to_string()).await?;
+        let last = self.store.last_seq(&channel.to_string()).await?;
         let mut st = match self.channels.get_mut(channel) {
             Some(st) => st,
             None => return Ok(()),
@@ -403,7 +417,9 @@ impl Hub {
                 // Entries kept only for the firehose's ordering can go.
                 self.channels
                     .retain(|_, st| !st.subs.is_empty() || st.initializing);
-                self.bus.unsubscribe(channel).await;
+                if let Some(subs) = &self.subscriptions {
+                    subs.unsubscribe(channel).await;
+                }
             }
             return;
         }
@@ -413,10 +429,12 @@ impl Hub {
                     Some(i) => Some(Arc::make_mut(&mut st.subs).remove(i)),
                     None => None,
                 };
-                if let (Channel::Topic(_), Some(a)) =
-                    (channel, gone.as_ref().and_then(|g| g.agent()))
-                {
-                    self.bus.presence_leave(channel, &a.handle);
+                if let (Channel::Topic(_), Some(a), Some(p)) = (
+                    channel,
+                    gone.as_ref().and_then(|g| g.agent()),
+                    &self.presence,
+                ) {
+                    p.leave(channel, &a.handle);
                 }
                 let empty = st.subs.is_empty();
                 (
@@ -437,8 +455,8 @@ impl Hub {
             });
         }
         // The bus follows local subscribers exactly: one unsubscribe per first subscribe.
-        if last_left {
-            self.bus.unsubscribe(channel).await;
+        if last_left && let Some(subs) = &self.subscriptions {
+            subs.unsubscribe(channel).await;
         }
     }
 
@@ -490,10 +508,11 @@ impl Hub {
     /// Agents subscribed to `channel` on every replica when the bus shares presence, else on
     /// this one.
     pub async fn presence(&self, channel: &Channel) -> Vec<String> {
-        match self.bus.presence(channel).await {
-            Some(all) => all,
-            None => self.local_presence(channel),
-        }
+        let shared = match &self.presence {
+            Some(p) => p.members(channel).await,
+            None => None,
+        };
+        shared.unwrap_or_else(|| self.local_presence(channel))
     }
 
     /// Delivers every event that is now in order.
@@ -585,7 +604,9 @@ impl Hub {
 
     async fn catch_up(&self, channel: &Channel, mut from: u64) {
         loop {
-            match self.service.history(channel, from, HISTORY_PAGE).await {
+            match crate::service::read_history(&self.store, &self.keys, channel, from, HISTORY_PAGE)
+                .await
+            {
                 Ok(events) => {
                     let n = events.len();
                     self.metrics.gap_fills.add(n as u64);
