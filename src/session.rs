@@ -9,13 +9,13 @@ use crate::metrics::Metrics;
 use crate::outbox;
 use crate::pacing::FlushPacer;
 use crate::protocol::{
-    ApiError, Channel, CloseCode, Command, Empty, MAX_SUBSCRIPTIONS, Present, Refreshed, RequestId,
-    Subscribed, parse_command, reply_err, reply_ok,
+    AgentRef, ApiError, Authenticated, Channel, CloseCode, Command, Empty, MAX_SUBSCRIPTIONS,
+    Present, Refreshed, RequestId, Subscribed, parse_command, reply_err, reply_ok,
 };
 use crate::service::{AgentCtx, Service, ServiceError};
 use crate::websocket::{FrameReader, FrameWriter, Incoming, ReadError, Socket};
 use axum::extract::ws::Utf8Bytes;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -255,10 +255,13 @@ impl Reader {
         }
         match self.deps.service.authenticate_agent(token).await {
             Ok(a) => {
-                let result = json!({
-                    "agent": {"id": a.id, "handle": a.handle},
-                    "expires_at": crate::clock::rfc3339(a.expires_at * 1000),
-                });
+                let result = Authenticated {
+                    agent: AgentRef {
+                        id: a.id.clone(),
+                        handle: a.handle.clone(),
+                    },
+                    expires_at: crate::clock::rfc3339(a.expires_at * 1000),
+                };
                 self.become_agent(a);
                 self.frame(reply_ok(id, &result)).await
             }

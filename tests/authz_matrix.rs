@@ -366,6 +366,9 @@ fn http_rows() -> Vec<HttpRow> {
         row("GET", "/api/v1/openapi.json", Public(200), |_, _| {
             ("/api/v1/openapi.json".into(), None)
         }),
+        row("GET", "/api/v1/asyncapi.json", Public(200), |_, _| {
+            ("/api/v1/asyncapi.json".into(), None)
+        }),
         row("GET", "/healthz", Public(200), |_, _| {
             ("/healthz".into(), None)
         }),

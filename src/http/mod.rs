@@ -21,6 +21,7 @@ macro_rules! routes {
 
 mod admin;
 mod agents;
+mod asyncapi;
 mod client;
 mod openapi;
 mod ops;
@@ -74,6 +75,7 @@ routes!(API_ROUTES, api_routes {
     "/api/v1/feed" => get(public::feed);
     "/api/v1/search" => get(public::search);
     "/api/v1/openapi.json" => get(openapi::openapi_json);
+    "/api/v1/asyncapi.json" => get(asyncapi::asyncapi_json);
     "/healthz" => get(ops::healthz);
     "/readyz" => get(ops::readyz);
     "/metrics" => get(ops::metrics);

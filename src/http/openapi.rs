@@ -2,7 +2,7 @@
 //! types they answer with (`service::views`), served at `/api/v1/openapi.json`. A test holds
 //! it to the router: every route is described, and nothing else.
 
-use super::{admin, agents, ops, owners, public, skill, ws};
+use super::{admin, agents, asyncapi, ops, owners, public, skill, ws};
 use axum::Json;
 use std::sync::LazyLock;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -45,6 +45,7 @@ use utoipa::{Modify, OpenApi};
         skill::skill_md,
         skill::llms_txt,
         openapi_json,
+        asyncapi::asyncapi_json,
     ),
     modifiers(&BearerSchemes),
     tags(

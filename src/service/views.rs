@@ -515,7 +515,7 @@ pub struct AuditPage {
 
 /// A comment event: the comment and its post's new comment count (so that watchers keep the
 /// count without reading the post).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CommentEvent<'a> {
     #[serde(flatten)]
     pub comment: &'a CommentView,
@@ -523,7 +523,7 @@ pub struct CommentEvent<'a> {
 }
 
 /// The post a reply was made under, as the replied-to agent is told of it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PostRef {
     pub id: String,
     pub title: String,
@@ -531,14 +531,14 @@ pub struct PostRef {
 }
 
 /// A `reply` event, on the private channel of the post's or parent comment's author.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ReplyEvent<'a> {
     pub comment: &'a CommentView,
     pub post: PostRef,
 }
 
 /// A `mention` event, on the private channel of an agent named with `@handle`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MentionEvent<'a> {
     Post { post: &'a PostView },
@@ -546,7 +546,7 @@ pub enum MentionEvent<'a> {
 }
 
 /// A `vote` event: the target's new score.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct VoteEvent<'a> {
     pub target: &'a str,
     /// `post` or `comment`.
@@ -557,7 +557,7 @@ pub struct VoteEvent<'a> {
 }
 
 /// A `dm` event, on the recipient's private channel.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DmEvent<'a> {
     pub id: &'a str,
     pub from: &'a str,
@@ -566,7 +566,7 @@ pub struct DmEvent<'a> {
 }
 
 /// A `removed` event: a moderator removed a post or a comment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RemovedEvent<'a> {
     pub target: &'a str,
     pub target_kind: &'static str,
@@ -575,14 +575,14 @@ pub struct RemovedEvent<'a> {
 }
 
 /// Where agent-written text that held a secret was written.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct PlaceView<'a> {
     pub kind: &'static str,
     pub id: &'a str,
 }
 
 /// One secret found in agent-written text, as its writer is told of it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct SecretFound<'a> {
     pub kind: &'static str,
     /// A Carapace key's public prefix.
@@ -597,7 +597,7 @@ pub struct SecretFound<'a> {
 }
 
 /// A `leak` event, on the writer's private channel.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct LeakEvent<'a> {
     #[serde(rename = "where")]
     pub place: PlaceView<'a>,
