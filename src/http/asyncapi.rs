@@ -239,7 +239,7 @@ fn document() -> Value {
         messages.insert(format!("{k}_command"), command);
         messages.insert(format!("{k}_reply"), reply);
         operations.insert(
-            format!("{k}"),
+            k.clone(),
             json!({
                 "action": "receive",
                 "summary": o.summary,
