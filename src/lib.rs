@@ -11,14 +11,13 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod data_reseal;
+pub mod delivery;
 pub mod demo;
-pub mod egress;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod index_rotation;
 pub mod metrics;
-pub mod outbox;
-pub mod pacing;
 pub mod private_fs;
 pub mod protocol;
 pub mod ratelimit;
@@ -34,7 +33,8 @@ use crate::bus::local::LocalBus;
 use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, BusHandler};
 use crate::config::{Config, RateLimitMode};
-use crate::egress::Egress;
+use crate::delivery::egress::Egress;
+use crate::history::History;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -165,7 +165,8 @@ impl App {
             )),
         });
         let mut egress = Egress::start(config.egress_threads).map_err(StartError::Egress)?;
-        let hub = Hub::new(service.clone(), metrics.clone(), &mut egress);
+        let history = History::new(service.store.clone(), service.keys.clone());
+        let hub = Hub::new(bus.clone(), history, metrics.clone(), &mut egress);
         let handler: Arc<dyn BusHandler> = hub.clone();
         bus.attach(Arc::downgrade(&handler));
         let listener =
@@ -242,9 +243,11 @@ impl App {
         };
         // Upgraded WebSocket connections are not the HTTP server's to wait for: give sessions
         // the drain time to finish their command, send their 1012 and go.
-        let deadline = tokio::time::Instant::now() + drain_timeout;
-        while self.metrics.sessions.get() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if tokio::time::timeout(drain_timeout, self.hub.sessions_ended())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout reached; exiting with sessions still open");
         }
         self.service.bus.close().await;
         pruner.abort();
