@@ -3,7 +3,7 @@
 //! session's outbound side (see `delivery`), which runs beside it on an egress shard.
 
 use crate::delivery::{self, AgentTag, Outbound, SessionShared};
-use crate::history::{self, History};
+use crate::history;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -21,13 +21,12 @@ use tokio::sync::watch;
 /// More malformed frames than this within `MALFORMED_WINDOW` closes the session with 4000.
 const MALFORMED_LIMIT: usize = 20;
 const MALFORMED_WINDOW: Duration = Duration::from_secs(60);
+
 /// Everything a session needs from its replica.
 #[derive(Clone)]
 pub struct SessionDeps {
     pub hub: Arc<Hub>,
     pub service: Arc<Service>,
-    /// Where `subscribe` with `since` reads what it replays.
-    pub history: History,
     pub metrics: Arc<Metrics>,
     pub queue: usize,
     /// See `Config::close_grace`.
@@ -439,13 +438,13 @@ impl Session {
             let last = if channel == Channel::Firehose {
                 0
             } else {
-                self.deps.history.last_seq(&channel).await?
+                self.deps.hub.history().last_seq(&channel).await?
             };
             return Ok(Outcome::Reply(
                 json!({"channel": name, "seq": last, "recovered": true}),
             ));
         };
-        let r = self.deps.history.recovery(&channel, since).await?;
+        let r = self.deps.hub.history().recovery(&channel, since).await?;
         let reply = json!({"channel": name, "seq": r.last, "recovered": r.recovered});
         self.frame(reply_ok(id, &reply)).await;
         self.replay(channel, r.floor).await;
@@ -457,7 +456,13 @@ impl Session {
         let mut from = floor;
         let mut first = true;
         loop {
-            let events = match self.deps.history.after(&channel, from, history::PAGE).await {
+            let events = match self
+                .deps
+                .hub
+                .history()
+                .after(&channel, from, history::PAGE)
+                .await
+            {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(%channel, error = %e, "replay failed");

@@ -53,7 +53,6 @@ pub async fn upgrade(
     let deps = SessionDeps {
         hub: st.hub.clone(),
         service: st.service.clone(),
-        history: st.hub.history().clone(),
         metrics: st.metrics.clone(),
         queue: st.config.session_queue,
         close_grace: st.config.close_grace,

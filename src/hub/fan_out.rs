@@ -202,7 +202,7 @@ impl Backlog {
 
     /// Waits while more than `max` deliveries are on their way.
     pub(super) async fn room(&self) {
-        loop {
+        while self.queued.load(Ordering::Relaxed) > self.max {
             let room = self.room.notified();
             let mut room = std::pin::pin!(room);
             // Registered before the check, so room made in between is not missed.
