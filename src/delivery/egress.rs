@@ -10,11 +10,11 @@
 //! events each writer finds when its turn comes.
 //!
 //! Each shard is one thread with a current-thread runtime whose `block_on` future is the
-//! shard's fan-out (see `hub`). Tokio polls that future ahead of the queued tasks (at the
-//! latest every `event_interval` task polls), so a new event starts out to every subscriber
-//! at once instead of waiting its turn behind the hundreds of writers the previous event
-//! woke. A session's writer stays on one shard for life, so a frame's reference count and a
-//! session queue's ends stay on the thread that uses them.
+//! shard's fan-out (see `hub::fan_out`). Tokio polls that future ahead of the queued tasks
+//! (at the latest every `event_interval` task polls), so a new event starts out to every
+//! subscriber at once instead of waiting its turn behind the hundreds of writers the
+//! previous event woke. A session's writer stays on one shard for life, so a frame's
+//! reference count and a session queue's ends stay on the thread that uses them.
 
 use std::future::Future;
 use std::pin::Pin;

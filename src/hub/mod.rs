@@ -86,9 +86,9 @@ pub struct Hub {
     next_session: AtomicU64,
     /// One receiver per live session: the sender sees when the last one is gone.
     sessions: watch::Sender<()>,
-    /// How long writers may hold events back to batch them (see `pacing`).
+    /// How long writers may hold events back to batch them (see `delivery::pacing`).
     pub pacer: Arc<FlushPacer>,
-    /// Where session writers run, one handle per egress shard (see `egress`).
+    /// Where session writers run, one handle per egress shard (see `delivery::egress`).
     egress: Vec<tokio::runtime::Handle>,
     fan_outs: FanOuts,
     me: Weak<Hub>,
