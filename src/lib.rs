@@ -11,14 +11,13 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod data_reseal;
+pub mod delivery;
 pub mod demo;
-pub mod egress;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod index_rotation;
 pub mod metrics;
-pub mod outbox;
-pub mod pacing;
 pub mod private_fs;
 pub mod protocol;
 pub mod ratelimit;
@@ -34,7 +33,8 @@ use crate::bus::Broker;
 use crate::bus::local::LocalBroker;
 use crate::bus::redis::RedisBus;
 use crate::config::{Config, RateLimitMode};
-use crate::egress::Egress;
+use crate::delivery::egress::Egress;
+use crate::history::History;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -153,10 +153,9 @@ impl App {
         // Hub as its handler, so publishing reaches it by a direct call and nothing in the
         // Hub leads back to the broker.
         let hub = Hub::new(
-            store.clone(),
-            keys.clone(),
             redis.as_ref().map(RedisBus::subscriptions),
             redis.as_ref().map(RedisBus::presence),
+            History::new(store.clone(), keys.clone()),
             metrics.clone(),
             &mut egress,
         );
@@ -255,9 +254,11 @@ impl App {
         };
         // Upgraded WebSocket connections are not the HTTP server's to wait for: give sessions
         // the drain time to finish their command, send their 1012 and go.
-        let deadline = tokio::time::Instant::now() + drain_timeout;
-        while self.metrics.sessions.get() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if tokio::time::timeout(drain_timeout, self.hub.sessions_ended())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout reached; exiting with sessions still open");
         }
         self.service.bus.close().await;
         pruner.abort();

@@ -1,20 +1,17 @@
-//! One WebSocket connection. A reader task decodes frames into commands and answers them in
-//! order; a writer task drains a bounded queue of ready-made frames to the socket, holding a
-//! channel's live events back while its history is replayed, and dropping duplicates, so
-//! that each channel goes out in `seq` order with no gap and no duplicate.
+//! One WebSocket connection's command side: reads the client's frames, runs each command in
+//! order and queues its reply. What goes out to the socket, and in which order, is the
+//! session's outbound side (see `delivery`), which runs beside it on an egress shard.
 
-use crate::bus::Event;
-use crate::hub::{AgentTag, HISTORY_PAGE, Hub, Outbound, SessionShared};
+use crate::delivery::{self, AgentTag, Outbound, SessionShared};
+use crate::history;
+use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::outbox;
-use crate::pacing::FlushPacer;
 use crate::protocol::{
     AgentRef, ApiError, Authenticated, Channel, CloseCode, Command, Empty, MAX_SUBSCRIPTIONS,
     Present, Refreshed, RequestId, Subscribed, parse_command, reply_err, reply_ok,
 };
 use crate::service::{AgentCtx, Service, ServiceError};
-use crate::websocket::{FrameReader, FrameWriter, Incoming, ReadError, Socket};
-use axum::extract::ws::Utf8Bytes;
+use crate::websocket::{FrameReader, Incoming, ReadError, Socket};
 use serde_json::Value;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -24,9 +21,6 @@ use tokio::sync::watch;
 /// More malformed frames than this within `MALFORMED_WINDOW` closes the session with 4000.
 const MALFORMED_LIMIT: usize = 20;
 const MALFORMED_WINDOW: Duration = Duration::from_secs(60);
-/// The writer stops taking from its queue for one write at this many frames or bytes.
-const WRITE_BATCH: usize = 64;
-const WRITE_BYTES: usize = 64 * 1024;
 /// What a command comes to: a reply to send, or nothing more (it was sent already).
 enum Answer {
     Reply(String),
@@ -58,8 +52,7 @@ pub struct SessionDeps {
 
 /// Runs a session to its end. `agent` is set when the upgrade request carried a valid token.
 pub async fn run(socket: Socket, deps: SessionDeps, agent: Option<AgentCtx>) {
-    let (tx, rx) = outbox::outbox(deps.queue);
-    let shared = SessionShared::new(deps.hub.new_session_id(), tx);
+    let (shared, queue) = SessionShared::new(deps.hub.new_session_id(), deps.queue);
     deps.metrics.sessions.inc();
     let Socket {
         reader: frames,
@@ -67,16 +60,16 @@ pub async fn run(socket: Socket, deps: SessionDeps, agent: Option<AgentCtx>) {
     } = socket;
     let writer = deps.hub.spawn_writer(
         shared.id,
-        write_loop(
+        delivery::write_loop(
             writer,
-            rx,
+            queue,
             shared.closed(),
             deps.metrics.clone(),
             deps.hub.pacer.clone(),
             deps.close_grace,
         ),
     );
-    let mut reader = Reader {
+    let mut session = Session {
         deps: deps.clone(),
         shared: shared.clone(),
         agent: None,
@@ -84,18 +77,20 @@ pub async fn run(socket: Socket, deps: SessionDeps, agent: Option<AgentCtx>) {
         malformed: VecDeque::new(),
     };
     if let Some(a) = agent {
-        reader.become_agent(a);
+        session.become_agent(a);
     }
-    reader.read_loop(frames).await;
-    let channels: Vec<Channel> = reader.subs.drain().collect();
+    session.read_loop(frames).await;
+    let channels: Vec<Channel> = session.subs.drain().collect();
     deps.hub.remove_session(&shared, channels).await;
-    drop(reader);
+    // The writer ends once the last sender of its queue is gone.
+    drop(session);
     drop(shared);
     let _ = writer.await;
     deps.metrics.sessions.dec();
 }
 
-struct Reader {
+/// The command side of one session, owned by its reading task.
+struct Session {
     deps: SessionDeps,
     shared: Arc<SessionShared>,
     agent: Option<AgentCtx>,
@@ -103,7 +98,7 @@ struct Reader {
     malformed: VecDeque<Instant>,
 }
 
-impl Reader {
+impl Session {
     fn become_agent(&mut self, a: AgentCtx) {
         self.deps.hub.register_agent(
             &self.shared,
@@ -438,16 +433,15 @@ impl Reader {
             .await;
         if let Err(e) = self.deps.hub.subscribe(&channel, &self.shared).await {
             self.shared.send(Outbound::Unsubscribed(channel)).await;
-            return Err(e);
+            return Err(e.into());
         }
         self.subs.insert(channel.clone());
-        let store = &self.deps.service.store;
-        let last = if channel == Channel::Firehose {
-            0
-        } else {
-            store.last_seq(&name).await?
-        };
         let Some(since) = since else {
+            let last = if channel == Channel::Firehose {
+                0
+            } else {
+                self.deps.hub.history().last_seq(&channel).await?
+            };
             let reply = Subscribed {
                 channel: name,
                 seq: last,
@@ -455,20 +449,14 @@ impl Reader {
             };
             return answer(id, Ok(reply));
         };
-        let floor = since.min(last);
-        let recovered = since <= last
-            && (since == last
-                || store
-                    .first_seq(&name)
-                    .await?
-                    .is_some_and(|first| first <= since + 1));
+        let r = self.deps.hub.history().recovery(&channel, since).await?;
         let reply = Subscribed {
             channel: name,
-            seq: last,
-            recovered,
+            seq: r.last,
+            recovered: r.recovered,
         };
         self.frame(reply_ok(id, &reply)).await;
-        self.replay(channel, floor).await;
+        self.replay(channel, r.floor).await;
         Ok(Answer::Sent)
     }
 
@@ -477,10 +465,11 @@ impl Reader {
         let mut from = floor;
         let mut first = true;
         loop {
-            let events: Vec<Event> = match self
+            let events = match self
                 .deps
-                .service
-                .history(&channel, from, HISTORY_PAGE)
+                .hub
+                .history()
+                .after(&channel, from, history::PAGE)
                 .await
             {
                 Ok(e) => e,
@@ -489,7 +478,7 @@ impl Reader {
                     Vec::new()
                 }
             };
-            let done = (events.len() as i64) < HISTORY_PAGE;
+            let done = (events.len() as i64) < history::PAGE;
             if let Some(last) = events.last() {
                 from = last.seq;
             }
@@ -507,319 +496,5 @@ impl Reader {
                 break;
             }
         }
-    }
-}
-
-/// The writer's tracks, one per subscribed channel. At most `MAX_SUBSCRIPTIONS` and
-/// usually one or two: a scan compares a short string where a hash map hashed it for
-/// every delivered event.
-#[derive(Default)]
-struct Tracks(Vec<(Channel, Track)>);
-
-impl Tracks {
-    fn position(&self, channel: &Channel) -> Option<usize> {
-        self.0.iter().position(|(c, _)| c == channel)
-    }
-
-    fn follows(&self, channel: &Channel) -> bool {
-        self.position(channel).is_some()
-    }
-
-    fn get_mut(&mut self, channel: &Channel) -> Option<&mut Track> {
-        let i = self.position(channel)?;
-        Some(&mut self.0[i].1)
-    }
-
-    fn insert(&mut self, channel: Channel, track: Track) {
-        match self.get_mut(&channel) {
-            Some(t) => *t = track,
-            None => self.0.push((channel, track)),
-        }
-    }
-
-    fn remove(&mut self, channel: &Channel) {
-        self.0.retain(|(c, _)| c != channel);
-    }
-}
-
-/// Per-channel delivery state in the writer.
-struct Track {
-    /// Highest seq sent on this channel.
-    last: u64,
-    /// Live events held while history is replayed.
-    held: Option<Vec<Event>>,
-}
-
-impl Track {
-    /// Whether an event with `seq` goes out: only past what was sent, so that replay, held
-    /// and live events overlap without duplicates.
-    fn admit(&mut self, seq: u64) -> bool {
-        let new = seq > self.last;
-        if new {
-            self.last = seq;
-        }
-        new
-    }
-}
-
-async fn write_loop(
-    mut out: FrameWriter,
-    mut rx: outbox::Receiver<Outbound>,
-    mut closed: watch::Receiver<Option<CloseCode>>,
-    metrics: Arc<Metrics>,
-    pacer: Arc<FlushPacer>,
-    close_grace: Duration,
-) {
-    let mut tracks = Tracks::default();
-    let mut last_flush: Option<Instant> = None;
-    // Items taken from the queue, all at once, and not yet routed.
-    let mut taken = VecDeque::new();
-    {
-        // One wait on the close signal for the whole session: a new one per batch cost ~2%
-        // of the CPU of a busy fan-out.
-        let mut closing = std::pin::pin!(closed.changed());
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut closing => break,
-                open = rx.recv_all(&mut taken) => if !open { break },
-            }
-            let Some(first) = taken.pop_front() else {
-                continue;
-            };
-            let is_event = matches!(first, Outbound::Events { .. });
-            route(first, &mut tracks, &mut out);
-            // An event that follows the last flush closely waits out the pacing gap (zero
-            // on a quiet replica) to leave with the events behind it; replies never wait.
-            if is_event
-                && taken.is_empty()
-                && rx.is_empty()
-                && let Some(gap) = last_flush.and_then(|t| pacer.gap().checked_sub(t.elapsed()))
-            {
-                tokio::time::sleep(gap).await;
-            }
-            while out.frames() < WRITE_BATCH && out.pending() < WRITE_BYTES {
-                if taken.is_empty() && rx.try_recv_all(&mut taken) == 0 {
-                    break;
-                }
-                if let Some(item) = taken.pop_front() {
-                    route(item, &mut tracks, &mut out);
-                }
-            }
-            let n = out.frames() as u64;
-            if n == 0 {
-                continue;
-            }
-            // A client that stops reading blocks the write; the close signal (4008 once the
-            // queue overflows) must still get through, and the close path finishes this
-            // write within the grace period.
-            let flushed = tokio::select! {
-                biased;
-                _ = &mut closing => break,
-                r = out.flush() => r,
-            };
-            if flushed.is_err() {
-                return;
-            }
-            last_flush = Some(Instant::now());
-            metrics.frames_out.add(n);
-            metrics.flushes.inc();
-        }
-    }
-    let code = *closed.borrow();
-    // Replies already queued (say, the error that explains an auth failure) still go out;
-    // events do not: a closing session owes nobody more of those.
-    rx.try_recv_all(&mut taken);
-    let last_words = taken.into_iter().filter_map(|item| match item {
-        Outbound::Frame(f) => Some(f),
-        _ => None,
-    });
-    for f in last_words.take(WRITE_BATCH) {
-        out.text(f.as_str());
-    }
-    out.close(code);
-    let _ = tokio::time::timeout(close_grace, out.shutdown()).await;
-}
-
-/// Where `route` puts the frames that go out.
-trait FrameOut {
-    fn text(&mut self, frame: &Utf8Bytes);
-    fn pong(&mut self, payload: &[u8]);
-}
-
-impl FrameOut for FrameWriter {
-    fn text(&mut self, frame: &Utf8Bytes) {
-        FrameWriter::text(self, frame.as_str());
-    }
-
-    fn pong(&mut self, payload: &[u8]) {
-        FrameWriter::pong(self, payload);
-    }
-}
-
-/// Decides what of one queue item goes out, in order.
-fn route(item: Outbound, tracks: &mut Tracks, out: &mut impl FrameOut) {
-    match item {
-        Outbound::Frame(f) => out.text(&f),
-        Outbound::Pong(p) => out.pong(&p),
-        Outbound::Subscribed { channel, replay } => {
-            tracks.insert(
-                channel,
-                Track {
-                    last: 0,
-                    held: replay.then(Vec::new),
-                },
-            );
-        }
-        Outbound::Unsubscribed(channel) => {
-            tracks.remove(&channel);
-        }
-        Outbound::Events {
-            events,
-            via_firehose,
-        } => {
-            let Some(channel) = events.first().map(|e| &e.channel) else {
-                return;
-            };
-            if via_firehose {
-                // Firehose copies of a channel the session follows directly are dropped (the
-                // direct subscription carries them, in order), and so are those of a fan-out
-                // begun before the session left the firehose.
-                if !tracks.follows(channel) && tracks.follows(&Channel::Firehose) {
-                    events.iter().for_each(|e| out.text(&e.frame));
-                }
-                return;
-            }
-            let Some(t) = tracks.get_mut(channel) else {
-                return;
-            };
-            match &mut t.held {
-                Some(held) => held.extend(events.iter().cloned()),
-                None => {
-                    for e in events.iter() {
-                        if t.admit(e.seq) {
-                            out.text(&e.frame);
-                        }
-                    }
-                }
-            }
-        }
-        Outbound::Replay {
-            channel,
-            events,
-            floor,
-            done,
-        } => {
-            let Some(t) = tracks.get_mut(&channel) else {
-                return;
-            };
-            if let Some(f) = floor {
-                t.last = f;
-            }
-            let held = if done { t.held.take() } else { None };
-            for e in events.into_iter().chain(held.into_iter().flatten()) {
-                if t.admit(e.seq) {
-                    out.text(&e.frame);
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    impl FrameOut for Vec<Utf8Bytes> {
-        fn text(&mut self, frame: &Utf8Bytes) {
-            self.push(frame.clone());
-        }
-
-        fn pong(&mut self, _: &[u8]) {}
-    }
-
-    fn event(channel: &Channel, seq: u64) -> Outbound {
-        Outbound::Events {
-            events: Arc::from([Event {
-                channel: channel.clone(),
-                seq,
-                frame: format!("{channel}#{seq}").into(),
-            }]),
-            via_firehose: true,
-        }
-    }
-
-    fn subscribed(channel: &Channel) -> Outbound {
-        Outbound::Subscribed {
-            channel: channel.clone(),
-            replay: false,
-        }
-    }
-
-    #[test]
-    fn firehose_copies_reach_only_sessions_that_still_watch_it() {
-        let (t, other) = (Channel::topic("t"), Channel::topic("other"));
-        let mut tracks = Tracks::default();
-        let mut out = Vec::new();
-        route(subscribed(&Channel::Firehose), &mut tracks, &mut out);
-        route(subscribed(&t), &mut tracks, &mut out);
-        route(event(&other, 1), &mut tracks, &mut out);
-        // The direct subscription carries `t`; its firehose copy is not sent twice.
-        route(event(&t, 1), &mut tracks, &mut out);
-        assert_eq!(out, vec![Utf8Bytes::from("topic:other#1")]);
-        // A fan-out that began before the session left the firehose delivers nothing after.
-        route(
-            Outbound::Unsubscribed(Channel::Firehose),
-            &mut tracks,
-            &mut out,
-        );
-        route(event(&other, 2), &mut tracks, &mut out);
-        assert_eq!(out.len(), 1);
-    }
-
-    #[test]
-    fn grouped_events_skip_what_was_sent_and_wait_behind_a_replay() {
-        let t = Channel::topic("t");
-        let events = |seqs: &[u64]| -> Vec<Event> {
-            seqs.iter()
-                .map(|&seq| Event {
-                    channel: t.clone(),
-                    seq,
-                    frame: format!("#{seq}").into(),
-                })
-                .collect()
-        };
-        let group = |seqs: &[u64]| Outbound::Events {
-            events: events(seqs).into(),
-            via_firehose: false,
-        };
-        let frames = |out: &[Utf8Bytes]| out.iter().map(|f| f.to_string()).collect::<Vec<_>>();
-        let mut tracks = Tracks::default();
-        let mut out = Vec::new();
-        route(
-            Outbound::Subscribed {
-                channel: t.clone(),
-                replay: true,
-            },
-            &mut tracks,
-            &mut out,
-        );
-        // Live events during the replay wait; the replay's last page releases the ones after it.
-        route(group(&[3, 4]), &mut tracks, &mut out);
-        assert!(out.is_empty());
-        route(
-            Outbound::Replay {
-                channel: t.clone(),
-                events: events(&[2, 3]),
-                floor: Some(1),
-                done: true,
-            },
-            &mut tracks,
-            &mut out,
-        );
-        assert_eq!(frames(&out), ["#2", "#3", "#4"]);
-        // A group that overlaps what was sent adds only what is new.
-        route(group(&[4, 5, 6]), &mut tracks, &mut out);
-        assert_eq!(frames(&out), ["#2", "#3", "#4", "#5", "#6"]);
     }
 }

@@ -69,12 +69,15 @@ pub async fn upgrade(
         draining: st.draining.clone(),
         client: ip,
     };
+    // Counted from here, so that a drain also waits for a session still in its handshake.
+    let live = st.hub.session_started();
     Ok(ws.on_upgrade(
         MAX_FRAME_BYTES,
         SESSION_READ_BUFFER,
         st.config.limits.ws_handshake_timeout,
         move |socket| async move {
             let _slot = slot;
+            let _live = live;
             session::run(socket, deps, agent).await
         },
     ))

@@ -362,46 +362,6 @@ impl Service {
             tracing::error!(error = %err, "control message not delivered");
         }
     }
-
-    /// Replays stored events of `channel` after `since` as push frames.
-    pub async fn history(
-        &self,
-        channel: &Channel,
-        since: u64,
-        limit: i64,
-    ) -> ServiceResult<Vec<Event>> {
-        read_history(&self.store, &self.keys, channel, since, limit).await
-    }
-}
-
-/// Stored events of `channel` after `since` as push frames, opening sealed ones: what the
-/// Service replays and what the Hub fills gaps from.
-pub async fn read_history(
-    store: &Store,
-    keys: &KeyRing,
-    channel: &Channel,
-    since: u64,
-    limit: i64,
-) -> ServiceResult<Vec<Event>> {
-    let name = channel.to_string();
-    let rows = store.events_after(&name, since, limit).await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let data = if r.sealed {
-            sealed::open_string(keys, &format!("event:{name}"), &r.data).map_err(|_| {
-                ServiceError::Internal(format!("cannot open event {name}#{}", r.seq))
-            })?
-        } else {
-            String::from_utf8(r.data)
-                .map_err(|_| ServiceError::Internal("event not UTF-8".into()))?
-        };
-        out.push(Event {
-            channel: channel.clone(),
-            seq: r.seq,
-            frame: push_frame(&name, r.seq, &r.event, &data).into(),
-        });
-    }
-    Ok(out)
 }
 
 /// Checks a user-supplied text field: not empty (unless allowed), at most `max` characters.

@@ -116,8 +116,9 @@ impl Socket {
     fn new(upgraded: Upgraded, max: usize, read_size: usize) -> Socket {
         // `axum::serve` hands hyper its connection wrapped in a type of its own, so the
         // upgraded connection cannot be taken back as a bare `TcpStream` and split without a
-        // lock; tokio's split locks for the length of one read or write call (~1% of a
-        // busy fan-out's CPU). Bytes read past the request come first through `Upgraded`.
+        // lock; tokio's split locks only for the length of one read or write call, and the
+        // reader and writer rarely contend. Bytes read past the request come first through
+        // `Upgraded`.
         let (r, w) = tokio::io::split(TokioIo::new(upgraded));
         Socket {
             reader: FrameReader::new(Box::new(r), max, read_size),
