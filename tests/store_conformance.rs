@@ -102,6 +102,7 @@ conformance!(
     post_with_event_in_one_round_trip,
     post_with_event_concurrent_and_cancelled_writers,
     post_with_event_and_general_writers_share_the_lock_order,
+    bans_refuse_every_write_in_the_topic,
     crossed_channel_locks_fail_as_unavailable,
     prune_keeps_last_n,
     removal_leaves_tombstones_in_history,
@@ -1191,6 +1192,105 @@ async fn post_with_event_and_general_writers_share_the_lock_order(s: Store, _url
     }
     assert_eq!(seqs(&s, ch).await, (1..=240).collect::<Vec<_>>());
     assert_eq!(s.topic("general").await.unwrap().unwrap().post_count, 240);
+}
+
+/// Every write in a topic checks the writer's ban in its own statement, whatever its kind:
+/// refused with `Banned` and nothing written; elsewhere, or once the ban has run out, it goes.
+async fn bans_refuse_every_write_in_the_topic(s: Store, _url: String) {
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let b = agent(&s, &o, "beta").await;
+    let ch = "topic:general";
+    post(&s, "p1", "general", &a, 1.0, T0).await;
+    let mut tx = s.begin().await.unwrap();
+    let c1 = NewComment {
+        id: "c1",
+        post_id: "p1",
+        parent_id: None,
+        author_id: &a,
+        body: "x",
+        created_at: T0,
+    };
+    tx.insert_comment(&c1, "general").await.unwrap();
+    tx.insert_topic("elsewhere", "Elsewhere", "", &a, T0)
+        .await
+        .unwrap();
+    tx.upsert_ban("general", &b, Some(T0 + 20), &a, T0)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let is_ban = |e: StoreError| matches!(&e, StoreError::Banned { topic } if topic == "general");
+
+    let at = T0 + 10;
+    let mut tx = s.begin().await.unwrap();
+    let e = tx
+        .insert_post(&new_post("p2", "general", &b, at))
+        .await
+        .unwrap_err();
+    assert!(is_ban(e));
+    drop(tx);
+    let mut tx = s.begin().await.unwrap();
+    let e = tx
+        .insert_post_with_event(&new_post("p3", "general", &b, at), ch, b"{}")
+        .await
+        .unwrap_err();
+    assert!(is_ban(e));
+    drop(tx);
+    let c2 = NewComment {
+        id: "c2",
+        author_id: &b,
+        created_at: at,
+        ..c1
+    };
+    let mut tx = s.begin().await.unwrap();
+    let e = tx.insert_comment(&c2, "general").await.unwrap_err();
+    assert!(is_ban(e));
+    drop(tx);
+    for target in ["p1", "c1"] {
+        let t = s.vote_target(target).await.unwrap().unwrap();
+        let mut tx = s.begin().await.unwrap();
+        let e = tx.apply_vote(&b, &t, 1, |_| 0.0, at).await.unwrap_err();
+        assert!(is_ban(e), "vote on {target}");
+        drop(tx);
+    }
+    for id in ["p2", "p3"] {
+        assert!(s.post(id).await.unwrap().is_none());
+    }
+    assert!(s.comment("c2").await.unwrap().is_none());
+    let p1 = s.post("p1").await.unwrap().unwrap();
+    assert_eq!((p1.score, p1.comment_count), (0, 1));
+    assert_eq!(s.comment("c1").await.unwrap().unwrap().score, 0);
+    assert_eq!(s.topic("general").await.unwrap().unwrap().post_count, 1);
+    assert_eq!(s.last_seq(ch).await.unwrap(), 0);
+
+    // Elsewhere the banned agent writes as usual.
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_post(&new_post("p4", "elsewhere", &b, at))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // At the ban's end, every kind of write goes through.
+    let at = T0 + 20;
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_post(&new_post("p2", "general", &b, at))
+        .await
+        .unwrap();
+    let seq = tx
+        .insert_post_with_event(&new_post("p3", "general", &b, at), ch, b"{}")
+        .await
+        .unwrap();
+    assert_eq!(seq, 1);
+    let c2 = NewComment {
+        created_at: at,
+        ..c2
+    };
+    assert_eq!(tx.insert_comment(&c2, "general").await.unwrap(), 2);
+    let t = s.vote_target("c1").await.unwrap().unwrap();
+    assert_eq!(tx.apply_vote(&b, &t, 1, |_| 0.0, at).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    assert_eq!(s.topic("general").await.unwrap().unwrap().post_count, 3);
+    assert_eq!(s.events_after(ch, 0, 10).await.unwrap()[0].event, "post");
 }
 
 async fn events_rollback_leaves_no_hole(s: Store, _url: String) {
