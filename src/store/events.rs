@@ -9,26 +9,15 @@ use super::*;
 /// is selected from, so a statement can make the bump depend on its earlier steps (and run
 /// after them). Spliced at compile time, so the statements stay `&'static str`.
 /// SQLite's counterpart is the `event_writes` view (migration 010_event_writes).
+#[rustfmt::skip]
 macro_rules! pg_event_write {
     (from: $from:literal, channel: $ch:literal, event: $ev:literal, data: $data:literal,
      sealed: $sealed:literal, at: $at:literal) => {
         concat!(
-            "s AS (INSERT INTO channel_seqs (channel, seq) SELECT ",
-            $ch,
-            ", 1",
-            $from,
+            "s AS (INSERT INTO channel_seqs (channel, seq) SELECT ", $ch, ", 1", $from,
             " ON CONFLICT (channel) DO UPDATE SET seq = channel_seqs.seq + 1 RETURNING seq) ",
-            "INSERT INTO events (channel, seq, event, data, sealed, created_at) SELECT ",
-            $ch,
-            ", s.seq, ",
-            $ev,
-            ", ",
-            $data,
-            ", ",
-            $sealed,
-            ", ",
-            $at,
-            " FROM s RETURNING seq"
+            "INSERT INTO events (channel, seq, event, data, sealed, created_at) ",
+            "SELECT ", $ch, ", s.seq, ", $ev, ", ", $data, ", ", $sealed, ", ", $at, " FROM s RETURNING seq"
         )
     };
 }

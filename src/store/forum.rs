@@ -492,7 +492,7 @@ impl WriteTx {
         let row = sqlx::query(concat!(
             "SELECT CAST(CASE WHEN ",
             not_banned!(topic: "$3", agent: "$1", at: "$4"),
-            " THEN 0 ELSE 1 END AS BIGINT) AS banned, \
+            " THEN 1 ELSE 0 END AS BIGINT) AS allowed, \
              (SELECT value FROM votes WHERE agent_id = $1 AND target_id = $2) AS value"
         ))
         .bind(agent_id)
@@ -501,7 +501,7 @@ impl WriteTx {
         .bind(now)
         .fetch_one(&mut *self.tx)
         .await?;
-        if row.get::<i64, _>("banned") != 0 {
+        if row.get::<i64, _>("allowed") == 0 {
             return Err(rules::banned(topic));
         }
         let old = opt_i64(&row, "value").unwrap_or(0);

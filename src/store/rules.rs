@@ -9,16 +9,12 @@ use super::*;
 /// The SQL condition "the agent may write in the topic at that time": no ban of it there
 /// that has not run out. Each argument is SQL text (a placeholder or a column); spliced at
 /// compile time into every statement that writes in a topic, on both dialects.
+#[rustfmt::skip]
 macro_rules! not_banned {
     (topic: $topic:literal, agent: $agent:literal, at: $at:literal) => {
         concat!(
-            "NOT EXISTS (SELECT 1 FROM bans WHERE topic = ",
-            $topic,
-            " AND agent_id = ",
-            $agent,
-            " AND (until_at IS NULL OR until_at > ",
-            $at,
-            "))"
+            "NOT EXISTS (SELECT 1 FROM bans WHERE topic = ", $topic, " AND agent_id = ", $agent,
+            " AND (until_at IS NULL OR until_at > ", $at, "))"
         )
     };
 }
