@@ -273,40 +273,9 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Inserts a post and counts it in its topic, in one round trip to the database; the
-    /// post without its event (see `insert_post_with_event` for the post with it).
-    /// `Banned` when the author is banned from the topic at `p.created_at`.
-    pub async fn insert_post(&mut self, p: &NewPost<'_>) -> StoreResult<()> {
-        const SQLITE: &str = concat!(
-            "INSERT INTO posts (id, topic, author_id, title, body, kind, url, score, comment_count, hot, created_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9 WHERE ",
-            not_banned!(topic: "$2", agent: "$3", at: "$9"),
-            "; UPDATE topics SET post_count = post_count + 1, last_activity_at = $9 \
-             WHERE name = $2 AND EXISTS (SELECT 1 FROM posts WHERE id = $1)"
-        );
-        const POSTGRES: &str = concat!(
-            "WITH p AS (INSERT INTO posts (id, topic, author_id, title, body, kind, url, score, comment_count, hot, created_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9 WHERE ",
-            not_banned!(topic: "$2", agent: "$3", at: "$9"),
-            " RETURNING topic) \
-             UPDATE topics SET post_count = post_count + 1, last_activity_at = $9 FROM p WHERE topics.name = p.topic"
-        );
-        let sql = match self.dialect {
-            Dialect::Sqlite => SQLITE,
-            Dialect::Postgres => POSTGRES,
-        };
-        let written = bind_post(sqlx::query(sql), p)
-            .execute(&mut *self.tx)
-            .await?;
-        if written.rows_affected() == 0 {
-            return Err(rules::banned(p.topic));
-        }
-        Ok(())
-    }
-
-    /// `Store::insert_post_with_event` inside this transaction, for a post whose write has
-    /// more to it (mentions, leaks): the same statement, so the same rules. `Banned` when the
-    /// author is banned from the topic at `p.created_at`.
+    /// A post and its topic event: `Store::insert_post_with_event` inside this transaction,
+    /// for a post whose write has more to it (mentions, leaks); the same statement, so the
+    /// same rules. `Banned` when the author is banned from the topic at `p.created_at`.
     pub async fn insert_post_with_event(
         &mut self,
         p: &NewPost<'_>,
@@ -325,9 +294,10 @@ impl WriteTx {
 
 impl Store {
     /// A post with nothing but its topic event: the ban check, the post, its topic's count,
-    /// the channel's next seq and the event, atomically and in one round trip (the general
-    /// path, `begin` .. `commit`, takes three). Returns the event's seq, or `None` with
-    /// nothing written when the author is banned from the topic at `p.created_at`.
+    /// the channel's next seq and the event, atomically and in one round trip (in a
+    /// transaction, `begin` .. `commit`, three). The one way a post is written, here or in a
+    /// `WriteTx`. Returns the event's seq, or `None` with nothing written when the author is
+    /// banned from the topic at `p.created_at`.
     ///
     /// Why it matters: each round trip to SQLite wakes its worker thread and then the
     /// caller, and on the machines measured a thread wake-up costs ~16 us of CPU.
