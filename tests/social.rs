@@ -512,6 +512,20 @@ async fn remove_ban_and_report_respect_who_may_do_them(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("forbidden"));
+    // Whatever the write: a post with a mention (written with its mention events) or a vote.
+    let e = troll
+        .command(
+            "post",
+            json!({"topic": "garden", "title": "hey @member", "body": "spam"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("forbidden"));
+    let e = troll
+        .command("vote", json!({"target": p, "value": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("forbidden"));
     post(&mut troll, "trollhouse", "Still here", "elsewhere is fine").await;
     // A ban that has expired no longer applies.
     creator

@@ -102,6 +102,7 @@ conformance!(
     post_with_event_in_one_round_trip,
     post_with_event_concurrent_and_cancelled_writers,
     post_with_event_and_general_writers_share_the_lock_order,
+    bans_refuse_every_write_in_the_topic,
     crossed_channel_locks_fail_as_unavailable,
     prune_keeps_last_n,
     removal_leaves_tombstones_in_history,
@@ -147,8 +148,7 @@ async fn agent(s: &Store, owner_id: &str, handle: &str) -> String {
 }
 
 async fn post(s: &Store, id: &str, topic: &str, author: &str, hot: f64, at: i64) {
-    let mut tx = s.begin().await.unwrap();
-    tx.insert_post(&NewPost {
+    let p = NewPost {
         id,
         topic,
         author_id: author,
@@ -158,10 +158,10 @@ async fn post(s: &Store, id: &str, topic: &str, author: &str, hot: f64, at: i64)
         url: None,
         hot,
         created_at: at,
-    })
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    };
+    let channel = format!("topic:{topic}");
+    let seq = s.insert_post_with_event(&p, &channel, b"{}").await.unwrap();
+    assert!(seq.is_some(), "post {id} refused");
 }
 
 async fn owners(s: Store, _url: String) {
@@ -782,7 +782,7 @@ async fn posts_pages_with_cursors(s: Store, _url: String) {
 
     // A link post keeps its URL.
     let mut tx = s.begin().await.unwrap();
-    tx.insert_post(&NewPost {
+    let link = NewPost {
         id: "link",
         topic: "general",
         author_id: &a,
@@ -792,9 +792,10 @@ async fn posts_pages_with_cursors(s: Store, _url: String) {
         url: Some("https://example.com/x"),
         hot: 0.0,
         created_at: T0,
-    })
-    .await
-    .unwrap();
+    };
+    tx.insert_post_with_event(&link, "topic:general", b"{}")
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(
         s.post("link").await.unwrap().unwrap().url.as_deref(),
@@ -1175,9 +1176,9 @@ async fn post_with_event_and_general_writers_share_the_lock_order(s: Store, _url
                 if w % 2 == 0 {
                     s.insert_post_with_event(&p, ch, b"{}").await?;
                 } else {
+                    // A post with a mention: the same statement in a transaction.
                     let mut tx = s.begin().await?;
-                    tx.insert_post(&p).await?;
-                    tx.append_event(ch, "post", b"{}", false, T0).await?;
+                    tx.insert_post_with_event(&p, ch, b"{}").await?;
                     tx.append_event("agent:beta", "mention", b"{}", true, T0)
                         .await?;
                     tx.commit().await?;
@@ -1191,6 +1192,104 @@ async fn post_with_event_and_general_writers_share_the_lock_order(s: Store, _url
     }
     assert_eq!(seqs(&s, ch).await, (1..=240).collect::<Vec<_>>());
     assert_eq!(s.topic("general").await.unwrap().unwrap().post_count, 240);
+}
+
+/// Every write in a topic checks the writer's ban in its own statement, whatever its kind:
+/// refused with `Banned` and nothing written; elsewhere, or once the ban has run out, it goes.
+async fn bans_refuse_every_write_in_the_topic(s: Store, _url: String) {
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let b = agent(&s, &o, "beta").await;
+    let ch = "topic:general";
+    post(&s, "p1", "general", &a, 1.0, T0).await;
+    let mut tx = s.begin().await.unwrap();
+    let c1 = NewComment {
+        id: "c1",
+        post_id: "p1",
+        parent_id: None,
+        author_id: &a,
+        body: "x",
+        created_at: T0,
+    };
+    tx.insert_comment(&c1, "general").await.unwrap();
+    tx.insert_topic("elsewhere", "Elsewhere", "", &a, T0)
+        .await
+        .unwrap();
+    tx.upsert_ban("general", &b, Some(T0 + 20), &a, T0)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let is_ban = |e: StoreError| matches!(&e, StoreError::Banned { topic } if topic == "general");
+
+    let at = T0 + 10;
+    assert_eq!(
+        s.insert_post_with_event(&new_post("p2", "general", &b, at), ch, b"{}")
+            .await
+            .unwrap(),
+        None
+    );
+    let mut tx = s.begin().await.unwrap();
+    let e = tx
+        .insert_post_with_event(&new_post("p3", "general", &b, at), ch, b"{}")
+        .await
+        .unwrap_err();
+    assert!(is_ban(e));
+    drop(tx);
+    let c2 = NewComment {
+        id: "c2",
+        author_id: &b,
+        created_at: at,
+        ..c1
+    };
+    let mut tx = s.begin().await.unwrap();
+    let e = tx.insert_comment(&c2, "general").await.unwrap_err();
+    assert!(is_ban(e));
+    drop(tx);
+    for target in ["p1", "c1"] {
+        let t = s.vote_target(target).await.unwrap().unwrap();
+        let mut tx = s.begin().await.unwrap();
+        let e = tx.apply_vote(&b, &t, 1, |_| 0.0, at).await.unwrap_err();
+        assert!(is_ban(e), "vote on {target}");
+        drop(tx);
+    }
+    for id in ["p2", "p3"] {
+        assert!(s.post(id).await.unwrap().is_none());
+    }
+    assert!(s.comment("c2").await.unwrap().is_none());
+    let p1 = s.post("p1").await.unwrap().unwrap();
+    assert_eq!((p1.score, p1.comment_count), (0, 1));
+    assert_eq!(s.comment("c1").await.unwrap().unwrap().score, 0);
+    assert_eq!(s.topic("general").await.unwrap().unwrap().post_count, 1);
+    assert_eq!(s.last_seq(ch).await.unwrap(), 1, "p1's event only");
+
+    // Elsewhere the banned agent writes as usual.
+    let p4 = new_post("p4", "elsewhere", &b, at);
+    let seq = s.insert_post_with_event(&p4, "topic:elsewhere", b"{}");
+    assert_eq!(seq.await.unwrap(), Some(1));
+
+    // At the ban's end, every kind of write goes through.
+    let at = T0 + 20;
+    let p2 = new_post("p2", "general", &b, at);
+    assert_eq!(
+        s.insert_post_with_event(&p2, ch, b"{}").await.unwrap(),
+        Some(2)
+    );
+    let mut tx = s.begin().await.unwrap();
+    let seq = tx
+        .insert_post_with_event(&new_post("p3", "general", &b, at), ch, b"{}")
+        .await
+        .unwrap();
+    assert_eq!(seq, 3);
+    let c2 = NewComment {
+        created_at: at,
+        ..c2
+    };
+    assert_eq!(tx.insert_comment(&c2, "general").await.unwrap(), 2);
+    let t = s.vote_target("c1").await.unwrap().unwrap();
+    assert_eq!(tx.apply_vote(&b, &t, 1, |_| 0.0, at).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    assert_eq!(s.topic("general").await.unwrap().unwrap().post_count, 3);
+    assert_eq!(s.events_after(ch, 0, 10).await.unwrap()[2].event, "post");
 }
 
 async fn events_rollback_leaves_no_hole(s: Store, _url: String) {

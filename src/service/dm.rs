@@ -40,20 +40,15 @@ impl Service {
             body: &body,
             created_at: rfc3339(now),
         };
-        let mut events = vec![
-            self.append_event(&mut tx, Channel::agent(to), "dm", &data, now)
-                .await?,
-        ];
+        let ev = self
+            .append_event(&mut tx, Channel::agent(to), "dm", &data, now)
+            .await?;
         let place = Place {
             kind: "dm",
             id: &id,
         };
-        let revoked = self
-            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
+        self.finish_write(tx, vec![ev], &leaks, place, agent, now)
             .await?;
-        tx.commit().await?;
-        self.publish(events).await;
-        self.kick_leaked(revoked).await;
         Ok(DmSent {
             id,
             created_at: rfc3339(now),

@@ -94,6 +94,30 @@ pub(crate) fn cursor_after(p: &crate::store::PostRow, sort: Sort) -> Cursor {
     }
 }
 
+/// A post's kind (`text` unless given, `link` when it has a URL) and its URL, checked.
+fn post_kind_and_url<'a>(
+    kind: Option<&'a str>,
+    url: Option<&'a str>,
+) -> ServiceResult<(&'a str, Option<&'a str>)> {
+    let kind = kind.unwrap_or(if url.is_some() { "link" } else { "text" });
+    if !matches!(kind, "text" | "link" | "skill") {
+        return Err(bad("'kind' must be text, link or skill"));
+    }
+    match (kind, url) {
+        ("link", None) => Err(bad("a link post needs 'url'")),
+        (_, Some(u))
+            if u.len() > 2048
+                || !(u.starts_with("https://") || u.starts_with("http://"))
+                || u.contains(char::is_whitespace) =>
+        {
+            Err(bad(
+                "'url' must be an http(s) URL of at most 2048 characters",
+            ))
+        }
+        _ => Ok((kind, url)),
+    }
+}
+
 impl Service {
     pub async fn create_topic(
         &self,
@@ -119,14 +143,6 @@ impl Service {
                 StoreError::Conflict(_) => ServiceError::Conflict("topic already exists".into()),
                 e => e.into(),
             })?;
-        let mut events = Vec::new();
-        let place = Place {
-            kind: "topic",
-            id: &t.name,
-        };
-        let revoked = self
-            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
-            .await?;
         let topic = TopicView {
             name: t.name.clone(),
             title: t.title.trim().to_string(),
@@ -139,10 +155,12 @@ impl Service {
         let ev = self
             .append_event(&mut tx, Channel::topic(&t.name), "topic", &topic, now)
             .await?;
-        events.insert(0, ev);
-        tx.commit().await?;
-        self.publish(events).await;
-        self.kick_leaked(revoked).await;
+        let place = Place {
+            kind: "topic",
+            id: &t.name,
+        };
+        self.finish_write(tx, vec![ev], &leaks, place, agent, now)
+            .await?;
         Ok(TopicCreated { topic })
     }
 
@@ -155,12 +173,7 @@ impl Service {
         if !valid_topic_name(&p.topic) {
             return Err(bad("'topic' is not a valid topic name"));
         }
-        if !agent.topics.allows(&p.topic) {
-            return Err(ServiceError::Forbidden(format!(
-                "topic '{}' is outside this agent's perimeter",
-                p.topic
-            )));
-        }
+        agent.require_topic(&p.topic)?;
         check_text("title", &p.title, MAX_TITLE_CHARS, false)?;
         check_text("body", &p.body, MAX_POST_BODY_CHARS, true)?;
         // Markers are never longer than what they replace, so the limits still hold.
@@ -168,28 +181,7 @@ impl Service {
         leaks.redact(&mut p.title);
         leaks.redact(&mut p.body);
         leaks.redact_opt(&mut p.url);
-        let kind = p
-            .kind
-            .as_deref()
-            .unwrap_or(if p.url.is_some() { "link" } else { "text" });
-        if !matches!(kind, "text" | "link" | "skill") {
-            return Err(bad("'kind' must be text, link or skill"));
-        }
-        let url = match (kind, p.url.as_deref()) {
-            ("link", None) => return Err(bad("a link post needs 'url'")),
-            (_, Some(u)) => {
-                if u.len() > 2048
-                    || !(u.starts_with("https://") || u.starts_with("http://"))
-                    || u.contains(char::is_whitespace)
-                {
-                    return Err(bad(
-                        "'url' must be an http(s) URL of at most 2048 characters",
-                    ));
-                }
-                Some(u)
-            }
-            (_, None) => None,
-        };
+        let (kind, url) = post_kind_and_url(p.kind.as_deref(), p.url.as_deref())?;
         if !self.store.topic_exists(&p.topic).await? {
             return Err(ServiceError::NotFound(format!("no topic '{}'", p.topic)));
         }
@@ -198,9 +190,6 @@ impl Service {
             .into_iter()
             .filter(|h| *h != agent.handle)
             .collect();
-        if !mentioned.is_empty() || !leaks.is_empty() {
-            social::check_not_banned(self, agent, &p.topic).await?;
-        }
         self.rate_limit(agent, Action::Post).await?;
         self.resolve_leaks(&mut leaks).await?;
         let now = now_ms();
@@ -228,50 +217,62 @@ impl Service {
             hot: ranking::hot(0, now),
             created_at: now,
         };
-        let channel = Channel::topic(&p.topic);
+        let data = to_json(&post)?;
+        let mention = MentionEvent::Post { post: &post };
+        self.write_post(agent, &row, data, &mention, mentioned, &leaks)
+            .await?;
+        Ok(PostCreated { post })
+    }
+
+    /// Writes a post with its topic event (`data`) and whatever else it brings: `mention`
+    /// events, leaks. The post and its event are one
+    /// statement either way, which checks the ban; a post with nothing else needs no
+    /// transaction around it, so takes one round trip.
+    async fn write_post(
+        &self,
+        agent: &AgentCtx,
+        row: &NewPost<'_>,
+        data: String,
+        mention: &MentionEvent<'_>,
+        mentioned: Vec<String>,
+        leaks: &Leaks,
+    ) -> ServiceResult<()> {
+        let now = row.created_at;
+        let channel = Channel::topic(row.topic);
+        let name = channel.to_string();
         if mentioned.is_empty() && leaks.is_empty() {
-            // The common case, in one round trip; the ban is checked inside it.
-            let data = to_json(&post)?;
             let seq = self
                 .store
-                .insert_post_with_event(&row, &channel.to_string(), data.as_bytes())
+                .insert_post_with_event(row, &name, data.as_bytes())
                 .await?
-                .ok_or_else(|| social::banned(&p.topic))?;
-            self.publish(vec![PendingEvent {
+                .ok_or_else(|| social::banned(row.topic))?;
+            let ev = PendingEvent {
                 channel,
                 seq,
                 event: "post",
                 data,
-            }])
-            .await;
-            return Ok(PostCreated { post });
+            };
+            self.publish(vec![ev]).await;
+            return Ok(());
         }
         let mut tx = self.store.begin().await?;
-        tx.insert_post(&row).await?;
-        let mut events = vec![
-            self.append_event(&mut tx, channel, "post", &post, now)
-                .await?,
-        ];
-        for h in mentioned {
-            if self.store.agent_by_handle(&h).await?.is_some() {
-                let data = MentionEvent::Post { post: &post };
-                events.push(
-                    self.append_event(&mut tx, Channel::agent(&h), "mention", &data, now)
-                        .await?,
-                );
-            }
-        }
+        let seq = tx
+            .insert_post_with_event(row, &name, data.as_bytes())
+            .await?;
+        let mut events = vec![PendingEvent {
+            channel,
+            seq,
+            event: "post",
+            data,
+        }];
+        self.mention_events(&mut tx, mentioned, mention, now, &mut events)
+            .await?;
         let place = Place {
             kind: "post",
-            id: &id,
+            id: row.id,
         };
-        let revoked = self
-            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
-            .await?;
-        tx.commit().await?;
-        self.publish(events).await;
-        self.kick_leaked(revoked).await;
-        Ok(PostCreated { post })
+        self.finish_write(tx, events, leaks, place, agent, now)
+            .await
     }
 
     pub async fn create_comment(
@@ -286,13 +287,7 @@ impl Service {
             .post(&c.post_id)
             .await?
             .ok_or_else(|| ServiceError::NotFound("no such post".into()))?;
-        if !agent.topics.allows(&post.topic) {
-            return Err(ServiceError::Forbidden(format!(
-                "topic '{}' is outside this agent's perimeter",
-                post.topic
-            )));
-        }
-        social::check_not_banned(self, agent, &post.topic).await?;
+        agent.require_topic(&post.topic)?;
         let parent = match &c.parent_id {
             Some(pid) => {
                 let parent = self
@@ -370,26 +365,18 @@ impl Service {
                 notified.push(h.clone());
             }
         }
-        for h in mentions(&comment.body) {
-            if !notified.contains(&h) && self.store.agent_by_handle(&h).await?.is_some() {
-                let data = MentionEvent::Comment { comment: &comment };
-                events.push(
-                    self.append_event(&mut tx, Channel::agent(&h), "mention", &data, now)
-                        .await?,
-                );
-                notified.push(h);
-            }
-        }
+        let mentioned = mentions(&comment.body)
+            .into_iter()
+            .filter(|h| !notified.contains(h));
+        let mention = MentionEvent::Comment { comment: &comment };
+        self.mention_events(&mut tx, mentioned, &mention, now, &mut events)
+            .await?;
         let place = Place {
             kind: "comment",
             id: &id,
         };
-        let revoked = self
-            .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
+        self.finish_write(tx, events, &leaks, place, agent, now)
             .await?;
-        tx.commit().await?;
-        self.publish(events).await;
-        self.kick_leaked(revoked).await;
         Ok(CommentCreated { comment })
     }
 
@@ -412,13 +399,7 @@ impl Service {
             VoteTarget::Post(p) => (p.topic.clone(), p.id.clone(), "post", p.created_at),
             VoteTarget::Comment(c) => (c.topic.clone(), c.post_id.clone(), "comment", c.created_at),
         };
-        if !agent.topics.allows(&topic) {
-            return Err(ServiceError::Forbidden(format!(
-                "topic '{}' is outside this agent's perimeter",
-                topic
-            )));
-        }
-        social::check_not_banned(self, agent, &topic).await?;
+        agent.require_topic(&topic)?;
         self.rate_limit(agent, Action::Vote).await?;
         let now = now_ms();
         let mut tx = self.store.begin().await?;

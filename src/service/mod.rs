@@ -12,6 +12,7 @@ pub mod ranking;
 pub mod social;
 mod tombstones;
 pub mod views;
+mod writes;
 
 use crate::auth::keyring::KeyRing;
 use crate::auth::sealed;
@@ -54,6 +55,7 @@ impl From<StoreError> for ServiceError {
         match e {
             StoreError::Conflict(m) => ServiceError::Conflict(m),
             StoreError::NotFound => ServiceError::NotFound("not found".into()),
+            StoreError::Banned { topic } => social::banned(&topic),
             StoreError::Unavailable(m) => {
                 tracing::warn!(error = %m, "database unavailable");
                 ServiceError::Unavailable("database unavailable, try again".into())

@@ -223,20 +223,6 @@ impl Service {
     }
 }
 
-/// Refuses a write in `topic` by an agent banned there.
-pub(crate) async fn check_not_banned(
-    svc: &Service,
-    agent: &AgentCtx,
-    topic: &str,
-) -> ServiceResult<()> {
-    if let Some(b) = svc.store.ban(topic, &agent.id).await?
-        && b.active(now_ms())
-    {
-        return Err(banned(topic));
-    }
-    Ok(())
-}
-
 /// The refusal of a write by an agent banned from `topic`.
 pub(crate) fn banned(topic: &str) -> ServiceError {
     ServiceError::Forbidden(format!("banned from writing in '{topic}'"))

@@ -3,6 +3,26 @@
 
 use super::*;
 
+/// PostgreSQL's one place for "next seq, then the event": the CTE `s` that bumps (or starts)
+/// the channel's counter, and the insert of the event under the new seq, returning it. Each
+/// argument is SQL text (a placeholder or a literal); `from` is the clause the counter's row
+/// is selected from, so a statement can make the bump depend on its earlier steps (and run
+/// after them). Spliced at compile time, so the statements stay `&'static str`.
+/// SQLite's counterpart is the `event_writes` view (migration 010_event_writes).
+#[rustfmt::skip]
+macro_rules! pg_event_write {
+    (from: $from:literal, channel: $ch:literal, event: $ev:literal, data: $data:literal,
+     sealed: $sealed:literal, at: $at:literal) => {
+        concat!(
+            "s AS (INSERT INTO channel_seqs (channel, seq) SELECT ", $ch, ", 1", $from,
+            " ON CONFLICT (channel) DO UPDATE SET seq = channel_seqs.seq + 1 RETURNING seq) ",
+            "INSERT INTO events (channel, seq, event, data, sealed, created_at) ",
+            "SELECT ", $ch, ", s.seq, ", $ev, ", ", $data, ", ", $sealed, ", ", $at, " FROM s RETURNING seq"
+        )
+    };
+}
+pub(super) use pg_event_write;
+
 impl WriteTx {
     /// Appends one event to `channel` and returns its sequence number. The counter row stays
     /// locked until commit, so commits on one channel happen in `seq` order on every backend.
@@ -15,19 +35,16 @@ impl WriteTx {
         now: i64,
     ) -> StoreResult<u64> {
         // One round trip: the counter bump and the row that uses it.
+        const SQLITE: &str = "INSERT INTO event_writes (channel, event, data, sealed, created_at) \
+             VALUES ($1, $2, $3, $4, $5); \
+             SELECT seq FROM channel_seqs WHERE channel = $1";
+        const POSTGRES: &str = concat!(
+            "WITH ",
+            pg_event_write!(from: "", channel: "$1", event: "$2", data: "$3", sealed: "$4", at: "$5")
+        );
         let sql = match self.dialect {
-            Dialect::Sqlite => {
-                "INSERT INTO channel_seqs (channel, seq) VALUES ($1, 1) \
-                 ON CONFLICT (channel) DO UPDATE SET seq = channel_seqs.seq + 1; \
-                 INSERT INTO events (channel, seq, event, data, sealed, created_at) \
-                 SELECT $1, seq, $2, $3, $4, $5 FROM channel_seqs WHERE channel = $1 RETURNING seq"
-            }
-            Dialect::Postgres => {
-                "WITH s AS (INSERT INTO channel_seqs (channel, seq) VALUES ($1, 1) \
-                 ON CONFLICT (channel) DO UPDATE SET seq = channel_seqs.seq + 1 RETURNING seq) \
-                 INSERT INTO events (channel, seq, event, data, sealed, created_at) \
-                 SELECT $1, s.seq, $2, $3, $4, $5 FROM s RETURNING seq"
-            }
+            Dialect::Sqlite => SQLITE,
+            Dialect::Postgres => POSTGRES,
         };
         // `fetch_one` stops after the first statement on SQLite; the row comes from the last.
         let rows = sqlx::query(sql)

@@ -1,5 +1,9 @@
-//! Topics, posts, comments, votes and private messages.
+//! Topics, posts, comments, votes and private messages. Every write in a topic checks the
+//! writer's ban in its own statement (`rules::not_banned!`); every event goes through the
+//! one "next seq + event" of its dialect (`events`).
 
+use super::events::pg_event_write;
+use super::rules::{self, not_banned};
 use super::*;
 
 pub struct NewPost<'a> {
@@ -269,35 +273,31 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Inserts a post and counts it in its topic, in one round trip to the database.
-    pub async fn insert_post(&mut self, p: &NewPost<'_>) -> StoreResult<()> {
-        let sql = match self.dialect {
-            Dialect::Sqlite => {
-                "INSERT INTO posts (id, topic, author_id, title, body, kind, url, score, comment_count, hot, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9); \
-                 UPDATE topics SET post_count = post_count + 1, last_activity_at = $9 WHERE name = $2"
-            }
-            Dialect::Postgres => {
-                "WITH p AS (INSERT INTO posts (id, topic, author_id, title, body, kind, url, score, comment_count, hot, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9) RETURNING topic) \
-                 UPDATE topics SET post_count = post_count + 1, last_activity_at = $9 FROM p WHERE topics.name = p.topic"
-            }
-        };
-        bind_post(sqlx::query(sql), p)
-            .execute(&mut *self.tx)
+    /// A post and its topic event: `Store::insert_post_with_event` inside this transaction,
+    /// for a post whose write has more to it (mentions, leaks); the same statement, so the
+    /// same rules. `Banned` when the author is banned from the topic at `p.created_at`.
+    pub async fn insert_post_with_event(
+        &mut self,
+        p: &NewPost<'_>,
+        channel: &str,
+        data: &[u8],
+    ) -> StoreResult<u64> {
+        let rows = post_with_event(self.dialect, p, channel, data)
+            .fetch_all(&mut *self.tx)
             .await?;
-        Ok(())
+        match rows.first() {
+            Some(r) => Ok(r.get::<i64, _>("seq") as u64),
+            None => Err(rules::banned(p.topic)),
+        }
     }
 }
 
 impl Store {
     /// A post with nothing but its topic event: the ban check, the post, its topic's count,
-    /// the channel's next seq and the event, atomically and in one round trip (the general
-    /// path, `begin` .. `commit`, takes five). SQLite: one insert into the `post_writes` view,
-    /// then the seq read back (each statement's result wakes the caller: a six-statement
-    /// script woke it ~5 times per post); PostgreSQL: one statement of CTEs. Returns the
-    /// event's seq, or `None` with nothing written when the author is banned from the topic
-    /// at `p.created_at`.
+    /// the channel's next seq and the event, atomically and in one round trip (in a
+    /// transaction, `begin` .. `commit`, three). The one way a post is written, here or in a
+    /// `WriteTx`. Returns the event's seq, or `None` with nothing written when the author is
+    /// banned from the topic at `p.created_at`.
     ///
     /// Why it matters: each round trip to SQLite wakes its worker thread and then the
     /// caller, and on the machines measured a thread wake-up costs ~16 us of CPU.
@@ -307,37 +307,7 @@ impl Store {
         channel: &str,
         data: &[u8],
     ) -> StoreResult<Option<u64>> {
-        // The view's trigger does the writing (migration 004_post_writes); the seq is then
-        // read on the same connection, the replica's only writer, so no other write comes
-        // between. Nothing is read when the ban kept the post out.
-        const SQLITE: &str = "INSERT INTO post_writes \
-             (id, topic, author_id, title, body, kind, url, hot, created_at, channel, data, sealed) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12); \
-             SELECT seq FROM events WHERE channel = $10 AND EXISTS (SELECT 1 FROM posts WHERE id = $1) \
-             ORDER BY seq DESC LIMIT 1";
-        // One statement: atomic on its own, and the counter row stays locked until it
-        // commits, so commits on one channel happen in seq order (see `append_event`).
-        // Each step reads the one before it, which makes PostgreSQL run them in that order
-        // (an unread step runs last): the topic row is locked before the seq row, as every
-        // other write on a topic does, or the two would deadlock.
-        const POSTGRES: &str = "WITH p AS (INSERT INTO posts (id, topic, author_id, title, body, kind, url, score, comment_count, hot, created_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9 WHERE NOT EXISTS \
-             (SELECT 1 FROM bans WHERE topic = $2 AND agent_id = $3 AND (until_at IS NULL OR until_at > $9)) \
-             RETURNING topic), \
-             t AS (UPDATE topics SET post_count = post_count + 1, last_activity_at = $9 FROM p \
-             WHERE topics.name = p.topic RETURNING topics.name), \
-             s AS (INSERT INTO channel_seqs (channel, seq) SELECT $10, 1 FROM t \
-             ON CONFLICT (channel) DO UPDATE SET seq = channel_seqs.seq + 1 RETURNING seq) \
-             INSERT INTO events (channel, seq, event, data, sealed, created_at) \
-             SELECT $10, s.seq, 'post', $11, $12, $9 FROM s RETURNING seq";
-        let sql = match self.dialect {
-            Dialect::Sqlite => SQLITE,
-            Dialect::Postgres => POSTGRES,
-        };
-        let query = bind_post(sqlx::query(sql), p)
-            .bind(channel)
-            .bind(data.to_vec())
-            .bind(0i64);
+        let query = post_with_event(self.dialect, p, channel, data);
         let rows = match self.dialect {
             Dialect::Postgres => query.fetch_all(&self.write).await?,
             Dialect::Sqlite => {
@@ -355,6 +325,52 @@ impl Store {
         };
         Ok(rows.first().map(|r| r.get::<i64, _>("seq") as u64))
     }
+}
+
+/// The post with its topic event, in one statement per dialect, returning the event's seq
+/// (no row when the ban kept the post out).
+///
+/// SQLite: one insert into the `post_writes` view, whose trigger writes the post, counts it
+/// and stores the event through `event_writes` (migrations 004 and 010), then the seq read
+/// back (each statement's result wakes the caller: a six-statement script woke it ~5 times
+/// per post). The seq is read on the same connection, the replica's only writer, so no
+/// other write comes between; nothing is read when the ban kept the post out.
+///
+/// PostgreSQL: one statement of CTEs, atomic on its own, and the counter row stays locked
+/// until it commits, so commits on one channel happen in seq order (see `append_event`).
+/// Each step reads the one before it, which makes PostgreSQL run them in that order (an
+/// unread step runs last): the topic row is locked before the seq row, as every other write
+/// on a topic does, or the two would deadlock.
+fn post_with_event<'q>(
+    dialect: Dialect,
+    p: &NewPost<'q>,
+    channel: &'q str,
+    data: &[u8],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    const SQLITE: &str = concat!(
+        "INSERT INTO post_writes \
+         (id, topic, author_id, title, body, kind, url, hot, created_at, channel, data, sealed) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 WHERE ",
+        not_banned!(topic: "$2", agent: "$3", at: "$9"),
+        "; SELECT seq FROM channel_seqs WHERE channel = $10 AND EXISTS (SELECT 1 FROM posts WHERE id = $1)"
+    );
+    const POSTGRES: &str = concat!(
+        "WITH p AS (INSERT INTO posts (id, topic, author_id, title, body, kind, url, score, comment_count, hot, created_at) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9 WHERE ",
+        not_banned!(topic: "$2", agent: "$3", at: "$9"),
+        " RETURNING topic), \
+         t AS (UPDATE topics SET post_count = post_count + 1, last_activity_at = $9 FROM p \
+         WHERE topics.name = p.topic RETURNING topics.name), ",
+        pg_event_write!(from: " FROM t", channel: "$10", event: "'post'", data: "$11", sealed: "$12", at: "$9")
+    );
+    let sql = match dialect {
+        Dialect::Sqlite => SQLITE,
+        Dialect::Postgres => POSTGRES,
+    };
+    bind_post(sqlx::query(sql), p)
+        .bind(channel)
+        .bind(data.to_vec())
+        .bind(0i64)
 }
 
 /// A write connection running a script: closed instead of returned to the pool unless `done`,
@@ -389,22 +405,28 @@ fn bind_post<'q>(
 }
 
 impl WriteTx {
-    /// Inserts a comment and returns the post's new comment count. `NotFound` when the post
-    /// is removed: a caller that found it before the removal committed must not add a
-    /// comment (and its event) after the removal's tombstones.
+    /// Inserts a comment on a post in `topic` and returns the post's new comment count.
+    /// `Banned` when the author is banned from the topic at `c.created_at`. `NotFound` when
+    /// the post is removed: a caller that found it before the removal committed must not add
+    /// a comment (and its event) after the removal's tombstones.
     pub async fn insert_comment(&mut self, c: &NewComment<'_>, topic: &str) -> StoreResult<i64> {
-        sqlx::query(
+        let written = sqlx::query(concat!(
             "INSERT INTO comments (id, post_id, parent_id, author_id, body, score, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 0, $6)",
-        )
+             SELECT $1, $2, $3, $4, $5, 0, $6 WHERE ",
+            not_banned!(topic: "$7", agent: "$4", at: "$6")
+        ))
         .bind(c.id)
         .bind(c.post_id)
         .bind(c.parent_id)
         .bind(c.author_id)
         .bind(c.body)
         .bind(c.created_at)
+        .bind(topic)
         .execute(&mut *self.tx)
         .await?;
+        if written.rows_affected() == 0 {
+            return Err(rules::banned(topic));
+        }
         let count: i64 = sqlx::query(
             "UPDATE posts SET comment_count = comment_count + 1 WHERE id = $1 AND removed_at IS NULL \
              RETURNING comment_count",
@@ -423,6 +445,7 @@ impl WriteTx {
 
     /// Records `agent`'s vote on a target (0 clears it) and returns the target's new score.
     /// The score moves by the difference from the previous vote; the author's karma follows.
+    /// `Banned` when the voter is banned from the target's topic at `now`.
     pub async fn apply_vote(
         &mut self,
         agent_id: &str,
@@ -431,18 +454,27 @@ impl WriteTx {
         hot_of: impl Fn(i64) -> f64,
         now: i64,
     ) -> StoreResult<i64> {
-        let (target_id, table) = match target {
-            VoteTarget::Post(p) => (p.id.as_str(), "posts"),
-            VoteTarget::Comment(c) => (c.id.as_str(), "comments"),
+        let (target_id, table, topic) = match target {
+            VoteTarget::Post(p) => (p.id.as_str(), "posts", p.topic.as_str()),
+            VoteTarget::Comment(c) => (c.id.as_str(), "comments", c.topic.as_str()),
         };
-        let old: i64 =
-            sqlx::query("SELECT value FROM votes WHERE agent_id = $1 AND target_id = $2")
-                .bind(agent_id)
-                .bind(target_id)
-                .fetch_optional(&mut *self.tx)
-                .await?
-                .map(|r| r.get("value"))
-                .unwrap_or(0);
+        // The ban rides on the transaction's first statement, which every vote runs.
+        let row = sqlx::query(concat!(
+            "SELECT CAST(CASE WHEN ",
+            not_banned!(topic: "$3", agent: "$1", at: "$4"),
+            " THEN 1 ELSE 0 END AS BIGINT) AS allowed, \
+             (SELECT value FROM votes WHERE agent_id = $1 AND target_id = $2) AS value"
+        ))
+        .bind(agent_id)
+        .bind(target_id)
+        .bind(topic)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        if row.get::<i64, _>("allowed") == 0 {
+            return Err(rules::banned(topic));
+        }
+        let old = opt_i64(&row, "value").unwrap_or(0);
         let delta = value - old;
         if value == 0 {
             sqlx::query("DELETE FROM votes WHERE agent_id = $1 AND target_id = $2")

@@ -15,6 +15,7 @@ mod identity;
 mod meta;
 mod removal;
 pub mod rows;
+mod rules;
 mod sealed_rows;
 mod social;
 
@@ -23,7 +24,7 @@ pub use identity::{NewAgent, NewKey, NewOwner};
 pub use removal::tombstone;
 pub use rows::*;
 pub use sealed_rows::{SealedBlob, SealedKind};
-pub use social::{Ban, ReportRow, SearchHit, SearchKind};
+pub use social::{ReportRow, SearchHit, SearchKind};
 
 use dashmap::DashSet;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -38,6 +39,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("not found")]
     NotFound,
+    /// The writer is banned from writing in `topic` (see `rules`).
+    #[error("banned from writing in '{topic}'")]
+    Banned { topic: String },
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("database error: {0}")]
@@ -118,6 +122,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ),
     ("006_holds", include_str!("migrations/sqlite/006_holds.sql")),
     ("009_leaks", include_str!("migrations/sqlite/009_leaks.sql")),
+    (
+        "010_event_writes",
+        include_str!("migrations/sqlite/010_event_writes.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("001_init", include_str!("migrations/postgres/001_init.sql")),

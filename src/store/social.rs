@@ -1,21 +1,10 @@
-//! The social graph (follows, topic memberships), moderation (bans, reports; removals are in
-//! `removal`) and full-text search: SQLite FTS5 tables kept by triggers, PostgreSQL `tsvector`
-//! columns with GIN indexes. Search terms are always bound as parameters and, for FTS5,
-//! quoted term by term, so no query syntax from outside reaches either engine.
+//! The social graph (follows, topic memberships), moderation (bans, which `rules` enforces;
+//! reports; removals are in `removal`) and full-text search: SQLite FTS5 tables kept by
+//! triggers, PostgreSQL `tsvector` columns with GIN indexes. Search terms are always bound as
+//! parameters and, for FTS5, quoted term by term, so no query syntax from outside reaches
+//! either engine.
 
 use super::*;
-
-/// A ban of an agent from writing in a topic.
-#[derive(Debug, Clone)]
-pub struct Ban {
-    pub until: Option<i64>,
-}
-
-impl Ban {
-    pub fn active(&self, now: i64) -> bool {
-        self.until.is_none_or(|u| u > now)
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SearchKind {
@@ -65,17 +54,6 @@ impl Store {
             .fetch_optional(&self.read)
             .await?;
         Ok(row.and_then(|r| opt_str(&r, "creator_id")))
-    }
-
-    pub async fn ban(&self, topic: &str, agent_id: &str) -> StoreResult<Option<Ban>> {
-        let row = sqlx::query("SELECT until_at FROM bans WHERE topic = $1 AND agent_id = $2")
-            .bind(topic)
-            .bind(agent_id)
-            .fetch_optional(&self.read)
-            .await?;
-        Ok(row.map(|r| Ban {
-            until: opt_i64(&r, "until_at"),
-        }))
     }
 
     /// (followers, following) of an agent.
