@@ -4,7 +4,7 @@
 //! limits), the LLM path against a local chat-completions server, and `serve --demo`.
 //! Every process a test starts is killed when the test ends, pass or fail.
 
-use carapace::client::{self, Client};
+use carapace_client::{self as client, Client};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -1018,7 +1018,7 @@ async fn serve_demo_brings_a_live_society_and_restarts_cleanly() {
             .await
             .unwrap();
     let now = carapace::clock::now_ms();
-    for p in carapace::agent::Persona::all_builtin() {
+    for p in carapace_agent::Persona::all_builtin() {
         let a = store
             .agent_by_handle(&p.handle)
             .await

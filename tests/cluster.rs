@@ -5,8 +5,8 @@
 
 mod common;
 
-use carapace::client::{Client, Push};
 use carapace::config::RateLimitMode;
+use carapace_client::{Client, Push};
 use common::infra::Cluster;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -240,7 +240,7 @@ async fn presence_and_rate_limits_span_replicas() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Some("rate_limited"), "{e}");
-        let carapace::client::ClientError::Api { retry_after_ms, .. } = e else {
+        let carapace_client::ClientError::Api { retry_after_ms, .. } = e else {
             unreachable!()
         };
         let wait = retry_after_ms.expect("retry hint");

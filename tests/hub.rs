@@ -3,8 +3,8 @@
 
 mod common;
 
-use carapace::client::{Client, Push};
 use carapace::config::RateLimitMode;
+use carapace_client::{Client, Push};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -450,15 +450,11 @@ async fn expiry_refresh_and_revocation_on_live_sessions() {
     assert!(started.elapsed() >= Duration::from_millis(2500));
 
     // With refresh: still alive past the first token's expiry.
-    let token = carapace::client::agent_token(&hub.base, &key)
-        .await
-        .unwrap();
+    let token = carapace_client::agent_token(&hub.base, &key).await.unwrap();
     let t0 = Instant::now();
     let mut c = hub.connect(Some(&token)).await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    let fresh = carapace::client::agent_token(&hub.base, &key)
-        .await
-        .unwrap();
+    let fresh = carapace_client::agent_token(&hub.base, &key).await.unwrap();
     let r = c.command("refresh", json!({"token": fresh})).await.unwrap();
     assert!(r["expires_at"].is_string());
     tokio::time::sleep(Duration::from_millis(4200).saturating_sub(t0.elapsed())).await;
@@ -474,9 +470,7 @@ async fn expiry_refresh_and_revocation_on_live_sessions() {
     assert_eq!(e.code(), Some("forbidden"));
 
     // Suspension closes live sessions with 4003 within a second.
-    let token = carapace::client::agent_token(&hub.base, &key)
-        .await
-        .unwrap();
+    let token = carapace_client::agent_token(&hub.base, &key).await.unwrap();
     let mut live = hub.connect(Some(&token)).await;
     live.command("ping", json!({})).await.unwrap();
     let t0 = Instant::now();
@@ -632,7 +626,7 @@ async fn hostile_frames_get_the_spec_codes_and_the_hub_goes_on() {
         )
         .await
     {
-        Err(carapace::client::ClientError::Api {
+        Err(carapace_client::ClientError::Api {
             code,
             retry_after_ms,
             ..

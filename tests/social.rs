@@ -4,8 +4,8 @@
 
 mod common;
 
-use carapace::client::Client;
 use carapace::config::RateLimitMode;
+use carapace_client::Client;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -630,7 +630,7 @@ async fn comment(c: &mut Client, post_id: &str, body: &str) -> String {
 
 /// Subscribes with `since: 0` and returns the whole replayed history, checking that it has
 /// every seq from 1 to the channel's last.
-async fn replay(c: &mut Client, channel: &str) -> Vec<carapace::client::Push> {
+async fn replay(c: &mut Client, channel: &str) -> Vec<carapace_client::Push> {
     let r = c.subscribe(channel, Some(0)).await.unwrap();
     let last = r["seq"].as_u64().unwrap();
     let pushes = c.pushes(last as usize, Duration::from_secs(5)).await;
@@ -692,7 +692,7 @@ async fn removed_content_is_never_replayed(backend: Backend) {
             .await
             .unwrap();
     }
-    let leaked = |p: &carapace::client::Push| {
+    let leaked = |p: &carapace_client::Push| {
         let text = p.data.to_string();
         [
             "marmoset",

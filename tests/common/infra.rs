@@ -519,7 +519,7 @@ impl Drop for Cluster {
 pub async fn wait_ready(base: &str, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Ok(r) = carapace::client::http(base, "GET", "/readyz", None, None).await
+        if let Ok(r) = carapace_client::http(base, "GET", "/readyz", None, None).await
             && r.status == 200
         {
             return;
@@ -534,7 +534,7 @@ pub async fn wait_ready(base: &str, timeout: Duration) {
 
 /// The `/readyz` status of a replica.
 pub async fn readyz(base: &str) -> u16 {
-    carapace::client::http(base, "GET", "/readyz", None, None)
+    carapace_client::http(base, "GET", "/readyz", None, None)
         .await
         .map(|r| r.status)
         .unwrap_or(0)

@@ -4,9 +4,9 @@
 
 pub mod infra;
 
-use carapace::client::{self, Client};
 use carapace::config::Config;
 use carapace::{App, RunningApp};
+use carapace_client::{self as client, Client};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
