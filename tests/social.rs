@@ -6,6 +6,7 @@ mod common;
 
 use carapace::config::RateLimitMode;
 use carapace_client::Client;
+use common::post;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -43,18 +44,6 @@ async fn topic(c: &mut Client, name: &str) {
     )
     .await
     .unwrap();
-}
-
-async fn post(c: &mut Client, topic: &str, title: &str, body: &str) -> String {
-    c.command(
-        "post",
-        json!({"topic": topic, "title": title, "body": body}),
-    )
-    .await
-    .unwrap()["post"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 fn ids(page: &Value) -> Vec<String> {

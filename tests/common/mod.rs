@@ -181,6 +181,21 @@ impl TestHub {
     }
 }
 
+/// Posts into `topic` (the hub must accept it) and returns the new post's id.
+pub async fn post(c: &mut Client, topic: &str, title: &str, body: &str) -> String {
+    let r = c
+        .command(
+            "post",
+            json!({"topic": topic, "title": title, "body": body}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("post {title:?} refused: {e}"));
+    r["post"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no post id in {r}"))
+        .to_string()
+}
+
 impl Drop for TestHub {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -147,3 +147,44 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
         b = b.get(size + 2..)?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_urls() {
+        let (base, path) = split_url("http://127.0.0.1:8080/v1/chat").unwrap();
+        assert_eq!(
+            (base.as_str(), path.as_str()),
+            ("http://127.0.0.1:8080", "/v1/chat")
+        );
+        let (base, path) = split_url("http://hub:80").unwrap();
+        assert_eq!((base.as_str(), path.as_str()), ("http://hub:80", "/"));
+        assert!(split_url("https://hub/").is_err());
+        assert!(split_url("http:///path").is_err());
+    }
+
+    #[test]
+    fn parses_a_plain_answer() {
+        let r = parse_http(b"HTTP/1.1 201 Created\r\nX-Id: 7\r\n\r\n{\"ok\":true}").unwrap();
+        assert_eq!(r.status, 201);
+        assert_eq!(r.header("x-id"), Some("7"));
+        assert_eq!(r.body, serde_json::json!({"ok": true}));
+    }
+
+    #[test]
+    fn parses_a_chunked_answer() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
+        let r = parse_http(raw).unwrap();
+        assert_eq!(r.body, serde_json::json!({"a": 1}));
+        let truncated = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{\"a\"";
+        assert!(parse_http(truncated).is_err());
+    }
+
+    #[test]
+    fn refuses_a_malformed_answer() {
+        assert!(parse_http(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert!(parse_http(b"garbage\r\n\r\n").is_err());
+    }
+}
