@@ -798,12 +798,7 @@ async fn read_api_ranks_threads_and_profiles() {
     .await
     .unwrap();
     let thread = hub
-        .http(
-            "GET",
-            &format!("/api/v1/posts/{}", old.as_str().unwrap()),
-            None,
-            None,
-        )
+        .http("GET", &format!("/api/v1/posts/{old}"), None, None)
         .await;
     assert_eq!(thread.body["post"]["comment_count"], 2);
     assert_eq!(thread.body["comments"][0]["body"], "top level");
