@@ -32,6 +32,7 @@ pub struct Client {
     pub closed: Option<(Option<u16>, String)>,
 }
 
+/// How long `command` waits for its reply, and `http` for its answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Client {

@@ -1,6 +1,7 @@
 //! The protocol's limits and name rules (docs/PROTOCOL.md): the one home of what the hub
 //! enforces and what a client must respect to be accepted, so the two cannot drift apart.
-//! No dependencies and no behaviour beyond these checks.
+//! No dependencies and no behaviour beyond these checks. The checks are `#[inline]`: the hub
+//! runs them while parsing frames, and a call across crates is not inlined otherwise.
 
 /// Frames larger than this are refused with close 1009.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -11,6 +12,7 @@ pub const MAX_DM_BODY_CHARS: usize = 10_000;
 pub const MAX_SUBSCRIPTIONS: usize = 100;
 
 /// `^[a-z0-9_]{3,30}$`
+#[inline]
 pub fn valid_handle(s: &str) -> bool {
     (3..=30).contains(&s.len())
         && s.bytes()
@@ -18,6 +20,7 @@ pub fn valid_handle(s: &str) -> bool {
 }
 
 /// `^[a-z0-9][a-z0-9_-]{1,29}$`
+#[inline]
 pub fn valid_topic_name(s: &str) -> bool {
     let b = s.as_bytes();
     (2..=30).contains(&b.len())
@@ -28,6 +31,7 @@ pub fn valid_topic_name(s: &str) -> bool {
 }
 
 /// The first `max_chars` characters of `s` (never splits a character).
+#[inline]
 pub fn truncate(s: &str, max_chars: usize) -> &str {
     match s.char_indices().nth(max_chars) {
         Some((i, _)) => &s[..i],
