@@ -2,7 +2,8 @@
 # Runs every test of Carapace on a fresh machine: installs what the tests need (Debian's
 # Chromium, the npm and PyPI packages of the browser tests and of the client SDKs, on which
 # the example agents run), makes sure PostgreSQL and Redis answer on 127.0.0.1, then runs the
-# Rust suites, the SDKs' own tests (against the hub just built) and the browser suite.
+# Rust suites, schemathesis against the OpenAPI document, the SDKs' own tests (against the hub
+# just built) and the browser suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -31,7 +32,7 @@ if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
 fi
 
 # --- language packages: the client SDKs (the example agents run on them), browser tests ---
-python3 -m pip install -q --disable-pip-version-check ./clients/python pytest mypy
+python3 -m pip install -q --disable-pip-version-check ./clients/python pytest mypy schemathesis
 (cd clients/js && npm ci --no-audit --no-fund --silent && npx tsc)
 if [ -f tests/browser/package.json ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
@@ -44,6 +45,9 @@ echo "== cargo build"
 cargo build --all-targets
 echo "== cargo test"
 cargo test -- --test-threads 2
+
+echo "== the HTTP API against its OpenAPI document (schemathesis)"
+scripts/api_conformance.sh target/debug/carapace 40
 
 echo "== Python SDK: mypy --strict, pytest against target/debug/carapace"
 (cd clients/python && python3 -m mypy --strict src tests \

@@ -145,7 +145,7 @@ impl Config {
             drain_timeout: Duration::from_secs(10),
             egress_threads: a
                 .egress_threads
-                .unwrap_or_else(crate::egress::Egress::default_threads),
+                .unwrap_or_else(crate::delivery::egress::Egress::default_threads),
             limits: crate::abuse::Limits::from_args(&a.limits),
         }
     }

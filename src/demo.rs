@@ -92,7 +92,7 @@ async fn provision(svc: &Service, p: &Persona) -> Result<String, DemoError> {
                 },
             )
             .await?;
-        return key_of(&v["api_key"]);
+        return Ok(v.api_key.key);
     };
     if agent.owner_id != owner.id {
         return Err(DemoError::Taken(p.handle.clone()));
@@ -113,14 +113,7 @@ async fn provision(svc: &Service, p: &Persona) -> Result<String, DemoError> {
         };
         svc.patch_agent(&owner, &p.handle, patch).await?;
     }
-    key_of(&svc.add_key(&owner, &p.handle).await?)
-}
-
-fn key_of(v: &serde_json::Value) -> Result<String, DemoError> {
-    v["key"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| DemoError::Service(ServiceError::Internal("no key in answer".into())))
+    Ok(svc.add_key(&owner, &p.handle).await?.key)
 }
 
 /// The persona's owner, `demo_<handle>`, found by its email's blind index or signed up with

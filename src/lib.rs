@@ -8,14 +8,13 @@ pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod data_reseal;
+pub mod delivery;
 pub mod demo;
-pub mod egress;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod index_rotation;
 pub mod metrics;
-pub mod outbox;
-pub mod pacing;
 pub mod private_fs;
 pub mod protocol;
 pub mod ratelimit;
@@ -27,11 +26,12 @@ pub mod store;
 pub mod websocket;
 
 use crate::auth::keyring::KeyRing;
-use crate::bus::local::LocalBus;
+use crate::bus::Broker;
+use crate::bus::local::LocalBroker;
 use crate::bus::redis::RedisBus;
-use crate::bus::{Bus, BusHandler};
 use crate::config::{Config, RateLimitMode};
-use crate::egress::Egress;
+use crate::delivery::egress::Egress;
+use crate::history::History;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -126,32 +126,48 @@ impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
         let (store, keys) = open_store_and_keys(&config.database_url, &config.secrets_dir).await?;
         let metrics = Arc::new(Metrics::default());
-        let mut limits = config.limits.budgets(RateLimiter::new(
+        let limits = config.limits.budgets(RateLimiter::new(
             config.rate_limits == RateLimitMode::Default,
         ));
-        let bus: Arc<dyn Bus> = match &config.redis_url {
-            None => {
-                metrics.bus_up.set(1);
-                Arc::new(LocalBus::new())
-            }
+        if config.rate_limits == RateLimitMode::Off {
+            tracing::warn!("RATE LIMITS ARE OFF: use this only for benchmarks");
+        }
+        let redis = match &config.redis_url {
+            None => None,
             Some(url) => {
                 // Replicas of one deployment share the database, hence this id, hence one
                 // namespace on Redis; other deployments on the same Redis stay apart.
                 let cluster = store.cluster_id().await?;
-                let redis = RedisBus::start(url, &cluster, &config.replica_id, metrics.clone())
+                let redis = RedisBus::open(url, &cluster, &config.replica_id, metrics.clone())
                     .map_err(|e| StartError::Bus(e.to_string()))?;
                 tracing::info!(cluster = %cluster, "using the Redis bus");
-                limits = limits.with_shared(redis.clone());
-                redis
+                Some(redis)
             }
         };
-        if config.rate_limits == RateLimitMode::Off {
-            tracing::warn!("RATE LIMITS ARE OFF: use this only for benchmarks");
-        }
+        let keys = Arc::new(keys);
+        let mut egress = Egress::start(config.egress_threads).map_err(StartError::Egress)?;
+        // The Hub gets the bus's listening and presence handles; the broker is built with the
+        // Hub as its handler, so publishing reaches it by a direct call and nothing in the
+        // Hub leads back to the broker.
+        let hub = Hub::new(
+            redis.as_ref().map(RedisBus::subscriptions),
+            redis.as_ref().map(RedisBus::presence),
+            History::new(store.clone(), keys.clone()),
+            metrics.clone(),
+            &mut egress,
+        );
+        let limits = limits.with_shared(redis.as_ref().map(RedisBus::limits));
+        let bus: Arc<dyn Broker> = match redis {
+            None => {
+                metrics.bus_up.set(1);
+                Arc::new(LocalBroker::new(hub.clone()))
+            }
+            Some(redis) => redis.start(hub.clone()),
+        };
         let service = Arc::new(Service {
             store,
-            keys: Arc::new(keys),
-            bus: bus.clone(),
+            keys,
+            bus,
             limits,
             metrics: metrics.clone(),
             token_ttl: config.token_ttl,
@@ -161,10 +177,6 @@ impl App {
                 config.rate_limits == RateLimitMode::Default,
             )),
         });
-        let mut egress = Egress::start(config.egress_threads).map_err(StartError::Egress)?;
-        let hub = Hub::new(service.clone(), metrics.clone(), &mut egress);
-        let handler: Arc<dyn BusHandler> = hub.clone();
-        bus.attach(Arc::downgrade(&handler));
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -239,9 +251,11 @@ impl App {
         };
         // Upgraded WebSocket connections are not the HTTP server's to wait for: give sessions
         // the drain time to finish their command, send their 1012 and go.
-        let deadline = tokio::time::Instant::now() + drain_timeout;
-        while self.metrics.sessions.get() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if tokio::time::timeout(drain_timeout, self.hub.sessions_ended())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout reached; exiting with sessions still open");
         }
         self.service.bus.close().await;
         pruner.abort();
@@ -318,7 +332,7 @@ pub async fn admin_service(
     Ok(Service {
         store,
         keys: Arc::new(keys),
-        bus: Arc::new(LocalBus::new()),
+        bus: Arc::new(LocalBroker::without_sessions()),
         limits: RateLimiter::new(false),
         metrics: Arc::new(Metrics::default()),
         token_ttl: Duration::from_secs(600),

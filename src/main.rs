@@ -346,7 +346,7 @@ async fn status_from_cli(
         .set_status_from_cli(handle, action, reason)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("{v}");
+    println!("{}", serde_json::to_string(&v)?);
     Ok(())
 }
 
@@ -369,7 +369,7 @@ async fn admin(store_args: StoreArgs, task: AdminTask) -> anyhow::Result<()> {
                 .signup(&handle, &email, password, admin, "cli")
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("{v}");
+            println!("{}", serde_json::to_string(&v)?);
         }
         AdminTask::Agents { stale_days } => {
             let v = service
@@ -381,40 +381,23 @@ async fn admin(store_args: StoreArgs, task: AdminTask) -> anyhow::Result<()> {
                 "agent", "owner", "status", "scopes", "key age"
             );
             let now = carapace::clock::now_ms();
-            for a in v["agents"].as_array().into_iter().flatten() {
-                let keys = a["keys"].as_array().cloned().unwrap_or_default();
-                let active: Vec<_> = keys.iter().filter(|k| k["active"] == true).collect();
-                let age = active
-                    .iter()
-                    .filter_map(|k| k["created_at"].as_str())
-                    .filter_map(|t| {
-                        time::OffsetDateTime::parse(
-                            t,
-                            &time::format_description::well_known::Rfc3339,
-                        )
-                        .ok()
-                    })
-                    .map(|t| (now / 1000 - t.unix_timestamp()) / 86400)
+            for a in &v.agents {
+                let active = || a.keys.iter().filter(|k| k.active);
+                let age = active()
+                    .map(|k| (now - k.created_ms) / 86_400_000)
                     .max()
                     .map(|d| format!("{d}d"))
                     .unwrap_or_else(|| "-".into());
-                let last = active
-                    .iter()
-                    .filter_map(|k| k["last_used_at"].as_str())
+                let last = active()
+                    .filter_map(|k| k.last_used_at.as_deref())
                     .max()
                     .unwrap_or("never");
-                let scopes: Vec<&str> = a["scopes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|s| s.as_str())
-                    .collect();
                 println!(
                     "{:<24} {:<16} {:<10} {:<40} {:>8} {}",
-                    a["handle"].as_str().unwrap_or(""),
-                    a["owner"].as_str().unwrap_or(""),
-                    a["status"].as_str().unwrap_or(""),
-                    scopes.join(","),
+                    a.handle,
+                    a.owner,
+                    a.status,
+                    a.scopes.join(","),
                     age,
                     last
                 );

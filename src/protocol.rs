@@ -2,7 +2,7 @@
 //! error codes and close codes (SPEC sections 4 and 5). Parsing happens here, at the edge;
 //! everything past this module works with checked types. It owns no behaviour.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
@@ -13,8 +13,9 @@ pub use carapace_wire::{
     MAX_SUBSCRIPTIONS, MAX_TITLE_CHARS, truncate, valid_handle, valid_topic_name,
 };
 
-/// The error codes of SPEC section 5, shared by WebSocket replies and HTTP bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The error codes, shared by WebSocket replies and HTTP bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
     Unauthorized,
@@ -58,11 +59,19 @@ impl ErrorCode {
 }
 
 /// A protocol-level error: a code, a human message and, for `rate_limited`, when to retry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialized as the `{"code", "message", "retry_after_ms"?}` object of both transports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+}
+
+/// How an error travels: `{"error": {...}}` (an HTTP body; a reply adds its `id`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ApiError,
 }
 
 impl ApiError {
@@ -100,15 +109,6 @@ impl ApiError {
             message: "rate limit exceeded".into(),
             retry_after_ms: Some(retry_after_ms),
         }
-    }
-
-    /// The `{"code", "message", "retry_after_ms"?}` object used in both transports.
-    pub fn to_json(&self) -> Value {
-        let mut v = serde_json::json!({"code": self.code.as_str(), "message": self.message});
-        if let Some(ms) = self.retry_after_ms {
-            v["retry_after_ms"] = ms.into();
-        }
-        v
     }
 }
 
@@ -299,7 +299,7 @@ impl Command {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default, utoipa::ToSchema)]
 pub struct FeedInput {
     #[serde(default)]
     pub sort: Option<String>,
@@ -309,7 +309,7 @@ pub struct FeedInput {
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct SearchInput {
     pub q: String,
     #[serde(default, rename = "type")]
@@ -318,7 +318,7 @@ pub struct SearchInput {
     pub limit: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostInput {
     pub topic: String,
@@ -330,7 +330,7 @@ pub struct PostInput {
     pub url: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommentInput {
     pub post_id: String,
@@ -339,7 +339,7 @@ pub struct CommentInput {
     pub body: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopicInput {
     pub name: String,
@@ -413,36 +413,88 @@ pub const OPS: &[&str] = &[
     "ping",
 ];
 
+/// The fields of `auth` and `refresh`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct TokenArgs {
+    /// An agent token (a JWT from `POST /api/v1/token`), never the API key.
+    pub token: String,
+}
+
+/// The fields of `subscribe`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct SubscribeArgs {
+    /// `topic:<name>`, `agent:<handle>` (one's own) or `firehose`.
+    pub channel: String,
+    /// The last seq seen on this channel: events after it are replayed first.
+    #[serde(default)]
+    pub since: Option<u64>,
+}
+
+/// The fields of `unsubscribe` and `presence`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ChannelArgs {
+    pub channel: String,
+}
+
+/// The fields of `vote`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct VoteArgs {
+    /// A post's or a comment's id.
+    pub target: String,
+    /// 1 up, -1 down, 0 clears.
+    #[schema(minimum = -1, maximum = 1)]
+    pub value: i8,
+}
+
+/// The fields of `dm`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct DmArgs {
+    /// The recipient's handle.
+    pub to: String,
+    pub body: String,
+}
+
+/// The fields of `follow` and `unfollow`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct HandleArgs {
+    pub handle: String,
+}
+
+/// The fields of `join` and `leave`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct TopicArgs {
+    pub topic: String,
+}
+
+/// The fields of `remove` and `report`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct TargetArgs {
+    /// A post's or a comment's id.
+    pub target: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The fields of `ban`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct BanArgs {
+    pub topic: String,
+    pub handle: String,
+    /// RFC 3339; without it, the ban has no end.
+    #[serde(default)]
+    pub until: Option<String>,
+}
+
+/// No fields (`ping`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NoArgs {}
+
 fn parse_op(op: &str, fields: Value) -> Result<Command, ApiError> {
     if !OPS.contains(&op) {
         return Err(ApiError::bad_request(format!(
             "unknown op '{}'",
             truncate(op, 32)
         )));
-    }
-    #[derive(Deserialize)]
-    struct TokenArgs {
-        token: String,
-    }
-    #[derive(Deserialize)]
-    struct SubArgs {
-        channel: String,
-        #[serde(default)]
-        since: Option<u64>,
-    }
-    #[derive(Deserialize)]
-    struct ChanArgs {
-        channel: String,
-    }
-    #[derive(Deserialize)]
-    struct VoteArgs {
-        target: String,
-        value: i8,
-    }
-    #[derive(Deserialize)]
-    struct DmArgs {
-        to: String,
-        body: String,
     }
     fn de<T: serde::de::DeserializeOwned>(op: &str, v: Value) -> Result<T, ApiError> {
         serde_json::from_value(v).map_err(|e| {
@@ -460,17 +512,17 @@ fn parse_op(op: &str, fields: Value) -> Result<Command, ApiError> {
             token: de::<TokenArgs>(op, fields)?.token,
         },
         "subscribe" => {
-            let a: SubArgs = de(op, fields)?;
+            let a: SubscribeArgs = de(op, fields)?;
             Command::Subscribe {
                 channel: Channel::parse(&a.channel)?,
                 since: a.since,
             }
         }
         "unsubscribe" => Command::Unsubscribe {
-            channel: Channel::parse(&de::<ChanArgs>(op, fields)?.channel)?,
+            channel: Channel::parse(&de::<ChannelArgs>(op, fields)?.channel)?,
         },
         "presence" => Command::Presence {
-            channel: Channel::parse(&de::<ChanArgs>(op, fields)?.channel)?,
+            channel: Channel::parse(&de::<ChannelArgs>(op, fields)?.channel)?,
         },
         "post" => Command::Post(de(op, fields)?),
         "comment" => Command::Comment(de(op, fields)?),
@@ -492,57 +544,32 @@ fn parse_op(op: &str, fields: Value) -> Result<Command, ApiError> {
             }
         }
         "topic.create" => Command::TopicCreate(de(op, fields)?),
-        "follow" | "unfollow" => {
-            #[derive(Deserialize)]
-            struct A {
-                handle: String,
-            }
-            Command::Follow {
-                handle: de::<A>(op, fields)?.handle,
-                on: op == "follow",
-            }
-        }
-        "join" | "leave" => {
-            #[derive(Deserialize)]
-            struct A {
-                topic: String,
-            }
-            Command::Join {
-                topic: de::<A>(op, fields)?.topic,
-                on: op == "join",
-            }
-        }
+        "follow" | "unfollow" => Command::Follow {
+            handle: de::<HandleArgs>(op, fields)?.handle,
+            on: op == "follow",
+        },
+        "join" | "leave" => Command::Join {
+            topic: de::<TopicArgs>(op, fields)?.topic,
+            on: op == "join",
+        },
         "feed" => Command::Feed(de(op, fields)?),
         "search" => Command::Search(de(op, fields)?),
-        "remove" | "report" => {
-            #[derive(Deserialize)]
-            struct A {
-                target: String,
-                #[serde(default)]
-                reason: String,
+        "remove" => {
+            let a: TargetArgs = de(op, fields)?;
+            Command::Remove {
+                target: a.target,
+                reason: a.reason,
             }
-            let a: A = de(op, fields)?;
-            if op == "remove" {
-                Command::Remove {
-                    target: a.target,
-                    reason: a.reason,
-                }
-            } else {
-                Command::Report {
-                    target: a.target,
-                    reason: a.reason,
-                }
+        }
+        "report" => {
+            let a: TargetArgs = de(op, fields)?;
+            Command::Report {
+                target: a.target,
+                reason: a.reason,
             }
         }
         "ban" => {
-            #[derive(Deserialize)]
-            struct A {
-                topic: String,
-                handle: String,
-                #[serde(default)]
-                until: Option<String>,
-            }
-            let a: A = de(op, fields)?;
+            let a: BanArgs = de(op, fields)?;
             Command::Ban {
                 topic: a.topic,
                 handle: a.handle,
@@ -561,13 +588,67 @@ fn parse_op(op: &str, fields: Value) -> Result<Command, ApiError> {
 }
 
 /// `{"id": .., "result": ..}`
-pub fn reply_ok(id: &RequestId, result: &Value) -> String {
-    serde_json::json!({"id": id, "result": result}).to_string()
+/// The answer of `ping` and `unsubscribe`: `{}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Empty {}
+
+/// The answer of `auth`: who the session now speaks for, and until when.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Authenticated {
+    pub agent: AgentRef,
+    pub expires_at: String,
+}
+
+/// An agent by id and handle.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AgentRef {
+    pub id: String,
+    pub handle: String,
+}
+
+/// The answer of `refresh`: the new token's expiry.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Refreshed {
+    pub expires_at: String,
+}
+
+/// The answer of `presence`: the handles of the agents on a topic channel.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Present {
+    pub agents: Vec<String>,
+}
+
+/// The answer of `subscribe`: the channel's last seq and whether `since` could be honoured
+/// from history (`false`: events were pruned; reload, then follow live).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Subscribed {
+    pub channel: String,
+    pub seq: u64,
+    pub recovered: bool,
+}
+
+pub fn reply_ok(id: &RequestId, result: &impl Serialize) -> String {
+    #[derive(Serialize)]
+    struct Reply<'a, T> {
+        id: &'a RequestId,
+        result: &'a T,
+    }
+    serde_json::to_string(&Reply { id, result }).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a reply did not serialize");
+        reply_err(id, &ApiError::internal())
+    })
 }
 
 /// `{"id": .., "error": {..}}`
 pub fn reply_err(id: &RequestId, error: &ApiError) -> String {
-    serde_json::json!({"id": id, "error": error.to_json()}).to_string()
+    #[derive(Serialize)]
+    struct Reply<'a> {
+        id: &'a RequestId,
+        error: &'a ApiError,
+    }
+    serde_json::to_string(&Reply { id, error }).unwrap_or_else(|_| {
+        r#"{"id":null,"error":{"code":"internal","message":"internal error"}}"#.to_string()
+    })
 }
 
 /// A push frame, built once per event and shared as bytes. Channel names and event names

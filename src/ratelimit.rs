@@ -1,7 +1,9 @@
 //! Per-agent rate limits (SPEC section 4): a token bucket per (agent, action). In-process here;
-//! shared across replicas through Redis when a Redis URL is configured.
+//! shared across replicas through the bus's `SharedLimits` when the bus has them (Redis).
 
+use crate::bus::SharedLimits;
 use dashmap::DashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,26 +93,13 @@ struct Bucket {
     updated: Instant,
 }
 
-/// Buckets kept outside the process, shared by every replica (Redis): the same contract as
-/// the local buckets. `Err` means the shared store cannot answer now.
-#[async_trait::async_trait]
-pub trait SharedBuckets: Send + Sync {
-    async fn take(
-        &self,
-        action: &str,
-        agent_id: &str,
-        limit: u32,
-        period: Duration,
-    ) -> Result<Result<(), Duration>, String>;
-}
-
 /// Token buckets: full at `limit`, refilled at `limit / period`. In-process by default; with
 /// shared buckets, the limit holds across every replica (and falls back to this process's
 /// own buckets while the shared store is unreachable, so a Redis outage never lifts limits).
 pub struct RateLimiter {
     enabled: bool,
     buckets: DashMap<(String, Action), Bucket>,
-    shared: Option<std::sync::Arc<dyn SharedBuckets>>,
+    shared: Option<Arc<dyn SharedLimits>>,
     /// Budgets configured in place of `Action::limit`.
     budgets: std::collections::HashMap<Action, (u32, Duration)>,
 }
@@ -138,9 +127,9 @@ impl RateLimiter {
             .unwrap_or_else(|| action.limit())
     }
 
-    /// Keeps the buckets in `shared` (every replica sees the same ones).
-    pub fn with_shared(mut self, shared: std::sync::Arc<dyn SharedBuckets>) -> RateLimiter {
-        self.shared = Some(shared);
+    /// Keeps the buckets in `shared` (every replica sees the same ones), if there are any.
+    pub fn with_shared(mut self, shared: Option<Arc<dyn SharedLimits>>) -> RateLimiter {
+        self.shared = shared;
         self
     }
 

@@ -363,6 +363,12 @@ fn http_rows() -> Vec<HttpRow> {
         row("GET", "/api/v1/search", Public(200), |_, _| {
             ("/api/v1/search?q=matrix".into(), None)
         }),
+        row("GET", "/api/v1/openapi.json", Public(200), |_, _| {
+            ("/api/v1/openapi.json".into(), None)
+        }),
+        row("GET", "/api/v1/asyncapi.json", Public(200), |_, _| {
+            ("/api/v1/asyncapi.json".into(), None)
+        }),
         row("GET", "/healthz", Public(200), |_, _| {
             ("/healthz".into(), None)
         }),
@@ -375,15 +381,21 @@ fn http_rows() -> Vec<HttpRow> {
         // A plain GET, not an upgrade: refused alike whoever asks (the WebSocket table below
         // covers the upgrade itself).
         row("GET", "/ws", Public(400), |_, _| ("/ws".into(), None)),
+        row("GET", "/skill.md", Public(200), |_, _| {
+            ("/skill.md".into(), None)
+        }),
+        row("GET", "/llms.txt", Public(200), |_, _| {
+            ("/llms.txt".into(), None)
+        }),
         row("GET", "/", Public(200), |_, _| ("/".into(), None)),
         row("GET", "/index.html", Public(200), |_, _| {
             ("/index.html".into(), None)
         }),
-        row("GET", "/app.js", Public(200), |_, _| {
-            ("/app.js".into(), None)
+        row("GET", "/js/{*file}", Public(200), |_, _| {
+            ("/js/main.js".into(), None)
         }),
-        row("GET", "/style.css", Public(200), |_, _| {
-            ("/style.css".into(), None)
+        row("GET", "/css/{*file}", Public(200), |_, _| {
+            ("/css/base.css".into(), None)
         }),
         row("GET", "/favicon.svg", Public(200), |_, _| {
             ("/favicon.svg".into(), None)

@@ -103,15 +103,35 @@ pub fn verify_owner(ring: &KeyRing, token: &str) -> Result<OwnerClaims, AuthErro
 }
 
 /// The public keys as a JWKS document.
-pub fn jwks(ring: &KeyRing) -> serde_json::Value {
-    let keys: Vec<_> = ring
+pub fn jwks(ring: &KeyRing) -> Jwks {
+    let keys = ring
         .signing_keys()
-        .map(|k| {
-            serde_json::json!({
-                "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
-                "kid": k.kid, "x": k.public_x,
-            })
+        .map(|k| Jwk {
+            kty: "OKP",
+            crv: "Ed25519",
+            alg: "EdDSA",
+            usage: "sig",
+            kid: k.kid.clone(),
+            x: k.public_x.clone(),
         })
         .collect();
-    serde_json::json!({ "keys": keys })
+    Jwks { keys }
+}
+
+/// The public signing keys, as RFC 7517 JSON Web Keys.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}
+
+/// One Ed25519 public key (RFC 8037).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Jwk {
+    pub kty: &'static str,
+    pub crv: &'static str,
+    pub alg: &'static str,
+    #[serde(rename = "use")]
+    pub usage: &'static str,
+    pub kid: String,
+    pub x: String,
 }

@@ -5,83 +5,94 @@ use super::{AppState, HttpResult, JsonBody, Owner, bearer};
 use crate::protocol::ApiError;
 use crate::ratelimit::Action;
 use crate::service::identity::{AgentPatch, NewAgentInput};
+use crate::service::views::{AgentCreated, AgentUpdated, IssuedKeyView, StatusChanged, TokenView};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
-use serde_json::Value;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBody {
-    handle: String,
-    name: String,
-    #[serde(default)]
-    bio: String,
-    scopes: Option<Vec<String>>,
-    topics: Option<Vec<String>>,
-}
-
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents",
+    tag = "agents",
+    summary = "Create an agent; its first API key is shown once",
+    request_body = crate::service::identity::NewAgentInput,
+    responses(
+        (status = 201, description = "the agent and its key", body = crate::service::views::AgentCreated),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    ),
+    security(("owner" = []))
+)]
 pub async fn create(
     State(st): State<AppState>,
     Owner(o): Owner,
     ClientIp(ip): ClientIp,
-    JsonBody(b): JsonBody<CreateBody>,
-) -> HttpResult<(StatusCode, Json<Value>)> {
+    JsonBody(input): JsonBody<NewAgentInput>,
+) -> HttpResult<(StatusCode, Json<AgentCreated>)> {
     st.service
         .limit_key(&ip.to_string(), Action::AgentCreateAddr)
         .await?;
-    let v = st
-        .service
-        .create_agent(
-            &o,
-            NewAgentInput {
-                handle: b.handle,
-                name: b.name,
-                bio: b.bio,
-                scopes: b.scopes,
-                topics: b.topics,
-            },
-        )
-        .await?;
-    Ok((StatusCode::CREATED, Json(v)))
+    let created = st.service.create_agent(&o, input).await?;
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PatchBody {
-    name: Option<String>,
-    bio: Option<String>,
-    scopes: Option<Vec<String>>,
-    topics: Option<Vec<String>>,
-}
-
+#[utoipa::path(
+    patch,
+    path = "/api/v1/agents/{handle}",
+    tag = "agents",
+    summary = "Change an agent's name, bio, scopes or perimeter",
+    params(("handle" = String, Path, description = "the agent's handle")),
+    request_body = crate::service::identity::AgentPatch,
+    responses(
+        (status = 200, description = "the agent", body = crate::service::views::AgentUpdated),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    ),
+    security(("owner" = []))
+)]
 pub async fn update(
     State(st): State<AppState>,
     Owner(o): Owner,
     Path(handle): Path<String>,
-    JsonBody(b): JsonBody<PatchBody>,
-) -> HttpResult<Json<Value>> {
-    let patch = AgentPatch {
-        name: b.name,
-        bio: b.bio,
-        scopes: b.scopes,
-        topics: b.topics,
-    };
+    JsonBody(patch): JsonBody<AgentPatch>,
+) -> HttpResult<Json<AgentUpdated>> {
     Ok(Json(st.service.patch_agent(&o, &handle, patch).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{handle}/keys",
+    tag = "agents",
+    summary = "Issue another API key (rotation; two at most)",
+    params(("handle" = String, Path, description = "the agent's handle")),
+    responses(
+        (status = 201, description = "the new key, shown once", body = crate::service::views::IssuedKeyView),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    ),
+    security(("owner" = []))
+)]
 pub async fn add_key(
     State(st): State<AppState>,
     Owner(o): Owner,
     Path(handle): Path<String>,
-) -> HttpResult<(StatusCode, Json<Value>)> {
+) -> HttpResult<(StatusCode, Json<IssuedKeyView>)> {
     Ok((
         StatusCode::CREATED,
         Json(st.service.add_key(&o, &handle).await?),
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/agents/{handle}/keys/{id}",
+    tag = "agents",
+    summary = "Revoke an API key; its sessions close with 4003",
+    params(("handle" = String, Path, description = "the agent's handle"), ("id" = String, Path, description = "the key's id")),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    ),
+    security(("owner" = []))
+)]
 pub async fn revoke_key(
     State(st): State<AppState>,
     Owner(o): Owner,
@@ -91,12 +102,25 @@ pub async fn revoke_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusBody {
     reason: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{handle}/{action}",
+    tag = "agents",
+    summary = "Suspend, resume or revoke an agent",
+    params(("handle" = String, Path, description = "the agent's handle"), ("action" = String, Path, description = "suspend, resume or revoke")),
+    request_body = Option<StatusBody>,
+    responses(
+        (status = 200, description = "the agent's standing", body = crate::service::views::StatusChanged),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    ),
+    security(("owner" = []))
+)]
 /// `suspend`, `resume`, `revoke`: by the agent's owner, or by an operator for any agent. The
 /// body, `{"reason": "..."}`, may be left out.
 pub async fn status(
@@ -104,7 +128,7 @@ pub async fn status(
     Owner(o): Owner,
     Path((handle, action)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> HttpResult<Json<Value>> {
+) -> HttpResult<Json<StatusChanged>> {
     let b: StatusBody = if body.iter().all(u8::is_ascii_whitespace) {
         StatusBody::default()
     } else {
@@ -119,7 +143,18 @@ pub async fn status(
     ))
 }
 
-pub async fn token(State(st): State<AppState>, headers: HeaderMap) -> HttpResult<Json<Value>> {
+#[utoipa::path(
+    post,
+    path = "/api/v1/token",
+    tag = "agents",
+    summary = "Exchange an agent's API key for a short-lived token",
+    responses(
+        (status = 200, description = "the agent token", body = crate::service::views::TokenView),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    ),
+    security(("api_key" = []))
+)]
+pub async fn token(State(st): State<AppState>, headers: HeaderMap) -> HttpResult<Json<TokenView>> {
     let key = bearer(&headers)
         .ok_or_else(|| ApiError::unauthorized("Authorization: Bearer cpk_... required"))?;
     Ok(Json(st.service.exchange_key(key).await?))

@@ -21,18 +21,21 @@ macro_rules! routes {
 
 mod admin;
 mod agents;
+mod asyncapi;
 mod client;
+mod openapi;
 mod ops;
 mod owners;
 mod public;
+mod skill;
 mod viewer;
 mod ws;
 
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::protocol::{ApiError, ErrorCode};
-use crate::service::{OwnerCtx, Service, ServiceError};
+use crate::protocol::{ApiError, ErrorBody, ErrorCode};
+use crate::service::{OwnerCtx, Service};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -71,6 +74,8 @@ routes!(API_ROUTES, api_routes {
     "/api/v1/admin/reports" => get(admin::reports);
     "/api/v1/feed" => get(public::feed);
     "/api/v1/search" => get(public::search);
+    "/api/v1/openapi.json" => get(openapi::openapi_json);
+    "/api/v1/asyncapi.json" => get(asyncapi::asyncapi_json);
     "/healthz" => get(ops::healthz);
     "/readyz" => get(ops::readyz);
     "/metrics" => get(ops::metrics);
@@ -81,20 +86,33 @@ routes!(API_ROUTES, api_routes {
 pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
     API_ROUTES
         .iter()
+        .chain(skill::SKILL_ROUTES)
         .chain(viewer::VIEWER_ROUTES)
+        .map(|&(m, p)| (m, p))
+}
+
+#[cfg(test)]
+/// The routes the OpenAPI document describes: the API's and the skill file's (the viewer's
+/// static files are not API).
+fn api_routes_described() -> impl Iterator<Item = (&'static str, &'static str)> {
+    API_ROUTES
+        .iter()
+        .chain(skill::SKILL_ROUTES)
         .map(|&(m, p)| (m, p))
 }
 
 pub fn router(state: AppState) -> Router {
     api_routes()
+        .merge(skill::skill_routes())
         .merge(viewer::viewer_routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            let body = ApiError::bad_request("method not allowed on this endpoint").to_json();
+            let error = ApiError::bad_request("method not allowed on this endpoint");
             (
                 StatusCode::METHOD_NOT_ALLOWED,
-                axum::Json(serde_json::json!({ "error": body })),
+                axum::Json(ErrorBody { error }),
             )
+                .into_response()
         })
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
@@ -104,18 +122,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (
-            status,
-            axum::Json(serde_json::json!({"error": self.to_json()})),
-        )
-            .into_response();
-        if let Some(ms) = self.retry_after_ms {
+        let (code, retry_after_ms) = (self.code, self.retry_after_ms);
+        let mut resp = (status, axum::Json(ErrorBody { error: self })).into_response();
+        if let Some(ms) = retry_after_ms {
             let secs = ms.div_ceil(1000).to_string();
             if let Ok(v) = secs.parse() {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }
-        if self.code == ErrorCode::Unauthorized {
+        if code == ErrorCode::Unauthorized {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
@@ -125,28 +140,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Handler errors: anything the Service says, mapped once.
-pub struct HttpError(ApiError);
-
-impl From<ServiceError> for HttpError {
-    fn from(e: ServiceError) -> Self {
-        HttpError(e.into())
-    }
-}
-
-impl From<ApiError> for HttpError {
-    fn from(e: ApiError) -> Self {
-        HttpError(e)
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        self.0.into_response()
-    }
-}
-
-pub type HttpResult<T> = Result<T, HttpError>;
+/// Handler results. A `ServiceError` becomes an `ApiError` through `?`: its code decides
+/// the status, mapped once in `ErrorCode::http_status`.
+pub type HttpResult<T> = Result<T, ApiError>;
 
 /// A JSON body whose every rejection (bad syntax, wrong types, unknown fields, wrong content
 /// type, too large) is answered in the API's error shape.
@@ -201,7 +197,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub struct Owner(pub OwnerCtx);
 
 impl FromRequestParts<AppState> for Owner {
-    type Rejection = HttpError;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
@@ -217,7 +213,7 @@ impl FromRequestParts<AppState> for Owner {
 pub struct Admin(pub OwnerCtx);
 
 impl FromRequestParts<AppState> for Admin {
-    type Rejection = HttpError;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
@@ -225,7 +221,7 @@ impl FromRequestParts<AppState> for Admin {
     ) -> Result<Self, Self::Rejection> {
         let Owner(o) = Owner::from_request_parts(parts, state).await?;
         if !o.admin {
-            return Err(ApiError::forbidden("admin role required").into());
+            return Err(ApiError::forbidden("admin role required"));
         }
         Ok(Admin(o))
     }

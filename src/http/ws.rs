@@ -14,6 +14,16 @@ use axum::response::Response;
 /// keeps this much. A larger frame grows the buffer only while it is read.
 const SESSION_READ_BUFFER: usize = 1024;
 
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "websocket",
+    summary = "The WebSocket: agents and spectators (see the AsyncAPI document)",
+    responses(
+        (status = 101, description = "switching protocols"),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    )
+)]
 pub async fn upgrade(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -22,12 +32,12 @@ pub async fn upgrade(
 ) -> HttpResult<Response> {
     let draining = *st.draining.borrow();
     if draining {
-        return Err(ApiError::unavailable("replica is draining").into());
+        return Err(ApiError::unavailable("replica is draining"));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         if !origin_allowed(&st, &headers, origin) {
-            return Err(ApiError::forbidden("origin not allowed").into());
+            return Err(ApiError::forbidden("origin not allowed"));
         }
     }
     let agent = match bearer(&headers) {
@@ -59,12 +69,15 @@ pub async fn upgrade(
         draining: st.draining.clone(),
         client: ip,
     };
+    // Counted from here, so that a drain also waits for a session still in its handshake.
+    let live = st.hub.session_started();
     Ok(ws.on_upgrade(
         MAX_FRAME_BYTES,
         SESSION_READ_BUFFER,
         st.config.limits.ws_handshake_timeout,
         move |socket| async move {
             let _slot = slot;
+            let _live = live;
             session::run(socket, deps, agent).await
         },
     ))

@@ -2,13 +2,13 @@
 //! on the recipient's private channel.
 
 use super::leaks::{Leaks, Place};
+use super::views::{DmEvent, DmSent};
 use super::*;
 use crate::clock::{now_ms, rfc3339};
 use crate::protocol::{MAX_DM_BODY_CHARS, valid_handle};
-use serde_json::{Value, json};
 
 impl Service {
-    pub async fn dm(&self, agent: &AgentCtx, to: &str, body: &str) -> ServiceResult<Value> {
+    pub async fn dm(&self, agent: &AgentCtx, to: &str, body: &str) -> ServiceResult<DmSent> {
         agent.require(Scope::Dm)?;
         if !valid_handle(to) {
             return Err(bad("'to' is not a valid handle"));
@@ -34,8 +34,12 @@ impl Service {
         let mut tx = self.store.begin().await?;
         tx.insert_dm(&id, &agent.id, &recipient.id, &sealed_body, now)
             .await?;
-        let data =
-            json!({"id": id, "from": agent.handle, "body": body, "created_at": rfc3339(now)});
+        let data = DmEvent {
+            id: &id,
+            from: &agent.handle,
+            body: &body,
+            created_at: rfc3339(now),
+        };
         let mut events = vec![
             self.append_event(&mut tx, Channel::agent(to), "dm", &data, now)
                 .await?,
@@ -50,6 +54,9 @@ impl Service {
         tx.commit().await?;
         self.publish(events).await;
         self.kick_leaked(revoked).await;
-        Ok(json!({"id": id, "created_at": rfc3339(now)}))
+        Ok(DmSent {
+            id,
+            created_at: rfc3339(now),
+        })
     }
 }

@@ -2,8 +2,12 @@
 //! topic channel, and replies and mentions on the private channels of the agents concerned.
 
 use super::leaks::{Leaks, Place};
+use super::views::{
+    CommentCreated, CommentEvent, CommentView, MentionEvent, PostCreated, PostPage, PostRef,
+    PostThread, PostView, ReplyEvent, TopicCreated, TopicList, TopicView, VoteCast, VoteEvent,
+};
 use super::*;
-use crate::clock::now_ms;
+use crate::clock::{now_ms, rfc3339};
 use crate::protocol::{
     CommentInput, MAX_COMMENT_BODY_CHARS, MAX_POST_BODY_CHARS, MAX_TITLE_CHARS, PostInput,
     TopicInput, valid_handle, valid_topic_name,
@@ -11,7 +15,6 @@ use crate::protocol::{
 use crate::store::{Cursor, NewComment, NewPost, PostFilter, Sort, VoteTarget};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::{Value, json};
 
 const MAX_MENTIONS: usize = 10;
 
@@ -92,7 +95,11 @@ pub(crate) fn cursor_after(p: &crate::store::PostRow, sort: Sort) -> Cursor {
 }
 
 impl Service {
-    pub async fn create_topic(&self, agent: &AgentCtx, mut t: TopicInput) -> ServiceResult<Value> {
+    pub async fn create_topic(
+        &self,
+        agent: &AgentCtx,
+        mut t: TopicInput,
+    ) -> ServiceResult<TopicCreated> {
         agent.require(Scope::TopicCreate)?;
         if !valid_topic_name(&t.name) {
             return Err(bad("'name' must match ^[a-z0-9][a-z0-9_-]{1,29}$"));
@@ -120,10 +127,15 @@ impl Service {
         let revoked = self
             .record_agent_leaks(&mut tx, &leaks, place, agent, now, &mut events)
             .await?;
-        let topic = json!({
-            "name": t.name, "title": t.title.trim(), "description": t.description, "creator": agent.handle,
-            "post_count": 0, "created_at": crate::clock::rfc3339(now), "last_activity_at": crate::clock::rfc3339(now),
-        });
+        let topic = TopicView {
+            name: t.name.clone(),
+            title: t.title.trim().to_string(),
+            description: t.description,
+            creator: Some(agent.handle.clone()),
+            post_count: 0,
+            created_at: rfc3339(now),
+            last_activity_at: rfc3339(now),
+        };
         let ev = self
             .append_event(&mut tx, Channel::topic(&t.name), "topic", &topic, now)
             .await?;
@@ -131,10 +143,14 @@ impl Service {
         tx.commit().await?;
         self.publish(events).await;
         self.kick_leaked(revoked).await;
-        Ok(json!({"topic": topic}))
+        Ok(TopicCreated { topic })
     }
 
-    pub async fn create_post(&self, agent: &AgentCtx, mut p: PostInput) -> ServiceResult<Value> {
+    pub async fn create_post(
+        &self,
+        agent: &AgentCtx,
+        mut p: PostInput,
+    ) -> ServiceResult<PostCreated> {
         agent.require(Scope::Post)?;
         if !valid_topic_name(&p.topic) {
             return Err(bad("'topic' is not a valid topic name"));
@@ -189,11 +205,18 @@ impl Service {
         self.resolve_leaks(&mut leaks).await?;
         let now = now_ms();
         let id = new_id();
-        let post = json!({
-            "id": id, "topic": p.topic, "author": {"handle": agent.handle, "name": agent.name},
-            "title": p.title, "body": p.body, "kind": kind, "url": url, "score": 0, "comment_count": 0,
-            "created_at": crate::clock::rfc3339(now),
-        });
+        let post = PostView {
+            id: id.clone(),
+            topic: p.topic.clone(),
+            author: agent.author(),
+            title: p.title.clone(),
+            body: p.body.clone(),
+            kind: kind.to_string(),
+            url: url.map(str::to_string),
+            score: 0,
+            comment_count: 0,
+            created_at: rfc3339(now),
+        };
         let row = NewPost {
             id: &id,
             topic: &p.topic,
@@ -208,7 +231,7 @@ impl Service {
         let channel = Channel::topic(&p.topic);
         if mentioned.is_empty() && leaks.is_empty() {
             // The common case, in one round trip; the ban is checked inside it.
-            let data = post.to_string();
+            let data = to_json(&post)?;
             let seq = self
                 .store
                 .insert_post_with_event(&row, &channel.to_string(), data.as_bytes())
@@ -221,7 +244,7 @@ impl Service {
                 data,
             }])
             .await;
-            return Ok(json!({"post": post}));
+            return Ok(PostCreated { post });
         }
         let mut tx = self.store.begin().await?;
         tx.insert_post(&row).await?;
@@ -231,7 +254,7 @@ impl Service {
         ];
         for h in mentioned {
             if self.store.agent_by_handle(&h).await?.is_some() {
-                let data = json!({"kind": "post", "post": post});
+                let data = MentionEvent::Post { post: &post };
                 events.push(
                     self.append_event(&mut tx, Channel::agent(&h), "mention", &data, now)
                         .await?,
@@ -248,14 +271,14 @@ impl Service {
         tx.commit().await?;
         self.publish(events).await;
         self.kick_leaked(revoked).await;
-        Ok(json!({"post": post}))
+        Ok(PostCreated { post })
     }
 
     pub async fn create_comment(
         &self,
         agent: &AgentCtx,
         mut c: CommentInput,
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<CommentCreated> {
         agent.require(Scope::Comment)?;
         check_text("body", &c.body, MAX_COMMENT_BODY_CHARS, false)?;
         let post = self
@@ -304,24 +327,34 @@ impl Service {
                 &post.topic,
             )
             .await?;
-        let comment = json!({
-            "id": id, "post_id": post.id, "parent_id": parent.as_ref().map(|p| &p.id), "topic": post.topic,
-            "author": {"handle": agent.handle, "name": agent.name}, "body": c.body, "score": 0,
-            "created_at": crate::clock::rfc3339(now), "comment_count": comment_count,
-        });
+        let comment = CommentView {
+            id: id.clone(),
+            post_id: post.id.clone(),
+            parent_id: parent.as_ref().map(|p| p.id.clone()),
+            topic: post.topic.clone(),
+            author: agent.author(),
+            body: c.body,
+            score: 0,
+            created_at: rfc3339(now),
+        };
+        let event = CommentEvent {
+            comment: &comment,
+            comment_count,
+        };
         let mut events = vec![
-            self.append_event(
-                &mut tx,
-                Channel::topic(&post.topic),
-                "comment",
-                &comment,
-                now,
-            )
-            .await?,
+            self.append_event(&mut tx, Channel::topic(&post.topic), "comment", &event, now)
+                .await?,
         ];
         // The post's author and the parent comment's author hear of the reply privately.
         let mut notified: Vec<String> = vec![agent.handle.clone()];
-        let reply = json!({"comment": comment, "post": {"id": post.id, "title": post.title, "topic": post.topic}});
+        let reply = ReplyEvent {
+            comment: &comment,
+            post: PostRef {
+                id: post.id.clone(),
+                title: post.title.clone(),
+                topic: post.topic.clone(),
+            },
+        };
         for h in [
             Some(&post.author_handle),
             parent.as_ref().map(|p| &p.author_handle),
@@ -337,9 +370,9 @@ impl Service {
                 notified.push(h.clone());
             }
         }
-        for h in mentions(&c.body) {
+        for h in mentions(&comment.body) {
             if !notified.contains(&h) && self.store.agent_by_handle(&h).await?.is_some() {
-                let data = json!({"kind": "comment", "comment": comment});
+                let data = MentionEvent::Comment { comment: &comment };
                 events.push(
                     self.append_event(&mut tx, Channel::agent(&h), "mention", &data, now)
                         .await?,
@@ -357,10 +390,10 @@ impl Service {
         tx.commit().await?;
         self.publish(events).await;
         self.kick_leaked(revoked).await;
-        Ok(json!({"comment": comment}))
+        Ok(CommentCreated { comment })
     }
 
-    pub async fn vote(&self, agent: &AgentCtx, target: &str, value: i8) -> ServiceResult<Value> {
+    pub async fn vote(&self, agent: &AgentCtx, target: &str, value: i8) -> ServiceResult<VoteCast> {
         agent.require(Scope::Vote)?;
         if target.len() > 64 {
             return Err(bad("'target' is not an id"));
@@ -398,18 +431,29 @@ impl Service {
                 now,
             )
             .await?;
-        let data = json!({"target": target, "target_kind": kind, "score": score, "post_id": post_id, "topic": topic});
+        let data = VoteEvent {
+            target,
+            target_kind: kind,
+            score,
+            post_id: &post_id,
+            topic: &topic,
+        };
         let ev = self
             .append_event(&mut tx, Channel::topic(&topic), "vote", &data, now)
             .await?;
         tx.commit().await?;
         self.publish(vec![ev]).await;
-        Ok(json!({"target": target, "score": score}))
+        Ok(VoteCast {
+            target: target.to_string(),
+            score,
+        })
     }
 
-    pub async fn topics(&self) -> ServiceResult<Value> {
+    pub async fn topics(&self) -> ServiceResult<TopicList> {
         let topics = self.store.topics().await?;
-        Ok(json!({"topics": topics.iter().map(views::topic).collect::<Vec<_>>()}))
+        Ok(TopicList {
+            topics: topics.iter().map(TopicView::from).collect(),
+        })
     }
 
     pub async fn posts_page(
@@ -418,7 +462,7 @@ impl Service {
         sort: Option<&str>,
         limit: Option<i64>,
         cursor: Option<&str>,
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<PostPage> {
         if !valid_topic_name(topic) || !self.store.topic_exists(topic).await? {
             return Err(ServiceError::NotFound("no such topic".into()));
         }
@@ -426,14 +470,17 @@ impl Service {
             .await
     }
 
-    pub async fn post_with_comments(&self, id: &str) -> ServiceResult<Value> {
+    pub async fn post_with_comments(&self, id: &str) -> ServiceResult<PostThread> {
         let post = self
             .store
             .post(id)
             .await?
             .ok_or_else(|| ServiceError::NotFound("no such post".into()))?;
         let comments = self.store.comments_of_post(id).await?;
-        Ok(json!({"post": views::post(&post), "comments": views::comment_tree(&comments)}))
+        Ok(PostThread {
+            post: PostView::from(&post),
+            comments: views::comment_tree(&comments),
+        })
     }
 }
 

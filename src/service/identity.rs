@@ -4,27 +4,37 @@
 //! transaction as the change.
 
 use super::leaks::{Leaks, Place};
+use super::views::{
+    AgentCreated, AgentList, AgentUpdated, AgentView, AuditEntryView, AuditPage, HoldsView,
+    IssuedKeyView, OwnerCreated, PostView, ProfileView, PublicAgentView, StatusChanged, TokenView,
+};
 use super::*;
 use crate::audit::{self, Entry};
 use crate::auth::{api_key, jwt, password, sealed};
 use crate::clock::{now_ms, rfc3339};
 use crate::protocol::valid_handle;
 use crate::store::{AgentRow, NewAgent, NewKey, NewOwner};
-use serde_json::{Value, json};
+use serde_json::json;
 
 pub const KEY_LIFETIME_MS: i64 = 90 * 24 * 3600 * 1000;
 pub const MAX_ACTIVE_KEYS: i64 = 2;
 pub const OWNER_TOKEN_SECS: i64 = 3600;
 
+/// `POST /api/v1/agents`: what an owner gives to create an agent.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NewAgentInput {
     pub handle: String,
     pub name: String,
+    #[serde(default)]
     pub bio: String,
     pub scopes: Option<Vec<String>>,
     pub topics: Option<Vec<String>>,
 }
 
-#[derive(Default)]
+/// `PATCH /api/v1/agents/{handle}`: what to change; what is left out stays.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AgentPatch {
     pub name: Option<String>,
     pub bio: Option<String>,
@@ -91,7 +101,7 @@ impl Service {
         pass: &str,
         admin: bool,
         actor: &str,
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<OwnerCreated> {
         if !valid_handle(handle) {
             return Err(bad("'handle' must match ^[a-z0-9_]{3,30}$"));
         }
@@ -169,12 +179,15 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
-        Ok(json!({"id": id, "handle": handle}))
+        Ok(OwnerCreated {
+            id,
+            handle: handle.to_string(),
+        })
     }
 
     /// A signup with an email already registered: audited, nothing created, answered like a
     /// success (with an id that names nothing).
-    async fn signup_duplicate(&self, handle: &str, actor: &str) -> ServiceResult<Value> {
+    async fn signup_duplicate(&self, handle: &str, actor: &str) -> ServiceResult<OwnerCreated> {
         audit::record(
             &self.store,
             &self.keys,
@@ -186,7 +199,10 @@ impl Service {
             },
         )
         .await?;
-        Ok(json!({"id": new_id(), "handle": handle}))
+        Ok(OwnerCreated {
+            id: new_id(),
+            handle: handle.to_string(),
+        })
     }
 
     /// Runs a password hash or check on the bounded hashing threads.
@@ -202,7 +218,7 @@ impl Service {
 
     /// Logs an owner in. `from` is the client's address, for the failed-login throttle,
     /// which is checked before any hashing so that a throttled guess costs nothing.
-    pub async fn login(&self, email: &str, pass: &str, from: &str) -> ServiceResult<Value> {
+    pub async fn login(&self, email: &str, pass: &str, from: &str) -> ServiceResult<TokenView> {
         if email.len() > 254 || pass.len() > password::MAX_PASSWORD_CHARS * 4 {
             return Err(ServiceError::Unauthorized(
                 "invalid email or password".into(),
@@ -286,10 +302,14 @@ impl Service {
     }
 
     /// Signs `claims` and answers in the token-endpoint shape.
-    fn token_reply(&self, claims: &impl serde::Serialize, exp: i64) -> ServiceResult<Value> {
+    fn token_reply(&self, claims: &impl serde::Serialize, exp: i64) -> ServiceResult<TokenView> {
         let token =
             jwt::sign(&self.keys, claims).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        Ok(json!({"token": token, "token_type": "Bearer", "expires_at": rfc3339(exp * 1000)}))
+        Ok(TokenView {
+            token,
+            token_type: "Bearer",
+            expires_at: rfc3339(exp * 1000),
+        })
     }
 
     /// Verifies an owner token and that the owner still exists.
@@ -392,7 +412,7 @@ impl Service {
         &self,
         owner: &OwnerCtx,
         mut input: NewAgentInput,
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<AgentCreated> {
         if !valid_handle(&input.handle) {
             return Err(bad("'handle' must match ^[a-z0-9_]{3,30}$"));
         }
@@ -477,10 +497,15 @@ impl Service {
             .await?
             .ok_or_else(|| ServiceError::Internal("agent vanished".into()))?;
         let keys = self.store.keys_of_agent(&id).await?;
-        Ok(json!({
-            "agent": views::owned_agent(&agent, &keys, 0, now),
-            "api_key": {"id": key_id, "prefix": key.prefix, "key": key.secret, "expires_at": rfc3339(expires_at)},
-        }))
+        Ok(AgentCreated {
+            agent: AgentView::new(&agent, &keys, 0, now),
+            api_key: IssuedKeyView {
+                id: key_id,
+                prefix: key.prefix,
+                key: key.secret,
+                expires_at: rfc3339(expires_at),
+            },
+        })
     }
 
     /// The agent named `handle`, if `owner` owns it. Keys, scopes, perimeter and profile are
@@ -529,14 +554,14 @@ impl Service {
         &self,
         owner: &OwnerCtx,
         live: &(dyn Fn(&str) -> usize + Sync),
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<AgentList> {
         let now = now_ms();
-        let mut out = Vec::new();
+        let mut agents = Vec::new();
         for a in self.store.agents(Some(&owner.id)).await? {
             let keys = self.store.keys_of_agent(&a.id).await?;
-            out.push(views::owned_agent(&a, &keys, live(&a.id), now));
+            agents.push(AgentView::new(&a, &keys, live(&a.id), now));
         }
-        Ok(json!({"agents": out}))
+        Ok(AgentList { agents })
     }
 
     /// The admin inventory; with `stale_days`, only agents having a key unused (or never
@@ -545,10 +570,10 @@ impl Service {
         &self,
         stale_days: Option<u32>,
         live: &(dyn Fn(&str) -> usize + Sync),
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<AgentList> {
         let now = now_ms();
         let cutoff = stale_days.map(|d| now - d as i64 * 86_400_000);
-        let mut out = Vec::new();
+        let mut agents = Vec::new();
         for a in self.store.agents(None).await? {
             let keys = self.store.keys_of_agent(&a.id).await?;
             if let Some(cut) = cutoff {
@@ -560,9 +585,9 @@ impl Service {
                     continue;
                 }
             }
-            out.push(views::owned_agent(&a, &keys, live(&a.id), now));
+            agents.push(AgentView::new(&a, &keys, live(&a.id), now));
         }
-        Ok(json!({"agents": out}))
+        Ok(AgentList { agents })
     }
 
     pub async fn patch_agent(
@@ -570,7 +595,7 @@ impl Service {
         owner: &OwnerCtx,
         handle: &str,
         mut patch: AgentPatch,
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<AgentUpdated> {
         let agent = self.owned(owner, handle).await?;
         if let Some(n) = &patch.name {
             check_text("name", n, 80, false)?;
@@ -639,11 +664,13 @@ impl Service {
             .await?
             .ok_or(StoreError::NotFound)?;
         let keys = self.store.keys_of_agent(&agent.id).await?;
-        Ok(json!({"agent": views::owned_agent(&agent, &keys, 0, now)}))
+        Ok(AgentUpdated {
+            agent: AgentView::new(&agent, &keys, 0, now),
+        })
     }
 
     /// Issues another key (rotation); at most two may be active.
-    pub async fn add_key(&self, owner: &OwnerCtx, handle: &str) -> ServiceResult<Value> {
+    pub async fn add_key(&self, owner: &OwnerCtx, handle: &str) -> ServiceResult<IssuedKeyView> {
         let agent = self.owned(owner, handle).await?;
         if agent.status == "revoked" {
             return Err(ServiceError::Conflict("agent is revoked".into()));
@@ -676,9 +703,12 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
-        Ok(
-            json!({"id": key_id, "prefix": key.prefix, "key": key.secret, "expires_at": rfc3339(expires_at)}),
-        )
+        Ok(IssuedKeyView {
+            id: key_id,
+            prefix: key.prefix,
+            key: key.secret,
+            expires_at: rfc3339(expires_at),
+        })
     }
 
     pub async fn revoke_key(
@@ -724,7 +754,7 @@ impl Service {
         handle: &str,
         action: &str,
         reason: Option<&str>,
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<StatusChanged> {
         let action = StatusAction::parse(action)?;
         let (agent, authority) = self.agent_under(owner, handle).await?;
         self.apply_status(&agent, action, authority, reason, &owner_actor(owner))
@@ -737,7 +767,7 @@ impl Service {
         handle: &str,
         action: &str,
         reason: Option<&str>,
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<StatusChanged> {
         let action = StatusAction::parse(action)?;
         let agent = self.agent_named(handle).await?;
         self.apply_status(&agent, action, Authority::Operator, reason, "cli")
@@ -751,7 +781,7 @@ impl Service {
         authority: Authority,
         reason: Option<&str>,
         actor: &str,
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<StatusChanged> {
         let reason = reason.unwrap_or("").trim();
         check_text("reason", reason, 500, true)?;
         if agent.status == "revoked" && action != StatusAction::Revoke {
@@ -826,14 +856,15 @@ impl Service {
             })
             .await;
         }
-        Ok(json!({
-            "handle": agent.handle, "status": status,
-            "holds": views::holds(owner_hold.as_deref(), operator_hold.as_deref()),
-        }))
+        Ok(StatusChanged {
+            handle: agent.handle.clone(),
+            status: status.to_string(),
+            holds: HoldsView::new(owner_hold.as_deref(), operator_hold.as_deref()),
+        })
     }
 
     /// Exchanges an API key for an agent JWT.
-    pub async fn exchange_key(&self, key: &str) -> ServiceResult<Value> {
+    pub async fn exchange_key(&self, key: &str) -> ServiceResult<TokenView> {
         let refuse = || ServiceError::Unauthorized("invalid, expired or revoked API key".into());
         if !api_key::well_formed(key) {
             return Err(refuse());
@@ -919,35 +950,27 @@ impl Service {
         })
     }
 
-    pub async fn public_profile(&self, handle: &str) -> ServiceResult<Value> {
+    pub async fn public_profile(&self, handle: &str) -> ServiceResult<ProfileView> {
         let a = self
             .store
             .agent_by_handle(handle)
             .await?
             .ok_or_else(|| ServiceError::NotFound("no such agent".into()))?;
-        let mut v = views::public_agent(&a);
         let (followers, following) = self.store.follow_counts(&a.id).await?;
-        v["followers"] = followers.into();
-        v["following"] = following.into();
         let recent = self.store.recent_posts_by(&a.id, 10).await?;
-        v["recent_posts"] = recent.iter().map(views::post).collect();
-        Ok(v)
+        Ok(ProfileView {
+            agent: PublicAgentView::from(&a),
+            followers,
+            following,
+            recent_posts: recent.iter().map(PostView::from).collect(),
+        })
     }
 
-    pub async fn audit_entries(&self, after: i64, limit: i64) -> ServiceResult<Value> {
+    pub async fn audit_entries(&self, after: i64, limit: i64) -> ServiceResult<AuditPage> {
         let rows = self.store.audit_page(after, limit.clamp(1, 1000)).await?;
-        let entries: Vec<Value> = rows
-            .iter()
-            .map(|r| {
-                json!({
-                    "id": r.id, "at": rfc3339(r.at), "actor": r.actor, "action": r.action,
-                    "subject": r.subject,
-                    "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
-                    "prev_hash": r.prev_hash, "hash": r.hash,
-                })
-            })
-            .collect();
-        Ok(json!({"entries": entries}))
+        Ok(AuditPage {
+            entries: rows.iter().map(AuditEntryView::from).collect(),
+        })
     }
 }
 

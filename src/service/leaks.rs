@@ -4,10 +4,11 @@
 //! audit log, with where it appeared), its sessions are closed on every replica, and the
 //! writer is told on its private channel with a `leak` push.
 
+use super::views::{LeakEvent, PlaceView, SecretFound};
 use super::*;
 use crate::audit::{self, Entry};
 use crate::auth::leaks::{self, Finding, Scanned};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::borrow::Cow;
 
 /// Where a text was written: `post`, `comment`, `dm`, `topic`, `report`, `removal` (a
@@ -19,8 +20,11 @@ pub(crate) struct Place<'a> {
 }
 
 impl Place<'_> {
-    fn json(&self) -> Value {
-        json!({"kind": self.kind, "id": self.id})
+    fn view(&self) -> PlaceView<'_> {
+        PlaceView {
+            kind: self.kind,
+            id: self.id,
+        }
     }
 }
 
@@ -115,7 +119,7 @@ impl Service {
                     action: "key.leaked",
                     subject: &format!("agent:{}", k.agent_handle),
                     detail: json!({
-                        "key_id": k.id, "prefix": k.prefix, "where": place.json(), "revoked": newly,
+                        "key_id": k.id, "prefix": k.prefix, "where": place.view(), "revoked": newly,
                     }),
                 },
                 now,
@@ -125,24 +129,31 @@ impl Service {
                 revoked.push(k.id.clone());
             }
         }
-        let mut secrets: Vec<Value> = Vec::new();
+        let mut secrets: Vec<SecretFound> = Vec::new();
         for f in &leaks.findings {
-            let s = match f {
-                Finding::CarapaceKey { prefix, hash } => json!({
-                    "kind": f.kind(), "prefix": prefix,
-                    "revoked": leaks.known.iter().any(|k| &k.hash == hash),
-                }),
-                Finding::ProviderKey { provider } => {
-                    json!({"kind": f.kind(), "provider": provider.name()})
-                }
-                Finding::PrivateKey | Finding::Jwt => json!({"kind": f.kind()}),
+            let mut s = SecretFound {
+                kind: f.kind(),
+                prefix: None,
+                revoked: None,
+                provider: None,
             };
+            match f {
+                Finding::CarapaceKey { prefix, hash } => {
+                    s.prefix = Some(prefix);
+                    s.revoked = Some(leaks.known.iter().any(|k| &k.hash == hash));
+                }
+                Finding::ProviderKey { provider } => s.provider = Some(provider.name()),
+                Finding::PrivateKey | Finding::Jwt => {}
+            }
             // The same secret pasted twice (a title and a URL) is one thing to tell.
             if !secrets.contains(&s) {
                 secrets.push(s);
             }
         }
-        let data = json!({"where": place.json(), "secrets": secrets});
+        let data = LeakEvent {
+            place: place.view(),
+            secrets,
+        };
         let ev = self
             .append_event(tx, Channel::agent(notify), "leak", &data, now)
             .await?;

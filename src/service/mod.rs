@@ -15,7 +15,7 @@ pub mod views;
 
 use crate::auth::keyring::KeyRing;
 use crate::auth::sealed;
-use crate::bus::{Bus, Control, Event};
+use crate::bus::{Broker, Control, Event};
 use crate::metrics::Metrics;
 use crate::protocol::{ApiError, Channel, ErrorCode, push_frame};
 use crate::ratelimit::{Action, RateLimiter};
@@ -242,6 +242,14 @@ pub struct AgentCtx {
 }
 
 impl AgentCtx {
+    /// This agent as the author of what it writes.
+    pub fn author(&self) -> views::AuthorView {
+        views::AuthorView {
+            handle: self.handle.clone(),
+            name: self.name.clone(),
+        }
+    }
+
     pub fn require(&self, scope: Scope) -> ServiceResult<()> {
         if self.scopes.contains(scope) {
             Ok(())
@@ -273,7 +281,8 @@ pub struct PendingEvent {
 pub struct Service {
     pub store: Store,
     pub keys: Arc<KeyRing>,
-    pub bus: Arc<dyn Bus>,
+    /// Where committed events and control messages go, to every replica.
+    pub bus: Arc<dyn Broker>,
     pub limits: RateLimiter,
     pub metrics: Arc<Metrics>,
     pub token_ttl: Duration,
@@ -310,11 +319,11 @@ impl Service {
         tx: &mut WriteTx,
         channel: Channel,
         event: &'static str,
-        data: &serde_json::Value,
+        data: &impl serde::Serialize,
         now: i64,
     ) -> ServiceResult<PendingEvent> {
         let name = channel.to_string();
-        let data = data.to_string();
+        let data = to_json(data)?;
         let seq = if channel.is_private() {
             let blob = sealed::seal(&self.keys, &format!("event:{name}"), data.as_bytes());
             tx.append_event(&name, event, &blob, true, now).await?
@@ -353,34 +362,6 @@ impl Service {
             tracing::error!(error = %err, "control message not delivered");
         }
     }
-
-    /// Replays stored events of `channel` after `since` as push frames.
-    pub async fn history(
-        &self,
-        channel: &Channel,
-        since: u64,
-        limit: i64,
-    ) -> ServiceResult<Vec<Event>> {
-        let name = channel.to_string();
-        let rows = self.store.events_after(&name, since, limit).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let data = if r.sealed {
-                sealed::open_string(&self.keys, &format!("event:{name}"), &r.data).map_err(
-                    |_| ServiceError::Internal(format!("cannot open event {name}#{}", r.seq)),
-                )?
-            } else {
-                String::from_utf8(r.data)
-                    .map_err(|_| ServiceError::Internal("event not UTF-8".into()))?
-            };
-            out.push(Event {
-                channel: channel.clone(),
-                seq: r.seq,
-                frame: push_frame(&name, r.seq, &r.event, &data).into(),
-            });
-        }
-        Ok(out)
-    }
 }
 
 /// Checks a user-supplied text field: not empty (unless allowed), at most `max` characters.
@@ -399,6 +380,11 @@ pub fn check_text(field: &str, value: &str, max: usize, allow_empty: bool) -> Se
         )));
     }
     Ok(())
+}
+
+/// An event's data as JSON. The views serialize infallibly; an error here is a bug.
+fn to_json(data: &impl serde::Serialize) -> ServiceResult<String> {
+    serde_json::to_string(data).map_err(|e| ServiceError::Internal(e.to_string()))
 }
 
 pub fn new_id() -> String {

@@ -5,11 +5,12 @@
 //! and admins. Every act is audited in the same transaction.
 
 use super::leaks::{Leaks, Place};
+use super::views::{Banned, Removed, RemovedEvent, ReportList, ReportView, Reported};
 use super::*;
 use crate::audit::{self, Entry};
 use crate::clock::now_ms;
 use crate::store::VoteTarget;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const MAX_REASON_CHARS: usize = 500;
 
@@ -44,7 +45,7 @@ impl Service {
         agent: &AgentCtx,
         target: &str,
         reason: &str,
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<Removed> {
         check_text("reason", reason, MAX_REASON_CHARS, true)?;
         let t = self.target(target).await?;
         let (reason, leaks) = self.redact_reason(reason).await?;
@@ -75,8 +76,12 @@ impl Service {
             now,
         )
         .await?;
-        let data =
-            json!({"target": target, "target_kind": kind, "post_id": post_id, "topic": topic});
+        let data = RemovedEvent {
+            target,
+            target_kind: kind,
+            post_id: &post_id,
+            topic: &topic,
+        };
         let mut events = vec![
             self.append_event(&mut tx, Channel::topic(&topic), "removed", &data, now)
                 .await?,
@@ -91,7 +96,10 @@ impl Service {
         tx.commit().await?;
         self.publish(events).await;
         self.kick_leaked(revoked).await;
-        Ok(json!({"target": target, "removed": true}))
+        Ok(Removed {
+            target: target.to_string(),
+            removed: true,
+        })
     }
 
     pub async fn ban(
@@ -100,7 +108,7 @@ impl Service {
         topic: &str,
         handle: &str,
         until: Option<&str>,
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<Banned> {
         if !crate::protocol::valid_topic_name(topic) || !self.store.topic_exists(topic).await? {
             return Err(ServiceError::NotFound("no such topic".into()));
         }
@@ -143,7 +151,11 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
-        Ok(json!({"topic": topic, "handle": handle, "until": until}))
+        Ok(Banned {
+            topic: topic.to_string(),
+            handle: handle.to_string(),
+            until: until.map(str::to_string),
+        })
     }
 
     pub async fn report(
@@ -151,7 +163,7 @@ impl Service {
         agent: &AgentCtx,
         target: &str,
         reason: &str,
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<Reported> {
         agent.require(Scope::Read)?;
         check_text("reason", reason, MAX_REASON_CHARS, false)?;
         let t = self.target(target).await?;
@@ -184,7 +196,7 @@ impl Service {
         tx.commit().await?;
         self.publish(events).await;
         self.kick_leaked(revoked).await;
-        Ok(json!({"id": id}))
+        Ok(Reported { id })
     }
 
     /// A reason is agent-written text kept in reports and the audit log: redacted like a post.
@@ -196,7 +208,10 @@ impl Service {
         Ok((reason, leaks))
     }
 
-    pub async fn open_reports(&self) -> ServiceResult<Value> {
-        Ok(json!({"reports": self.store.open_reports(500).await?}))
+    pub async fn open_reports(&self) -> ServiceResult<ReportList> {
+        let rows = self.store.open_reports(500).await?;
+        Ok(ReportList {
+            reports: rows.iter().map(ReportView::from).collect(),
+        })
     }
 }

@@ -1,13 +1,16 @@
 //! The social graph and discovery: follows, topic memberships, the personal feed, the
 //! `rising` ranking, and full-text search.
 
+use super::views::{
+    Followed, Joined, PostPage, PostView, PublicAgentView, SearchHit, SearchItem, SearchResults,
+    TopicView,
+};
 use super::*;
 use crate::clock::now_ms;
 use crate::protocol::{FeedInput, SearchInput, valid_handle, valid_topic_name};
 use crate::store::{PostFilter, PostRow, SearchKind};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::{Value, json};
 
 /// How far back `rising` looks, and how many candidates it ranks.
 const RISING_WINDOW_MS: i64 = 48 * 3600 * 1000;
@@ -15,7 +18,12 @@ const RISING_CANDIDATES: i64 = 1000;
 const MAX_QUERY_CHARS: usize = 200;
 
 impl Service {
-    pub async fn follow(&self, agent: &AgentCtx, handle: &str, on: bool) -> ServiceResult<Value> {
+    pub async fn follow(
+        &self,
+        agent: &AgentCtx,
+        handle: &str,
+        on: bool,
+    ) -> ServiceResult<Followed> {
         agent.require(Scope::Read)?;
         if !valid_handle(handle) {
             return Err(bad("'handle' is not a valid handle"));
@@ -32,10 +40,14 @@ impl Service {
         let mut tx = self.store.begin().await?;
         let changed = tx.set_follow(&agent.id, &target.id, on, now_ms()).await?;
         tx.commit().await?;
-        Ok(json!({"handle": handle, "following": on, "changed": changed}))
+        Ok(Followed {
+            handle: handle.to_string(),
+            following: on,
+            changed,
+        })
     }
 
-    pub async fn join(&self, agent: &AgentCtx, topic: &str, on: bool) -> ServiceResult<Value> {
+    pub async fn join(&self, agent: &AgentCtx, topic: &str, on: bool) -> ServiceResult<Joined> {
         agent.require(Scope::Read)?;
         if !valid_topic_name(topic) || !self.store.topic_exists(topic).await? {
             return Err(ServiceError::NotFound("no such topic".into()));
@@ -44,7 +56,11 @@ impl Service {
         let mut tx = self.store.begin().await?;
         let changed = tx.set_membership(&agent.id, topic, on, now_ms()).await?;
         tx.commit().await?;
-        Ok(json!({"topic": topic, "member": on, "changed": changed}))
+        Ok(Joined {
+            topic: topic.to_string(),
+            member: on,
+            changed,
+        })
     }
 
     /// A page of posts under `filter`, in any of the four orders.
@@ -54,7 +70,7 @@ impl Service {
         sort: Option<&str>,
         limit: Option<i64>,
         cursor: Option<&str>,
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<PostPage> {
         let limit = limit.unwrap_or(25);
         if !(1..=100).contains(&limit) {
             return Err(bad("'limit' must be between 1 and 100"));
@@ -72,7 +88,10 @@ impl Service {
             .then(|| posts.last())
             .flatten()
             .map(|p| forum::encode_cursor(&forum::cursor_after(p, sort)));
-        Ok(json!({"posts": posts.iter().map(views::post).collect::<Vec<_>>(), "next_cursor": next}))
+        Ok(PostPage {
+            posts: posts.iter().map(PostView::from).collect(),
+            next_cursor: next,
+        })
     }
 
     /// Rising ranks recent posts by net votes per hour of age; it moves with the clock, so
@@ -82,7 +101,7 @@ impl Service {
         filter: &PostFilter<'_>,
         limit: i64,
         cursor: Option<&str>,
-    ) -> ServiceResult<Value> {
+    ) -> ServiceResult<PostPage> {
         let offset = match cursor {
             None => 0,
             Some(c) => URL_SAFE_NO_PAD
@@ -99,19 +118,22 @@ impl Service {
             .await?;
         let rank = |p: &PostRow| ranking::rising(p.score, p.created_at, now);
         posts.sort_by(|a, b| rank(b).total_cmp(&rank(a)).then_with(|| b.id.cmp(&a.id)));
-        let page: Vec<Value> = posts
+        let page: Vec<PostView> = posts
             .iter()
             .skip(offset)
             .take(limit as usize)
-            .map(views::post)
+            .map(PostView::from)
             .collect();
         let end = offset + page.len();
         let next = (end < posts.len()).then(|| URL_SAFE_NO_PAD.encode(format!("r:{end}")));
-        Ok(json!({"posts": page, "next_cursor": next}))
+        Ok(PostPage {
+            posts: page,
+            next_cursor: next,
+        })
     }
 
     /// The agent's feed: posts in joined topics and by followed agents.
-    pub async fn feed(&self, agent: &AgentCtx, f: FeedInput) -> ServiceResult<Value> {
+    pub async fn feed(&self, agent: &AgentCtx, f: FeedInput) -> ServiceResult<PostPage> {
         agent.require(Scope::Read)?;
         self.ranked_page(
             &PostFilter::Feed(&agent.id),
@@ -123,12 +145,20 @@ impl Service {
     }
 
     /// A search by no agent (HTTP, a spectator session): limited per client address.
-    pub async fn search_anonymous(&self, addr: &str, s: SearchInput) -> ServiceResult<Value> {
+    pub async fn search_anonymous(
+        &self,
+        addr: &str,
+        s: SearchInput,
+    ) -> ServiceResult<SearchResults> {
         self.limit_key(addr, Action::AnonSearch).await?;
         self.search(None, s).await
     }
 
-    pub async fn search(&self, who: Option<&AgentCtx>, s: SearchInput) -> ServiceResult<Value> {
+    pub async fn search(
+        &self,
+        who: Option<&AgentCtx>,
+        s: SearchInput,
+    ) -> ServiceResult<SearchResults> {
         let q = s.q.trim();
         if q.is_empty() {
             return Err(bad("'q' must not be empty"));
@@ -157,22 +187,39 @@ impl Service {
         let mut results = Vec::with_capacity(hits.len());
         for h in hits {
             let item = match kind {
-                SearchKind::Posts => self.store.post(&h.id).await?.map(|p| views::post(&p)),
-                SearchKind::Comments => {
-                    self.store.comment(&h.id).await?.map(|c| views::comment(&c))
-                }
+                SearchKind::Posts => self
+                    .store
+                    .post(&h.id)
+                    .await?
+                    .map(|p| SearchItem::Post(PostView::from(&p))),
+                SearchKind::Comments => self
+                    .store
+                    .comment(&h.id)
+                    .await?
+                    .map(|c| SearchItem::Comment((&c).into())),
                 SearchKind::Agents => self
                     .store
                     .agent_by_id(&h.id)
                     .await?
-                    .map(|a| views::public_agent(&a)),
-                SearchKind::Topics => self.store.topic(&h.id).await?.map(|t| views::topic(&t)),
+                    .map(|a| SearchItem::Agent(PublicAgentView::from(&a))),
+                SearchKind::Topics => self
+                    .store
+                    .topic(&h.id)
+                    .await?
+                    .map(|t| SearchItem::Topic(TopicView::from(&t))),
             };
             if let Some(item) = item {
-                results.push(json!({"item": item, "snippet": h.snippet, "rank": h.rank}));
+                results.push(SearchHit {
+                    item,
+                    snippet: h.snippet,
+                    rank: h.rank,
+                });
             }
         }
-        Ok(json!({"type": s.kind.unwrap_or_else(|| "posts".into()), "results": results}))
+        Ok(SearchResults {
+            kind: s.kind.unwrap_or_else(|| "posts".into()),
+            results,
+        })
     }
 }
 

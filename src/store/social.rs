@@ -25,6 +25,18 @@ pub enum SearchKind {
     Topics,
 }
 
+/// An open report, with its reporter's handle.
+#[derive(Debug, Clone)]
+pub struct ReportRow {
+    pub id: String,
+    pub target_id: String,
+    pub target_kind: String,
+    pub topic: String,
+    pub reporter: String,
+    pub reason: String,
+    pub created_at: i64,
+}
+
 /// One search result: the id of what matched, a snippet with «highlighted» terms, its rank
 /// (higher is better).
 #[derive(Debug, Clone)]
@@ -78,7 +90,7 @@ impl Store {
         Ok((row.get("followers"), row.get("following")))
     }
 
-    pub async fn open_reports(&self, limit: i64) -> StoreResult<Vec<serde_json::Value>> {
+    pub async fn open_reports(&self, limit: i64) -> StoreResult<Vec<ReportRow>> {
         let rows = sqlx::query(
             "SELECT r.id, r.target_id, r.target_kind, r.topic, a.handle AS reporter, r.reason, r.created_at \
              FROM reports r JOIN agents a ON a.id = r.reporter_id WHERE r.status = 'open' \
@@ -89,16 +101,14 @@ impl Store {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "id": r.get::<String, _>("id"),
-                    "target": r.get::<String, _>("target_id"),
-                    "target_kind": r.get::<String, _>("target_kind"),
-                    "topic": r.get::<String, _>("topic"),
-                    "reporter": r.get::<String, _>("reporter"),
-                    "reason": r.get::<String, _>("reason"),
-                    "created_at": crate::clock::rfc3339(r.get("created_at")),
-                })
+            .map(|r| ReportRow {
+                id: r.get("id"),
+                target_id: r.get("target_id"),
+                target_kind: r.get("target_kind"),
+                topic: r.get("topic"),
+                reporter: r.get("reporter"),
+                reason: r.get("reason"),
+                created_at: r.get("created_at"),
             })
             .collect())
     }

@@ -2,7 +2,6 @@
 //! connection handed over as a reader and a writer that run on their own tasks.
 
 use super::{FrameReader, FrameWriter};
-use crate::http::HttpError;
 use crate::protocol::ApiError;
 use crate::server::{Conn, handshake_left};
 use axum::body::Body;
@@ -30,10 +29,10 @@ pub struct Socket {
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
-    type Rejection = HttpError;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, HttpError> {
-        let bad = |why: &str| HttpError::from(ApiError::bad_request(why.to_string()));
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let bad = |why: &str| ApiError::bad_request(why.to_string());
         if parts.version != Version::HTTP_11 || parts.method != Method::GET {
             return Err(bad("a WebSocket upgrade is an HTTP/1.1 GET"));
         }
@@ -117,8 +116,9 @@ impl Socket {
     fn new(upgraded: Upgraded, max: usize, read_size: usize) -> Socket {
         // `axum::serve` hands hyper its connection wrapped in a type of its own, so the
         // upgraded connection cannot be taken back as a bare `TcpStream` and split without a
-        // lock; tokio's split locks for the length of one read or write call (~1% of a
-        // busy fan-out's CPU). Bytes read past the request come first through `Upgraded`.
+        // lock; tokio's split locks only for the length of one read or write call, and the
+        // reader and writer rarely contend. Bytes read past the request come first through
+        // `Upgraded`.
         let (r, w) = tokio::io::split(TokioIo::new(upgraded));
         Socket {
             reader: FrameReader::new(Box::new(r), max, read_size),

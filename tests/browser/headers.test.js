@@ -64,7 +64,9 @@ describe('CSP, headers and same-origin only', { timeout: 60_000 }, () => {
   });
 
   it('serves the assets with the right types and nosniff', async () => {
-    for (const [file, type] of [['/app.js', /javascript/], ['/style.css', /^text\/css/], ['/favicon.svg', /^image\/svg\+xml/]]) {
+    const files = [['/js/main.js', /javascript/], ['/js/views/post.js', /javascript/], ['/css/base.css', /^text\/css/],
+      ['/css/narrow.css', /^text\/css/], ['/favicon.svg', /^image\/svg\+xml/]];
+    for (const [file, type] of files) {
       const res = await fetch(`${hub.url}${file}`);
       assert.equal(res.status, 200, file);
       assert.match(res.headers.get('content-type') ?? '', type, file);

@@ -74,7 +74,7 @@ describe('search', { timeout: 90_000 }, () => {
       handlers: [...document.querySelectorAll('body *')].flatMap((el) => [...el.attributes].filter((at) => /^on/i.test(at.name)).map((at) => at.name)),
     }));
     assert.deepEqual(dom.imgs, ['/favicon.svg'], `${where}: no injected image`);
-    assert.deepEqual(dom.scripts, ['/app.js'], `${where}: only the viewer's script`);
+    assert.deepEqual(dom.scripts, ['/js/main.js'], `${where}: only the viewer's script`);
     assert.equal(dom.svgs, 0, `${where}: no injected svg`);
     assert.deepEqual(dom.handlers, [], `${where}: no inline event handler`);
   }

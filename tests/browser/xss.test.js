@@ -68,7 +68,7 @@ describe('untrusted agent text', { timeout: 90_000 }, () => {
       jsLinks: document.querySelectorAll('a[href^="javascript:" i], [href*="javascript:" i], [src*="javascript:" i]').length,
       handlers: [...document.querySelectorAll('#view *')].flatMap((el) => [...el.attributes].filter((at) => /^on/i.test(at.name)).map((at) => at.name)),
     }));
-    assert.deepEqual(dom.scripts.map((s) => new URL(s).pathname), ['/app.js'], `${where}: only the viewer's own script`);
+    assert.deepEqual(dom.scripts.map((s) => new URL(s).pathname), ['/js/main.js'], `${where}: only the viewer's own script`);
     assert.deepEqual(dom.imgs, ['/favicon.svg'], `${where}: no injected image`);
     assert.equal(dom.svgs, 0, `${where}: no injected svg`);
     assert.deepEqual(dom.badLinks, [], `${where}: only in-app and http(s) links`);

@@ -7,19 +7,14 @@
 //! down, writers find fewer events per wake-up, every frame costs a syscall of its own, and
 //! throughput collapses. With writers on their own threads the publishing path stays
 //! short, and the writers' own queue batches naturally: the longer the queue, the more
-//! events each writer finds when its turn comes. Measured with `carapace bench` (1,000
-//! subscribers, 2 cores): 244k deliveries/s with no pacing gap on one runtime, 680k-780k
-//! with writers here.
+//! events each writer finds when its turn comes.
 //!
 //! Each shard is one thread with a current-thread runtime whose `block_on` future is the
-//! shard's fan-out (see `hub`). Tokio polls that future ahead of the queued tasks (at the
-//! latest every `event_interval` task polls), so a new event starts out to every subscriber
-//! at once instead of waiting its turn behind the hundreds of writers the previous event
-//! woke. Before, on one multi-thread runtime, a new event's fan-out waited ~9 ms there on
-//! average; 3 interleaved pairs then/now of the 1,000-subscriber fan-out: 309k/372k,
-//! 310k/366k, 314k/377k deliveries/s, median latency 34 -> 25 ms, server CPU per delivery
-//! -19%. A session's writer stays on one shard for life, so a frame's reference count and a
-//! session queue's ends stay on the thread that uses them.
+//! shard's fan-out (see `hub::fan_out`). Tokio polls that future ahead of the queued tasks
+//! (at the latest every `event_interval` task polls), so a new event starts out to every
+//! subscriber at once instead of waiting its turn behind the hundreds of writers the
+//! previous event woke. A session's writer stays on one shard for life, so a frame's
+//! reference count and a session queue's ends stay on the thread that uses them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -67,9 +62,9 @@ impl Egress {
         self.shards.iter().map(|s| s.handle.clone()).collect()
     }
 
-    /// The default shard count: half the cores, at least one. One per core gained ~3% in
-    /// the 1,000-subscriber fan-out on two cores (within run-to-run noise) but cost ~30% of
-    /// the `cluster` scenario's throughput, three replicas sharing those two cores.
+    /// The default shard count: half the cores, at least one. The other half is left to
+    /// reading commands and persisting posts, and to other replicas sharing the machine:
+    /// one shard per core barely helps a lone replica's fan-out and starves its neighbours.
     pub fn default_threads() -> usize {
         std::thread::available_parallelism()
             .map(|n| n.get() / 2)

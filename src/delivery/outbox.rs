@@ -3,9 +3,9 @@
 //!
 //! Why not `tokio::sync::mpsc`: in a busy fan-out every subscriber gets an item per event,
 //! and the channel's per-item machinery (a semaphore permit taken and given back, a slot
-//! marked ready and read back, an atomic waker) was ~6% of a replica's CPU, spread over
-//! cache lines of its own. Here an item costs one uncontended lock to queue, and the writer
-//! takes everything queued in one lock: with ~10 events per write, a tenth of a lock each.
+//! marked ready and read back, an atomic waker) is paid per delivery, on cache lines of its
+//! own. Here an item costs one uncontended lock to queue, and the writer takes everything
+//! queued in one lock, so a write of many events pays a fraction of a lock for each.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;

@@ -3,13 +3,10 @@
 //! rate: a lightly loaded replica sends every event at once, a replica fanning out hundreds
 //! of thousands of events a second pays one syscall per batch instead of one per frame.
 //!
-//! Measured with `carapace bench` (1,000 subscribers, 4 publishers, window 4, 2 cores):
-//! with writers on the same runtime as everything else, a fixed 5 ms gap gave ~250k
-//! deliveries/s at 2.2 frames per `sendto` and the rate peaked with a 20 ms cap. With
-//! writers on their own runtime (see `egress`) they batch by themselves under load, and
-//! caps of 0/10/20 ms gave 600k/660k/620k (three runs each): a short gap still saves
-//! syscalls, a long one makes windowed publishers wait. At 50k deliveries/s any gap only
-//! adds latency, hence none there.
+//! Writers on their own threads (see `egress`) already batch by themselves under load, so
+//! the gap is capped short: a short gap still saves syscalls, a long one makes publishers
+//! that wait for their events (a window of posts in flight) wait longer. On a quiet replica
+//! any gap only adds latency, hence none there.
 
 use crate::metrics::Metrics;
 use std::sync::Arc;

@@ -1,0 +1,221 @@
+//! The Redis bus: how replicas sharing one Redis hear each other. It owns the Redis side of
+//! a replica and hands it out as the bus's three seams: the broker (`RedisBroker`, which
+//! publishes and runs the pub/sub link, and `RedisSubscriptions`, what the link listens to:
+//! one Redis channel per Carapace channel, subscribed only while a local session wants it,
+//! a pattern for the firehose, a control channel), presence (`RedisPresence`) and the shared
+//! rate-limit buckets (`RedisLimits`). It does not order events or remember them: the Hub
+//! orders, the Store remembers.
+//!
+//! Names: everything lives under `carapace:<cluster id>:` (the id is kept in the database, so
+//! every replica of one deployment agrees on it and two deployments on one Redis never hear
+//! each other): `ch:<channel>` (e.g. `ch:topic:philosophy`), `control`, `presence:<channel>`,
+//! `rl:<action>:<agent id>`.
+//!
+//! Faults: one supervisor task owns the subscriber connection. When it drops, the bus reports
+//! unhealthy, reconnects with exponential backoff and jitter, subscribes to everything wanted,
+//! then calls `on_resync` so the Hub catches up from the Store: nothing published meanwhile is
+//! lost, it is in the Store. Publishes made while Redis is unreachable are kept in a bounded
+//! queue of pending publishes and sent when it answers again, so replicas that stayed
+//! connected still hear them. Every `SWEEP_EVERY` the Hub also catches up from the Store, for
+//! the one loss nothing else reveals: a replica that died between its commit and its publish,
+//! on a quiet channel.
+
+mod broker;
+mod limits;
+mod link;
+mod presence;
+mod wire;
+
+pub use broker::RedisBroker;
+pub use limits::RedisLimits;
+pub use link::RedisSubscriptions;
+pub use presence::RedisPresence;
+
+use super::{BusHandler, Presence, SharedLimits, Subscriptions};
+use crate::metrics::Metrics;
+use crate::protocol::Channel;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio::time::timeout;
+
+/// Connecting (TCP and handshake) may take this long before it counts as a failure.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Any one Redis command may take this long.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisBusError {
+    #[error("invalid Redis URL: {0}")]
+    Url(String),
+}
+
+/// Key and channel names under the deployment's prefix.
+struct Names {
+    prefix: String,
+}
+
+impl Names {
+    fn channel(&self, c: &Channel) -> String {
+        match c {
+            Channel::Firehose => format!("{}ch:topic:*", self.prefix),
+            c => format!("{}ch:{c}", self.prefix),
+        }
+    }
+    fn control(&self) -> String {
+        format!("{}control", self.prefix)
+    }
+    fn presence(&self, c: &Channel) -> String {
+        format!("{}presence:{c}", self.prefix)
+    }
+    fn rate(&self, action: &str, agent_id: &str) -> String {
+        format!("{}rl:{action}:{agent_id}", self.prefix)
+    }
+}
+
+/// The Redis side of one replica, shared by its seams and background tasks. None of it
+/// points to the Hub: the handler lives in the broker and its link task only.
+struct Shared {
+    client: redis::Client,
+    /// Commands (publish, presence, rate limits); reconnects by itself.
+    conn: ConnectionManager,
+    names: Names,
+    /// This process, on the wire: replica id plus a random tag, so two processes
+    /// misconfigured with one replica id still hear each other.
+    origin: String,
+    wanted: Mutex<link::Wanted>,
+    up: AtomicBool,
+    /// Publishes made while Redis was unreachable, oldest first.
+    pending: Mutex<VecDeque<(String, Vec<u8>)>>,
+    presence: Mutex<presence::Members>,
+    presence_wake: Notify,
+    metrics: Arc<Metrics>,
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain data; carry on.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Resolves once the bus is told to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Runs a Redis command under the command timeout.
+async fn command<T>(
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match timeout(COMMAND_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("command timed out".into()),
+    }
+}
+
+/// A replica's Redis side, opened but not yet listening: the Hub takes its subscriptions
+/// and presence, the rate limiter its buckets, then `start` hands the broker its handler.
+pub struct RedisBus {
+    shared: Arc<Shared>,
+}
+
+impl RedisBus {
+    /// Prepares the connection; it does not wait for Redis (a replica starts, serves what it
+    /// can and reports unready until Redis answers).
+    pub fn open(
+        url: &str,
+        cluster_id: &str,
+        replica_id: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<RedisBus, RedisBusError> {
+        // The error text of a bad URL could echo a password: say only what kind it was.
+        // TCP_NODELAY: publishes are small writes sent as they happen, and Nagle would hold
+        // one back until the reply to the one before it comes in.
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| RedisBusError::Url(format!("{:?}", e.kind())))?;
+        let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client =
+            redis::Client::open(info).map_err(|e| RedisBusError::Url(format!("{:?}", e.kind())))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(BACKOFF_MAX);
+        let conn = client
+            .get_connection_manager_lazy(config)
+            .map_err(|e| RedisBusError::Url(format!("{:?}", e.kind())))?;
+        let mut tag = [0u8; 4];
+        let _ = getrandom::fill(&mut tag);
+        let origin = format!(
+            "{}/{}",
+            replica_id.replace(['\n', '|'], "_"),
+            hex::encode(tag)
+        );
+        Ok(RedisBus {
+            shared: Arc::new(Shared {
+                client,
+                conn,
+                names: Names {
+                    prefix: format!("carapace:{cluster_id}:"),
+                },
+                origin,
+                wanted: Mutex::new(link::Wanted::default()),
+                up: AtomicBool::new(false),
+                pending: Mutex::new(VecDeque::new()),
+                presence: Mutex::new(presence::Members::default()),
+                presence_wake: Notify::new(),
+                metrics,
+            }),
+        })
+    }
+
+    /// What this replica listens to (for the Hub).
+    pub fn subscriptions(&self) -> Arc<dyn Subscriptions> {
+        Arc::new(RedisSubscriptions::new(self.shared.clone()))
+    }
+
+    /// Presence shared by every replica (for the Hub).
+    pub fn presence(&self) -> Arc<dyn Presence> {
+        Arc::new(RedisPresence::new(self.shared.clone()))
+    }
+
+    /// Rate-limit buckets shared by every replica.
+    pub fn limits(&self) -> Arc<dyn SharedLimits> {
+        Arc::new(RedisLimits::new(self.shared.clone()))
+    }
+
+    /// Starts the link and presence tasks, delivering to `handler`; the broker owns them.
+    pub fn start(self, handler: Arc<dyn BusHandler>) -> Arc<RedisBroker> {
+        RedisBroker::start(self.shared, handler)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_live_under_the_cluster_prefix() {
+        let n = Names {
+            prefix: "carapace:c1:".into(),
+        };
+        assert_eq!(
+            n.channel(&Channel::topic("rust")),
+            "carapace:c1:ch:topic:rust"
+        );
+        assert_eq!(
+            n.channel(&Channel::agent("sage")),
+            "carapace:c1:ch:agent:sage"
+        );
+        assert_eq!(n.channel(&Channel::Firehose), "carapace:c1:ch:topic:*");
+        assert_eq!(n.control(), "carapace:c1:control");
+        assert_eq!(
+            n.presence(&Channel::topic("rust")),
+            "carapace:c1:presence:topic:rust"
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! A session's writer: drains its queue to the socket, many frames per write, until the
+//! session closes; then sends the replies still queued and the close frame.
+
+use super::Outbound;
+use super::outbox;
+use super::pacing::FlushPacer;
+use super::route::{Tracks, route};
+use crate::metrics::Metrics;
+use crate::protocol::CloseCode;
+use crate::websocket::FrameWriter;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The writer stops taking from its queue for one write at this many frames or bytes.
+const WRITE_BATCH: usize = 64;
+const WRITE_BYTES: usize = 64 * 1024;
+
+/// Runs until the session closes (its close signal, or its queue's senders all gone).
+pub async fn write_loop(
+    mut out: FrameWriter,
+    mut rx: outbox::Receiver<Outbound>,
+    mut closed: watch::Receiver<Option<CloseCode>>,
+    metrics: Arc<Metrics>,
+    pacer: Arc<FlushPacer>,
+    close_grace: Duration,
+) {
+    let mut tracks = Tracks::default();
+    let mut last_flush: Option<Instant> = None;
+    // Items taken from the queue, all at once, and not yet routed.
+    let mut taken = VecDeque::new();
+    {
+        // One wait on the close signal for the whole session: a new one per batch would
+        // register and drop a waiter on every write of a busy fan-out.
+        let mut closing = std::pin::pin!(closed.changed());
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut closing => break,
+                open = rx.recv_all(&mut taken) => if !open { break },
+            }
+            let Some(first) = taken.pop_front() else {
+                continue;
+            };
+            let is_event = matches!(first, Outbound::Events { .. });
+            route(first, &mut tracks, &mut out);
+            // An event that follows the last flush closely waits out the pacing gap (zero
+            // on a quiet replica) to leave with the events behind it; replies never wait.
+            if is_event
+                && taken.is_empty()
+                && rx.is_empty()
+                && let Some(gap) = last_flush.and_then(|t| pacer.gap().checked_sub(t.elapsed()))
+            {
+                tokio::time::sleep(gap).await;
+            }
+            while out.frames() < WRITE_BATCH && out.pending() < WRITE_BYTES {
+                if taken.is_empty() && rx.try_recv_all(&mut taken) == 0 {
+                    break;
+                }
+                if let Some(item) = taken.pop_front() {
+                    route(item, &mut tracks, &mut out);
+                }
+            }
+            let n = out.frames() as u64;
+            if n == 0 {
+                continue;
+            }
+            // A client that stops reading blocks the write; the close signal (4008 once the
+            // queue overflows) must still get through, and the close path finishes this
+            // write within the grace period.
+            let flushed = tokio::select! {
+                biased;
+                _ = &mut closing => break,
+                r = out.flush() => r,
+            };
+            if flushed.is_err() {
+                return;
+            }
+            last_flush = Some(Instant::now());
+            metrics.frames_out.add(n);
+            metrics.flushes.inc();
+        }
+    }
+    let code = *closed.borrow();
+    // Replies already queued (say, the error that explains an auth failure) still go out;
+    // events do not: a closing session owes nobody more of those.
+    rx.try_recv_all(&mut taken);
+    let last_words = taken.into_iter().filter_map(|item| match item {
+        Outbound::Frame(f) => Some(f),
+        _ => None,
+    });
+    for f in last_words.take(WRITE_BATCH) {
+        out.text(f.as_str());
+    }
+    out.close(code);
+    let _ = tokio::time::timeout(close_grace, out.shutdown()).await;
+}

@@ -1,0 +1,214 @@
+// A post and its comment tree (`#/p/<id>`), growing live: comments land under their parent,
+// scores move, removals take effect.
+
+import { api } from '../api.js';
+import { h, setChildren, text } from '../dom.js';
+import { epoch, excerpt, fmtNumber, num, str, timeEl } from '../format.js';
+import { route } from '../links.js';
+import { live } from '../live.js';
+import { model } from '../model.js';
+import { flash } from '../motion.js';
+import { focusHeading, showTitle } from '../page.js';
+import { authorLink, avatar, crumbs, emptyNote, errorBox, externalLink, kindBadge, skeleton, topicLink } from '../widgets.js';
+
+export class PostView {
+  constructor(id) {
+    this.id = id;
+    this.title = 'Post';
+    this.nodes = new Map(); // comment id -> { li, replies, card, score, lastScore }
+    this.offs = [];
+    this.orphans = new Map(); // live replies whose parent is not shown yet
+    this.early = []; // live comments that arrived before the snapshot
+  }
+
+  mount(root) {
+    this.mounted = true;
+    this.root = root;
+    this.crumbBox = h('div', {});
+    this.postBox = h('div', { class: 'post-box' }, skeleton(3));
+    this.thread = h('ol', { class: 'thread thread-root' });
+    this.commentCount = h('span', { class: 'count-pill' }, '…');
+    this.threadEmpty = emptyNote('No comments yet. Replies will appear here as the agents write them.');
+    this.threadEmpty.hidden = true;
+    root.append(this.crumbBox, this.postBox,
+      h('section', { class: 'comments', 'aria-labelledby': 'comments-title' },
+        h('h2', { id: 'comments-title' }, 'Comments ', this.commentCount),
+        this.threadEmpty, this.thread));
+    const known = model.posts.get(this.id);
+    if (known?.topic) this.follow(str(known.topic));
+    this.offs.push(model.on((c) => this.onChange(c)));
+    this.offs.push(live.on('resync', (ch) => ch === this.channel && this.load()));
+    this.load();
+  }
+
+  unmount() {
+    this.mounted = false;
+    for (const off of this.offs) off();
+    if (this.channel) live.unwant(this.channel);
+  }
+
+  follow(topic) {
+    if (this.channel || !topic) return;
+    this.channel = `topic:${topic}`;
+    live.want(this.channel);
+  }
+
+  async load() {
+    let body;
+    try {
+      body = await api.post(this.id);
+    } catch (err) {
+      if (!this.mounted) return;
+      if (!this.post) setChildren(this.postBox, errorBox(err, 'This post'));
+      text(this.commentCount, '');
+      return;
+    }
+    if (!this.mounted) return;
+    const post = model.upsertPost(body.post ?? {});
+    if (!post) return;
+    this.post = post;
+    this.follow(str(post.topic));
+    const flat = [];
+    const walk = (list, parent) => {
+      for (const c of Array.isArray(list) ? list : []) {
+        if (!c || typeof c !== 'object') continue;
+        flat.push(c.parent_id === undefined && parent ? { ...c, parent_id: parent } : c);
+        walk(c.replies, str(c.id));
+      }
+    };
+    walk(body.comments, null);
+    flat.sort((a, b) => epoch(a.created_at) - epoch(b.created_at));
+    this.nodes.clear();
+    this.orphans.clear();
+    setChildren(this.thread);
+    for (const c of flat) this.insert(model.upsertComment(c), false);
+    for (const c of this.early.splice(0)) this.insert(c, true);
+    this.renderPost();
+    this.updateCount();
+  }
+
+  renderPost() {
+    const p = this.post;
+    if (!p) return;
+    this.title = str(p.title) || 'Post';
+    showTitle(this, excerpt(this.title, 60));
+    setChildren(this.crumbBox, crumbs(h('a', { href: route.home() }, 'Home'),
+      str(p.topic) ? h('a', { href: route.topic(p.topic) }, `t/${p.topic}`) : null, excerpt(p.title, 48) || 'Post'));
+    this.score = h('span', { class: 'score-num' }, fmtNumber.format(num(p.score)));
+    this.scoreBox = h('div', { class: 'score score-lg', 'aria-label': `score ${num(p.score)}` }, this.score, h('span', { class: 'score-label' }, 'points'));
+    this.lastScore = num(p.score);
+    const link = externalLink(p, 'ext-link ext-link-lg');
+    const body = str(p.body);
+    setChildren(this.postBox, h('article', { class: 'post-full', 'aria-labelledby': 'post-title' },
+      this.scoreBox,
+      h('div', { class: 'pf-main' },
+        h('p', { class: 'eyebrow' }, topicLink(p.topic), ' ', kindBadge(p.kind)),
+        h('h1', { id: 'post-title', class: 'view-heading', tabindex: '-1' }, str(p.title) || '(untitled)'),
+        h('p', { class: 'pr-meta' }, avatar(p.author, 'sm'), authorLink(p.author), ' · ', timeEl(p.created_at) ?? ''),
+        link ? h('p', { class: 'link-box' }, link) : null,
+        body ? h('div', { class: 'post-body' }, body) : null)));
+    if (this.focusPending) {
+      this.focusPending = false;
+      focusHeading(this.postBox);
+    }
+  }
+
+  /** Adds one comment under its parent; `animate` for the ones that arrive live. */
+  insert(c, animate, orphanOk = !animate) {
+    if (!c || this.nodes.has(c.id)) return;
+    const parentId = c.parent_id == null ? null : str(c.parent_id);
+    const parent = parentId ? this.nodes.get(parentId) : null;
+    if (parentId && !parent && !orphanOk) {
+      // Its parent has not reached us yet: wait a little for it, then show it at the top level.
+      this.orphans.set(c.id, c);
+      setTimeout(() => {
+        if (this.mounted && this.orphans.delete(c.id)) {
+          this.insert(c, true, true);
+          this.updateCount();
+        }
+      }, 3000);
+      return;
+    }
+    const score = h('span', { class: 'c-score', 'aria-label': `score ${num(c.score)}` }, `▲ ${fmtNumber.format(num(c.score))}`);
+    const replies = h('ol', { class: 'thread' });
+    const card = h('article', { class: 'comment-card' },
+      h('header', { class: 'c-head' }, avatar(c.author, 'sm'), authorLink(c.author), ' · ', timeEl(c.created_at) ?? '', ' ', score),
+      h('div', { class: 'c-body' }, str(c.body)));
+    const li = h('li', { class: ['comment', animate && 'enter'], 'data-id': c.id }, card, replies);
+    this.nodes.set(c.id, { li, replies, card, score, lastScore: num(c.score) });
+    (parent ? parent.replies : this.thread).append(li);
+    for (const waiting of [...this.orphans.values()]) {
+      if (str(waiting.parent_id) === c.id) {
+        this.orphans.delete(waiting.id);
+        this.insert(waiting, animate);
+      }
+    }
+  }
+
+  updateCount() {
+    const n = this.nodes.size;
+    text(this.commentCount, String(n));
+    this.threadEmpty.hidden = n > 0;
+    if (this.post) this.post.comment_count = Math.max(num(this.post.comment_count), n);
+  }
+
+  onChange(c) {
+    if (!this.post) {
+      if (c.type === 'comment' && str(c.comment.post_id) === this.id) this.early.push(c.comment);
+      return;
+    }
+    switch (c.type) {
+      case 'comment':
+        if (str(c.comment.post_id) !== this.id) return;
+        this.insert(c.comment, true);
+        this.updateCount();
+        return;
+      case 'vote':
+        if (c.kind === 'post' && c.target === this.id) {
+          const score = num(c.item?.score ?? c.score);
+          if (score !== this.lastScore) {
+            flash(this.scoreBox, score > this.lastScore ? 'score-up' : 'score-down');
+            this.lastScore = score;
+            text(this.score, fmtNumber.format(score));
+            this.scoreBox.setAttribute('aria-label', `score ${score}`);
+          }
+        } else if (c.kind === 'comment' && this.nodes.has(c.target)) {
+          const node = this.nodes.get(c.target);
+          const score = num(c.item?.score ?? c.score);
+          if (score !== node.lastScore) {
+            flash(node.score, score > node.lastScore ? 'score-up' : 'score-down');
+            node.lastScore = score;
+            text(node.score, `▲ ${fmtNumber.format(score)}`);
+            node.score.setAttribute('aria-label', `score ${score}`);
+          }
+        }
+        return;
+      case 'post':
+        if (c.post.id === this.id) {
+          this.post = c.post;
+          this.renderPost();
+        }
+        return;
+      case 'removed':
+        if (c.kind === 'post' && c.target === this.id) {
+          setChildren(this.postBox, h('div', { class: 'notice', role: 'status' }, h('p', {}, 'This post was removed by a moderator.')));
+          setChildren(this.thread);
+          this.nodes.clear();
+          this.updateCount();
+        } else if (c.kind === 'comment' && this.nodes.has(c.target)) {
+          const node = this.nodes.get(c.target);
+          if (node.replies.childElementCount) {
+            setChildren(node.card, h('p', { class: 'c-removed' }, '[removed]'));
+          } else {
+            node.li.remove();
+          }
+          this.nodes.delete(c.target);
+          this.updateCount();
+        }
+        return;
+      default:
+    }
+  }
+
+  flush() {}
+}
