@@ -1,19 +1,20 @@
-//! `serve --demo`: a small society of built-in agents (the personas in `assets/personas/`),
-//! started inside the hub process once it listens. Each has its own owner, agent and API key,
-//! provisioned through the Service in-process, and then runs as a real protocol client over a
-//! real socket to the hub's own address, exactly as an outside agent would.
+//! `serve --demo`: a small society of built-in agents (the personas shipped in
+//! `crates/carapace-agent/assets/personas/`), started inside the hub process once it listens.
+//! Each has its own owner, agent and API key, provisioned through the Service in-process, and
+//! then runs as a real protocol client over a real socket to the hub's own address, exactly
+//! as an outside agent would.
 //!
 //! Idempotent across restarts of the same data dir: owners and agents are reused, and each
 //! start revokes the previous run's demo keys before issuing a fresh one (the hub allows two
 //! active keys per agent, and the old keys were only ever held in this process's memory).
 //! An agent suspended or revoked by an operator stays that way: the demo skips it.
 
-use crate::agent::{self, AgentConfig, Persona};
 use crate::auth::sealed;
 use crate::clock::now_ms;
 use crate::service::identity::{AgentPatch, NewAgentInput};
 use crate::service::{OwnerCtx, Scope, Service, ServiceError};
 use crate::store::StoreError;
+use carapace_agent::{self as agent, AgentConfig, Persona};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use thiserror::Error;

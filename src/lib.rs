@@ -2,12 +2,9 @@
 //! (store, keys, bus, service, hub, HTTP) from a `Config`; `main` and the tests both use it.
 
 pub mod abuse;
-pub mod agent;
 pub mod audit;
 pub mod auth;
-pub mod bench;
 pub mod bus;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod data_reseal;

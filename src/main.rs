@@ -38,9 +38,18 @@ enum Cmd {
         task: KeysTask,
     },
     /// The load generator: drives a hub or a peer and prints a report, then one JSON line.
-    Bench(carapace::bench::BenchArgs),
+    Bench(carapace_bench::BenchArgs),
     /// Run one agent against a hub; prints its statistics as one JSON line when it stops.
-    Agent(carapace::agent::AgentArgs),
+    Agent(AgentCmd),
+}
+
+/// `carapace agent`: the runner's flags, and the log format, which is the binary's concern.
+#[derive(clap::Args)]
+struct AgentCmd {
+    #[command(flatten)]
+    agent: carapace_agent::AgentArgs,
+    #[arg(long, env = "CARAPACE_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand)]
@@ -225,13 +234,13 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn bench(args: carapace::bench::BenchArgs) -> anyhow::Result<()> {
+async fn bench(args: carapace_bench::BenchArgs) -> anyhow::Result<()> {
     init_logging(Some(LogFormat::Pretty));
     if let Some(addr) = args.serve_raw {
-        return Ok(carapace::bench::serve_raw(addr, shutdown_signal()).await?);
+        return Ok(carapace_bench::serve_raw(addr, shutdown_signal()).await?);
     }
-    let report = carapace::bench::run(args).await?;
-    println!("{}", carapace::bench::json_line(&report));
+    let report = carapace_bench::run(args).await?;
+    println!("{}", carapace_bench::json_line(&report));
     Ok(())
 }
 
@@ -246,11 +255,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn agent(args: carapace::agent::AgentArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
-    let config = args.config().context("configuring the agent")?;
+async fn agent(cmd: AgentCmd) -> anyhow::Result<()> {
+    init_logging(cmd.log_format);
+    let config = cmd.agent.config().context("configuring the agent")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let run = carapace::agent::run(config, stop_rx);
+    let run = carapace_agent::run(config, stop_rx);
     tokio::pin!(run);
     // On a signal the agent closes its session cleanly and still reports what it did.
     let report = tokio::select! {

@@ -7,13 +7,11 @@ use serde_json::Value;
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
-/// Frames larger than this are refused with close 1009.
-pub const MAX_FRAME_BYTES: usize = 64 * 1024;
-pub const MAX_TITLE_CHARS: usize = 300;
-pub const MAX_POST_BODY_CHARS: usize = 40_000;
-pub const MAX_COMMENT_BODY_CHARS: usize = 10_000;
-pub const MAX_DM_BODY_CHARS: usize = 10_000;
-pub const MAX_SUBSCRIPTIONS: usize = 100;
+// The limits and name rules live in `carapace-wire`, shared with the client crates.
+pub use carapace_wire::{
+    MAX_COMMENT_BODY_CHARS, MAX_DM_BODY_CHARS, MAX_FRAME_BYTES, MAX_POST_BODY_CHARS,
+    MAX_SUBSCRIPTIONS, MAX_TITLE_CHARS, truncate, valid_handle, valid_topic_name,
+};
 
 /// The error codes, shared by WebSocket replies and HTTP bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -222,30 +220,6 @@ impl fmt::Display for Channel {
             Channel::Agent(h) => write!(f, "agent:{h}"),
             Channel::Firehose => f.write_str("firehose"),
         }
-    }
-}
-
-/// `^[a-z0-9_]{3,30}$`
-pub fn valid_handle(s: &str) -> bool {
-    (3..=30).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
-/// `^[a-z0-9][a-z0-9_-]{1,29}$`
-pub fn valid_topic_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    (2..=30).contains(&b.len())
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b[1..]
-            .iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
-}
-
-pub fn truncate(s: &str, max_chars: usize) -> &str {
-    match s.char_indices().nth(max_chars) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }
 

@@ -444,7 +444,7 @@ async fn out_of_descriptors_pauses_accepts_logs_once_and_spares_open_sessions() 
     let dir = common::temp_dir("fds");
     let replica = common::infra::Replica::start("fds", &dir, &[]);
     let pid = replica.pid();
-    let mut session = carapace::client::Client::connect(&replica.ws(), None)
+    let mut session = carapace_client::Client::connect(&replica.ws(), None)
         .await
         .unwrap();
     let prlimit = |n: &str| {
@@ -481,7 +481,7 @@ async fn out_of_descriptors_pauses_accepts_logs_once_and_spares_open_sessions() 
     );
     drop(waiting);
     prlimit(&format!("{soft}:"));
-    let r = carapace::client::http(&replica.base(), "GET", "/healthz", None, None)
+    let r = carapace_client::http(&replica.base(), "GET", "/healthz", None, None)
         .await
         .unwrap();
     assert_eq!(r.status, 200);

@@ -4,7 +4,11 @@
 //! limits), the LLM path against a local chat-completions server, and `serve --demo`.
 //! Every process a test starts is killed when the test ends, pass or fail.
 
-use carapace::client::{self, Client};
+mod common;
+
+use carapace_client::{self as client, Client};
+use common::infra::{Replica, wait_ready};
+use common::post;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
+use tokio::task::block_in_place;
 use tokio::time::{Instant, sleep, timeout};
 
 const BIN: &str = env!("CARGO_BIN_EXE_carapace");
@@ -24,103 +29,43 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).unwrap();
-    let d = std::env::temp_dir().join(format!("carapace-agents-{tag}-{:x}", u64::from_le_bytes(b)));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `carapace serve` process on a fixed loopback port, restartable on the same port and
-/// data dir. Killed on drop.
+/// A `carapace serve` process (tests/common's `Replica`), restartable on the same port and
+/// data dir, in a temp dir of its own that also holds the test's persona and key files.
+/// Killed on drop; the dir goes with it unless the test failed.
 struct Hub {
-    child: Option<Child>,
-    port: u16,
+    replica: Replica,
     dir: PathBuf,
-    args: Vec<String>,
     base: String,
 }
 
 impl Hub {
     async fn start(tag: &str, extra: &[&str]) -> Hub {
-        let port = free_port();
-        let mut h = Hub {
-            child: None,
-            port,
-            dir: temp_dir(tag),
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            base: format!("http://127.0.0.1:{port}"),
+        let dir = common::temp_dir(&format!("agents-{tag}"));
+        // Starting blocks until the port listens: off the runtime's other tasks.
+        let replica = block_in_place(|| Replica::start("hub", &dir, extra));
+        let hub = Hub {
+            base: replica.base(),
+            replica,
+            dir,
         };
-        h.spawn().await;
-        h
+        wait_ready(&hub.base, Duration::from_secs(20)).await;
+        hub
     }
 
+    fn port(&self) -> u16 {
+        self.replica.port
+    }
+
+    /// Starts the stopped hub again (same port, data dir and `replica.args`).
     async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("hub.log"))
-            .unwrap();
-        let child = Command::new(BIN)
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(["--log-format", "json"])
-            .args(&self.args)
-            .env_remove("CARAPACE_DEMO")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn carapace serve");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = client::http(&self.base, "GET", "/healthz", None, None).await
-                && r.status == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hub did not come up: {}",
-                self.log()
-            );
-            sleep(Duration::from_millis(100)).await;
-        }
+        block_in_place(|| self.replica.start_again());
+        wait_ready(&self.base, Duration::from_secs(20)).await;
     }
 
     /// SIGTERM, then waits for the process to exit by itself (draining closes sessions with
     /// 1012 and stops every task); returns how long it took.
     async fn stop(&mut self) -> Duration {
-        let Some(mut child) = self.child.take() else {
-            return Duration::ZERO;
-        };
-        let started = Instant::now();
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        match timeout(Duration::from_secs(15), child.wait()).await {
-            Ok(status) => assert!(
-                status.unwrap().success(),
-                "hub exited badly: {}",
-                self.log()
-            ),
-            Err(_) => panic!("hub did not stop within 15 s of SIGTERM: {}", self.log()),
-        }
-        started.elapsed()
+        block_in_place(|| self.replica.stop())
     }
 
     async fn restart(&mut self) {
@@ -129,11 +74,11 @@ impl Hub {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("hub.log")).unwrap_or_default()
+        self.replica.logs()
     }
 
     fn ws(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
+        self.replica.ws()
     }
 
     /// A new owner and one agent with every scope; returns the API key.
@@ -167,9 +112,7 @@ impl Hub {
 
 impl Drop for Hub {
     fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.start_kill();
-        }
+        self.replica.kill();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
@@ -246,17 +189,6 @@ async fn wait_present(c: &mut Client, topic: &str, handles: &[&str], within: Dur
         );
         sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn post(c: &mut Client, topic: &str, title: &str) -> String {
-    let r = c
-        .command(
-            "post",
-            json!({"topic": topic, "title": title, "body": "What do you think?"}),
-        )
-        .await
-        .expect("post");
-    r["post"]["id"].as_str().unwrap().to_string()
 }
 
 /// Authors of the comments (at any depth) under a post, read through the HTTP API.
@@ -443,7 +375,7 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
         "python3 cannot import carapace_client: `pip install ./clients/python` (scripts/test.sh does)"
     );
     let mut hub = Hub::start("examples", &["--token-ttl", "6"]).await;
-    let relay = Relay::start(hub.port, Duration::ZERO).await;
+    let relay = Relay::start(hub.port(), Duration::ZERO).await;
     let py_key = hub.agent("py_agent").await;
     let js_key = hub.agent("js_agent").await;
     let mut rusty = rust_agent(&hub, "rusty", "general").await;
@@ -481,7 +413,13 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
         Duration::from_secs(20),
     )
     .await;
-    let first = post(&mut rusty, "general", "Hello, example agents").await;
+    let first = post(
+        &mut rusty,
+        "general",
+        "Hello, example agents",
+        "What do you think?",
+    )
+    .await;
 
     // The Rust client sees both agents' own posts and both replies to its post, live.
     let mut posted = std::collections::HashSet::new();
@@ -521,7 +459,13 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
     // `since` to see that post at all (they read nothing over HTTP), and then answer it.
     relay.cut();
     sleep(Duration::from_millis(1500)).await;
-    let missed = post(&mut rusty, "general", "Posted while you were away").await;
+    let missed = post(
+        &mut rusty,
+        "general",
+        "Posted while you were away",
+        "What do you think?",
+    )
+    .await;
     sleep(Duration::from_millis(500)).await;
     relay.mend();
     await_replies(
@@ -543,7 +487,13 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
         Duration::from_secs(30),
     )
     .await;
-    let after = post(&mut rusty, "general", "Back after the restart").await;
+    let after = post(
+        &mut rusty,
+        "general",
+        "Back after the restart",
+        "What do you think?",
+    )
+    .await;
     await_replies(
         &hub,
         &after,
@@ -628,7 +578,7 @@ async fn carapace_agent_refreshes_survives_a_restart_and_a_cut_and_paces_itself(
     let mut hub = Hub::start("agent", &["--token-ttl", "8"]).await;
     // 300 ms from hub to agent: the test sees the agent present (through its own direct
     // session) while the agent is still waiting for its subscribe answers, and cuts then.
-    let relay = Relay::start(hub.port, Duration::from_millis(300)).await;
+    let relay = Relay::start(hub.port(), Duration::from_millis(300)).await;
     let key = hub.agent("tester").await;
     let persona = write_persona(&hub.dir, TEST_PERSONA);
     let mut cmd = Command::new(BIN);
@@ -650,7 +600,13 @@ async fn carapace_agent_refreshes_survives_a_restart_and_a_cut_and_paces_itself(
     // The agent creates its topic (scope topic:create) and subscribes to it.
     let mut rusty = rust_agent_when_topic_exists(&hub, "rusty", "testing").await;
     wait_present(&mut rusty, "testing", &["tester"], Duration::from_secs(15)).await;
-    let p1 = post(&mut rusty, "testing", "First, while all is well").await;
+    let p1 = post(
+        &mut rusty,
+        "testing",
+        "First, while all is well",
+        "What do you think?",
+    )
+    .await;
     dm_and_await_answers(&mut rusty, "rusty", &["tester"], Duration::from_secs(8)).await;
 
     // Past one token lifetime (8 s, refreshed at about 5.3 s), restart the hub.
@@ -662,7 +618,13 @@ async fn carapace_agent_refreshes_survives_a_restart_and_a_cut_and_paces_itself(
     // Then a network cut, during which a post is published: only `since` recovers it.
     relay.cut();
     sleep(Duration::from_millis(1000)).await;
-    let p2 = post(&mut rusty, "testing", "Published during the cut").await;
+    let p2 = post(
+        &mut rusty,
+        "testing",
+        "Published during the cut",
+        "What do you think?",
+    )
+    .await;
     sleep(Duration::from_millis(1500)).await;
     relay.mend();
 
@@ -890,7 +852,7 @@ async fn carapace_agent_writes_with_an_openai_compatible_llm() {
     });
     let mut rusty = rust_agent_when_topic_exists(&hub, "rusty", "testing").await;
     wait_present(&mut rusty, "testing", &["thinker"], Duration::from_secs(15)).await;
-    let mine = post(&mut rusty, "testing", "Ask the model").await;
+    let mine = post(&mut rusty, "testing", "Ask the model", "What do you think?").await;
     let (stats, err) = agent.await.unwrap();
     eprintln!("agent stats: {stats}");
 
@@ -967,7 +929,7 @@ async fn serve_demo_brings_a_live_society_and_restarts_cleanly() {
     assert_eq!(posts, 0, "demo agents ran without --demo");
     hub.stop().await;
 
-    hub.args = vec!["--demo".into()];
+    hub.replica.args = vec!["--demo".into()];
     hub.spawn().await;
     let started = Instant::now();
     let h = &hub;
@@ -1013,12 +975,14 @@ async fn serve_demo_brings_a_live_society_and_restarts_cleanly() {
     hub.stop().await;
 
     // Exactly one active key per demo agent, after two starts.
-    let store =
-        carapace::store::Store::connect(&format!("sqlite://{}/carapace.db", hub.dir.display()))
-            .await
-            .unwrap();
+    let store = carapace::store::Store::connect(&format!(
+        "sqlite://{}/carapace.db",
+        hub.replica.data_dir.display()
+    ))
+    .await
+    .unwrap();
     let now = carapace::clock::now_ms();
-    for p in carapace::agent::Persona::all_builtin() {
+    for p in carapace_agent::Persona::all_builtin() {
         let a = store
             .agent_by_handle(&p.handle)
             .await

@@ -7,7 +7,7 @@ mod common;
 
 use carapace::auth::jwt;
 use carapace::auth::keyring::KeyRing;
-use carapace::client::{self, Client};
+use carapace_client::{self as client, Client};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 

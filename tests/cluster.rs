@@ -5,22 +5,15 @@
 
 mod common;
 
-use carapace::client::{Client, Push};
 use carapace::config::RateLimitMode;
+use carapace_client::{Client, Push};
 use common::infra::Cluster;
+use common::post;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn post(c: &mut Client, topic: &str, title: &str) -> Value {
-    c.command(
-        "post",
-        json!({"topic": topic, "title": title, "body": "hello from the cluster"}),
-    )
-    .await
-    .expect("post accepted")
-}
+const BODY: &str = "hello from the cluster";
 
 /// Polls `presence` on topic:general (it crosses replicas through Redis, so not at once)
 /// until it lists `expected`, for up to a second.
@@ -81,8 +74,7 @@ async fn post_dm_and_firehose_cross_replicas() {
     reader.subscribe("agent:reader", None).await.unwrap();
 
     let mut poster = a.connect(Some(&poster_tok)).await;
-    let sent = post(&mut poster, "general", "hello replicas").await;
-    let id = sent["post"]["id"].as_str().unwrap().to_string();
+    let id = post(&mut poster, "general", "hello replicas", BODY).await;
     for (who, client, from) in [("B", &mut on_b, b0), ("C", &mut on_c, c0)] {
         let p = client
             .next_push(WAIT)
@@ -226,10 +218,10 @@ async fn presence_and_rate_limits_span_replicas() {
     let mut bob_on_b = b.connect(Some(&t2)).await;
     let mut bob_on_a = a.connect(Some(&t2)).await;
     for i in 0..6 {
-        post(&mut bob_on_a, "general", &format!("a{i}")).await;
+        post(&mut bob_on_a, "general", &format!("a{i}"), BODY).await;
     }
     for i in 0..4 {
-        post(&mut bob_on_b, "general", &format!("b{i}")).await;
+        post(&mut bob_on_b, "general", &format!("b{i}"), BODY).await;
     }
     for client in [&mut bob_on_a, &mut bob_on_b] {
         let e = client
@@ -240,7 +232,7 @@ async fn presence_and_rate_limits_span_replicas() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Some("rate_limited"), "{e}");
-        let carapace::client::ClientError::Api { retry_after_ms, .. } = e else {
+        let carapace_client::ClientError::Api { retry_after_ms, .. } = e else {
             unreachable!()
         };
         let wait = retry_after_ms.expect("retry hint");
@@ -285,7 +277,7 @@ async fn concurrent_publishers_on_two_replicas_keep_one_order_everywhere() {
         publishers.push(tokio::spawn(async move {
             let mut c = Client::connect(&ws, Some(&tok)).await.unwrap();
             for i in 0..EACH {
-                post(&mut c, "general", &format!("{name}{i}")).await;
+                post(&mut c, "general", &format!("{name}{i}"), BODY).await;
             }
         }));
     }

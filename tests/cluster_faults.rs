@@ -5,8 +5,8 @@
 
 mod common;
 
-use carapace::client::{self, Client, ClientError};
 use carapace::config::{Config, RateLimitMode};
+use carapace_client::{self as client, Client, ClientError};
 use common::infra::{self, Cluster, OwnPostgres, OwnRedis, PgDb, Replica};
 use common::{metric, raw_get};
 use serde_json::json;

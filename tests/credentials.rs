@@ -6,7 +6,7 @@
 
 mod common;
 
-use carapace::client::{self, Client};
+use carapace_client::{self as client, Client};
 use common::infra::Cluster;
 use serde_json::{Value, json};
 use std::time::Duration;

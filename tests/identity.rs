@@ -195,7 +195,7 @@ async fn owner_agent_key_token_rotation_revocation_and_review() {
             .status,
         401
     );
-    let ws = carapace::client::Client::connect(&hub.ws, Some(&token1)).await;
+    let ws = carapace_client::Client::connect(&hub.ws, Some(&token1)).await;
     assert!(ws.is_err(), "a token from a revoked key is refused at /ws");
     let t2 = hub.http("POST", "/api/v1/token", Some(&key2), None).await;
     assert_eq!(t2.status, 200);
@@ -518,7 +518,7 @@ async fn jwt_attacks_are_refused() {
     for (name, token) in attacks {
         // As a header on the upgrade: refused before any session exists.
         assert!(
-            carapace::client::Client::connect(&hub.ws, Some(&token))
+            carapace_client::Client::connect(&hub.ws, Some(&token))
                 .await
                 .is_err(),
             "{name}: upgrade accepted"
@@ -572,10 +572,10 @@ async fn a_stolen_database_betrays_nothing() {
         let email = format!("{handle}.secret{i}@private-mail.example");
         let password = format!("super secret passphrase {i}");
         let owner =
-            carapace::client::owner_token(&hub.base, &format!("o_{handle}"), &email, &password)
+            carapace_client::owner_token(&hub.base, &format!("o_{handle}"), &email, &password)
                 .await
                 .unwrap();
-        let key = carapace::client::create_agent(
+        let key = carapace_client::create_agent(
             &hub.base,
             &owner,
             &json!({"handle": handle, "name": handle, "bio": "x"}),
@@ -591,9 +591,7 @@ async fn a_stolen_database_betrays_nothing() {
             )
             .await;
         let key2 = rotated.body["key"].as_str().unwrap().to_string();
-        let token = carapace::client::agent_token(&hub.base, &key)
-            .await
-            .unwrap();
+        let token = carapace_client::agent_token(&hub.base, &key).await.unwrap();
         secrets.extend([
             email,
             password,
@@ -644,7 +642,7 @@ async fn a_stolen_database_betrays_nothing() {
 async fn tampering_with_the_audit_log_is_detected() {
     let mut hub = common::start().await;
     let owner = hub.owner("auditee").await;
-    carapace::client::create_agent(
+    carapace_client::create_agent(
         &hub.base,
         &owner,
         &json!({"handle": "audited", "name": "A"}),
@@ -850,7 +848,7 @@ async fn sign_out_ends_every_owner_token() {
         .await;
     assert_eq!(again.status, 401);
     // The agent's key is the agent's credential, not the owner's session: it still works.
-    carapace::client::agent_token(&hub.base, &key)
+    carapace_client::agent_token(&hub.base, &key)
         .await
         .expect("the agent's key outlives its owner's sign-out");
     // The next login works.
@@ -934,9 +932,7 @@ async fn key_rotation_keeps_old_tokens_and_sealed_data_readable() {
         "old and new public keys published"
     );
     // New tokens are signed with the new key; the old token still verifies.
-    let new_token = carapace::client::agent_token(&hub.base, &key)
-        .await
-        .unwrap();
+    let new_token = carapace_client::agent_token(&hub.base, &key).await.unwrap();
     let header: Value = serde_json::from_slice(
         &URL_SAFE_NO_PAD
             .decode(new_token.split('.').next().unwrap())

@@ -32,7 +32,7 @@ async fn files_are_owner_only_whatever_the_umask() {
     for id in ["fresh", "loose"] {
         let r = Replica::start_with_umask(id, &root, &[], "000");
         // A write, so the WAL and shared-memory files exist while the replica runs.
-        carapace::client::owner_token(
+        carapace_client::owner_token(
             &r.base(),
             &format!("own_{id}"),
             &format!("{id}@example.com"),
@@ -76,8 +76,8 @@ async fn files_are_owner_only_whatever_the_umask() {
 
 use carapace::auth::keyring::KeyRing;
 use carapace::auth::sealed;
-use carapace::client::{self, Client, ClientError};
 use carapace::store::{SealedKind, Store};
+use carapace_client::{self as client, Client, ClientError};
 use common::infra::Cluster;
 use serde_json::json;
 use std::time::Duration;

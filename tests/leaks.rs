@@ -4,9 +4,9 @@
 
 mod common;
 
-use carapace::client::Client;
 use carapace::config::Config;
 use carapace::{App, RunningApp};
+use carapace_client::Client;
 use common::TestHub;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -317,7 +317,7 @@ async fn another_replica_closes_the_leaked_keys_sessions() {
     let mut config = Config::for_tests(&s.hub.dir);
     config.replica_id = "second".into();
     let second: RunningApp = App::build(config).await.expect("second replica").spawn();
-    let bee_t = carapace::client::agent_token(&s.hub.base, &s.bee_key)
+    let bee_t = carapace_client::agent_token(&s.hub.base, &s.bee_key)
         .await
         .unwrap();
     let mut far = Client::connect(&format!("ws://{}/ws", second.addr), Some(&bee_t))
@@ -423,7 +423,7 @@ async fn an_agent_leaking_its_own_key_loses_its_session_but_not_the_redaction() 
         .http("POST", "/api/v1/agents/blabber/keys", Some(&owner), None)
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
-    let fresh = carapace::client::agent_token(&hub.base, r.body["key"].as_str().unwrap())
+    let fresh = carapace_client::agent_token(&hub.base, r.body["key"].as_str().unwrap())
         .await
         .unwrap();
     let mut again = hub.connect(Some(&fresh)).await;

@@ -4,8 +4,9 @@
 
 mod common;
 
-use carapace::client::Client;
 use carapace::config::RateLimitMode;
+use carapace_client::Client;
+use common::post;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -43,18 +44,6 @@ async fn topic(c: &mut Client, name: &str) {
     )
     .await
     .unwrap();
-}
-
-async fn post(c: &mut Client, topic: &str, title: &str, body: &str) -> String {
-    c.command(
-        "post",
-        json!({"topic": topic, "title": title, "body": body}),
-    )
-    .await
-    .unwrap()["post"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 fn ids(page: &Value) -> Vec<String> {
@@ -644,7 +633,7 @@ async fn comment(c: &mut Client, post_id: &str, body: &str) -> String {
 
 /// Subscribes with `since: 0` and returns the whole replayed history, checking that it has
 /// every seq from 1 to the channel's last.
-async fn replay(c: &mut Client, channel: &str) -> Vec<carapace::client::Push> {
+async fn replay(c: &mut Client, channel: &str) -> Vec<carapace_client::Push> {
     let r = c.subscribe(channel, Some(0)).await.unwrap();
     let last = r["seq"].as_u64().unwrap();
     let pushes = c.pushes(last as usize, Duration::from_secs(5)).await;
@@ -706,7 +695,7 @@ async fn removed_content_is_never_replayed(backend: Backend) {
             .await
             .unwrap();
     }
-    let leaked = |p: &carapace::client::Push| {
+    let leaked = |p: &carapace_client::Push| {
         let text = p.data.to_string();
         [
             "marmoset",

@@ -331,45 +331,98 @@ pub fn umask_command(umask: &str) -> Command {
     cmd
 }
 
-/// A `carapace serve` process from the real binary, killed when the guard drops.
+/// A `carapace serve` process from the real binary, killed when the guard drops. It can be
+/// stopped as an operator does (SIGTERM) and started again on the same port and data dir.
 pub struct Replica {
     pub port: u16,
     pub child: Option<Child>,
+    /// Appended to by every start, so a restarted replica's log holds both runs.
     pub log: PathBuf,
+    pub data_dir: PathBuf,
+    /// The arguments after `serve`, used again by `start_again`.
+    pub args: Vec<String>,
+    id: String,
+    umask: Option<String>,
 }
 
 impl Replica {
-    /// Starts a replica on a free port with `args` after `serve` and waits until `/healthz`.
+    /// Starts a replica on a free port with `args` after `serve` and waits until it listens.
     pub fn start(id: &str, dir: &Path, args: &[&str]) -> Replica {
-        Self::start_as(Command::new(env!("CARGO_BIN_EXE_carapace")), id, dir, args)
+        Self::start_as(None, id, dir, args)
     }
 
     /// As `start`, with the process umask set to `umask` (an octal string such as "000").
     pub fn start_with_umask(id: &str, dir: &Path, args: &[&str], umask: &str) -> Replica {
-        Self::start_as(umask_command(umask), id, dir, args)
+        Self::start_as(Some(umask), id, dir, args)
     }
 
-    fn start_as(mut cmd: Command, id: &str, dir: &Path, args: &[&str]) -> Replica {
-        let port = free_port();
-        let log = dir.join(format!("{id}.log"));
-        let logf = std::fs::File::create(&log).expect("log file");
+    fn start_as(umask: Option<&str>, id: &str, dir: &Path, args: &[&str]) -> Replica {
+        let mut r = Replica {
+            port: free_port(),
+            child: None,
+            log: dir.join(format!("{id}.log")),
+            data_dir: dir.join(id),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            id: id.to_string(),
+            umask: umask.map(str::to_string),
+        };
+        r.start_again();
+        r
+    }
+
+    /// Starts the (stopped) replica again on its port and data dir, with `self.args`.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "replica {} still runs", self.id);
+        let mut cmd = match &self.umask {
+            Some(umask) => umask_command(umask),
+            None => Command::new(env!("CARGO_BIN_EXE_carapace")),
+        };
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let child = cmd
             .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--replica-id", id, "--log-format", "json"])
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--replica-id", &self.id, "--log-format", "json"])
             .arg("--data-dir")
-            .arg(dir.join(id))
-            .args(args)
+            .arg(&self.data_dir)
+            .args(&self.args)
             .env("RUST_LOG", "info,sqlx=warn")
+            .env_remove("CARAPACE_DEMO")
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
             .expect("carapace runs");
+        self.child = Some(child);
+        let port = self.port;
         wait_until("replica start", Duration::from_secs(30), || port_open(port));
-        Replica {
-            port,
-            child: Some(child),
-            log,
+    }
+
+    /// SIGTERM, then waits for the process to exit by itself (it drains: sessions close with
+    /// 1012, every task stops) and asserts it exited cleanly; returns how long it took.
+    pub fn stop(&mut self) -> Duration {
+        if self.child.is_none() {
+            return Duration::ZERO;
+        }
+        let started = Instant::now();
+        self.signal("TERM");
+        match self.wait_exit(Duration::from_secs(15)) {
+            Some(status) => assert!(status.success(), "replica exited badly: {}", self.logs()),
+            None => panic!(
+                "replica did not stop within 15 s of SIGTERM: {}",
+                self.logs()
+            ),
+        }
+        started.elapsed()
+    }
+
+    /// SIGKILL, without waiting for a drain.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
@@ -416,10 +469,7 @@ impl Replica {
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
     }
 }
 
@@ -519,7 +569,7 @@ impl Drop for Cluster {
 pub async fn wait_ready(base: &str, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Ok(r) = carapace::client::http(base, "GET", "/readyz", None, None).await
+        if let Ok(r) = carapace_client::http(base, "GET", "/readyz", None, None).await
             && r.status == 200
         {
             return;
@@ -534,7 +584,7 @@ pub async fn wait_ready(base: &str, timeout: Duration) {
 
 /// The `/readyz` status of a replica.
 pub async fn readyz(base: &str) -> u16 {
-    carapace::client::http(base, "GET", "/readyz", None, None)
+    carapace_client::http(base, "GET", "/readyz", None, None)
         .await
         .map(|r| r.status)
         .unwrap_or(0)

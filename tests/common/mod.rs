@@ -4,9 +4,9 @@
 
 pub mod infra;
 
-use carapace::client::{self, Client};
 use carapace::config::Config;
 use carapace::{App, RunningApp};
+use carapace_client::{self as client, Client};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
@@ -179,6 +179,21 @@ impl TestHub {
             .await
             .expect("http")
     }
+}
+
+/// Posts into `topic` (the hub must accept it) and returns the new post's id.
+pub async fn post(c: &mut Client, topic: &str, title: &str, body: &str) -> String {
+    let r = c
+        .command(
+            "post",
+            json!({"topic": topic, "title": title, "body": body}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("post {title:?} refused: {e}"));
+    r["post"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no post id in {r}"))
+        .to_string()
 }
 
 impl Drop for TestHub {

@@ -4,8 +4,8 @@
 //! server's resident memory per session, then holds them for the duration and counts any
 //! that the server dropped.
 
-use super::target::{Conn, Plan};
-use super::{BenchError, Params, Report, stats::Histogram};
+use crate::target::{Conn, Plan};
+use crate::{BenchError, Params, Report, stats::Histogram};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

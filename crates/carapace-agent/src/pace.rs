@@ -2,7 +2,7 @@
 //! limits (SPEC section 4) so that `rate_limited` stays an exception, a hold after the hub
 //! says `retry_after_ms` anyway, and the reconnect backoff with jitter.
 
-use super::rng::Rng;
+use crate::rng::Rng;
 use std::time::Duration;
 use tokio::time::Instant;
 

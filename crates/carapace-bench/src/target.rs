@@ -4,9 +4,9 @@
 //! protocol over its WebSocket listener) and the raw broadcast server of `raw.rs`. The same
 //! workload runs against each; only the framing differs.
 
-use super::BenchError;
-use super::wire::{self, Mark, Ws};
-use crate::client;
+use crate::BenchError;
+use crate::wire::{self, Mark, Ws};
+use carapace_client as client;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};

@@ -2,11 +2,11 @@
 //! configured and by the built-in generator otherwise (or when the LLM fails, so an agent
 //! never goes silent because a model server is down). Text is cut to the hub's limits here.
 
-use super::llm::{Llm, title_and_body};
-use super::persona::Persona;
-use super::rng::Rng;
-use super::textgen::Builtin;
-use crate::protocol::{MAX_COMMENT_BODY_CHARS, MAX_DM_BODY_CHARS, MAX_TITLE_CHARS, truncate};
+use crate::llm::{Llm, title_and_body};
+use crate::persona::Persona;
+use crate::rng::Rng;
+use crate::textgen::Builtin;
+use carapace_client::wire::{MAX_COMMENT_BODY_CHARS, MAX_DM_BODY_CHARS, MAX_TITLE_CHARS, truncate};
 
 /// Untrusted text from other agents quoted into a prompt is cut to this.
 const QUOTE_CHARS: usize = 1500;

@@ -2,7 +2,7 @@
 //! text, over the same minimal plain-HTTP client as the rest of the crate (no TLS: point it
 //! at a local model server or a local proxy). The key comes from `CARAPACE_LLM_API_KEY`.
 
-use crate::client::{self, ClientError};
+use carapace_client::{self as client, ClientError};
 use serde_json::json;
 use std::time::Duration;
 use thiserror::Error;
@@ -90,7 +90,7 @@ impl Llm {
         if r.status != 200 {
             return Err(LlmError::Status {
                 status: r.status,
-                body: crate::protocol::truncate(&r.body.to_string(), 200).to_string(),
+                body: carapace_client::wire::truncate(&r.body.to_string(), 200).to_string(),
             });
         }
         let text = r.body["choices"][0]["message"]["content"]

@@ -2,11 +2,11 @@
 //! for a JWT, keeps it fresh, subscribes to its persona's topics and its private channel,
 //! posts, replies, votes and answers private messages at a polite pace, and reconnects with
 //! backoff after a disconnect, resuming every channel with `since`. It speaks only the public
-//! protocol (through `crate::client`), so it runs against any hub, local or remote.
+//! protocol (through `carapace-client`), so it runs against any hub, local or remote.
 //!
 //! `persona` says who it is, `compose` (with `textgen` and `llm`) what it says, `pace` how
 //! fast it may act, `runner` the connection and the behaviour. The hub itself is none of
-//! this module's business.
+//! this crate's business.
 
 pub mod compose;
 pub mod llm;
@@ -36,7 +36,7 @@ pub enum AgentError {
     Llm(#[from] LlmError),
 }
 
-/// `carapace agent` flags.
+/// `carapace agent` flags (the binary adds its log format).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
     /// The hub: `http://host:port` (or `ws://host:port/ws`).
@@ -67,8 +67,6 @@ pub struct AgentArgs {
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long, env = "CARAPACE_AGENT_DURATION")]
     pub duration: Option<u64>,
-    #[arg(long, env = "CARAPACE_LOG_FORMAT", value_enum)]
-    pub log_format: Option<crate::config::LogFormat>,
 }
 
 impl AgentArgs {

@@ -2,7 +2,7 @@
 //! published payload carries (publisher, number, send time), and opening a WebSocket over
 //! loopback from a chosen source address.
 
-use super::BenchError;
+use crate::BenchError;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{LazyLock, OnceLock};
 use std::time::Instant;

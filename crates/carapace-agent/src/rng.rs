@@ -14,7 +14,10 @@ impl Rng {
         let mut b = [0u8; 8];
         // A failing OS source only makes the agents less random; the clock still varies.
         if getrandom::fill(&mut b).is_err() {
-            b = crate::clock::now_ms().to_le_bytes();
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            b = nanos.to_le_bytes();
         }
         Rng::seeded(u64::from_le_bytes(b))
     }

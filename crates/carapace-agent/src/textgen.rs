@@ -3,21 +3,21 @@
 //! titles, openers and closers. A persona's interests seed both, so a philosopher and a crab
 //! enthusiast sound different from the same machinery.
 
-use super::persona::Persona;
-use super::rng::Rng;
+use crate::persona::Persona;
+use crate::rng::Rng;
 use std::collections::HashMap;
 
 /// The shipped corpora, by name. One sentence per line.
 pub const CORPORA: &[(&str, &str)] = &[
     (
         "philosophy",
-        include_str!("../../assets/corpus/philosophy.txt"),
+        include_str!("../assets/corpus/philosophy.txt"),
     ),
-    ("science", include_str!("../../assets/corpus/science.txt")),
-    ("futures", include_str!("../../assets/corpus/futures.txt")),
-    ("language", include_str!("../../assets/corpus/language.txt")),
-    ("humour", include_str!("../../assets/corpus/humour.txt")),
-    ("crabs", include_str!("../../assets/corpus/crabs.txt")),
+    ("science", include_str!("../assets/corpus/science.txt")),
+    ("futures", include_str!("../assets/corpus/futures.txt")),
+    ("language", include_str!("../assets/corpus/language.txt")),
+    ("humour", include_str!("../assets/corpus/humour.txt")),
+    ("crabs", include_str!("../assets/corpus/crabs.txt")),
 ];
 
 const END: u32 = u32::MAX;

@@ -3,26 +3,23 @@
 //! agent presents (handle, name, bio), where it lives (topics), its voice (temperament,
 //! interests, corpora, style) and its pace. It owns no behaviour: `runner` and `compose` read it.
 
-use super::AgentError;
-use crate::protocol::{valid_handle, valid_topic_name};
+use crate::AgentError;
+use carapace_client::wire::{valid_handle, valid_topic_name};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The built-in personas, `--persona builtin:NAME` and `serve --demo`.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("sage", include_str!("../../assets/personas/sage.toml")),
-    ("occam", include_str!("../../assets/personas/occam.toml")),
-    ("sunny", include_str!("../../assets/personas/sunny.toml")),
-    (
-        "footnote",
-        include_str!("../../assets/personas/footnote.toml"),
-    ),
+    ("sage", include_str!("../assets/personas/sage.toml")),
+    ("occam", include_str!("../assets/personas/occam.toml")),
+    ("sunny", include_str!("../assets/personas/sunny.toml")),
+    ("footnote", include_str!("../assets/personas/footnote.toml")),
     (
         "punchline",
-        include_str!("../../assets/personas/punchline.toml"),
+        include_str!("../assets/personas/punchline.toml"),
     ),
-    ("pinchy", include_str!("../../assets/personas/pinchy.toml")),
+    ("pinchy", include_str!("../assets/personas/pinchy.toml")),
 ];
 
 #[derive(Debug, Clone, Deserialize)]

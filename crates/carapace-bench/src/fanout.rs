@@ -6,9 +6,9 @@
 //! bench's one clock. In `cluster`, publishers use the first address and subscribers are
 //! spread over the others.
 
-use super::target::{Conn, Plan};
-use super::wire::{self, Mark};
-use super::{BenchError, Params, Report, stats::Histogram};
+use crate::target::{Conn, Plan};
+use crate::wire::{self, Mark};
+use crate::{BenchError, Params, Report, stats::Histogram};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -251,7 +251,7 @@ pub async fn run(
     }
     let per_conn = match (rss_before, rss_connected) {
         // In a cluster the measured process holds only the publishers' connections.
-        _ if params.scenario == super::Scenario::Cluster => 0.0,
+        _ if params.scenario == crate::Scenario::Cluster => 0.0,
         (Some(a), Some(b)) => {
             println!(
                 "server RSS: {a} KiB before, {b} KiB connected, {} KiB after publishing",

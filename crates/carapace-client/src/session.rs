@@ -1,65 +1,17 @@
-//! A small client of the Carapace protocol over tokio-tungstenite, used by the tests, the
-//! demo agents, `carapace agent` and the bench: connect (optionally with a token), send
-//! commands and await their replies, read pushes, remember the last `seq` per channel so a
-//! reconnect can resubscribe with `since`. Also a minimal HTTP/1.1 JSON caller for the API
-//! (plain `http://` only: the client talks to a hub on a trusted network or loopback).
+//! One WebSocket session with a hub: connect (optionally with a token), send commands and
+//! await their replies, read pushes, remember the last `seq` per channel so that a reconnect
+//! can resubscribe with `since`.
 
+use crate::error::ClientError;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
-use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-#[derive(Debug, Error)]
-pub enum ClientError {
-    #[error("websocket: {0}")]
-    Ws(#[from] tungstenite::Error),
-    #[error("io: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("{code}: {message}")]
-    Api {
-        code: String,
-        message: String,
-        retry_after_ms: Option<u64>,
-    },
-    #[error("connection closed ({code:?}: {reason})")]
-    Closed { code: Option<u16>, reason: String },
-    #[error("timed out")]
-    Timeout,
-    #[error("protocol: {0}")]
-    Protocol(String),
-}
-
-impl ClientError {
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            ClientError::Api { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-
-    /// For `rate_limited`: how long the hub asked us to wait.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            ClientError::Api {
-                retry_after_ms: Some(ms),
-                ..
-            } => Some(Duration::from_millis(*ms)),
-            _ => None,
-        }
-    }
-
-    /// True when the connection itself is gone or unusable (as opposed to a refused command).
-    pub fn is_disconnect(&self) -> bool {
-        !matches!(self, ClientError::Api { .. })
-    }
-}
 
 /// One event pushed by the hub.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +32,7 @@ pub struct Client {
     pub closed: Option<(Option<u16>, String)>,
 }
 
+/// How long `command` waits for its reply, and `http` for its answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Client {
@@ -287,204 +240,5 @@ fn parse_push(v: &Value) -> Option<Push> {
         seq: v.get("seq")?.as_u64()?,
         event: v.get("event")?.as_str()?.to_string(),
         data: v.get("data")?.clone(),
-    })
-}
-
-/// The answer to an HTTP call: status and JSON body (`Null` when empty or not JSON).
-#[derive(Debug, Clone)]
-pub struct HttpReply {
-    pub status: u16,
-    pub body: Value,
-    pub headers: Vec<(String, String)>,
-}
-
-impl HttpReply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One HTTP/1.1 request to `base` (`http://host:port`) with an optional bearer token and
-/// JSON body; the connection closes after the answer.
-pub async fn http(
-    base: &str,
-    method: &str,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<&Value>,
-) -> Result<HttpReply, ClientError> {
-    let auth = bearer.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = auth
-        .as_deref()
-        .map(|a| ("Authorization", a))
-        .into_iter()
-        .collect();
-    request(base, method, path, &headers, body, DEFAULT_TIMEOUT).await
-}
-
-/// Splits `http://host:port/some/path` into (`http://host:port`, `/some/path`).
-pub fn split_url(url: &str) -> Result<(String, String), ClientError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| ClientError::Protocol(format!("only http:// URLs are supported: {url}")))?;
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if host.is_empty() {
-        return Err(ClientError::Protocol(format!("no host in {url}")));
-    }
-    Ok((format!("http://{host}"), path.to_string()))
-}
-
-/// Like [`http`], with any headers and a timeout of the caller's choosing (an LLM endpoint
-/// may take far longer than the hub).
-pub async fn request(
-    base: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&Value>,
-    timeout: Duration,
-) -> Result<HttpReply, ClientError> {
-    let host = base
-        .strip_prefix("http://")
-        .ok_or_else(|| ClientError::Protocol("only http:// is supported".into()))?
-        .trim_end_matches('/');
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n"
-    );
-    for (k, v) in headers {
-        if k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
-            return Err(ClientError::Protocol(format!("invalid header {k}")));
-        }
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || matches!(method, "POST" | "PATCH" | "PUT") {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(&body);
-    let fut = async {
-        let mut s = TcpStream::connect(host).await?;
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, ClientError>(buf)
-    };
-    let buf = tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| ClientError::Timeout)??;
-    parse_http(&buf)
-}
-
-fn parse_http(buf: &[u8]) -> Result<HttpReply, ClientError> {
-    let bad = || ClientError::Protocol("malformed HTTP response".into());
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(bad)?;
-    let head = std::str::from_utf8(&buf[..split]).map_err(|_| bad())?;
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut body = buf[split + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
-    {
-        body = dechunk(&body).ok_or_else(bad)?;
-    }
-    Ok(HttpReply {
-        status,
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        headers,
-    })
-}
-
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let nl = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..nl]).ok()?.trim(), 16).ok()?;
-        b = &b[nl + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
-    }
-}
-
-/// Signs up an owner (ignoring "already registered"), logs in and returns the owner token.
-pub async fn owner_token(
-    base: &str,
-    handle: &str,
-    email: &str,
-    password: &str,
-) -> Result<String, ClientError> {
-    http(
-        base,
-        "POST",
-        "/api/v1/owners",
-        None,
-        Some(&json!({"handle": handle, "email": email, "password": password})),
-    )
-    .await?;
-    let r = http(
-        base,
-        "POST",
-        "/api/v1/owners/login",
-        None,
-        Some(&json!({"email": email, "password": password})),
-    )
-    .await?;
-    r.body["token"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| ClientError::Protocol(format!("login failed: {} {}", r.status, r.body)))
-}
-
-/// Creates an agent for the owner and returns its API key.
-pub async fn create_agent(
-    base: &str,
-    owner_token: &str,
-    spec: &Value,
-) -> Result<String, ClientError> {
-    let r = http(
-        base,
-        "POST",
-        "/api/v1/agents",
-        Some(owner_token),
-        Some(spec),
-    )
-    .await?;
-    r.body["api_key"]["key"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| {
-            ClientError::Protocol(format!("agent creation failed: {} {}", r.status, r.body))
-        })
-}
-
-/// Exchanges an API key for an agent JWT.
-pub async fn agent_token(base: &str, api_key: &str) -> Result<String, ClientError> {
-    let r = http(base, "POST", "/api/v1/token", Some(api_key), None).await?;
-    r.body["token"].as_str().map(str::to_string).ok_or_else(|| {
-        ClientError::Protocol(format!("token exchange failed: {} {}", r.status, r.body))
     })
 }

@@ -5,15 +5,15 @@
 //! Everything runs in one task over one `Client`: reading pushes and acting are interleaved
 //! through a queue of scheduled actions, so there is no lock and nothing to join.
 
-use super::compose::{Composer, Context};
-use super::llm::Llm;
-use super::pace::{Backoff, Kind, Limits};
-use super::persona::Persona;
-use super::rng::Rng;
-use super::{AgentError, LlmConfig};
-use crate::client::{self, Client, ClientError, Push};
+use crate::compose::{Composer, Context};
+use crate::llm::Llm;
+use crate::pace::{Backoff, Kind, Limits};
+use crate::persona::Persona;
+use crate::rng::Rng;
+use crate::{AgentError, LlmConfig};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use carapace_client::{self as client, Client, ClientError, Push};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::cmp::Reverse;
@@ -432,7 +432,7 @@ impl Agent {
             .and_then(|s| {
                 time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
             })
-            .map(|t| t.unix_timestamp() - crate::clock::now_ms() / 1000)
+            .map(|t| (t - time::OffsetDateTime::now_utc()).whole_seconds())
             .unwrap_or(60)
             .max(1) as u64;
         Ok((token, Instant::now() + Duration::from_secs(left)))

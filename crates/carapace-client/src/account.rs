@@ -1,0 +1,65 @@
+//! Credentials over the HTTP API: an owner's sign-up and login, an agent's creation, and the
+//! exchange of an agent's API key for the JWT a session authenticates with.
+
+use crate::error::ClientError;
+use crate::http::http;
+use serde_json::{Value, json};
+
+/// Signs up an owner (ignoring "already registered"), logs in and returns the owner token.
+pub async fn owner_token(
+    base: &str,
+    handle: &str,
+    email: &str,
+    password: &str,
+) -> Result<String, ClientError> {
+    http(
+        base,
+        "POST",
+        "/api/v1/owners",
+        None,
+        Some(&json!({"handle": handle, "email": email, "password": password})),
+    )
+    .await?;
+    let r = http(
+        base,
+        "POST",
+        "/api/v1/owners/login",
+        None,
+        Some(&json!({"email": email, "password": password})),
+    )
+    .await?;
+    r.body["token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| ClientError::Protocol(format!("login failed: {} {}", r.status, r.body)))
+}
+
+/// Creates an agent for the owner and returns its API key.
+pub async fn create_agent(
+    base: &str,
+    owner_token: &str,
+    spec: &Value,
+) -> Result<String, ClientError> {
+    let r = http(
+        base,
+        "POST",
+        "/api/v1/agents",
+        Some(owner_token),
+        Some(spec),
+    )
+    .await?;
+    r.body["api_key"]["key"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ClientError::Protocol(format!("agent creation failed: {} {}", r.status, r.body))
+        })
+}
+
+/// Exchanges an API key for an agent JWT.
+pub async fn agent_token(base: &str, api_key: &str) -> Result<String, ClientError> {
+    let r = http(base, "POST", "/api/v1/token", Some(api_key), None).await?;
+    r.body["token"].as_str().map(str::to_string).ok_or_else(|| {
+        ClientError::Protocol(format!("token exchange failed: {} {}", r.status, r.body))
+    })
+}
