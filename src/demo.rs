@@ -129,14 +129,5 @@ async fn demo_owner(svc: &Service, p: &Persona) -> Result<OwnerCtx, DemoError> {
         svc.signup(&handle, &email, &hex::encode(secret), false, "demo")
             .await?;
     }
-    let o = svc
-        .store
-        .owner_by_email_indexes(&indexes)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    Ok(OwnerCtx {
-        id: o.id,
-        handle: o.handle,
-        admin: false,
-    })
+    Ok(svc.owner_by_email(&email).await?)
 }

@@ -40,16 +40,66 @@ enum Cmd {
     /// The load generator: drives a hub or a peer and prints a report, then one JSON line.
     Bench(carapace_bench::BenchArgs),
     /// Run one agent against a hub; prints its statistics as one JSON line when it stops.
+    /// `carapace agent new` creates an agent instead.
     Agent(AgentCmd),
+    /// Exchange an agent's API key for a token and print it as JSON (`{token, token_type,
+    /// expires_at}`). The key comes from CARAPACE_API_KEY or --key-file, never the command
+    /// line.
+    Token(TokenCmd),
 }
 
 /// `carapace agent`: the runner's flags, and the log format, which is the binary's concern.
 #[derive(clap::Args)]
+#[command(subcommand_negates_reqs = true)]
 struct AgentCmd {
+    #[command(subcommand)]
+    task: Option<AgentTask>,
     #[command(flatten)]
     agent: carapace_agent::AgentArgs,
     #[arg(long, env = "CARAPACE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+}
+
+#[derive(Subcommand)]
+enum AgentTask {
+    /// Create an agent for an existing owner, on the hub's own database (an operator's or a
+    /// local hub's shortcut for POST /api/v1/agents); prints the agent and its API key, which
+    /// is shown this once.
+    New(NewAgentCmd),
+}
+
+#[derive(clap::Args)]
+struct NewAgentCmd {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The owner's email: the owner must exist (`carapace admin create-owner` or signup).
+    #[arg(long)]
+    owner: String,
+    /// The agent's handle: 3 to 30 of a-z, 0-9 and _.
+    #[arg(long)]
+    handle: String,
+    /// Its display name (default: the handle).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "")]
+    bio: String,
+    /// Comma-separated scopes: read, post, comment, vote, dm, topic:create. Default: read,
+    /// post, comment, vote, dm (no topic creation).
+    #[arg(long, value_delimiter = ',')]
+    scopes: Option<Vec<String>>,
+    /// Comma-separated topics the agent may write in. Default: every topic.
+    #[arg(long, value_delimiter = ',')]
+    topics: Option<Vec<String>>,
+}
+
+#[derive(clap::Args)]
+struct TokenCmd {
+    /// The hub: `http://host:port`.
+    #[arg(long, env = "CARAPACE_HUB", default_value = "http://127.0.0.1:8080")]
+    hub: String,
+    /// A file holding the API key (else CARAPACE_API_KEY is read).
+    #[arg(long, env = "CARAPACE_API_KEY_FILE")]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -230,8 +280,49 @@ async fn main() -> anyhow::Result<()> {
             reseal_data(store).await
         }
         Some(Cmd::Bench(args)) => bench(args).await,
+        Some(Cmd::Agent(AgentCmd {
+            task: Some(AgentTask::New(args)),
+            ..
+        })) => new_agent(args).await,
         Some(Cmd::Agent(args)) => agent(args).await,
+        Some(Cmd::Token(args)) => token(args).await,
     }
+}
+
+async fn new_agent(args: NewAgentCmd) -> anyhow::Result<()> {
+    let service = carapace::admin_service(&args.store.database_url(), &args.store.secrets_dir())
+        .await
+        .context("opening the database")?;
+    let result = async {
+        let owner = service.owner_by_email(&args.owner).await?;
+        let input = carapace::service::identity::NewAgentInput {
+            name: args.name.unwrap_or_else(|| args.handle.clone()),
+            handle: args.handle,
+            bio: args.bio,
+            scopes: args.scopes,
+            topics: args.topics,
+        };
+        service.create_agent_by(&owner, input, "cli").await
+    }
+    .await;
+    service.store.close().await;
+    let created = result.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{}", serde_json::to_string_pretty(&created)?);
+    eprintln!("The API key is shown this once: keep it like a password.");
+    Ok(())
+}
+
+async fn token(args: TokenCmd) -> anyhow::Result<()> {
+    let key = match &args.key_file {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => std::env::var("CARAPACE_API_KEY")
+            .context("set CARAPACE_API_KEY or --key-file to the agent's API key")?,
+    };
+    let answer = carapace_client::exchange_key(&args.hub, key.trim()).await?;
+    println!("{answer}");
+    Ok(())
 }
 
 async fn bench(args: carapace_bench::BenchArgs) -> anyhow::Result<()> {

@@ -959,3 +959,133 @@ async fn key_rotation_keeps_old_tokens_and_sealed_data_readable() {
     // Owners still log in: the blind index key is not rotated.
     hub.owner("own_rotor").await;
 }
+
+/// Runs a `carapace` command to its end: (success, stdout, stderr).
+fn run_cli(cmd: &mut std::process::Command, env: &[(&str, &str)]) -> (bool, String, String) {
+    cmd.env_remove("CARAPACE_API_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("carapace runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+// Several threads: the CLI runs as a blocking child process while the hub serves it here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_new_creates_an_agent_from_the_cli_and_carapace_token_exchanges_its_key() {
+    let hub = common::start().await;
+    let owner = hub.owner("cli_owner").await;
+    let bin = || std::process::Command::new(env!("CARGO_BIN_EXE_carapace"));
+
+    // An operator creates the agent on the hub's own database; least privilege by default.
+    let (ok, out, err) = run_cli(
+        hub.store_command(&["agent", "new"]).args([
+            "--owner",
+            "cli_owner@example.com",
+            "--handle",
+            "cli_agent",
+        ]),
+        &[],
+    );
+    assert!(ok, "{err}");
+    let created: Value = serde_json::from_str(&out).expect("JSON on stdout");
+    let key = created["api_key"]["key"].as_str().expect("the key, once");
+    assert_eq!(
+        created["agent"]["scopes"],
+        json!(["read", "post", "comment", "vote", "dm"])
+    );
+    assert_eq!(created["agent"]["owner"], "cli_owner");
+    assert!(err.contains("shown this once"), "{err}");
+    // The owner sees it in its access review; the audit log says the CLI did it.
+    let review = hub
+        .http("GET", "/api/v1/owners/me/agents", Some(&owner), None)
+        .await;
+    assert_eq!(review.body["agents"][0]["handle"], "cli_agent");
+    let admin = hub.admin_token("cli_root").await;
+    let audit = hub
+        .http("GET", "/api/v1/admin/audit?limit=1000", Some(&admin), None)
+        .await;
+    assert!(
+        audit.body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["actor"] == "cli"
+                && e["action"] == "agent.create"
+                && e["subject"] == "agent:cli_agent"),
+        "{}",
+        audit.body
+    );
+
+    // Bad input is refused with what is wrong, and nothing is created.
+    for (args, why) in [
+        (
+            ["--owner", "nobody@example.com", "--handle", "cli_b"],
+            "no owner",
+        ),
+        (
+            ["--owner", "cli_owner@example.com", "--handle", "X!"],
+            "'handle'",
+        ),
+        (
+            ["--owner", "cli_owner@example.com", "--handle", "cli_agent"],
+            "taken",
+        ),
+    ] {
+        let (ok, _, err) = run_cli(hub.store_command(&["agent", "new"]).args(args), &[]);
+        assert!(!ok && err.contains(why), "{args:?}: {err}");
+    }
+    let (ok, _, err) = run_cli(
+        hub.store_command(&["agent", "new"]).args([
+            "--owner",
+            "cli_owner@example.com",
+            "--handle",
+            "cli_c",
+            "--scopes",
+            "read,admin",
+        ]),
+        &[],
+    );
+    assert!(!ok && err.contains("admin"), "{err}");
+
+    // `carapace token` reads the key from the environment or a file, never from argv.
+    let (ok, out, err) = run_cli(
+        bin().args(["token", "--hub", &hub.base]),
+        &[("CARAPACE_API_KEY", key)],
+    );
+    assert!(ok, "{err}");
+    let t: Value = serde_json::from_str(&out).expect("JSON token");
+    assert_eq!(t["token_type"], "Bearer");
+    let token = t["token"].as_str().unwrap();
+    let mut c = hub.connect(Some(token)).await;
+    let post = c
+        .command(
+            "post",
+            json!({"topic": "general", "title": "From the CLI", "body": "hello"}),
+        )
+        .await
+        .expect("the token works");
+    assert_eq!(post["post"]["author"]["handle"], "cli_agent");
+    let file = hub.dir.join("key.txt");
+    std::fs::write(&file, format!("{key}\n")).unwrap();
+    let (ok, out, _) = run_cli(
+        bin()
+            .args(["token", "--hub", &hub.base, "--key-file"])
+            .arg(&file),
+        &[],
+    );
+    assert!(ok && out.contains("\"token\""));
+    let (ok, _, err) = run_cli(bin().args(["token", "--hub", &hub.base, "--key", key]), &[]);
+    assert!(
+        !ok && err.contains("--key"),
+        "a key on the command line is refused: {err}"
+    );
+    let (ok, _, err) = run_cli(bin().args(["token", "--hub", &hub.base]), &[]);
+    assert!(!ok && err.contains("CARAPACE_API_KEY"), "{err}");
+    let (ok, _, err) = run_cli(
+        bin().args(["token", "--hub", &hub.base]),
+        &[("CARAPACE_API_KEY", "cpk_not_a_real_key")],
+    );
+    assert!(!ok && err.contains("invalid, expired or revoked"), "{err}");
+}

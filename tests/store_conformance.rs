@@ -1133,16 +1133,20 @@ async fn post_with_event_concurrent_and_cancelled_writers(s: Store, _url: String
     }
     // Abandoned writes either committed whole or left nothing: the channel has no hole and
     // every event has its post. On PostgreSQL an abandoned statement may still be running
-    // on the server, so the three reads are retried until they agree (a hole never would).
+    // on the server (and commit after a first agreeing read), so the three reads are retried
+    // until they agree twice in a row on the same seq (a hole never would).
     let mut reads = (0, Vec::new(), 0);
+    let mut agreed_at = None;
     for _ in 0..50 {
         let last = s.last_seq(ch).await.unwrap();
         let stored = seqs(&s, ch).await;
         let posts = s.topic("general").await.unwrap().unwrap().post_count as u64;
         reads = (last, stored, posts);
-        if reads.1 == (1..=last).collect::<Vec<_>>() && posts == last {
+        let agree = reads.1 == (1..=last).collect::<Vec<_>>() && posts == last;
+        if agree && agreed_at == Some(last) {
             break;
         }
+        agreed_at = agree.then_some(last);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let (last, stored, posts) = reads;

@@ -408,10 +408,23 @@ impl Service {
         (api_key::generate(), new_id(), now + KEY_LIFETIME_MS)
     }
 
+    /// Creates an agent of `owner` (its own act) and its first key.
     pub async fn create_agent(
         &self,
         owner: &OwnerCtx,
+        input: NewAgentInput,
+    ) -> ServiceResult<AgentCreated> {
+        self.create_agent_by(owner, input, &owner_actor(owner))
+            .await
+    }
+
+    /// Creates an agent of `owner` on `actor`'s word (the owner, or `cli` for an operator's
+    /// `carapace agent new`), audited as that actor.
+    pub async fn create_agent_by(
+        &self,
+        owner: &OwnerCtx,
         mut input: NewAgentInput,
+        actor: &str,
     ) -> ServiceResult<AgentCreated> {
         if !valid_handle(&input.handle) {
             return Err(bad("'handle' must match ^[a-z0-9_]{3,30}$"));
@@ -466,7 +479,7 @@ impl Service {
             &mut tx,
             &self.keys,
             Entry {
-                actor: &owner_actor(owner),
+                actor: actor,
                 action: "agent.create",
                 subject: &subject,
                 detail: json!({"scopes": scopes.names(), "topics": topics.names()}),
@@ -478,7 +491,7 @@ impl Service {
             &mut tx,
             &self.keys,
             Entry {
-                actor: &owner_actor(owner),
+                actor: actor,
                 action: "key.create",
                 subject: &subject,
                 detail: json!({"key_id": key_id, "prefix": key.prefix}),
@@ -487,7 +500,7 @@ impl Service {
         )
         .await?;
         let leak = self
-            .record_profile_leaks(&mut tx, &leaks, &input.handle, &owner_actor(owner), now)
+            .record_profile_leaks(&mut tx, &leaks, &input.handle, actor, now)
             .await?;
         tx.commit().await?;
         self.after_profile_leaks(leak).await;
@@ -505,6 +518,22 @@ impl Service {
                 key: key.secret,
                 expires_at: rfc3339(expires_at),
             },
+        })
+    }
+
+    /// The owner registered with `email` (found by its blind indexes), for operator commands
+    /// that name an owner by email.
+    pub async fn owner_by_email(&self, email: &str) -> ServiceResult<OwnerCtx> {
+        let indexes = sealed::email_indexes(&self.keys, email.trim());
+        let o = self
+            .store
+            .owner_by_email_indexes(&indexes)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound("no owner with that email".into()))?;
+        Ok(OwnerCtx {
+            id: o.id,
+            handle: o.handle,
+            admin: o.role == "admin",
         })
     }
 

@@ -111,10 +111,12 @@ impl TestHub {
         (key, token)
     }
 
-    /// `carapace admin ...` against this hub's store and secrets, as an operator runs it.
-    pub fn admin_command(&self) -> std::process::Command {
+    /// `carapace WORDS... --data-dir .. --database-url .. --secrets-dir ..`: a command that
+    /// opens this hub's store and secrets, as an operator runs it.
+    pub fn store_command(&self, words: &[&str]) -> std::process::Command {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_carapace"));
-        cmd.args(["admin", "--data-dir"])
+        cmd.args(words)
+            .arg("--data-dir")
             .arg(&self.dir)
             .args(["--database-url", &self.database_url])
             .arg("--secrets-dir")
@@ -122,16 +124,15 @@ impl TestHub {
         cmd
     }
 
+    /// `carapace admin ...` against this hub's store and secrets.
+    pub fn admin_command(&self) -> std::process::Command {
+        self.store_command(&["admin"])
+    }
+
     /// `carapace keys TASK ...` against this hub's store and secrets (`rotate-index`,
     /// `reseal-data`).
     pub fn keys_command(&self, task: &str) -> std::process::Command {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_carapace"));
-        cmd.args(["keys", task, "--data-dir"])
-            .arg(&self.dir)
-            .args(["--database-url", &self.database_url])
-            .arg("--secrets-dir")
-            .arg(&self.secrets_dir);
-        cmd
+        self.store_command(&["keys", task])
     }
 
     /// Creates an admin with `carapace admin create-owner --admin` (password on stdin) and

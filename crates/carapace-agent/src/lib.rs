@@ -56,8 +56,8 @@ pub struct AgentArgs {
     #[arg(long, env = "CARAPACE_API_KEY_FILE")]
     pub key_file: Option<std::path::PathBuf>,
     /// A persona TOML file, or `builtin:NAME` (sage, occam, sunny, footnote, punchline, pinchy).
-    #[arg(long, env = "CARAPACE_PERSONA")]
-    pub persona: String,
+    #[arg(long, env = "CARAPACE_PERSONA", required = true)]
+    pub persona: Option<String>,
     /// An OpenAI-compatible endpoint (`http://host:port/v1`); without it, the built-in
     /// generator writes. The key is read from CARAPACE_LLM_API_KEY.
     #[arg(long, env = "CARAPACE_LLM_URL")]
@@ -71,7 +71,8 @@ pub struct AgentArgs {
 
 impl AgentArgs {
     pub fn config(&self) -> Result<AgentConfig, AgentError> {
-        let persona = Persona::load(&self.persona)?;
+        // Required by the parser; empty only when a caller builds the args by hand.
+        let persona = Persona::load(self.persona.as_deref().unwrap_or_default())?;
         let llm = self
             .llm_url
             .as_deref()

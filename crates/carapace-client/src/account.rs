@@ -63,3 +63,20 @@ pub async fn agent_token(base: &str, api_key: &str) -> Result<String, ClientErro
         ClientError::Protocol(format!("token exchange failed: {} {}", r.status, r.body))
     })
 }
+
+/// Exchanges an API key for an agent JWT and answers with the hub's whole reply,
+/// `{"token", "token_type", "expires_at"}`; a refusal carries the hub's own message.
+pub async fn exchange_key(base: &str, api_key: &str) -> Result<Value, ClientError> {
+    let r = http(base, "POST", "/api/v1/token", Some(api_key), None).await?;
+    if r.status == 200 && r.body["token"].is_string() {
+        return Ok(r.body);
+    }
+    let why = r.body["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| r.body.to_string());
+    Err(ClientError::Protocol(format!(
+        "token exchange refused ({}): {why}",
+        r.status
+    )))
+}

@@ -12,7 +12,7 @@ mod error;
 mod http;
 mod session;
 
-pub use account::{agent_token, create_agent, owner_token};
+pub use account::{agent_token, create_agent, exchange_key, owner_token};
 pub use carapace_wire as wire;
 pub use error::ClientError;
 pub use http::{HttpReply, http, request, split_url};
