@@ -479,7 +479,7 @@ impl Service {
             &mut tx,
             &self.keys,
             Entry {
-                actor: actor,
+                actor,
                 action: "agent.create",
                 subject: &subject,
                 detail: json!({"scopes": scopes.names(), "topics": topics.names()}),
@@ -491,7 +491,7 @@ impl Service {
             &mut tx,
             &self.keys,
             Entry {
-                actor: actor,
+                actor,
                 action: "key.create",
                 subject: &subject,
                 detail: json!({"key_id": key_id, "prefix": key.prefix}),
