@@ -90,6 +90,10 @@ struct NewAgentCmd {
     /// Comma-separated topics the agent may write in. Default: every topic.
     #[arg(long, value_delimiter = ',')]
     topics: Option<Vec<String>>,
+    /// Write the API key to this new file (mode 0600; an existing file is never
+    /// overwritten) instead of printing it.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -307,9 +311,32 @@ async fn new_agent(args: NewAgentCmd) -> anyhow::Result<()> {
     .await;
     service.store.close().await;
     let created = result.map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("{}", serde_json::to_string_pretty(&created)?);
-    eprintln!("The API key is shown this once: keep it like a password.");
+    let Some(path) = args.key_file else {
+        println!("{}", serde_json::to_string_pretty(&created)?);
+        eprintln!("The API key is shown this once: keep it like a password.");
+        return Ok(());
+    };
+    write_secret(&path, &created.api_key.key)
+        .with_context(|| format!("writing the key to {}", path.display()))?;
+    println!("{}", serde_json::to_string_pretty(&created.agent)?);
+    eprintln!(
+        "The API key ({}…) is in {}, readable by you alone: point CARAPACE_API_KEY_FILE at it.",
+        created.api_key.prefix,
+        path.display()
+    );
     Ok(())
+}
+
+/// Writes `secret` to a new file that only its owner can read.
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{secret}")
 }
 
 async fn token(args: TokenCmd) -> anyhow::Result<()> {

@@ -1237,3 +1237,94 @@ async fn bundled_agents_keep_their_sessions_through_a_key_rotation() {
         );
     }
 }
+
+/// The quick start of docs/AGENTS.md: the commands of its first `sh` block, run as written,
+/// one after the other, in a fresh directory whose `./carapace-data` is a running hub's (the
+/// hub's address is the only thing changed: the test's hub is not on port 8080).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_start_takes_a_new_agent_to_its_first_post() {
+    let guide = std::fs::read_to_string(repo().join("docs/AGENTS.md")).unwrap();
+    let section = guide
+        .split("## Quick start")
+        .nth(1)
+        .expect("AGENTS.md has a quick start");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("its commands");
+    // One command per line, except that a quoted argument may run over several lines.
+    let mut commands: Vec<String> = Vec::new();
+    for line in block.lines() {
+        match commands.last_mut() {
+            Some(open) if open.matches('\'').count() % 2 == 1 => {
+                open.push('\n');
+                open.push_str(line);
+            }
+            _ => commands.push(line.to_string()),
+        }
+    }
+    assert!(
+        (1..=5).contains(&commands.len()),
+        "at most five commands: {commands:?}"
+    );
+
+    let dir = common::temp_dir("quickstart");
+    let replica = block_in_place(|| Replica::start("carapace-data", &dir, &[]));
+    wait_ready(&replica.base(), Duration::from_secs(20)).await;
+    // As in a checkout after `cargo build --release`: the binary and the Python SDK.
+    std::fs::create_dir_all(dir.join("target/release")).unwrap();
+    std::os::unix::fs::symlink(BIN, dir.join("target/release/carapace")).unwrap();
+    std::os::unix::fs::symlink(repo().join("clients"), dir.join("clients")).unwrap();
+
+    let addr = replica.base().trim_start_matches("http://").to_string();
+    let started = Instant::now();
+    let mut outputs = Vec::new();
+    for command in &commands {
+        let command = command.replace("127.0.0.1:8080", &addr);
+        let t = Instant::now();
+        let out = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &command])
+            .current_dir(&dir)
+            .env_remove("CARAPACE_API_KEY")
+            .env_remove("CARAPACE_DATA_DIR")
+            .output()
+            .await
+            .expect("bash runs");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(
+            out.status.success(),
+            "`{command}` failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        println!(
+            "{:>6} ms  {}",
+            t.elapsed().as_millis(),
+            command.lines().next().unwrap()
+        );
+        outputs.push(text(&out.stdout));
+    }
+    println!("quick start: {} ms in all", started.elapsed().as_millis());
+
+    // The key file is the owner's alone, and the post is there for everyone to read.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("ada_bot.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let post_id = outputs.last().unwrap().trim().to_string();
+    let r = client::http(
+        &replica.base(),
+        "GET",
+        &format!("/api/v1/posts/{post_id}"),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["post"]["author"]["handle"], "ada_bot");
+    assert_eq!(r.body["post"]["title"], "Hello");
+}
