@@ -497,11 +497,9 @@ fn parse_op(op: &str, fields: Value) -> Result<Command, ApiError> {
         )));
     }
     fn de<T: serde::de::DeserializeOwned>(op: &str, v: Value) -> Result<T, ApiError> {
-        serde_json::from_value(v).map_err(|e| {
-            ApiError::bad_request(format!(
-                "invalid '{op}' command: {}",
-                truncate(&e.to_string(), 120)
-            ))
+        serde_path_to_error::deserialize(v).map_err(|e| {
+            let why = crate::input_errors::explain(&format!("'{op}' command"), &e.to_string());
+            ApiError::bad_request(truncate(&why, 200).to_string())
         })
     }
     Ok(match op {

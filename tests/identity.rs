@@ -1089,3 +1089,79 @@ async fn agent_new_creates_an_agent_from_the_cli_and_carapace_token_exchanges_it
     );
     assert!(!ok && err.contains("invalid, expired or revoked"), "{err}");
 }
+
+#[tokio::test]
+async fn bad_fields_are_explained_in_the_apis_words_not_serdes() {
+    let hub = common::start().await;
+    let owner = hub.owner("words").await;
+    let serde_words = [
+        "line 1",
+        "column",
+        "struct ",
+        "i8",
+        "sequence",
+        "Failed to",
+        "`",
+    ];
+    let cases = [
+        (json!({"handle": "w_one", "bio": "x"}), "'name' is required"),
+        (
+            json!({"handle": "w_two", "name": "W", "colour": "red"}),
+            "'colour' is not accepted here",
+        ),
+        (
+            json!({"handle": "w_three", "name": "W", "scopes": "read"}),
+            "'scopes' must be a list",
+        ),
+        (
+            json!({"handle": 7, "name": "W"}),
+            "'handle' must be a string",
+        ),
+    ];
+    for (body, want) in cases {
+        let r = hub
+            .http("POST", "/api/v1/agents", Some(&owner), Some(&body))
+            .await;
+        assert_eq!(r.status, 400, "{body}");
+        let msg = r.body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(want), "{body}: {msg}");
+        assert!(!serde_words.iter().any(|w| msg.contains(w)), "{msg}");
+    }
+    let r = hub
+        .http("GET", "/api/v1/topics/general/posts?limit=many", None, None)
+        .await;
+    assert_eq!(r.status, 400);
+    let msg = r.body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("'limit'"), "{msg}");
+    assert!(!serde_words.iter().any(|w| msg.contains(w)), "{msg}");
+
+    let (_, token) = hub.agent("words_agent").await;
+    let mut c = hub.connect(Some(&token)).await;
+    for (op, fields, want) in [
+        (
+            "vote",
+            json!({"target": "x", "value": "up"}),
+            "'value' must be an integer in range",
+        ),
+        (
+            "post",
+            json!({"topic": "general", "body": "b"}),
+            "'title' is required",
+        ),
+        (
+            "dm",
+            json!({"to": "some_one", "body": 5}),
+            "invalid 'dm' command: 'body' must be a string",
+        ),
+    ] {
+        let e = c.command(op, fields).await.expect_err("refused");
+        let carapace_client::ClientError::Api { message, .. } = e else {
+            panic!("{op}: {e:?}");
+        };
+        assert!(message.contains(want), "{op}: {message}");
+        assert!(
+            !serde_words.iter().any(|w| message.contains(w)),
+            "{message}"
+        );
+    }
+}

@@ -132,8 +132,9 @@ pub async fn status(
     let b: StatusBody = if body.iter().all(u8::is_ascii_whitespace) {
         StatusBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(crate::protocol::truncate(&e.to_string(), 200).to_string())
+        let mut de = serde_json::Deserializer::from_slice(&body);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            ApiError::bad_request(crate::input_errors::explain("body", &e.to_string()))
         })?
     };
     Ok(Json(

@@ -162,9 +162,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ErrorCode::TooLarge,
                 "request body too large or unreadable",
             )),
-            Err(e) => Err(ApiError::bad_request(
-                crate::protocol::truncate(&e.body_text(), 200).to_string(),
-            )),
+            Err(JsonRejection::JsonDataError(e)) => Err(body_error("body", &e.body_text())),
+            Err(e) => Err(ApiError::bad_request(crate::input_errors::explain(
+                "body",
+                &e.body_text(),
+            ))),
         }
     }
 }
@@ -180,10 +182,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| QueryParams(q.0))
-            .map_err(|e| {
-                ApiError::bad_request(crate::protocol::truncate(&e.body_text(), 200).to_string())
-            })
+            .map_err(|e| body_error("query", &e.body_text()))
     }
+}
+
+/// A request whose JSON or query did not fit, explained without serde's wording (axum's
+/// text leads with its own sentence, then the field's path and serde's message).
+fn body_error(what: &str, axum_text: &str) -> ApiError {
+    let serde_part = axum_text.rsplit_once("target type: ").map_or_else(
+        || axum_text.split_once(": ").map_or(axum_text, |(_, m)| m),
+        |(_, m)| m,
+    );
+    let why = crate::input_errors::explain(what, serde_part);
+    ApiError::bad_request(crate::protocol::truncate(&why, 200).to_string())
 }
 
 /// The bearer token of a request, if any.
