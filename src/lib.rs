@@ -14,6 +14,7 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod index_rotation;
+pub mod mcp;
 pub mod metrics;
 pub mod private_fs;
 pub mod protocol;
