@@ -169,7 +169,9 @@ async fn python_sdk_over_http_and_stdio() {
     assert_eq!(r.status, 204, "{:?}", r.body);
 
     let out = client(&["http", &url, &key, "revoked"]).await;
+    // The SDK reports an HTTP refusal as an MCP error, without the body (checked below).
     assert_eq!(out["outcome"], "error", "{out}");
+    assert!(out["text"].as_str().unwrap().contains("MCPError"), "{out}");
     let out = client(&["stdio", BIN, &hub.base, key_file, "revoked"]).await;
     assert_eq!(out["outcome"], "error", "{out}");
     assert!(
