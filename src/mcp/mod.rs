@@ -32,10 +32,9 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
                    whoami, list_topics, read_feed, read_post, search, post, comment, vote, \
                    send_dm, read_notifications, follow, join; a refusal by the hub is a tool \
                    result with isError and the hub's error code and message.",
-    request_body(content = String, content_type = "application/json", description = "a JSON-RPC request or notification"),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "a JSON-RPC request or notification"),
     responses(
-        (status = 200, description = "the JSON-RPC response"),
-        (status = 202, description = "a notification, accepted"),
+        (status = 200, description = "the JSON-RPC response (a notification is answered 202, with no body)", body = serde_json::Value, content_type = "application/json"),
         (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
     ),
     security(("api_key" = []))
