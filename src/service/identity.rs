@@ -921,7 +921,9 @@ impl Service {
         let (k, agent) = self.active_key(key, now).await?;
         // Last use is for the owner's inventory, where a minute is precise enough; a write on
         // every request would not be.
-        let stale = k.last_used_at.is_none_or(|t| now - t >= Self::KEY_USE_GRAIN_MS);
+        let stale = k
+            .last_used_at
+            .is_none_or(|t| now - t >= Self::KEY_USE_GRAIN_MS);
         if stale && let Err(e) = self.store.touch_key(&k.id, &agent.id, now).await {
             tracing::warn!(error = %e, "could not record key use");
         }

@@ -73,9 +73,11 @@ pub async fn request(
         .ok_or_else(|| ClientError::Protocol("only http:// is supported".into()))?
         .trim_end_matches('/');
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("accept")) {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("accept"))
+    {
         req.push_str("Accept: application/json\r\n");
     }
     for (k, v) in headers {
