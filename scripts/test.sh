@@ -32,7 +32,7 @@ if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
 fi
 
 # --- language packages: the client SDKs (the example agents run on them), browser tests ---
-python3 -m pip install -q --disable-pip-version-check ./clients/python pytest mypy schemathesis
+python3 -m pip install -q --disable-pip-version-check ./clients/python pytest mypy schemathesis mcp
 (cd clients/js && npm ci --no-audit --no-fund --silent && npx tsc)
 if [ -f tests/browser/package.json ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --silent)

@@ -15,6 +15,7 @@ pub mod http;
 pub mod hub;
 pub mod index_rotation;
 pub mod input_errors;
+pub mod mcp;
 pub mod metrics;
 pub mod private_fs;
 pub mod protocol;

@@ -46,6 +46,9 @@ enum Cmd {
     /// expires_at}`). The key comes from CARAPACE_API_KEY or --key-file, never the command
     /// line.
     Token(TokenCmd),
+    /// Serve MCP over stdio for a local agent host, bridged to the hub's /mcp. The key comes
+    /// from CARAPACE_API_KEY or CARAPACE_API_KEY_FILE, never the command line.
+    Mcp(McpCmd),
 }
 
 /// `carapace agent`: the runner's flags, and the log format, which is the binary's concern.
@@ -104,6 +107,13 @@ struct TokenCmd {
     /// A file holding the API key (else CARAPACE_API_KEY is read).
     #[arg(long, env = "CARAPACE_API_KEY_FILE")]
     key_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct McpCmd {
+    /// The hub: `http://host:port`.
+    #[arg(long, env = "CARAPACE_HUB", default_value = "http://127.0.0.1:8080")]
+    hub: String,
 }
 
 #[derive(Subcommand)]
@@ -290,6 +300,7 @@ async fn main() -> anyhow::Result<()> {
         })) => new_agent(args).await,
         Some(Cmd::Agent(args)) => agent(args).await,
         Some(Cmd::Token(args)) => token(args).await,
+        Some(Cmd::Mcp(args)) => mcp(args).await,
     }
 }
 
@@ -349,6 +360,20 @@ async fn token(args: TokenCmd) -> anyhow::Result<()> {
     };
     let answer = carapace_client::exchange_key(&args.hub, key.trim()).await?;
     println!("{answer}");
+    Ok(())
+}
+
+/// The bridge writes only MCP messages to stdout; anything else goes to stderr.
+async fn mcp(args: McpCmd) -> anyhow::Result<()> {
+    let key = match std::env::var_os("CARAPACE_API_KEY_FILE") {
+        Some(path) => std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", PathBuf::from(&path).display()))?,
+        None => std::env::var("CARAPACE_API_KEY")
+            .context("set CARAPACE_API_KEY or CARAPACE_API_KEY_FILE to the agent's API key")?,
+    };
+    let bridge = carapace::mcp::stdio::Bridge::new(&args.hub, &key)?;
+    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    bridge.run(stdin, tokio::io::stdout()).await?;
     Ok(())
 }
 

@@ -247,6 +247,14 @@ struct HttpRow {
     route: &'static str,
     policy: Policy,
     call: fn(&World, usize) -> (String, Option<Value>),
+    /// Headers the route needs besides the bearer.
+    headers: &'static [(&'static str, &'static str)],
+}
+
+impl HttpRow {
+    fn with_headers(self, headers: &'static [(&'static str, &'static str)]) -> HttpRow {
+        HttpRow { headers, ..self }
+    }
 }
 
 fn http_rows() -> Vec<HttpRow> {
@@ -261,6 +269,7 @@ fn http_rows() -> Vec<HttpRow> {
             route,
             policy,
             call,
+            headers: &[],
         }
     }
     use Policy::*;
@@ -381,6 +390,13 @@ fn http_rows() -> Vec<HttpRow> {
         // A plain GET, not an upgrade: refused alike whoever asks (the WebSocket table below
         // covers the upgrade itself).
         row("GET", "/ws", Public(400), |_, _| ("/ws".into(), None)),
+        // MCP: the API key itself is the bearer, checked on every request; a Streamable HTTP
+        // client accepts JSON and an event stream.
+        row("POST", "/mcp", ApiKeyOnly(200), |_, _| {
+            let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+            ("/mcp".into(), Some(ping))
+        })
+        .with_headers(&[("Accept", "application/json, text/event-stream")]),
         row("GET", "/skill.md", Public(200), |_, _| {
             ("/skill.md".into(), None)
         }),
@@ -608,7 +624,23 @@ async fn every_route_and_op_against_every_caller() {
         for (n, caller) in CALLERS.into_iter().enumerate() {
             let (path, body) = (row.call)(&w, n);
             let bearer = w.bearer.get(&caller).map(String::as_str);
-            let r = w.hub.http(row.method, &path, bearer, body.as_ref()).await;
+            let r = if row.headers.is_empty() {
+                w.hub.http(row.method, &path, bearer, body.as_ref()).await
+            } else {
+                let auth = bearer.map(|b| format!("Bearer {b}"));
+                let mut headers = row.headers.to_vec();
+                headers.extend(auth.as_deref().map(|a| ("Authorization", a)));
+                client::request(
+                    &w.hub.base,
+                    row.method,
+                    &path,
+                    &headers,
+                    body.as_ref(),
+                    client::DEFAULT_TIMEOUT,
+                )
+                .await
+                .expect("http")
+            };
             let want = row.policy.expect(caller);
             cells += 1;
             if r.status != want {

@@ -80,6 +80,7 @@ routes!(API_ROUTES, api_routes {
     "/readyz" => get(ops::readyz);
     "/metrics" => get(ops::metrics);
     "/ws" => get(ws::upgrade);
+    "/mcp" => post(crate::mcp::serve);
 });
 
 /// Every `(method, path)` a replica serves: the API's and the viewer's.

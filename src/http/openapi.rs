@@ -46,6 +46,7 @@ use utoipa::{Modify, OpenApi};
         skill::llms_txt,
         openapi_json,
         asyncapi::asyncapi_json,
+        crate::mcp::serve,
     ),
     modifiers(&BearerSchemes),
     tags(
@@ -56,6 +57,7 @@ use utoipa::{Modify, OpenApi};
         (name = "operations", description = "Liveness, readiness, metrics"),
         (name = "websocket", description = "The real-time protocol"),
         (name = "documents", description = "Machine- and agent-readable descriptions"),
+        (name = "mcp", description = "The Model Context Protocol, for agent hosts"),
     )
 )]
 pub struct ApiDoc;

@@ -13,7 +13,7 @@ use crate::audit::{self, Entry};
 use crate::auth::{api_key, jwt, password, sealed};
 use crate::clock::{now_ms, rfc3339};
 use crate::protocol::valid_handle;
-use crate::store::{AgentRow, NewAgent, NewKey, NewOwner};
+use crate::store::{AgentRow, KeyRow, NewAgent, NewKey, NewOwner};
 use serde_json::json;
 
 pub const KEY_LIFETIME_MS: i64 = 90 * 24 * 3600 * 1000;
@@ -892,8 +892,12 @@ impl Service {
         })
     }
 
-    /// Exchanges an API key for an agent JWT.
-    pub async fn exchange_key(&self, key: &str) -> ServiceResult<TokenView> {
+    /// How stale a key's recorded last use may be before a request by key records it again.
+    const KEY_USE_GRAIN_MS: i64 = 60_000;
+
+    /// An API key that is well formed, active, and whose agent is active, with that agent;
+    /// the one refusal for every other case, so a caller learns nothing about which failed.
+    async fn active_key(&self, key: &str, now: i64) -> ServiceResult<(KeyRow, AgentRow)> {
         let refuse = || ServiceError::Unauthorized("invalid, expired or revoked API key".into());
         if !api_key::well_formed(key) {
             return Err(refuse());
@@ -903,10 +907,42 @@ impl Service {
             .key_by_hash(&api_key::hash(key))
             .await?
             .ok_or_else(refuse)?;
-        let now = now_ms();
         if !k.is_active(now) || agent.status != "active" {
             return Err(refuse());
         }
+        Ok((k, agent))
+    }
+
+    /// The agent an API key stands for, checked as `exchange_key` checks it, with no token
+    /// minted: for callers that present the key on every request (the MCP endpoint), so a
+    /// revoked or expired key or a suspended agent is refused at the next request.
+    pub async fn agent_from_key(&self, key: &str) -> ServiceResult<AgentCtx> {
+        let now = now_ms();
+        let (k, agent) = self.active_key(key, now).await?;
+        // Last use is for the owner's inventory, where a minute is precise enough; a write on
+        // every request would not be.
+        let stale = k
+            .last_used_at
+            .is_none_or(|t| now - t >= Self::KEY_USE_GRAIN_MS);
+        if stale && let Err(e) = self.store.touch_key(&k.id, &agent.id, now).await {
+            tracing::warn!(error = %e, "could not record key use");
+        }
+        Ok(AgentCtx {
+            scopes: Scopes::from_stored(&agent.scopes),
+            topics: Perimeter::from_stored(&agent.topics),
+            cred: k.id,
+            expires_at: k.expires_at / 1000,
+            id: agent.id,
+            handle: agent.handle,
+            name: agent.name,
+            owner_id: agent.owner_id,
+        })
+    }
+
+    /// Exchanges an API key for an agent JWT.
+    pub async fn exchange_key(&self, key: &str) -> ServiceResult<TokenView> {
+        let now = now_ms();
+        let (k, agent) = self.active_key(key, now).await?;
         let secs = now / 1000;
         // A token never outlives its key.
         let exp = (secs + self.token_ttl.as_secs() as i64).min(k.expires_at / 1000);

@@ -59,7 +59,7 @@ pub fn split_url(url: &str) -> Result<(String, String), ClientError> {
 }
 
 /// Like [`http`], with any headers and a timeout of the caller's choosing (an LLM endpoint
-/// may take far longer than the hub).
+/// may take far longer than the hub). `Accept: application/json` unless `headers` has one.
 pub async fn request(
     base: &str,
     method: &str,
@@ -73,9 +73,13 @@ pub async fn request(
         .ok_or_else(|| ClientError::Protocol("only http:// is supported".into()))?
         .trim_end_matches('/');
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n"
-    );
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("accept"))
+    {
+        req.push_str("Accept: application/json\r\n");
+    }
     for (k, v) in headers {
         if k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
             return Err(ClientError::Protocol(format!("invalid header {k}")));
