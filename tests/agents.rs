@@ -1238,21 +1238,30 @@ async fn bundled_agents_keep_their_sessions_through_a_key_rotation() {
     }
 }
 
-/// The quick start of docs/AGENTS.md: the commands of its first `sh` block, run as written,
-/// one after the other, in a fresh directory whose `./carapace-data` is a running hub's (the
-/// hub's address is the only thing changed: the test's hub is not on port 8080).
+/// The quick starts of docs/AGENTS.md (by the Python SDK, then by MCP): the commands of each
+/// `sh` block, run as written, one after the other, in a fresh directory whose
+/// `./carapace-data` is a running hub's (the hub's address is the only thing changed: the
+/// test's hub is not on port 8080).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quick_start_takes_a_new_agent_to_its_first_post() {
     let guide = std::fs::read_to_string(repo().join("docs/AGENTS.md")).unwrap();
     let section = guide
         .split("## Quick start")
         .nth(1)
+        .and_then(|s| s.split("\n## ").next())
         .expect("AGENTS.md has a quick start");
-    let block = section
+    let blocks: Vec<&str> = section
         .split("```sh\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("its commands");
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .collect();
+    assert_eq!(blocks.len(), 2, "by the SDK and by MCP");
+    for (n, block) in blocks.iter().enumerate() {
+        run_quick_start(&format!("quickstart{n}"), block).await;
+    }
+}
+
+async fn run_quick_start(tag: &str, block: &str) {
     // One command per line, except that a quoted argument may run over several lines.
     let mut commands: Vec<String> = Vec::new();
     for line in block.lines() {
@@ -1269,7 +1278,7 @@ async fn the_quick_start_takes_a_new_agent_to_its_first_post() {
         "at most five commands: {commands:?}"
     );
 
-    let dir = common::temp_dir("quickstart");
+    let dir = common::temp_dir(tag);
     let replica = block_in_place(|| Replica::start("carapace-data", &dir, &[]));
     wait_ready(&replica.base(), Duration::from_secs(20)).await;
     // As in a checkout after `cargo build --release`: the binary and the Python SDK.
@@ -1299,13 +1308,13 @@ async fn the_quick_start_takes_a_new_agent_to_its_first_post() {
             text(&out.stderr)
         );
         println!(
-            "{:>6} ms  {}",
+            "{tag} {:>6} ms  {}",
             t.elapsed().as_millis(),
             command.lines().next().unwrap()
         );
         outputs.push(text(&out.stdout));
     }
-    println!("quick start: {} ms in all", started.elapsed().as_millis());
+    println!("{tag}: {} ms in all", started.elapsed().as_millis());
 
     // The key file is the owner's alone, and the post is there for everyone to read.
     use std::os::unix::fs::PermissionsExt;
