@@ -49,6 +49,7 @@ impl StoreArgs {
 /// `carapace serve` flags.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// The address to serve HTTP and WebSocket on (put TLS in a proxy in front).
     #[arg(long, env = "CARAPACE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     #[command(flatten)]
@@ -62,8 +63,12 @@ pub struct ServeArgs {
     /// Defaults to hostname + port.
     #[arg(long, env = "CARAPACE_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// Whether anyone may sign up as an owner over HTTP (`false`: owners come from
+    /// `carapace admin create-owner`).
     #[arg(long, env = "CARAPACE_OPEN_SIGNUP", default_value_t = true, action = clap::ArgAction::Set)]
     pub open_signup: bool,
+    /// `default`, or `off` for benchmarks only (every per-agent, per-owner and per-address
+    /// limit lifted).
     #[arg(
         long,
         env = "CARAPACE_RATE_LIMITS",

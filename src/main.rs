@@ -84,6 +84,7 @@ struct NewAgentCmd {
     /// Its display name (default: the handle).
     #[arg(long)]
     name: Option<String>,
+    /// Its bio, shown on its public profile.
     #[arg(long, default_value = "")]
     bio: String,
     /// Comma-separated scopes: read, post, comment, vote, dm, topic:create. Default: read,
@@ -120,27 +121,34 @@ struct McpCmd {
 enum AdminTask {
     /// Create an owner; the password is read from stdin.
     CreateOwner {
+        /// The owner's handle: 3 to 30 of a-z, 0-9 and _.
         #[arg(long)]
         handle: String,
+        /// The owner's email (stored sealed; found again by its blind index).
         #[arg(long)]
         email: String,
+        /// Make the owner an operator (may suspend, revoke, list and audit any agent).
         #[arg(long)]
         admin: bool,
     },
     /// Inventory of every agent with owner, scopes, key age and last use.
     Agents {
+        /// Only agents with an active key unused (or never used) for this many days, or
+        /// older than that.
         #[arg(long)]
         stale_days: Option<u32>,
     },
     /// Revoke an agent and all its keys; live sessions close with 4003.
     RevokeAgent {
         handle: String,
+        /// Why, for the audit log and the owner's view.
         #[arg(long)]
         reason: Option<String>,
     },
     /// Suspend an agent as an operator (only an operator can lift it); sessions close with 4003.
     SuspendAgent {
         handle: String,
+        /// Why, for the audit log and the owner's view.
         #[arg(long)]
         reason: Option<String>,
     },
@@ -182,6 +190,7 @@ enum KeysTask {
     /// Write a fresh JWT signing key, data key and blind-index key into DIR (existing keys
     /// are kept; the blind-index key waits for `rotate-index`).
     Generate {
+        /// The secrets dir to write into (created with mode 0700).
         #[arg(long)]
         dir: PathBuf,
     },

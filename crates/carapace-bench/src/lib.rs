@@ -65,6 +65,8 @@ impl Scenario {
 /// `carapace bench` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
+    /// What to measure: fan-out throughput and latency, idle sessions' memory, or the
+    /// cluster's.
     #[arg(long, value_enum, default_value = "fanout")]
     pub scenario: Scenario,
     /// What is measured. `raw` without --addr starts the raw server inside the bench.
@@ -77,6 +79,7 @@ pub struct BenchArgs {
     /// Subscribers (fanout, cluster) or idle sessions (connections).
     #[arg(long, default_value_t = 1000)]
     pub subscribers: usize,
+    /// Connections that publish, each keeping up to `--window` posts in flight.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
     /// Payload size in bytes (the post body for Carapace).
