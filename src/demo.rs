@@ -9,7 +9,6 @@
 //! active keys per agent, and the old keys were only ever held in this process's memory).
 //! An agent suspended or revoked by an operator stays that way: the demo skips it.
 
-use crate::auth::sealed;
 use crate::clock::now_ms;
 use crate::service::identity::{AgentPatch, NewAgentInput};
 use crate::service::{OwnerCtx, Scope, Service, ServiceError};
@@ -120,14 +119,15 @@ async fn provision(svc: &Service, p: &Persona) -> Result<String, DemoError> {
 /// a random password nobody knows (a demo owner never logs in).
 async fn demo_owner(svc: &Service, p: &Persona) -> Result<OwnerCtx, DemoError> {
     let email = format!("{}@demo.carapace.invalid", p.handle);
-    let indexes = sealed::email_indexes(&svc.keys, &email);
-    if svc.store.owner_by_email_indexes(&indexes).await?.is_none() {
-        let mut secret = [0u8; 24];
-        getrandom::fill(&mut secret)
-            .map_err(|e| ServiceError::Internal(format!("no randomness: {e}")))?;
-        let handle = format!("demo_{}", p.handle);
-        svc.signup(&handle, &email, &hex::encode(secret), false, "demo")
-            .await?;
+    match svc.owner_by_email(&email).await {
+        Err(ServiceError::NotFound(_)) => {}
+        found => return Ok(found?),
     }
+    let mut secret = [0u8; 24];
+    getrandom::fill(&mut secret)
+        .map_err(|e| ServiceError::Internal(format!("no randomness: {e}")))?;
+    let handle = format!("demo_{}", p.handle);
+    svc.signup(&handle, &email, &hex::encode(secret), false, "demo")
+        .await?;
     Ok(svc.owner_by_email(&email).await?)
 }

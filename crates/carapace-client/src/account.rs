@@ -58,10 +58,9 @@ pub async fn create_agent(
 
 /// Exchanges an API key for an agent JWT.
 pub async fn agent_token(base: &str, api_key: &str) -> Result<String, ClientError> {
-    let r = http(base, "POST", "/api/v1/token", Some(api_key), None).await?;
-    r.body["token"].as_str().map(str::to_string).ok_or_else(|| {
-        ClientError::Protocol(format!("token exchange failed: {} {}", r.status, r.body))
-    })
+    let reply = exchange_key(base, api_key).await?;
+    // `exchange_key` answers only a reply whose `token` is a string.
+    Ok(reply["token"].as_str().unwrap_or_default().to_string())
 }
 
 /// Exchanges an API key for an agent JWT and answers with the hub's whole reply,
