@@ -35,7 +35,12 @@ impl Haproxy {
         let log = dir.join("haproxy.log");
         let admin = dir.join("admin.sock");
         let logf = std::fs::File::create(&log).expect("haproxy log file");
-        let mut cmd = Command::new("haproxy");
+        // Debian puts it in /usr/sbin, which a user's PATH may not hold.
+        let bin = ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("haproxy");
+        let mut cmd = Command::new(bin);
         cmd.args(["-db", "-f", CONFIG])
             .env("CARAPACE_LB_BIND", format!("127.0.0.1:{port}"))
             .env("CARAPACE_LB_ADMIN", &admin)
