@@ -2,9 +2,8 @@
 # Runs every test of Carapace on a fresh machine: installs what the tests need (Debian's
 # Chromium and HAProxy, the npm and PyPI packages of the browser tests and of the client
 # SDKs, on which the example agents run), makes sure PostgreSQL and Redis answer on
-# 127.0.0.1, then runs the
-# Rust suites, schemathesis against the OpenAPI document, the SDKs' own tests (against the hub
-# just built) and the browser suite.
+# 127.0.0.1, then runs the Rust suites, schemathesis against the OpenAPI document, the SDKs'
+# own tests (against the hub just built) and the browser suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
