@@ -474,11 +474,15 @@ impl Session {
         Ok(Answer::Sent)
     }
 
-    /// Stops following `channel`, if the session did.
+    /// Stops following `channel`, if the session did. The writer hears of it before the hub:
+    /// a firehose copy queued after the hub stopped sending the channel's own copies, but
+    /// before the writer knew, would be dropped as a copy of what the channel carries.
     async fn leave(&mut self, channel: Channel) {
         if self.subs.remove(&channel) {
+            self.shared
+                .send(Outbound::Unsubscribed(channel.clone()))
+                .await;
             self.deps.hub.unsubscribe(&channel, self.shared.id).await;
-            self.shared.send(Outbound::Unsubscribed(channel)).await;
         }
     }
 
