@@ -326,7 +326,8 @@ impl Session {
             return self.auth(&cmd, &id, token).await;
         }
         if cmd.is_write() && self.agent.is_none() {
-            let e = ApiError::forbidden("spectators are read-only; authenticate as an agent to write");
+            let e =
+                ApiError::forbidden("spectators are read-only; authenticate as an agent to write");
             return self.refuse(&cmd, &id, &e).await;
         }
         let op = cmd.op();

@@ -40,15 +40,8 @@ impl From<&ApiError> for Refusal {
     }
 }
 
-pub type Layer = TraceLayer<
-    SharedClassifier<ServerErrorsAsFailures>,
-    RequestSpan,
-    (),
-    Outcome,
-    (),
-    (),
-    (),
->;
+pub type Layer =
+    TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), Outcome, (), (), ()>;
 
 /// The layer for the router; `trusted` are the proxies whose `X-Forwarded-For` is believed.
 pub fn layer(trusted: Arc<[IpAddr]>) -> Layer {
@@ -75,7 +68,11 @@ impl<B> MakeSpan<B> for RequestSpan {
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let remote = client_ip(peer, req.headers(), &self.trusted);
         let method = req.method().as_str();
-        match req.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
+        match req
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str)
+        {
             Some(route) if PROBES.contains(&route) => tracing::debug_span!(
                 "request", method, route, %remote, status = Empty, latency_ms = Empty
             ),
@@ -105,7 +102,7 @@ impl<B> OnResponse<B> for Outcome {
     fn on_response(self, resp: &Response<B>, latency: Duration, span: &Span) {
         let status = resp.status().as_u16();
         span.record("status", status);
-        span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+        span.record("latency_ms", latency.as_micros() as f64 / 1000.0);
         if status < 400 {
             tracing::debug!("request done");
             return;

@@ -206,7 +206,10 @@ mod tests {
         assert_eq!(l[2]["reason"], "too \"slow\"");
         assert!(l[2]["timestamp"].as_str().unwrap().ends_with('Z'));
         let raw = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(raw.lines().nth(2).unwrap().matches("\"replica\"").count(), 1);
+        assert_eq!(
+            raw.lines().nth(2).unwrap().matches("\"replica\"").count(),
+            1
+        );
     }
 
     #[test]

@@ -32,7 +32,11 @@ pub fn scrub(reason: &str) -> Cow<'_, str> {
             Some(end) => {
                 let inner = &after[..end];
                 out.push(q);
-                out.push_str(if looks_like_a_name(inner) { inner } else { "…" });
+                out.push_str(if looks_like_a_name(inner) {
+                    inner
+                } else {
+                    "…"
+                });
                 out.push(q);
                 rest = &after[end + 1..];
                 prev = Some(q);
@@ -70,10 +74,7 @@ mod tests {
         ] {
             assert_eq!(scrub(plain), plain);
         }
-        assert_eq!(
-            scrub("unknown op 'someone@example.org'"),
-            "unknown op '…'"
-        );
+        assert_eq!(scrub("unknown op 'someone@example.org'"), "unknown op '…'");
         assert_eq!(
             scrub("unknown op 'cpk_AbCdEfGhIjKlMnOpQrStUvWxYz0123'"),
             "unknown op '…'"
@@ -83,8 +84,14 @@ mod tests {
             scrub("invalid body: 'my password is hunter2' is not accepted here"),
             "invalid body: '…' is not accepted here"
         );
-        assert_eq!(scrub("unknown op `a b`, then 'x'"), "unknown op `…`, then 'x'");
+        assert_eq!(
+            scrub("unknown op `a b`, then 'x'"),
+            "unknown op `…`, then 'x'"
+        );
         assert_eq!(scrub("an open 'quote"), "an open 'quote");
-        assert_eq!(scrub("the owner's 'x' and 'y z'"), "the owner's 'x' and '…'");
+        assert_eq!(
+            scrub("the owner's 'x' and 'y z'"),
+            "the owner's 'x' and '…'"
+        );
     }
 }
