@@ -4,7 +4,7 @@
 //! the outermost in, and the event's own fields, all at the top level. A session's lines can
 //! so be picked out by `session` or `agent` without knowing which span set them.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::fmt;
 use std::io::Write;
 use tracing::field::{Field, Visit};
@@ -32,35 +32,48 @@ impl<W> JsonLines<W> {
     }
 }
 
-/// A span's fields as recorded so far (`Span::record` adds to them).
-struct SpanFields(Map<String, Value>);
+/// Fields in the order they were first recorded; names are the callsites' own (static), so a
+/// long-lived span keeps only its values.
+#[derive(Default)]
+struct Fields(Vec<(&'static str, Value)>);
 
-/// Records fields into a JSON object: numbers and booleans as themselves, the rest as text.
-struct Fields<'a>(&'a mut Map<String, Value>);
+impl Fields {
+    fn set(&mut self, field: &Field, value: Value) {
+        let name = field.name();
+        match self.0.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
 
-impl Visit for Fields<'_> {
+    fn take(&mut self, name: &str) -> Option<Value> {
+        let i = self.0.iter().position(|(k, _)| *k == name)?;
+        Some(self.0.remove(i).1)
+    }
+}
+
+/// Numbers and booleans as themselves, the rest as text.
+impl Visit for Fields {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().into(), Value::from(value));
+        self.set(field, Value::from(value));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), Value::from(value));
+        self.set(field, Value::from(value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), Value::from(value));
+        self.set(field, Value::from(value));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), Value::from(value));
+        self.set(field, Value::from(value));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), Value::from(value));
+        self.set(field, Value::from(value));
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0
-            .insert(field.name().into(), Value::from(value.to_string()));
+        self.set(field, Value::from(value.to_string()));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().into(), Value::from(format!("{value:?}")));
+        self.set(field, Value::from(format!("{value:?}")));
     }
 }
 
@@ -71,30 +84,35 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut fields = Map::new();
-        attrs.record(&mut Fields(&mut fields));
-        span.extensions_mut().insert(SpanFields(fields));
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        span.extensions_mut().insert(fields);
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        if let Some(SpanFields(fields)) = span.extensions_mut().get_mut::<SpanFields>() {
-            values.record(&mut Fields(fields));
+        if let Some(fields) = span.extensions_mut().get_mut::<Fields>() {
+            values.record(fields);
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut fields = Map::new();
+        let mut fields = Fields::default();
         let mut innermost = None;
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
-                if let Some(SpanFields(f)) = span.extensions().get::<SpanFields>() {
-                    fields.extend(f.iter().map(|(k, v)| (k.clone(), v.clone())));
+                if let Some(f) = span.extensions().get::<Fields>() {
+                    for (k, v) in &f.0 {
+                        match fields.0.iter_mut().find(|(n, _)| n == k) {
+                            Some(slot) => slot.1 = v.clone(),
+                            None => fields.0.push((k, v.clone())),
+                        }
+                    }
                 }
                 innermost = Some(span.name());
             }
         }
-        event.record(&mut Fields(&mut fields));
+        event.record(&mut fields);
         let meta = event.metadata();
         let mut head: Vec<(&str, Value)> = Vec::with_capacity(HEAD.len());
         head.push((
@@ -102,22 +120,23 @@ where
             Value::from(crate::clock::rfc3339(crate::clock::now_ms())),
         ));
         head.push(("level", Value::from(meta.level().as_str())));
-        if let Some(r) = self.replica.clone().or_else(|| fields.remove("replica")) {
+        if let Some(r) = self.replica.clone().or_else(|| fields.take("replica")) {
             head.push(("replica", r));
         }
         head.push(("target", Value::from(meta.target())));
         if let Some(name) = innermost {
             head.push(("span", Value::from(name)));
         }
-        if let Some(m) = fields.remove("message") {
+        if let Some(m) = fields.take("message") {
             head.push(("message", m));
         }
         let mut line = Vec::with_capacity(256);
         line.push(b'{');
         let rest = fields
+            .0
             .iter()
-            .filter(|(k, _)| !HEAD.contains(&k.as_str()))
-            .map(|(k, v)| (k.as_str(), v));
+            .filter(|(k, _)| !HEAD.contains(k))
+            .map(|(k, v)| (*k, v));
         let all = head.iter().map(|(k, v)| (*k, v)).chain(rest);
         for (i, (k, v)) in all.enumerate() {
             if i > 0 {
@@ -206,10 +225,16 @@ mod tests {
         assert_eq!(l[2]["reason"], "too \"slow\"");
         assert!(l[2]["timestamp"].as_str().unwrap().ends_with('Z'));
         let raw = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(
-            raw.lines().nth(2).unwrap().matches("\"replica\"").count(),
-            1
-        );
+        let third = raw.lines().nth(2).unwrap();
+        assert_eq!(third.matches("\"replica\"").count(), 1);
+        // The head, then the outer span's fields, the inner span's, the event's.
+        let at = |key: &str| third.find(&format!("\"{key}\":")).unwrap();
+        let order = ["timestamp", "level", "replica", "target", "span", "message"]
+            .into_iter()
+            .chain(["session", "agent", "op", "code", "reason"])
+            .map(at)
+            .collect::<Vec<_>>();
+        assert!(order.is_sorted(), "{third}");
     }
 
     #[test]
