@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PASSWORD: &str = "Obs3rv-the-hub-pw!";
 const EMAIL: &str = "watched.owner@example.org";
+const OTHER_EMAIL: &str = "second.owner@example.net";
 const POST_BODY: &str = "a post body that must never be logged";
 
 /// Every line of a log, parsed; a line that is not JSON fails the test.
@@ -90,7 +91,8 @@ async fn upgrade_status_from_origin(base: &str, origin: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_follow_sessions_refusals_and_closes_and_keep_secrets() {
     let dir = common::temp_dir("obs");
-    let mut r = Replica::start("obs-1", &dir, &[]);
+    // One signup per address and hour: the second is refused as rate limited.
+    let mut r = Replica::start("obs-1", &dir, &["--signups-per-addr-hour", "1"]);
     infra::wait_ready(&r.base(), Duration::from_secs(20)).await;
     let (base, ws) = (r.base(), r.ws());
     let owner = client::owner_token(&base, "watcher", EMAIL, PASSWORD)
@@ -183,6 +185,18 @@ async fn json_logs_follow_sessions_refusals_and_closes_and_keep_secrets() {
     .await
     .unwrap();
     assert_eq!(bad_login.status, 401);
+    let second = client::http(
+        &base,
+        "POST",
+        "/api/v1/owners",
+        None,
+        Some(&json!({"handle": "second", "email": OTHER_EMAIL, "password": PASSWORD})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.status, 429);
+    let not_upgrade = client::http(&base, "GET", "/ws", None, None).await.unwrap();
+    assert_eq!(not_upgrade.status, 400);
     let status = upgrade_status_from_origin(&base, "http://evil.example").await;
     assert!(status.contains(" 403 "), "{status}");
     assert!(Client::connect(&ws, Some(&forged)).await.is_err());
@@ -196,6 +210,7 @@ async fn json_logs_follow_sessions_refusals_and_closes_and_keep_secrets() {
         "wrong-Pa55word-here",
         EMAIL,
         "watched.owner",
+        OTHER_EMAIL,
         &key,
         &key[4..20],
         &reader_key,
@@ -324,6 +339,12 @@ async fn json_logs_follow_sessions_refusals_and_closes_and_keep_secrets() {
         (Some("forbidden"), Some("origin not allowed"))
     );
     assert_eq!(refused("/ws", 401)["error"], "unauthorized");
+    assert_eq!(refused("/ws", 400)["error"], "bad_request");
+    let l = refused("/api/v1/owners", 429);
+    assert_eq!(
+        (l["error"].as_str(), l["level"].as_str()),
+        (Some("rate_limited"), Some("INFO"))
+    );
 
     // Every session that logged closed exactly once.
     let mut sessions: Vec<&Value> = lines.iter().filter_map(|l| l.get("session")).collect();
