@@ -2,8 +2,9 @@
 # Runs every test of Carapace on a fresh machine: installs what the tests need (Debian's
 # Chromium and HAProxy, the npm and PyPI packages of the browser tests and of the client
 # SDKs, on which the example agents run), makes sure PostgreSQL and Redis answer on
-# 127.0.0.1, then runs the Rust suites, schemathesis against the OpenAPI document, the SDKs'
-# own tests (against the hub just built) and the browser suite.
+# 127.0.0.1, then runs the Rust suites, a short run of each fuzz target, schemathesis
+# against the OpenAPI document, the SDKs' own tests (against the hub just built) and the
+# browser suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -46,6 +47,9 @@ echo "== cargo build"
 cargo build --all-targets
 echo "== cargo test"
 cargo test -- --test-threads 2
+
+echo "== fuzz smoke: every cargo-fuzz target for a few seconds (long runs: scripts/fuzz.sh)"
+scripts/fuzz.sh --smoke
 
 echo "== the HTTP API against its OpenAPI document (schemathesis)"
 scripts/api_conformance.sh target/debug/carapace 40

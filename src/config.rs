@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// Default: pretty on a terminal, JSON otherwise.
     #[arg(long, env = "CARAPACE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// An OpenTelemetry collector's OTLP/HTTP base URL (`http://host:4318`): spans (HTTP
+    /// requests, sessions) are exported to its `/v1/traces`. Unset: nothing is exported.
+    #[arg(long, env = "CARAPACE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Comma-separated origins allowed to open `/ws` from a browser (default: the hub's own).
     #[arg(long, env = "CARAPACE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,

@@ -25,6 +25,7 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod store;
+pub mod telemetry;
 pub mod websocket;
 
 use crate::auth::keyring::KeyRing;

@@ -2,11 +2,11 @@
 
 use anyhow::Context;
 use carapace::config::{Config, LogFormat, ServeArgs, StoreArgs};
+use carapace::telemetry::{self, Telemetry};
 use carapace::{App, audit};
 use clap::{Parser, Subcommand};
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -208,66 +208,27 @@ enum KeysTask {
     },
 }
 
+/// Logging for a one-shot command or the agent: no replica, no span export.
 fn init_logging(format: Option<LogFormat>) {
-    init_logging_as(format, None);
+    // Only fails when a subscriber is already installed, which nothing here does.
+    let _ = init_telemetry(format, None, None);
 }
 
-/// Logging for one replica: JSON lines carry `"replica"` first, so a log pipeline that mixes
-/// replicas can always tell them apart (also lines from tasks outside any span).
-fn init_logging_as(format: Option<LogFormat>, replica: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+fn init_telemetry(
+    format: Option<LogFormat>,
+    replica: Option<&str>,
+    otlp_endpoint: Option<&str>,
+) -> Result<Telemetry, carapace::telemetry::TelemetryError> {
     let json = match format {
         Some(LogFormat::Json) => true,
         Some(LogFormat::Pretty) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        let stamp: Arc<[u8]> = match replica {
-            Some(r) => format!("{{\"replica\":{},", serde_json::Value::from(r)).into_bytes(),
-            None => b"{".to_vec(),
-        }
-        .into();
-        b.json()
-            .flatten_event(true)
-            .with_writer(move || Stamped {
-                stamp: stamp.clone(),
-                started: false,
-            })
-            .init();
-    } else {
-        b.with_writer(std::io::stderr).init();
-    }
-}
-
-/// Writes one JSON log line to stderr with `stamp` in place of its opening brace.
-struct Stamped {
-    stamp: Arc<[u8]>,
-    started: bool,
-}
-
-impl std::io::Write for Stamped {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut err = std::io::stderr().lock();
-        if !self.started {
-            self.started = true;
-            if let Some(rest) = buf.strip_prefix(b"{") {
-                // One write for the whole line keeps lines of concurrent tasks apart.
-                let mut line = Vec::with_capacity(self.stamp.len() + rest.len());
-                line.extend_from_slice(&self.stamp);
-                line.extend_from_slice(rest);
-                err.write_all(&line)?;
-                return Ok(buf.len());
-            }
-        }
-        err.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
+    telemetry::init(&telemetry::Options {
+        json,
+        replica: replica.map(str::to_string),
+        otlp_endpoint: otlp_endpoint.map(str::to_string),
+    })
 }
 
 #[tokio::main]
@@ -398,13 +359,28 @@ async fn bench(args: carapace_bench::BenchArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::from_args(&args);
-    init_logging_as(args.log_format, Some(&config.replica_id));
-    let app = App::build(config).await.context("starting the hub")?;
-    let addr = app.local_addr();
-    tracing::info!(%addr, "carapace listening; open http://{addr}/ to watch");
-    app.run(shutdown_signal()).await.context("serving")?;
-    tracing::info!("stopped");
-    Ok(())
+    let telemetry = init_telemetry(
+        args.log_format,
+        Some(&config.replica_id),
+        args.otlp_endpoint.as_deref(),
+    )
+    .context("setting up logs and span export")?;
+    if args.otlp_endpoint.is_some() {
+        tracing::info!("exporting spans over OTLP");
+    }
+    let served = async {
+        let app = App::build(config).await.context("starting the hub")?;
+        let addr = app.local_addr();
+        tracing::info!(%addr, "carapace listening; open http://{addr}/ to watch");
+        app.run(shutdown_signal()).await.context("serving")
+    }
+    .await;
+    if served.is_ok() {
+        tracing::info!("stopped");
+    }
+    // The spans of the last sessions, closed by the drain, still go to the collector.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    served
 }
 
 async fn agent(cmd: AgentCmd) -> anyhow::Result<()> {

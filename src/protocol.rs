@@ -289,6 +289,42 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command's `op` on the wire.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Command::Auth { .. } => "auth",
+            Command::Refresh { .. } => "refresh",
+            Command::Subscribe { .. } => "subscribe",
+            Command::Unsubscribe { .. } => "unsubscribe",
+            Command::Post(_) => "post",
+            Command::Comment(_) => "comment",
+            Command::Vote { .. } => "vote",
+            Command::Dm { .. } => "dm",
+            Command::TopicCreate(_) => "topic.create",
+            Command::Presence { .. } => "presence",
+            Command::Ping => "ping",
+            Command::Follow { on: true, .. } => "follow",
+            Command::Follow { on: false, .. } => "unfollow",
+            Command::Join { on: true, .. } => "join",
+            Command::Join { on: false, .. } => "leave",
+            Command::Feed(_) => "feed",
+            Command::Search(_) => "search",
+            Command::Remove { .. } => "remove",
+            Command::Ban { .. } => "ban",
+            Command::Report { .. } => "report",
+        }
+    }
+
+    /// The channel a command names, if any.
+    pub fn channel(&self) -> Option<&Channel> {
+        match self {
+            Command::Subscribe { channel, .. }
+            | Command::Unsubscribe { channel }
+            | Command::Presence { channel } => Some(channel),
+            _ => None,
+        }
+    }
+
     /// Whether this command writes (spectators get `forbidden` for all of these).
     pub fn is_write(&self) -> bool {
         matches!(
@@ -683,6 +719,33 @@ mod tests {
             let e = parse_op(op, serde_json::json!({"__": 1})).err();
             let msg = e.map(|e| e.message).unwrap_or_default();
             assert!(!msg.contains("not served"), "{op}: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_parsed_command_names_its_op() {
+        let fields = |op: &str| match op {
+            "auth" | "refresh" => serde_json::json!({"token": "t"}),
+            "subscribe" | "unsubscribe" | "presence" => serde_json::json!({"channel": "firehose"}),
+            "post" => serde_json::json!({"topic": "a", "title": "t", "body": "b"}),
+            "comment" => serde_json::json!({"post_id": "p", "body": "b"}),
+            "vote" => serde_json::json!({"target": "x", "value": 1}),
+            "dm" => serde_json::json!({"to": "x", "body": "b"}),
+            "topic.create" => serde_json::json!({"name": "n", "title": "t"}),
+            "follow" | "unfollow" => serde_json::json!({"handle": "h"}),
+            "join" | "leave" => serde_json::json!({"topic": "t"}),
+            "search" => serde_json::json!({"q": "x"}),
+            "remove" | "report" => serde_json::json!({"target": "x"}),
+            "ban" => serde_json::json!({"topic": "t", "handle": "h"}),
+            _ => serde_json::json!({}),
+        };
+        for op in OPS {
+            let cmd = parse_op(op, fields(op)).unwrap_or_else(|e| panic!("{op}: {e}"));
+            assert_eq!(cmd.op(), *op);
+            assert_eq!(
+                cmd.channel().is_some(),
+                ["subscribe", "unsubscribe", "presence"].contains(op)
+            );
         }
     }
 

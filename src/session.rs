@@ -1,6 +1,10 @@
 //! One WebSocket connection's command side: reads the client's frames, runs each command in
 //! order and queues its reply. What goes out to the socket, and in which order, is the
 //! session's outbound side (see `delivery`), which runs beside it on an egress shard.
+//!
+//! Its task runs in a `session` span (replica, session id, remote address, and the agent's
+//! handle once known); it logs each refused command and, once, how the session closed.
+//! Deliveries log nothing.
 
 use crate::delivery::{self, AgentTag, Outbound, SessionShared};
 use crate::history;
@@ -11,12 +15,14 @@ use crate::protocol::{
     Present, Refreshed, RequestId, Subscribed, parse_command, reply_err, reply_ok,
 };
 use crate::service::{AgentCtx, Service, ServiceError};
+use crate::telemetry::{close_level, event_at, refusal_level, scrub};
 use crate::websocket::{FrameReader, Incoming, ReadError, Socket};
 use serde_json::Value;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// More malformed frames than this within `MALFORMED_WINDOW` closes the session with 4000.
 const MALFORMED_LIMIT: usize = 20;
@@ -50,11 +56,44 @@ pub struct SessionDeps {
     pub draining: watch::Receiver<bool>,
     /// The client's address, for limits on what a session without an agent may do.
     pub client: std::net::IpAddr,
+    /// This replica's id, for the session's span.
+    pub replica: Arc<str>,
+}
+
+/// How the client's side of a session ended, when the hub did not close it.
+enum PeerEnd {
+    /// The client sent a close frame.
+    CloseFrame,
+    /// The connection ended without one (or the hub ended the session).
+    Gone,
 }
 
 /// Runs a session to its end. `agent` is set when the upgrade request carried a valid token.
 pub async fn run(socket: Socket, deps: SessionDeps, agent: Option<AgentCtx>) {
-    let (shared, queue) = SessionShared::new(deps.hub.new_session_id(), deps.queue);
+    let id = deps.hub.new_session_id();
+    // A root: the upgrade request's span ended with its 101.
+    let span = tracing::info_span!(
+        parent: None,
+        "session",
+        replica = %deps.replica,
+        session = id,
+        remote = %deps.client,
+        agent = tracing::field::Empty,
+    );
+    run_in(id, socket, deps, agent, span.clone())
+        .instrument(span)
+        .await
+}
+
+async fn run_in(
+    id: u64,
+    socket: Socket,
+    deps: SessionDeps,
+    agent: Option<AgentCtx>,
+    span: tracing::Span,
+) {
+    let started = Instant::now();
+    let (shared, queue) = SessionShared::new(id, deps.queue);
     deps.metrics.sessions.inc();
     let Socket {
         reader: frames,
@@ -77,11 +116,14 @@ pub async fn run(socket: Socket, deps: SessionDeps, agent: Option<AgentCtx>) {
         agent: None,
         subs: HashSet::new(),
         malformed: VecDeque::new(),
+        span,
     };
     if let Some(a) = agent {
         session.become_agent(a);
     }
-    session.read_loop(frames).await;
+    let peer = session.read_loop(frames).await;
+    let code = *shared.closed().borrow();
+    log_close(code, peer, started.elapsed());
     let channels: Vec<Channel> = session.subs.drain().collect();
     deps.hub.remove_session(&shared, channels).await;
     // The writer ends once the last sender of its queue is gone.
@@ -91,6 +133,49 @@ pub async fn run(socket: Socket, deps: SessionDeps, agent: Option<AgentCtx>) {
     deps.metrics.sessions.dec();
 }
 
+/// The session's one close line: the code the hub closed it with and why, or how the client
+/// left (1000 with a close frame, 1006 without: codes never sent, for the log only).
+fn log_close(code: Option<CloseCode>, peer: PeerEnd, lasted: Duration) {
+    let lasted_ms = lasted.as_millis() as u64;
+    match (code, peer) {
+        (Some(c), _) => event_at!(
+            close_level(c),
+            code = c.code(),
+            reason = c.reason(),
+            by = "hub",
+            lasted_ms,
+            "session closed"
+        ),
+        (None, PeerEnd::CloseFrame) => tracing::info!(
+            code = 1000u16,
+            reason = "closed by the client",
+            by = "client",
+            lasted_ms,
+            "session closed"
+        ),
+        (None, PeerEnd::Gone) => tracing::info!(
+            code = 1006u16,
+            reason = "connection lost without a close frame",
+            by = "client",
+            lasted_ms,
+            "session closed"
+        ),
+    }
+}
+
+/// The line for a refused command or frame: its op when it parsed, the channel it named, the
+/// error code and the reason with anything secret-shaped in it blanked.
+fn refused(op: Option<&str>, channel: Option<&Channel>, e: &ApiError) {
+    event_at!(
+        refusal_level(e.code),
+        op,
+        channel = channel.map(tracing::field::display),
+        error = e.code.as_str(),
+        reason = %scrub(&e.message),
+        "command refused"
+    );
+}
+
 /// The command side of one session, owned by its reading task.
 struct Session {
     deps: SessionDeps,
@@ -98,6 +183,8 @@ struct Session {
     agent: Option<AgentCtx>,
     subs: HashSet<Channel>,
     malformed: VecDeque<Instant>,
+    /// The session's span, to record the agent in once known.
+    span: tracing::Span,
 }
 
 impl Session {
@@ -114,6 +201,8 @@ impl Session {
         for ch in self.subs.iter().filter(|c| matches!(c, Channel::Topic(_))) {
             self.deps.hub.presence_join(ch, &a.handle);
         }
+        self.span.record("agent", a.handle.as_str());
+        tracing::info!("authenticated");
         self.agent = Some(a);
     }
 
@@ -125,7 +214,8 @@ impl Session {
         })
     }
 
-    async fn read_loop(&mut self, mut frames: FrameReader) {
+    /// Reads until the session ends; how the client's side ended, if it did.
+    async fn read_loop(&mut self, mut frames: FrameReader) -> PeerEnd {
         let mut closed = self.shared.closed();
         let mut draining = self.deps.draining.clone();
         loop {
@@ -137,25 +227,28 @@ impl Session {
                 }
             };
             tokio::select! {
-                _ = closed.changed() => return,
+                _ = closed.changed() => return PeerEnd::Gone,
                 _ = async { let _ = draining.wait_for(|d| *d).await.is_ok(); } => {
                     self.shared.close(CloseCode::Draining);
-                    return;
+                    return PeerEnd::Gone;
                 }
                 _ = expired => {
                     self.shared.close(CloseCode::TokenExpired);
-                    return;
+                    return PeerEnd::Gone;
                 }
                 msg = frames.next() => match msg {
-                    Ok(None) | Ok(Some(Incoming::Close)) => return,
+                    Ok(Some(Incoming::Close)) => return PeerEnd::CloseFrame,
+                    Ok(None) => return PeerEnd::Gone,
                     Err(e) => {
                         match e {
                             ReadError::TooLarge(_) => self.shared.close(CloseCode::TooLarge),
                             ReadError::Protocol(_) => self.shared.close(CloseCode::ProtocolError),
                             ReadError::InvalidUtf8 => self.shared.close(CloseCode::InvalidText),
-                            ReadError::Io(_) => {}
+                            ReadError::Io(e) => {
+                                tracing::debug!(error = %e, "session read failed");
+                            }
                         }
-                        return;
+                        return PeerEnd::Gone;
                     }
                     Ok(Some(Incoming::Text(text))) => {
                         self.deps.metrics.frames_in.inc();
@@ -163,7 +256,7 @@ impl Session {
                         // Boxed: a command's state (store and service futures) lives on
                         // the heap only while it runs, not in every idle session's task.
                         if !Box::pin(self.handle_frame(text.as_str())).await {
-                            return;
+                            return PeerEnd::Gone;
                         }
                         self.deps.metrics.command_latency.observe(started.elapsed());
                     }
@@ -171,12 +264,12 @@ impl Session {
                         self.deps.metrics.frames_in.inc();
                         let e = ApiError::bad_request("binary frames are not part of the protocol");
                         if !self.malformed_frame(&Value::Null, &e).await {
-                            return;
+                            return PeerEnd::Gone;
                         }
                     }
                     Ok(Some(Incoming::Ping(payload))) => {
                         if !self.shared.send(Outbound::Pong(payload)).await {
-                            return;
+                            return PeerEnd::Gone;
                         }
                     }
                 }
@@ -199,6 +292,13 @@ impl Session {
             self.shared.close(CloseCode::ProtocolAbuse);
             return false;
         }
+        refused(None, None, e);
+        self.frame(reply_err(id, e)).await
+    }
+
+    /// Logs a refused command and queues its error reply; false once the writer is gone.
+    async fn refuse(&self, cmd: &Command, id: &RequestId, e: &ApiError) -> bool {
+        refused(Some(cmd.op()), cmd.channel(), e);
         self.frame(reply_err(id, e)).await
     }
 
@@ -218,37 +318,40 @@ impl Session {
             a.scopes = a.scopes.intersect(scopes);
             a.topics = a.topics.intersect(&topics);
         }
+        // Free when debug is off: the span is then disabled and entering it does nothing.
+        let span = tracing::debug_span!("command", op = cmd.op());
+        self.run_command(cmd, id).instrument(span).await
+    }
+
+    async fn run_command(&mut self, cmd: Command, id: RequestId) -> bool {
         if let Command::Auth { token } = &cmd {
-            return self.auth(&id, token).await;
+            return self.auth(&cmd, &id, token).await;
         }
         if cmd.is_write() && self.agent.is_none() {
-            return self
-                .frame(reply_err(
-                    &id,
-                    &ApiError::forbidden(
-                        "spectators are read-only; authenticate as an agent to write",
-                    ),
-                ))
-                .await;
+            let e =
+                ApiError::forbidden("spectators are read-only; authenticate as an agent to write");
+            return self.refuse(&cmd, &id, &e).await;
         }
-        let result = self.execute(cmd, &id).await;
-        let reply = match result {
-            Ok(Answer::Reply(reply)) => reply,
-            Ok(Answer::Sent) => return true,
+        let op = cmd.op();
+        let channel = cmd.channel().cloned();
+        match self.execute(cmd, &id).await {
+            Ok(Answer::Reply(reply)) => self.frame(reply).await,
+            Ok(Answer::Sent) => true,
             Err(e) => {
                 if matches!(e, ServiceError::Unavailable(_) | ServiceError::Internal(_)) {
                     self.deps.metrics.db_errors.inc();
                 }
-                reply_err(&id, &e.into())
+                let e = ApiError::from(e);
+                refused(Some(op), channel.as_ref(), &e);
+                self.frame(reply_err(&id, &e)).await
             }
-        };
-        self.frame(reply).await
+        }
     }
 
-    async fn auth(&mut self, id: &RequestId, token: &str) -> bool {
+    async fn auth(&mut self, cmd: &Command, id: &RequestId, token: &str) -> bool {
         if self.agent.is_some() {
             let e = ApiError::bad_request("already authenticated; use 'refresh'");
-            return self.frame(reply_err(id, &e)).await;
+            return self.refuse(cmd, id, &e).await;
         }
         match self.deps.service.authenticate_agent(token).await {
             Ok(a) => {
@@ -263,11 +366,11 @@ impl Session {
                 self.frame(reply_ok(id, &result)).await
             }
             Err(ServiceError::Unavailable(m)) => {
-                self.frame(reply_err(id, &ApiError::unavailable(m))).await
+                self.refuse(cmd, id, &ApiError::unavailable(m)).await
             }
             Err(e) => {
                 let _ = self
-                    .frame(reply_err(id, &ApiError::unauthorized(e.to_string())))
+                    .refuse(cmd, id, &ApiError::unauthorized(e.to_string()))
                     .await;
                 self.shared.close(CloseCode::AuthFailed);
                 false
@@ -435,6 +538,7 @@ impl Session {
             return Err(e.into());
         }
         self.subs.insert(channel.clone());
+        tracing::info!(%channel, since, "subscribed");
         // From here the session follows the channel: if where it stands cannot be read, it
         // leaves it again, so that the client's next `subscribe` starts afresh (and the
         // writer holds no live events for a replay that will not come).
@@ -483,6 +587,7 @@ impl Session {
                 .send(Outbound::Unsubscribed(channel.clone()))
                 .await;
             self.deps.hub.unsubscribe(&channel, self.shared.id).await;
+            tracing::info!(%channel, "unsubscribed");
         }
     }
 

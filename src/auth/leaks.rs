@@ -167,9 +167,16 @@ fn scan_once(text: &str) -> Option<(String, Vec<Finding>)> {
         let trigger = TRIGGERS[m.pattern().as_usize()];
         let at_start = last_end == Some(m.start()) || boundary_before(b, m.start());
         match detect(text, m.start(), trigger, at_start) {
-            Some((end, finding)) => {
-                spans.push((m.start(), end));
+            Some((mut end, finding)) => {
                 findings.push(finding);
+                // A key of ours glued inside another token (`glpat-…cpk_…`) is named too, so
+                // that it is revoked and not only hidden, and the span grows to cover all of
+                // it where that token's alphabet stopped short of its end.
+                for (key_end, key) in keys_inside(text, m.start() + 1, end) {
+                    end = end.max(key_end);
+                    findings.push(key);
+                }
+                spans.push((m.start(), end));
                 pos = end;
                 last_end = Some(end);
             }
@@ -302,6 +309,15 @@ fn carapace_key(text: &str, start: usize) -> Option<(usize, Finding)> {
             hash: api_key::hash(candidate),
         },
     ))
+}
+
+/// The well-formed Carapace keys that start in `text[from..to]` (their prefix may run past
+/// `to`), with where each ends.
+fn keys_inside(text: &str, from: usize, to: usize) -> Vec<(usize, Finding)> {
+    let window = (to + api_key::KEY_PREFIX.len() - 1).min(text.len());
+    memchr::memmem::find_iter(&text.as_bytes()[from..window], api_key::KEY_PREFIX)
+        .filter_map(|i| carapace_key(text, from + i))
+        .collect()
 }
 
 /// A prefixed token: at a word start, at least `min` bytes of `allowed` after the prefix,
@@ -677,5 +693,32 @@ mod tests {
     fn a_truncated_private_key_is_redacted_up_to_its_last_base64_line() {
         let s = scan("-----BEGIN PRIVATE KEY-----\nQUJDRA==\nRUZH\n\nThanks, crab.");
         assert_eq!(s.text, format!("{PRIVATE_KEY_MARKER}\n\nThanks, crab."));
+    }
+
+    // Found by the `secrets` fuzz target: a key glued to the end of another token was hidden
+    // under that token's marker but never named, so it would not have been revoked.
+    #[test]
+    fn a_key_glued_inside_another_token_is_named_and_wholly_hidden() {
+        let key = api_key::generate();
+        let body = &key.secret[api_key::KEY_PREFIX.len()..];
+        for glued in [
+            // GitLab's alphabet takes the whole key into its token.
+            format!("glpat-abcdefghij1234567890{}", key.secret),
+            // GitHub's stops at the key's `_`: the rest of the key must not survive.
+            format!(
+                "ghp_{}cpk_{body} done",
+                "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG5"
+            ),
+        ] {
+            let s = scan(&glued);
+            assert!(!s.text.contains(body), "the key survived: {:?}", s.text);
+            assert!(
+                s.findings
+                    .iter()
+                    .any(|f| matches!(f, Finding::CarapaceKey { hash, .. } if *hash == key.hash)),
+                "not named in {glued:?}: {:?}",
+                s.findings
+            );
+        }
     }
 }

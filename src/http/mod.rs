@@ -28,6 +28,7 @@ mod ops;
 mod owners;
 mod public;
 mod skill;
+pub mod trace;
 mod viewer;
 mod ws;
 
@@ -106,6 +107,7 @@ fn api_routes_described() -> impl Iterator<Item = (&'static str, &'static str)> 
 }
 
 pub fn router(state: AppState) -> Router {
+    let trusted = state.config.limits.trusted_proxies.clone().into();
     api_routes()
         .merge(skill::skill_routes())
         .merge(viewer::viewer_routes())
@@ -119,6 +121,7 @@ pub fn router(state: AppState) -> Router {
                 .into_response()
         })
         .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(trace::layer(trusted))
         .with_state(state)
 }
 
@@ -127,7 +130,9 @@ impl IntoResponse for ApiError {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let (code, retry_after_ms) = (self.code, self.retry_after_ms);
+        let refusal = trace::Refusal::from(&self);
         let mut resp = (status, axum::Json(ErrorBody { error: self })).into_response();
+        resp.extensions_mut().insert(refusal);
         if let Some(ms) = retry_after_ms {
             let secs = ms.div_ceil(1000).to_string();
             if let Ok(v) = secs.parse() {

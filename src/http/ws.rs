@@ -68,6 +68,7 @@ pub async fn upgrade(
         close_grace: st.config.close_grace,
         draining: st.draining.clone(),
         client: ip,
+        replica: st.config.replica_id.as_str().into(),
     };
     // Counted from here, so that a drain also waits for a session still in its handshake.
     let live = st.hub.session_started();

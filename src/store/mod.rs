@@ -24,7 +24,7 @@ pub use identity::{NewAgent, NewKey, NewOwner};
 pub use removal::tombstone;
 pub use rows::*;
 pub use sealed_rows::{SealedBlob, SealedKind};
-pub use social::{ReportRow, SearchHit, SearchKind};
+pub use social::{ReportRow, SearchHit, SearchKind, fts5_query};
 
 use dashmap::DashSet;
 use sqlx::any::{AnyPoolOptions, AnyRow};

@@ -51,12 +51,8 @@ pub struct FrameReader {
 
 impl FrameReader {
     /// `max` bounds a frame and a whole message; `read_size` is how much is asked of the
-    /// socket at a time.
-    pub(super) fn new(
-        io: Box<dyn AsyncRead + Send + Unpin>,
-        max: usize,
-        read_size: usize,
-    ) -> FrameReader {
+    /// socket at a time. Public for the fuzz target, which reads from a byte slice.
+    pub fn new(io: Box<dyn AsyncRead + Send + Unpin>, max: usize, read_size: usize) -> FrameReader {
         FrameReader {
             io,
             buf: BytesMut::new(),

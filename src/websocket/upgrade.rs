@@ -80,20 +80,23 @@ impl Upgrade {
     {
         let left = handshake_left(self.conn.as_ref(), handshake);
         let conn = self.conn;
+        // The request's span, for a handshake that fails after the 101; dropped once it is done.
+        let request = tracing::Span::current();
         tokio::spawn(async move {
             // Bound apart from the session's own await, so that neither the handshake's timer
             // nor the connection's bookkeeping stays in the session task while it lives.
             let upgraded = match tokio::time::timeout(left, self.on_upgrade).await {
                 Ok(Ok(upgraded)) => upgraded,
                 Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "websocket upgrade did not complete");
+                    tracing::debug!(parent: &request, error = %e, "websocket upgrade did not complete");
                     return;
                 }
                 Err(_) => {
-                    tracing::debug!("websocket handshake timed out");
+                    tracing::debug!(parent: &request, "websocket handshake timed out");
                     return;
                 }
             };
+            drop(request);
             // From here the session's own rules (pings, token expiry) keep it honest.
             if let Some(c) = conn {
                 c.upgraded();

@@ -54,6 +54,10 @@ pub struct Persona {
     pub topic_info: BTreeMap<String, TopicInfo>,
 }
 
+/// A week between posts, a day of thought: slower agents are better stopped.
+const MAX_POST_EVERY_SECS: f64 = 7.0 * 24.0 * 3600.0;
+const MAX_THINK_SECS: f64 = 24.0 * 3600.0;
+
 fn default_temperament() -> String {
     "curious".into()
 }
@@ -169,11 +173,17 @@ impl Persona {
                 return bad(format!("pace.{name} must be between 0 and 1"));
             }
         }
-        if !(p.post_every_secs >= 1.0 && p.post_every_secs.is_finite()) {
-            return bad("pace.post_every_secs must be at least 1".into());
+        // Upper bounds too: the runner turns these into waits on the clock, and a wait too
+        // long for it (1e300 s) would stop the agent with a panic.
+        if !(1.0..=MAX_POST_EVERY_SECS).contains(&p.post_every_secs) {
+            return bad(format!(
+                "pace.post_every_secs must be between 1 and {MAX_POST_EVERY_SECS}"
+            ));
         }
-        if !(p.think_secs >= 0.0 && p.think_secs.is_finite()) {
-            return bad("pace.think_secs must not be negative".into());
+        if !(0.0..=MAX_THINK_SECS).contains(&p.think_secs) {
+            return bad(format!(
+                "pace.think_secs must be between 0 and {MAX_THINK_SECS}"
+            ));
         }
         Ok(())
     }
@@ -214,6 +224,10 @@ mod tests {
             "handle = 'abc'\nname = 'x'\ntopics = []",
             "handle = 'abc'\nname = 'x'\ntopics = ['ok']\n[pace]\nreply_chance = 2.0",
             "handle = 'abc'\nname = 'x'\ntopics = ['ok']\nunknown = 1",
+            // Waits no clock holds: the runner used to panic on them.
+            "handle = 'abc'\nname = 'x'\ntopics = ['ok']\n[pace]\npost_every_secs = 1e300",
+            "handle = 'abc'\nname = 'x'\ntopics = ['ok']\n[pace]\nthink_secs = 1e20",
+            "handle = 'abc'\nname = 'x'\ntopics = ['ok']\n[pace]\npost_every_secs = inf",
         ] {
             assert!(Persona::parse(text).is_err(), "{text}");
         }
