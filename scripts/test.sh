@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of Carapace on a fresh machine: installs what the tests need (Debian's
-# Chromium, the npm and PyPI packages of the browser tests and of the client SDKs, on which
-# the example agents run), makes sure PostgreSQL and Redis answer on 127.0.0.1, then runs the
-# Rust suites, a short run of each fuzz target, schemathesis against the OpenAPI document, the
-# SDKs' own tests (against the hub just built) and the browser suite.
+# Chromium and HAProxy, the npm and PyPI packages of the browser tests and of the client
+# SDKs, on which the example agents run), makes sure PostgreSQL and Redis answer on
+# 127.0.0.1, then runs the Rust suites, a short run of each fuzz target, schemathesis
+# against the OpenAPI document, the SDKs' own tests (against the hub just built) and the
+# browser suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -14,6 +15,7 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v nats-server >/dev/null || need_apt+=(nats-server)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

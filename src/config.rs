@@ -93,6 +93,12 @@ pub struct ServeArgs {
     /// of the replica; default: half the cores, at least one.
     #[arg(long, env = "CARAPACE_EGRESS_THREADS")]
     pub egress_threads: Option<usize>,
+    /// Seconds a stopping replica answers `/readyz` 503 while still serving, before it closes
+    /// its sessions with 1012: long enough for the load balancer's health checks to take it
+    /// out of rotation, so that those clients reconnect elsewhere. Default: 2 with
+    /// --redis-url (replicas behind a balancer), 0 without (nowhere else to go).
+    #[arg(long, env = "CARAPACE_DRAIN_GRACE", value_parser = parse_grace)]
+    pub drain_grace: Option<Duration>,
     #[command(flatten)]
     pub limits: Box<crate::abuse::LimitArgs>,
 }
@@ -119,6 +125,9 @@ pub struct Config {
     /// before its connection is dropped: a client that stopped reading holds its socket
     /// buffers and session no longer than this.
     pub close_grace: Duration,
+    /// How long a stopping replica stays in service, answering `/readyz` 503, before it
+    /// drains (see `App::run`).
+    pub drain_grace: Duration,
     /// How long a draining replica waits for in-flight commands.
     pub drain_timeout: Duration,
     /// Egress shards, one thread each, that fan events out and write to sessions (see `egress`).
@@ -151,6 +160,11 @@ impl Config {
             demo: a.demo,
             session_queue: 4096,
             close_grace: Duration::from_secs(30),
+            drain_grace: a.drain_grace.unwrap_or(if a.redis_url.is_some() {
+                DEFAULT_DRAIN_GRACE
+            } else {
+                Duration::ZERO
+            }),
             drain_timeout: Duration::from_secs(10),
             egress_threads: a
                 .egress_threads
@@ -175,11 +189,34 @@ impl Config {
             demo: false,
             session_queue: 4096,
             close_grace: Duration::from_secs(30),
+            drain_grace: Duration::ZERO,
             drain_timeout: Duration::from_secs(5),
             egress_threads: 1,
             limits: test_limits(),
         }
     }
+}
+
+/// Two health-check intervals of deploy/haproxy.cfg (1 s, then 250 ms once a check failed,
+/// two failures to go down), with room for a slow check.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// The longest drain grace accepted: a replica told to stop must not linger for long.
+const MAX_DRAIN_GRACE: Duration = Duration::from_secs(300);
+
+/// `--drain-grace`: seconds, a decimal such as `2` or `0.5`, from 0 to 300.
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(0.0..=MAX_DRAIN_GRACE.as_secs_f64()).contains(&secs) {
+        return Err(format!(
+            "the drain grace must be 0 to {} seconds",
+            MAX_DRAIN_GRACE.as_secs()
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// The default limits, except those per client address: every test client comes from
@@ -192,4 +229,43 @@ fn test_limits() -> crate::abuse::Limits {
     l.anon_ws_per_addr = 10_000;
     l.anon_searches_per_min = 10_000;
     l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_grace_takes_seconds_and_refuses_the_rest() {
+        assert_eq!(parse_grace("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_grace("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_grace("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_grace("300"), Ok(Duration::from_secs(300)));
+        for bad in ["-1", "301", "NaN", "inf", "", "2s", "1e400", "0x10"] {
+            assert!(parse_grace(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn drain_grace_defaults_to_two_seconds_only_with_replicas() {
+        use clap::{Args, FromArgMatches};
+        let parse = |argv: &[&str]| {
+            let cmd = ServeArgs::augment_args(clap::Command::new("serve")).no_binary_name(true);
+            let m = cmd.try_get_matches_from(argv).expect("valid flags");
+            Config::from_args(&ServeArgs::from_arg_matches(&m).expect("serve args"))
+        };
+        assert_eq!(parse(&[]).drain_grace, Duration::ZERO);
+        assert_eq!(
+            parse(&["--redis-url", "redis://127.0.0.1:1"]).drain_grace,
+            DEFAULT_DRAIN_GRACE
+        );
+        assert_eq!(
+            parse(&["--redis-url", "redis://127.0.0.1:1", "--drain-grace", "0"]).drain_grace,
+            Duration::ZERO
+        );
+        assert_eq!(
+            parse(&["--drain-grace", "1.5"]).drain_grace,
+            Duration::from_millis(1500)
+        );
+    }
 }

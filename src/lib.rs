@@ -81,6 +81,9 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
     listener: TcpListener,
+    /// Flipped first when the replica is told to stop: `/readyz` answers 503 from then on.
+    leaving: watch::Sender<bool>,
+    /// Flipped after the drain grace: sessions close with 1012, new connections are refused.
     draining: watch::Sender<bool>,
     /// Kept until `run` returns: the session writers run there.
     egress: Egress,
@@ -193,6 +196,7 @@ impl App {
             metrics,
             config: Arc::new(config),
             listener,
+            leaving: watch::channel(false).0,
             draining: watch::channel(false).0,
             egress,
         })
@@ -204,8 +208,12 @@ impl App {
             .expect("bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves, then drains: `/readyz` answers 503, sessions close
-    /// with 1012, in-flight requests finish, all within the drain timeout.
+    /// Serves until `shutdown` resolves, then leaves service in two steps. First `/readyz`
+    /// answers 503 while everything else is served as before, for the drain grace: a load
+    /// balancer's health checks take the replica out of rotation meanwhile. Then it drains:
+    /// new connections are refused, sessions close with 1012 (their clients reconnect through
+    /// the balancer to a replica still in rotation), in-flight requests finish, all within
+    /// the drain timeout.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -215,6 +223,7 @@ impl App {
             hub: self.hub.clone(),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
+            leaving: self.leaving.subscribe(),
             draining: self.draining.subscribe(),
         };
         let pruner = tokio::spawn(prune_history(self.service.store.clone()));
@@ -240,6 +249,15 @@ impl App {
             self.draining.subscribe(),
         ));
         shutdown.await;
+        let _ = self.leaving.send(true);
+        let grace = self.config.drain_grace;
+        if !grace.is_zero() {
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "leaving rotation: /readyz answers 503, serving on for the drain grace"
+            );
+            tokio::time::sleep(grace).await;
+        }
         tracing::info!("draining: closing sessions with 1012");
         // Every session's reader and every connection watch this flag: sessions close with
         // 1012, connections finish their request and close.

@@ -127,6 +127,9 @@ pub enum CloseCode {
     InvalidText,
     TooLarge,
     Draining,
+    /// The history a resubscription needs could not be read (the database is unavailable):
+    /// releasing live events without it would skip what came between.
+    TryAgain,
     ProtocolAbuse,
     AuthFailed,
     Revoked,
@@ -141,6 +144,7 @@ impl CloseCode {
             CloseCode::InvalidText => 1007,
             CloseCode::TooLarge => 1009,
             CloseCode::Draining => 1012,
+            CloseCode::TryAgain => 1013,
             CloseCode::ProtocolAbuse => 4000,
             CloseCode::AuthFailed => 4001,
             CloseCode::Revoked => 4003,
@@ -155,6 +159,7 @@ impl CloseCode {
             CloseCode::InvalidText => "text frame is not UTF-8",
             CloseCode::TooLarge => "frame too large",
             CloseCode::Draining => "replica draining: reconnect and resubscribe with since",
+            CloseCode::TryAgain => "history unavailable: reconnect and resubscribe with since",
             CloseCode::ProtocolAbuse => "too many malformed frames",
             CloseCode::AuthFailed => "authentication failed",
             CloseCode::Revoked => "credential, agent or scope revoked or suspended",
@@ -167,7 +172,10 @@ impl CloseCode {
     pub fn reconnect(self) -> bool {
         matches!(
             self,
-            CloseCode::Draining | CloseCode::TokenExpired | CloseCode::TooSlow
+            CloseCode::Draining
+                | CloseCode::TryAgain
+                | CloseCode::TokenExpired
+                | CloseCode::TooSlow
         )
     }
 }

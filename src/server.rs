@@ -94,6 +94,9 @@ pub async fn serve(
             alive_tx.clone(),
         ));
     }
+    // Closed now, not when the last connection ends: a connection attempt is refused at
+    // once (a balancer retries it on another replica) instead of waiting in the backlog.
+    drop(listener);
     drop(alive_tx);
     let _ = alive_rx.recv().await;
 }

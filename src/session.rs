@@ -27,6 +27,8 @@ use tracing::Instrument;
 /// More malformed frames than this within `MALFORMED_WINDOW` closes the session with 4000.
 const MALFORMED_LIMIT: usize = 20;
 const MALFORMED_WINDOW: Duration = Duration::from_secs(60);
+/// How long a replay whose history read failed waits before it reads again.
+const REPLAY_RETRY_WAIT: Duration = Duration::from_millis(250);
 /// What a command comes to: a reply to send, or nothing more (it was sent already).
 enum Answer {
     Reply(String),
@@ -423,11 +425,7 @@ impl Session {
             }
             Command::Subscribe { channel, since } => self.subscribe(id, channel, since).await,
             Command::Unsubscribe { channel } => {
-                if self.subs.remove(&channel) {
-                    self.deps.hub.unsubscribe(&channel, self.shared.id).await;
-                    tracing::info!(%channel, "unsubscribed");
-                    self.shared.send(Outbound::Unsubscribed(channel)).await;
-                }
+                self.leave(channel).await;
                 answer(id, Ok(Empty {}))
             }
             Command::Presence { channel } => {
@@ -541,11 +539,20 @@ impl Session {
         }
         self.subs.insert(channel.clone());
         tracing::info!(%channel, since, "subscribed");
+        // From here the session follows the channel: if where it stands cannot be read, it
+        // leaves it again, so that the client's next `subscribe` starts afresh (and the
+        // writer holds no live events for a replay that will not come).
         let Some(since) = since else {
             let last = if channel == Channel::Firehose {
                 0
             } else {
-                self.deps.hub.history().last_seq(&channel).await?
+                match self.deps.hub.history().last_seq(&channel).await {
+                    Ok(last) => last,
+                    Err(e) => {
+                        self.leave(channel).await;
+                        return Err(e.into());
+                    }
+                }
             };
             let reply = Subscribed {
                 channel: name,
@@ -554,7 +561,13 @@ impl Session {
             };
             return answer(id, Ok(reply));
         };
-        let r = self.deps.hub.history().recovery(&channel, since).await?;
+        let r = match self.deps.hub.history().recovery(&channel, since).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.leave(channel).await;
+                return Err(e.into());
+            }
+        };
         let reply = Subscribed {
             channel: name,
             seq: r.last,
@@ -565,10 +578,27 @@ impl Session {
         Ok(Answer::Sent)
     }
 
+    /// Stops following `channel`, if the session did. The writer hears of it before the hub:
+    /// a firehose copy queued after the hub stopped sending the channel's own copies, but
+    /// before the writer knew, would be dropped as a copy of what the channel carries.
+    async fn leave(&mut self, channel: Channel) {
+        if self.subs.remove(&channel) {
+            self.shared
+                .send(Outbound::Unsubscribed(channel.clone()))
+                .await;
+            self.deps.hub.unsubscribe(&channel, self.shared.id).await;
+            tracing::info!(%channel, "unsubscribed");
+        }
+    }
+
     /// Streams history after `floor` to the writer, then releases the held live events.
+    /// Releasing them without the history would skip what came in between, so a read that
+    /// fails is tried once more, and if it fails again the session closes with 1013: the
+    /// client resumes with `since` from what it received, on this replica or another.
     async fn replay(&mut self, channel: Channel, floor: u64) {
         let mut from = floor;
         let mut first = true;
+        let mut failed = false;
         loop {
             let events = match self
                 .deps
@@ -578,9 +608,16 @@ impl Session {
                 .await
             {
                 Ok(e) => e,
+                Err(e) if !failed => {
+                    tracing::warn!(%channel, error = %e, "replay failed; trying again");
+                    failed = true;
+                    tokio::time::sleep(REPLAY_RETRY_WAIT).await;
+                    continue;
+                }
                 Err(e) => {
-                    tracing::warn!(%channel, error = %e, "replay failed");
-                    Vec::new()
+                    tracing::warn!(%channel, error = %e, "replay failed again; closing the session with 1013");
+                    self.shared.close(CloseCode::TryAgain);
+                    return;
                 }
             };
             let done = (events.len() as i64) < history::PAGE;

@@ -379,6 +379,48 @@ async fn replay_with_since_gives_exactly_the_missed_events() {
     assert_eq!(r["recovered"], false);
 }
 
+/// A replay whose history cannot be read never turns into a silent gap: the hub tries the
+/// read again, then closes the session with 1013 so that the client resumes with `since`.
+#[tokio::test]
+async fn a_replay_the_store_cannot_serve_closes_with_1013_instead_of_skipping() {
+    let hub = common::start().await;
+    let (_, pub_t) = hub.agent("publisher").await;
+    let mut publisher = hub.connect(Some(&pub_t)).await;
+    make_topic(&mut publisher, "stream").await;
+    for i in 0..3 {
+        post(&mut publisher, "stream", &format!("p{i}"), BODY).await;
+    }
+    // Seq 3 becomes unreadable (not UTF-8): every read of the history past seq 2 fails.
+    let url = format!("sqlite://{}", hub.db_path().display());
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE events SET data = X'FF' WHERE channel = 'topic:stream' AND seq = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let mut sub = hub.connect(None).await;
+    let r = sub.subscribe("topic:stream", Some(1)).await.unwrap();
+    assert_eq!(r["seq"], 4);
+    // Live events while the replay is failing must not slip past the missing ones either.
+    post(&mut publisher, "stream", "live", BODY).await;
+    assert_eq!(sub.closed_with(Duration::from_secs(5)).await, Some(1013));
+    let got: Vec<u64> = sub
+        .pushes(10, Duration::from_millis(100))
+        .await
+        .iter()
+        .map(|p| p.seq)
+        .collect();
+    assert!(got.is_empty(), "pushed {got:?} past a gap at seq 2");
+
+    // A channel whose history reads fine still replays on a new connection.
+    make_topic(&mut publisher, "healthy").await;
+    let mut again = hub.connect(None).await;
+    again.subscribe("topic:healthy", Some(0)).await.unwrap();
+    assert_eq!(again.next_push(T).await.unwrap().seq, 1);
+}
+
 #[tokio::test]
 async fn several_egress_shards_deliver_every_event_once_in_order() {
     let hub = common::start_with(|c| {

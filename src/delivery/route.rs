@@ -12,11 +12,18 @@ use axum::extract::ws::Utf8Bytes;
 /// usually one or two: a scan compares a short string where a hash map hashed it for
 /// every delivered event.
 #[derive(Default)]
-pub(super) struct Tracks(Vec<(Channel, Track)>);
+pub(super) struct Tracks {
+    tracks: Vec<(Channel, Track)>,
+    /// Topics the session left while it watches the firehose, with the last seq their own
+    /// track sent. The fan-out queues an event's direct copies before its firehose copies,
+    /// so an unsubscribe can fall between the two: the firehose copy of an event sent
+    /// already would then go out again. Dropped once the firehose has passed it.
+    firehose_floors: Vec<(Channel, u64)>,
+}
 
 impl Tracks {
     fn position(&self, channel: &Channel) -> Option<usize> {
-        self.0.iter().position(|(c, _)| c == channel)
+        self.tracks.iter().position(|(c, _)| c == channel)
     }
 
     fn follows(&self, channel: &Channel) -> bool {
@@ -25,18 +32,43 @@ impl Tracks {
 
     fn get_mut(&mut self, channel: &Channel) -> Option<&mut Track> {
         let i = self.position(channel)?;
-        Some(&mut self.0[i].1)
+        Some(&mut self.tracks[i].1)
     }
 
     fn insert(&mut self, channel: Channel, track: Track) {
+        self.firehose_floors.retain(|(c, _)| *c != channel);
+        if channel == Channel::Firehose {
+            self.firehose_floors.clear();
+        }
         match self.get_mut(&channel) {
             Some(t) => *t = track,
-            None => self.0.push((channel, track)),
+            None => self.tracks.push((channel, track)),
         }
     }
 
     fn remove(&mut self, channel: &Channel) {
-        self.0.retain(|(c, _)| c != channel);
+        let Some(i) = self.position(channel) else {
+            return;
+        };
+        let (channel, track) = self.tracks.swap_remove(i);
+        if channel == Channel::Firehose {
+            self.firehose_floors.clear();
+        } else if matches!(channel, Channel::Topic(_)) && self.follows(&Channel::Firehose) {
+            self.firehose_floors.push((channel, track.last));
+        }
+    }
+
+    /// Whether the firehose copy of `seq` on `channel` goes out: not if the channel's own
+    /// track sent it before the session left the channel.
+    fn firehose_admits(&mut self, channel: &Channel, seq: u64) -> bool {
+        let Some(i) = self.firehose_floors.iter().position(|(c, _)| c == channel) else {
+            return true;
+        };
+        if seq <= self.firehose_floors[i].1 {
+            return false;
+        }
+        self.firehose_floors.swap_remove(i);
+        true
     }
 }
 
@@ -105,7 +137,11 @@ pub(super) fn route(item: Outbound, tracks: &mut Tracks, out: &mut impl FrameOut
                 // direct subscription carries them, in order), and so are those of a fan-out
                 // begun before the session left the firehose.
                 if !tracks.follows(channel) && tracks.follows(&Channel::Firehose) {
-                    events.iter().for_each(|e| out.text(&e.frame));
+                    for e in events.iter() {
+                        if tracks.firehose_admits(channel, e.seq) {
+                            out.text(&e.frame);
+                        }
+                    }
                 }
                 return;
             }
@@ -195,6 +231,40 @@ mod tests {
         );
         route(event(&other, 2), &mut tracks, &mut out);
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn leaving_a_topic_the_firehose_also_carries_sends_each_of_its_events_once() {
+        let t = Channel::topic("t");
+        let direct = |seq: u64| Outbound::Events {
+            events: Arc::from([Event {
+                channel: t.clone(),
+                seq,
+                frame: format!("#{seq}").into(),
+            }]),
+            via_firehose: false,
+        };
+        let frames = |out: &[Utf8Bytes]| out.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+        let mut tracks = Tracks::default();
+        let mut out = Vec::new();
+        route(subscribed(&t), &mut tracks, &mut out);
+        route(subscribed(&Channel::Firehose), &mut tracks, &mut out);
+        route(direct(5), &mut tracks, &mut out);
+        route(event(&t, 5), &mut tracks, &mut out);
+        // The unsubscribe falls between event 6's direct copy and its firehose copy.
+        route(direct(6), &mut tracks, &mut out);
+        route(Outbound::Unsubscribed(t.clone()), &mut tracks, &mut out);
+        route(event(&t, 6), &mut tracks, &mut out);
+        // Event 7 was fanned out before the hub heard of the unsubscribe: its direct copy
+        // comes after it, and its firehose copy carries it.
+        route(direct(7), &mut tracks, &mut out);
+        route(event(&t, 7), &mut tracks, &mut out);
+        route(event(&t, 8), &mut tracks, &mut out);
+        assert_eq!(frames(&out), ["#5", "#6", "topic:t#7", "topic:t#8"]);
+        assert!(
+            tracks.firehose_floors.is_empty(),
+            "kept no longer than needed"
+        );
     }
 
     #[test]

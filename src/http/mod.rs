@@ -52,6 +52,9 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// The replica was told to stop: not ready, though still serving (the drain grace).
+    pub leaving: watch::Receiver<bool>,
+    /// Sessions close with 1012 and upgrades are refused.
     pub draining: watch::Receiver<bool>,
 }
 

@@ -31,8 +31,8 @@ pub async fn healthz() -> &'static str {
     )
 )]
 pub async fn readyz(State(st): State<AppState>) -> (StatusCode, String) {
-    let draining = *st.draining.borrow();
-    if draining {
+    let stopping = *st.leaving.borrow() || *st.draining.borrow();
+    if stopping {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
     }
     let db = st.service.store.ping().await;

@@ -102,10 +102,11 @@ pub fn refusal_level(code: ErrorCode) -> Level {
 }
 
 /// The level a session's close is logged at: a slow consumer cut off at warn (the replica
-/// may be overloaded, or the client too slow for the traffic); every other close at info.
+/// may be overloaded, or the client too slow for the traffic), and so is a resubscription
+/// whose history could not be read (the database is unavailable); every other close at info.
 pub fn close_level(code: CloseCode) -> Level {
     match code {
-        CloseCode::TooSlow => Level::WARN,
+        CloseCode::TooSlow | CloseCode::TryAgain => Level::WARN,
         _ => Level::INFO,
     }
 }

@@ -2,6 +2,7 @@
 //! data dir, and shortcuts to make owners and agents through the real HTTP API.
 #![allow(dead_code)]
 
+pub mod haproxy;
 pub mod infra;
 
 use carapace::config::Config;
