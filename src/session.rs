@@ -146,20 +146,13 @@ fn log_close(code: Option<CloseCode>, peer: PeerEnd, lasted: Duration) {
             lasted_ms,
             "session closed"
         ),
-        (None, PeerEnd::CloseFrame) => tracing::info!(
-            code = 1000u16,
-            reason = "closed by the client",
-            by = "client",
-            lasted_ms,
-            "session closed"
-        ),
-        (None, PeerEnd::Gone) => tracing::info!(
-            code = 1006u16,
-            reason = "connection lost without a close frame",
-            by = "client",
-            lasted_ms,
-            "session closed"
-        ),
+        (None, peer) => {
+            let (code, reason) = match peer {
+                PeerEnd::CloseFrame => (1000u16, "closed by the client"),
+                PeerEnd::Gone => (1006, "connection lost without a close frame"),
+            };
+            tracing::info!(code, reason, by = "client", lasted_ms, "session closed")
+        }
     }
 }
 
