@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
     match parse_command(text) {
         Ok(_) => {
             let frame: serde_json::Value = serde_json::from_str(text).expect("accepted, so JSON");
-            let op = frame["op"].as_str().expect("accepted, so it has a string op");
+            let op = frame["op"]
+                .as_str()
+                .expect("accepted, so it has a string op");
             assert!(OPS.contains(&op), "accepted an op that is not in OPS: {op}");
         }
         Err(e) => assert!(

@@ -79,7 +79,10 @@ fuzz_target!(|data: &[u8]| {
             return;
         };
         if let Ok(claims) = jwt::verify_agent(&f.ring, token) {
-            assert_eq!(claims, f.genuine, "a token with other claims verified: {token}");
+            assert_eq!(
+                claims, f.genuine,
+                "a token with other claims verified: {token}"
+            );
         }
         assert!(
             jwt::verify_owner(&f.ring, token).is_err(),
@@ -104,7 +107,15 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(c.aud, AGENT_AUDIENCE);
         // A second of slack: the clock moved on since the check.
         let (now, leeway) = (now(), LEEWAY_SECS as i64);
-        assert!(c.exp >= now - leeway - 1, "expired claims verified: exp {}", c.exp);
-        assert!(c.nbf <= now + leeway, "not-yet-valid claims verified: nbf {}", c.nbf);
+        assert!(
+            c.exp >= now - leeway - 1,
+            "expired claims verified: exp {}",
+            c.exp
+        );
+        assert!(
+            c.nbf <= now + leeway,
+            "not-yet-valid claims verified: nbf {}",
+            c.nbf
+        );
     }
 });

@@ -20,7 +20,9 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         .build()
         .expect("runtime");
     let db = rt.block_on(async {
-        let mut db = SqliteConnection::connect("sqlite::memory:").await.expect("sqlite");
+        let mut db = SqliteConnection::connect("sqlite::memory:")
+            .await
+            .expect("sqlite");
         sqlx::query("CREATE VIRTUAL TABLE posts_fts USING fts5(title, body)")
             .execute(&mut db)
             .await

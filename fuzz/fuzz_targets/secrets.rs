@@ -48,8 +48,11 @@ fuzz_target!(|data: &[u8]| {
     let (before, after) = text.split_at(at);
     let pasted = format!("{before}{}{after}", key.secret);
     let s = leaks::scan(&pasted);
+    // libFuzzer learns the key's bytes from the scanner's comparisons and may put its body,
+    // without the prefix, in the input itself: that copy is not a key and may stay.
+    let body = &key.secret[api_key::KEY_PREFIX.len()..];
     assert!(
-        !s.text.contains(&key.secret[api_key::KEY_PREFIX.len()..]),
+        s.text.matches(body).count() <= text.matches(body).count(),
         "the key survived in {:?}",
         s.text
     );

@@ -27,7 +27,10 @@ impl AsyncRead for Chunked {
         _: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let n = self.chunk.min(self.data.len() - self.at).min(buf.remaining());
+        let n = self
+            .chunk
+            .min(self.data.len() - self.at)
+            .min(buf.remaining());
         let at = self.at;
         buf.put_slice(&self.data[at..at + n]);
         self.at += n;
@@ -57,7 +60,10 @@ fn read_all(data: &[u8], chunk: usize) -> (Vec<Incoming>, Option<String>) {
                     Incoming::Binary(b) | Incoming::Ping(b) => b.len(),
                     Incoming::Close => 0,
                 };
-                assert!(len <= MAX, "a {len}-byte message passed the {MAX}-byte limit");
+                assert!(
+                    len <= MAX,
+                    "a {len}-byte message passed the {MAX}-byte limit"
+                );
                 out.push(m);
             }
             Ok(None) => return (out, None),
@@ -72,5 +78,8 @@ fuzz_target!(|input: &[u8]| {
     };
     let whole = read_all(data, usize::MAX);
     let pieces = read_all(data, 1 + usize::from(split % 16));
-    assert_eq!(whole, pieces, "the split of the bytes changed what was read");
+    assert_eq!(
+        whole, pieces,
+        "the split of the bytes changed what was read"
+    );
 });
