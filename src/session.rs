@@ -156,19 +156,6 @@ fn log_close(code: Option<CloseCode>, peer: PeerEnd, lasted: Duration) {
     }
 }
 
-/// The line for a refused command or frame: its op when it parsed, the channel it named, the
-/// error code and the reason with anything secret-shaped in it blanked.
-fn refused(op: Option<&str>, channel: Option<&Channel>, e: &ApiError) {
-    event_at!(
-        refusal_level(e.code),
-        op,
-        channel = channel.map(tracing::field::display),
-        error = e.code.as_str(),
-        reason = %scrub(&e.message),
-        "command refused"
-    );
-}
-
 /// The command side of one session, owned by its reading task.
 struct Session {
     deps: SessionDeps,
@@ -285,13 +272,31 @@ impl Session {
             self.shared.close(CloseCode::ProtocolAbuse);
             return false;
         }
-        refused(None, None, e);
-        self.frame(reply_err(id, e)).await
+        self.refuse_as(None, None, id, e).await
     }
 
     /// Logs a refused command and queues its error reply; false once the writer is gone.
     async fn refuse(&self, cmd: &Command, id: &RequestId, e: &ApiError) -> bool {
-        refused(Some(cmd.op()), cmd.channel(), e);
+        self.refuse_as(Some(cmd.op()), cmd.channel(), id, e).await
+    }
+
+    /// The refusal's one log line (its op when it parsed, the channel it named, the error
+    /// code and the reason with anything secret-shaped in it blanked), then its reply.
+    async fn refuse_as(
+        &self,
+        op: Option<&str>,
+        channel: Option<&Channel>,
+        id: &RequestId,
+        e: &ApiError,
+    ) -> bool {
+        event_at!(
+            refusal_level(e.code),
+            op,
+            channel = channel.map(tracing::field::display),
+            error = e.code.as_str(),
+            reason = %scrub(&e.message),
+            "command refused"
+        );
         self.frame(reply_err(id, e)).await
     }
 
@@ -334,9 +339,8 @@ impl Session {
                 if matches!(e, ServiceError::Unavailable(_) | ServiceError::Internal(_)) {
                     self.deps.metrics.db_errors.inc();
                 }
-                let e = ApiError::from(e);
-                refused(Some(op), channel.as_ref(), &e);
-                self.frame(reply_err(&id, &e)).await
+                self.refuse_as(Some(op), channel.as_ref(), &id, &e.into())
+                    .await
             }
         }
     }
@@ -535,27 +539,20 @@ impl Session {
         // From here the session follows the channel: if where it stands cannot be read, it
         // leaves it again, so that the client's next `subscribe` starts afresh (and the
         // writer holds no live events for a replay that will not come).
-        let Some(since) = since else {
-            let last = if channel == Channel::Firehose {
-                0
-            } else {
-                match self.deps.hub.history().last_seq(&channel).await {
-                    Ok(last) => last,
-                    Err(e) => {
-                        self.leave(channel).await;
-                        return Err(e.into());
-                    }
-                }
-            };
-            let reply = Subscribed {
-                channel: name,
-                seq: last,
-                recovered: true,
-            };
-            return answer(id, Ok(reply));
+        let history = self.deps.hub.history();
+        let position = match since {
+            None if channel == Channel::Firehose => Ok((0, true, None)),
+            None => history
+                .last_seq(&channel)
+                .await
+                .map(|last| (last, true, None)),
+            Some(since) => history
+                .recovery(&channel, since)
+                .await
+                .map(|r| (r.last, r.recovered, Some(r.floor))),
         };
-        let r = match self.deps.hub.history().recovery(&channel, since).await {
-            Ok(r) => r,
+        let (last, recovered, floor) = match position {
+            Ok(p) => p,
             Err(e) => {
                 self.leave(channel).await;
                 return Err(e.into());
@@ -563,11 +560,15 @@ impl Session {
         };
         let reply = Subscribed {
             channel: name,
-            seq: r.last,
-            recovered: r.recovered,
+            seq: last,
+            recovered,
+        };
+        // With `since`, history after the floor follows the reply.
+        let Some(floor) = floor else {
+            return answer(id, Ok(reply));
         };
         self.frame(reply_ok(id, &reply)).await;
-        self.replay(channel, r.floor).await;
+        self.replay(channel, floor).await;
         Ok(Answer::Sent)
     }
 
