@@ -68,8 +68,18 @@ enum PeerEnd {
     Gone,
 }
 
-/// Runs a session to its end. `agent` is set when the upgrade request carried a valid token.
-pub async fn run(socket: Socket, deps: SessionDeps, agent: Option<AgentCtx>) {
+/// Runs a session to its end. `agent` is set when the upgrade request carried a valid token;
+/// `held` (an address's slot, the drain's count) is released when the session ends.
+///
+/// Not an `async fn`, and the session is set up before its future is made: a future keeps
+/// its arguments for its whole life, beside whatever it moved out of them, so every idle
+/// session would hold a second copy of the socket, the deps and the agent.
+pub fn run(
+    socket: Socket,
+    deps: SessionDeps,
+    agent: Option<AgentCtx>,
+    held: impl Send + 'static,
+) -> impl Future<Output = ()> + Send {
     let id = deps.hub.new_session_id();
     // A root: the upgrade request's span ended with its 101.
     let span = tracing::info_span!(
@@ -80,19 +90,20 @@ pub async fn run(socket: Socket, deps: SessionDeps, agent: Option<AgentCtx>) {
         remote = %deps.client,
         agent = tracing::field::Empty,
     );
-    run_in(id, socket, deps, agent, span.clone())
+    let (session, frames, writer) = span.in_scope(|| open(id, socket, deps, agent, span.clone()));
+    session
+        .serve(frames, writer, Instant::now(), held)
         .instrument(span)
-        .await
 }
 
-async fn run_in(
+/// The session, its frame reader and its writer task (started on an egress shard).
+fn open(
     id: u64,
     socket: Socket,
     deps: SessionDeps,
     agent: Option<AgentCtx>,
     span: tracing::Span,
-) {
-    let started = Instant::now();
+) -> (Session, FrameReader, tokio::task::JoinHandle<()>) {
     let (shared, queue) = SessionShared::new(id, deps.queue);
     deps.metrics.sessions.inc();
     let Socket {
@@ -111,8 +122,8 @@ async fn run_in(
         ),
     );
     let mut session = Session {
-        deps: deps.clone(),
-        shared: shared.clone(),
+        deps,
+        shared,
         agent: None,
         subs: HashSet::new(),
         malformed: VecDeque::new(),
@@ -121,16 +132,7 @@ async fn run_in(
     if let Some(a) = agent {
         session.become_agent(a);
     }
-    let peer = session.read_loop(frames).await;
-    let code = *shared.closed().borrow();
-    log_close(code, peer, started.elapsed());
-    let channels: Vec<Channel> = session.subs.drain().collect();
-    deps.hub.remove_session(&shared, channels).await;
-    // The writer ends once the last sender of its queue is gone.
-    drop(session);
-    drop(shared);
-    let _ = writer.await;
-    deps.metrics.sessions.dec();
+    (session, frames, writer)
 }
 
 /// The session's one close line: the code the hub closed it with and why, or how the client
@@ -168,6 +170,28 @@ struct Session {
 }
 
 impl Session {
+    /// Serves the client until the session ends, then leaves the hub, waits for the writer
+    /// to finish, and releases `held`.
+    async fn serve(
+        mut self,
+        frames: FrameReader,
+        writer: tokio::task::JoinHandle<()>,
+        started: Instant,
+        held: impl Send,
+    ) {
+        let peer = self.read_loop(frames).await;
+        let code = *self.shared.closed().borrow();
+        log_close(code, peer, started.elapsed());
+        let channels: Vec<Channel> = self.subs.drain().collect();
+        self.deps.hub.remove_session(&self.shared, channels).await;
+        let metrics = self.deps.metrics.clone();
+        // The writer ends once the last sender of its queue (the session's) is gone.
+        drop(self);
+        let _ = writer.await;
+        metrics.sessions.dec();
+        drop(held);
+    }
+
     fn become_agent(&mut self, a: AgentCtx) {
         self.deps.hub.register_agent(
             &self.shared,

@@ -76,11 +76,7 @@ pub async fn upgrade(
         MAX_FRAME_BYTES,
         SESSION_READ_BUFFER,
         st.config.limits.ws_handshake_timeout,
-        move |socket| async move {
-            let _slot = slot;
-            let _live = live;
-            session::run(socket, deps, agent).await
-        },
+        move |socket| session::run(socket, deps, agent, (slot, live)),
     ))
 }
 

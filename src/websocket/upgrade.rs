@@ -83,8 +83,6 @@ impl Upgrade {
         // The request's span, for a handshake that fails after the 101; dropped once it is done.
         let request = tracing::Span::current();
         tokio::spawn(async move {
-            // Bound apart from the session's own await, so that neither the handshake's timer
-            // nor the connection's bookkeeping stays in the session task while it lives.
             let upgraded = match tokio::time::timeout(left, self.on_upgrade).await {
                 Ok(Ok(upgraded)) => upgraded,
                 Ok(Err(e)) => {
@@ -101,7 +99,10 @@ impl Upgrade {
             if let Some(c) = conn {
                 c.upgraded();
             }
-            session(Socket::new(upgraded, max, read_size)).await
+            // The session gets a task of its own: this one's state (the closure's captures,
+            // the handshake's timer, the connection's bookkeeping) is freed now instead of
+            // staying beside the session for as long as it lives.
+            tokio::spawn(session(Socket::new(upgraded, max, read_size)));
         });
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
