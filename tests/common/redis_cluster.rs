@@ -1,0 +1,204 @@
+//! A Redis Cluster of the test's own, from the machine's `redis-server`: masters and replicas
+//! on free loopback ports, each in a temp dir, assembled with `redis-cli --cluster create`.
+//! Nodes can be SIGKILLed one by one; every node still running is killed when the guard drops.
+
+use super::infra::{free_port, port_open, wait_until};
+use super::temp_dir;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct OwnRedisCluster {
+    pub ports: Vec<u16>,
+    nodes: Vec<Option<Child>>,
+    dir: PathBuf,
+}
+
+impl OwnRedisCluster {
+    /// `masters` masters with `replicas` replicas each; returns once every node reports
+    /// `cluster_state:ok` and knows every other node.
+    pub fn start(masters: usize, replicas: usize) -> OwnRedisCluster {
+        let n = masters * (1 + replicas);
+        let dir = temp_dir("rediscluster");
+        let mut c = OwnRedisCluster {
+            ports: Vec::new(),
+            nodes: Vec::new(),
+            dir,
+        };
+        for _ in 0..n {
+            // Cluster nodes also listen on port + 10000 (the bus); both must be free.
+            let port = loop {
+                let p = free_port();
+                if p < 55000 && !port_open(p + 10000) {
+                    break p;
+                }
+            };
+            let node_dir = c.dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "1000"])
+                // A replica that has not synced once may not take over: sync at once (the
+                // default waits 5 s for more replicas to join a diskless transfer).
+                .args(["--repl-diskless-sync-delay", "0"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server runs");
+            c.ports.push(port);
+            c.nodes.push(Some(child));
+        }
+        for &p in &c.ports {
+            wait_until("cluster node start", Duration::from_secs(10), || {
+                port_open(p)
+            });
+        }
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(c.ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let ports = c.ports.clone();
+        wait_until("cluster_state:ok", Duration::from_secs(20), || {
+            ports.iter().all(|&p| {
+                let info = cli(p, &["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{n}"))
+            })
+        });
+        wait_until("replicas in sync", Duration::from_secs(20), || {
+            ports.iter().all(|&p| {
+                let info = cli(p, &["INFO", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+        });
+        c
+    }
+
+    /// `redis+cluster://` with every node as a seed.
+    pub fn url(&self) -> String {
+        self.url_of(&self.ports)
+    }
+
+    /// `redis+cluster://` with `seeds` as the seed nodes.
+    pub fn url_of(&self, seeds: &[u16]) -> String {
+        let hosts: Vec<String> = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// The port of the master serving `key`'s slot (asked of a running node).
+    pub fn master_of(&self, key: &str) -> u16 {
+        let live = self.live_port();
+        let slot: u16 = cli(live, &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("a slot");
+        // Each live node says in CLUSTER NODES whether it is `myself,master` and which slot
+        // ranges it serves (fields 9 on).
+        for (i, &p) in self.ports.iter().enumerate() {
+            if self.nodes[i].is_none() {
+                continue;
+            }
+            let nodes = cli(p, &["CLUSTER", "NODES"]);
+            if let Some(me) = nodes.lines().find(|l| l.contains("myself,master"))
+                && me.split_whitespace().skip(8).any(|r| in_range(r, slot))
+            {
+                return p;
+            }
+        }
+        panic!("no live master serves slot {slot}")
+    }
+
+    /// SIGKILL one node.
+    pub fn kill(&mut self, port: u16) {
+        let i = self.ports.iter().position(|&p| p == port).expect("a node");
+        if let Some(mut c) = self.nodes[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether every running node reports `cluster_state:ok`.
+    pub fn state_ok(&self) -> bool {
+        self.ports
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(_, n)| n.is_some())
+            .all(|(&p, _)| cli(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+    }
+
+    /// Whether every running node marks `port` as failed and reports `cluster_state:ok`
+    /// (a replica took over its slots).
+    pub fn failed_over(&self, port: u16) -> bool {
+        let tag = format!("127.0.0.1:{port}@");
+        self.state_ok()
+            && self
+                .ports
+                .iter()
+                .zip(&self.nodes)
+                .filter(|(_, n)| n.is_some())
+                .all(|(&p, _)| {
+                    cli(p, &["CLUSTER", "NODES"]).lines().any(|l| {
+                        l.contains(&tag)
+                            && l.split_whitespace()
+                                .nth(2)
+                                .is_some_and(|f| f.split(',').any(|f| f == "fail"))
+                    })
+                })
+    }
+
+    fn live_port(&self) -> u16 {
+        self.ports
+            .iter()
+            .zip(&self.nodes)
+            .find(|(_, n)| n.is_some())
+            .map(|(&p, _)| p)
+            .expect("a live node")
+    }
+}
+
+/// Whether a CLUSTER NODES slot field (`5461-10922` or `42`) holds `slot`.
+fn in_range(field: &str, slot: u16) -> bool {
+    let parse = |s: &str| s.parse::<u16>().ok();
+    match field.split_once('-') {
+        Some((a, b)) => {
+            matches!((parse(a), parse(b)), (Some(a), Some(b)) if a <= slot && slot <= b)
+        }
+        None => parse(field) == Some(slot),
+    }
+}
+
+/// One `redis-cli` command against a node; its stdout ("" if it could not run).
+pub fn cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+impl Drop for OwnRedisCluster {
+    fn drop(&mut self) {
+        for c in self.nodes.iter_mut().filter_map(Option::take) {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
