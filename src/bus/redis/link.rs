@@ -20,6 +20,7 @@ use tokio::time::timeout;
 /// The subscriber link pings this often, so a silent Redis is noticed within seconds.
 pub(super) const PING_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const CLUSTER_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long `subscribe` waits for Redis to confirm before it returns anyway (the
 /// subscription stays wanted, and a reconnect plus resync cover the rest).
 pub(super) const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
@@ -265,6 +266,13 @@ pub(super) async fn supervise(
 ) {
     let mut delay = BACKOFF_MIN;
     let mut ever_up = false;
+    // A cluster usually heals by itself within seconds (a replica takes over), and asking
+    // it again costs one CLUSTER INFO and SLOTS: retry it often. One Redis that went away
+    // needs an operator; there, back off further.
+    let max = match shared.mode {
+        Mode::Single { .. } => BACKOFF_MAX,
+        Mode::Cluster(_) => CLUSTER_BACKOFF_MAX,
+    };
     loop {
         if *stop.borrow() {
             return;
@@ -281,7 +289,7 @@ pub(super) async fn supervise(
                     delay = BACKOFF_MIN;
                     shared.metrics.bus_reconnects.inc();
                     tracing::warn!(error = %e, "redis bus disconnected; reconnecting");
-                } else if !ever_up || delay >= BACKOFF_MAX {
+                } else if !ever_up || delay >= max {
                     // Once per attempt while starting; at the ceiling, once per attempt too
                     // (every few seconds) rather than at every quick retry.
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis unreachable");
@@ -297,6 +305,6 @@ pub(super) async fn supervise(
             _ = stopped(&mut stop) => return,
             _ = tokio::time::sleep(delay + jitter) => {}
         }
-        delay = (delay * 2).min(BACKOFF_MAX);
+        delay = (delay * 2).min(max);
     }
 }

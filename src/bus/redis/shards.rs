@@ -19,7 +19,7 @@ use super::slots::{self, DiscoverError, Topology};
 use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, Shared, lock, stopped};
 use crate::bus::BusHandler;
 use redis::cluster_async::ClusterConnection;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -130,8 +130,9 @@ struct Link<'a> {
     addrs: HashMap<usize, String>,
     next_id: usize,
     frames: mpsc::UnboundedSender<Frame>,
-    /// Channels sent SSUBSCRIBE, not yet confirmed, with who waits for it.
-    confirming: HashMap<String, Vec<oneshot::Sender<()>>>,
+    /// Channels sent SSUBSCRIBE, not yet confirmed: per channel, one entry per SSUBSCRIBE
+    /// sent (a node confirms them in order), with who waits for it.
+    confirming: HashMap<String, VecDeque<Option<oneshot::Sender<()>>>>,
     /// Channels sent SUNSUBSCRIBE, not yet confirmed: their confirmation is ours, any other
     /// `sunsubscribe` comes from the server and means a slot moved away.
     leaving: HashMap<String, usize>,
@@ -159,8 +160,7 @@ impl Link<'_> {
             &redis::cmd("SSUBSCRIBE").arg(&channel).to_owned(),
         )
         .await?;
-        let waiting = self.confirming.entry(channel).or_default();
-        waiting.extend(done);
+        self.confirming.entry(channel).or_default().push_back(done);
         Ok(())
     }
 
@@ -243,8 +243,13 @@ impl Link<'_> {
                 _ => return Err(format!("{addr}: malformed smessage")),
             },
             "ssubscribe" => {
-                for done in self.confirming.remove(&channel).unwrap_or_default() {
-                    let _ = done.send(());
+                if let Some(waiting) = self.confirming.get_mut(&channel) {
+                    if let Some(Some(done)) = waiting.pop_front() {
+                        let _ = done.send(());
+                    }
+                    if waiting.is_empty() {
+                        self.confirming.remove(&channel);
+                    }
                 }
             }
             "sunsubscribe" => match self.leaving.get_mut(&channel) {
