@@ -11,6 +11,16 @@
 //! each other): `ch:<channel>` (e.g. `ch:topic:philosophy`), `control`, `presence:<channel>`,
 //! `rl:<action>:<agent id>`.
 //!
+//! On a Redis Cluster (`redis+cluster://` seed nodes, `target`) events go by sharded pub/sub,
+//! each channel on the shard of its slot, and the subscriber side is `shards` (one connection
+//! per shard master, rebuilt on any sign of loss) instead of `link`'s single connection.
+//! Sharded pub/sub has no patterns, so a topic event is also published on one firehose
+//! channel. Names used together in one command (presence keys, pipelined) and the
+//! deployment-wide channels (control, firehose) carry the hash tag `{<cluster id>}`, so they
+//! share a slot: `carapace:{<id>}:control`, `carapace:{<id>}:firehose`,
+//! `carapace:{<id>}:presence:<channel>`; event channels and rate-limit keys keep their names
+//! and spread over the shards.
+//!
 //! Faults: one supervisor task owns the subscriber connection. When it drops, the bus reports
 //! unhealthy, reconnects with exponential backoff and jitter, subscribes to everything wanted,
 //! then calls `on_resync` so the Hub catches up from the Store: nothing published meanwhile is
