@@ -402,5 +402,103 @@ async fn presence_and_rate_limits_span_replicas_on_a_cluster() {
             .unwrap_err();
         assert_eq!(e.code(), Some("rate_limited"), "{e}");
     }
+
+    // A master without a replica dies: its slots have no owner, the cluster says
+    // `cluster_state:fail`, and no replica may say ready while it lasts, even one whose own
+    // channels all live on the masters still running (prefer such a master).
+    let masters = redis.masters();
+    let victim = masters
+        .iter()
+        .copied()
+        .find(|&p| cli(p, &["PUBSUB", "SHARDCHANNELS"]).trim().is_empty())
+        .unwrap_or(masters[0]);
+    let mut redis = redis;
+    redis.kill(victim);
+    let down = Instant::now();
+    for r in &cl.replicas {
+        while infra::readyz(&r.base).await != 503 {
+            assert!(
+                down.elapsed() < Duration::from_secs(6),
+                "readyz stayed 200 on a failed cluster"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let noticed = down.elapsed();
+    for _ in 0..10 {
+        for r in &cl.replicas {
+            assert_eq!(
+                infra::readyz(&r.base).await,
+                503,
+                "ready on a failed cluster"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("a master with no replica killed: both replicas 503 after {noticed:?}");
+    cl.stop().await;
+}
+
+/// A slot moves to another master under a subscriber (a resharding): the server drops the
+/// sharded subscription, the replica notices, resubscribes on the new owner and catches up;
+/// events after the move arrive over the bus again, and nothing is lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_under_a_subscriber_is_followed() {
+    let redis = OwnRedisCluster::start(3, 0);
+    let mut cl = Cluster::start_on(2, &redis.url(), |c| c.rate_limits = RateLimitMode::Off).await;
+    cl.ready().await;
+    let (_, t0) = cl.replicas[0].agent("poster").await;
+    let mut poster = cl.replicas[0].connect(Some(&t0)).await;
+    let mut watcher = Client::connect(&cl.replicas[1].ws, None).await.unwrap();
+    let from = watcher.subscribe("topic:general", None).await.unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    for i in 0..3 {
+        common::post(&mut poster, "general", &format!("before {i}"), "").await;
+    }
+    // Where the channel lives now, found by asking the masters.
+    let masters = redis.masters();
+    let (owner, name) = masters
+        .iter()
+        .find_map(|&p| {
+            cli(p, &["PUBSUB", "SHARDCHANNELS"])
+                .lines()
+                .find(|c| c.ends_with(":ch:topic:general"))
+                .map(|c| (p, c.to_string()))
+        })
+        .expect("a master serves topic:general");
+    let slot: u16 = cli(owner, &["CLUSTER", "KEYSLOT", &name])
+        .trim()
+        .parse()
+        .unwrap();
+    let target = *masters.iter().find(|&&p| p != owner).unwrap();
+    let moved = Instant::now();
+    redis.move_slot(slot, owner, target);
+    // The bus hears the channel again on the new owner.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cli(target, &["PUBSUB", "SHARDCHANNELS"]).contains(&name) {
+        assert!(
+            Instant::now() < deadline,
+            "no resubscription on the new owner"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resubscribed = moved.elapsed();
+    cl.ready().await;
+    for i in 0..3 {
+        common::post(&mut poster, "general", &format!("after {i}"), "").await;
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 6 {
+        let p = watcher
+            .next_push(Duration::from_secs(2))
+            .await
+            .unwrap_or_else(|e| panic!("after {seqs:?}: {e}"));
+        seqs.push(p.seq);
+    }
+    assert_eq!(seqs, (from + 1..=from + 6).collect::<Vec<_>>());
+    eprintln!(
+        "slot {slot} moved {owner} -> {target}; resubscribed on the new owner after {resubscribed:?}"
+    );
     cl.stop().await;
 }

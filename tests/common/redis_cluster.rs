@@ -122,6 +122,42 @@ impl OwnRedisCluster {
         panic!("no live master serves slot {slot}")
     }
 
+    /// Ports of the running masters.
+    pub fn masters(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(_, n)| n.is_some())
+            .map(|(&p, _)| p)
+            .filter(|&p| cli(p, &["ROLE"]).starts_with("master"))
+            .collect()
+    }
+
+    /// Moves `slot` (holding no keys) from master `from` to master `to`, as a resharding
+    /// does: importing, migrating, then the new owner announced to every master.
+    pub fn move_slot(&self, slot: u16, from: u16, to: u16) {
+        let id = |p: u16| cli(p, &["CLUSTER", "MYID"]).trim().to_string();
+        let (from_id, to_id) = (id(from), id(to));
+        let slot = slot.to_string();
+        let ok = |out: String| assert!(out.trim() == "OK", "CLUSTER SETSLOT: {out}");
+        ok(cli(
+            to,
+            &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id],
+        ));
+        ok(cli(
+            from,
+            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id],
+        ));
+        for p in [to, from] {
+            ok(cli(p, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]));
+        }
+        for p in self.masters() {
+            if p != to && p != from {
+                ok(cli(p, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]));
+            }
+        }
+    }
+
     /// SIGKILL one node.
     pub fn kill(&mut self, port: u16) {
         let i = self.ports.iter().position(|&p| p == port).expect("a node");
