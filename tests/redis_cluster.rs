@@ -9,7 +9,7 @@ mod common;
 use carapace::config::{Config, RateLimitMode};
 use carapace_client::{Client, ClientError};
 use common::infra::{self, Cluster, OwnRedis, PgDb};
-use common::redis_cluster::{OwnRedisCluster, cli};
+use common::redis_cluster::OwnRedisCluster;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -185,7 +185,7 @@ async fn master_killed_mid_stream_loses_nothing() {
     let mut victim = None;
     let mut spread = Vec::new();
     for &p in &redis.ports {
-        let chans = cli(p, &["PUBSUB", "SHARDCHANNELS"]);
+        let chans = redis.cli(p, &["PUBSUB", "SHARDCHANNELS"]);
         let topics = chans.lines().filter(|c| c.contains(":ch:topic:")).count();
         if topics > 0 || chans.contains("firehose") {
             spread.push((p, topics));
@@ -359,8 +359,12 @@ async fn cluster_url_on_a_plain_redis_is_refused_at_start() {
 /// rate-limit buckets (a script on one key) work across replicas on a cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_and_rate_limits_span_replicas_on_a_cluster() {
-    let redis = OwnRedisCluster::start(3, 0);
-    let mut cl = Cluster::start_on(2, &redis.url(), |_| {}).await;
+    // With a password, which every connection of the bus must present.
+    let mut redis = OwnRedisCluster::start_with(3, 0, Some("cluster pw"));
+    let seeds = redis
+        .url()
+        .replace("redis+cluster://", "redis+cluster://:cluster%20pw@");
+    let mut cl = Cluster::start_on(2, &seeds, |_| {}).await;
     cl.ready().await;
     let [a, b] = [&cl.replicas[0], &cl.replicas[1]];
     let (_, ta) = a.agent("alice").await;
@@ -410,9 +414,8 @@ async fn presence_and_rate_limits_span_replicas_on_a_cluster() {
     let victim = masters
         .iter()
         .copied()
-        .find(|&p| cli(p, &["PUBSUB", "SHARDCHANNELS"]).trim().is_empty())
+        .find(|&p| redis.cli(p, &["PUBSUB", "SHARDCHANNELS"]).trim().is_empty())
         .unwrap_or(masters[0]);
-    let mut redis = redis;
     redis.kill(victim);
     let down = Instant::now();
     for r in &cl.replicas {
@@ -461,13 +464,15 @@ async fn a_slot_moved_under_a_subscriber_is_followed() {
     let (owner, name) = masters
         .iter()
         .find_map(|&p| {
-            cli(p, &["PUBSUB", "SHARDCHANNELS"])
+            redis
+                .cli(p, &["PUBSUB", "SHARDCHANNELS"])
                 .lines()
                 .find(|c| c.ends_with(":ch:topic:general"))
                 .map(|c| (p, c.to_string()))
         })
         .expect("a master serves topic:general");
-    let slot: u16 = cli(owner, &["CLUSTER", "KEYSLOT", &name])
+    let slot: u16 = redis
+        .cli(owner, &["CLUSTER", "KEYSLOT", &name])
         .trim()
         .parse()
         .unwrap();
@@ -476,7 +481,10 @@ async fn a_slot_moved_under_a_subscriber_is_followed() {
     redis.move_slot(slot, owner, target);
     // The bus hears the channel again on the new owner.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !cli(target, &["PUBSUB", "SHARDCHANNELS"]).contains(&name) {
+    while !redis
+        .cli(target, &["PUBSUB", "SHARDCHANNELS"])
+        .contains(&name)
+    {
         assert!(
             Instant::now() < deadline,
             "no resubscription on the new owner"

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 pub struct OwnRedisCluster {
     pub ports: Vec<u16>,
+    /// Every node's `requirepass` (and `masterauth`), if any.
+    pub password: Option<String>,
     nodes: Vec<Option<Child>>,
     dir: PathBuf,
 }
@@ -18,9 +20,15 @@ impl OwnRedisCluster {
     /// `masters` masters with `replicas` replicas each; returns once every node reports
     /// `cluster_state:ok` and knows every other node.
     pub fn start(masters: usize, replicas: usize) -> OwnRedisCluster {
+        Self::start_with(masters, replicas, None)
+    }
+
+    /// As `start`, every node requiring `password` (clients and replicas alike).
+    pub fn start_with(masters: usize, replicas: usize, password: Option<&str>) -> OwnRedisCluster {
         let n = masters * (1 + replicas);
         let dir = temp_dir("rediscluster");
         let mut c = OwnRedisCluster {
+            password: password.map(str::to_string),
             ports: Vec::new(),
             nodes: Vec::new(),
             dir,
@@ -35,7 +43,11 @@ impl OwnRedisCluster {
             };
             let node_dir = c.dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
-            let child = Command::new("redis-server")
+            let mut cmd = Command::new("redis-server");
+            if let Some(pw) = password {
+                cmd.args(["--requirepass", pw, "--masterauth", pw]);
+            }
+            let child = cmd
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", "nodes.conf"])
@@ -58,7 +70,7 @@ impl OwnRedisCluster {
                 port_open(p)
             });
         }
-        let out = Command::new("redis-cli")
+        let out = cli_command(password)
             .arg("--cluster")
             .arg("create")
             .args(c.ports.iter().map(|p| format!("127.0.0.1:{p}")))
@@ -74,14 +86,14 @@ impl OwnRedisCluster {
         let ports = c.ports.clone();
         wait_until("cluster_state:ok", Duration::from_secs(20), || {
             ports.iter().all(|&p| {
-                let info = cli(p, &["CLUSTER", "INFO"]);
+                let info = c.cli(p, &["CLUSTER", "INFO"]);
                 info.contains("cluster_state:ok")
                     && info.contains(&format!("cluster_known_nodes:{n}"))
             })
         });
         wait_until("replicas in sync", Duration::from_secs(20), || {
             ports.iter().all(|&p| {
-                let info = cli(p, &["INFO", "replication"]);
+                let info = c.cli(p, &["INFO", "replication"]);
                 info.contains("role:master") || info.contains("master_link_status:up")
             })
         });
@@ -102,7 +114,8 @@ impl OwnRedisCluster {
     /// The port of the master serving `key`'s slot (asked of a running node).
     pub fn master_of(&self, key: &str) -> u16 {
         let live = self.live_port();
-        let slot: u16 = cli(live, &["CLUSTER", "KEYSLOT", key])
+        let slot: u16 = self
+            .cli(live, &["CLUSTER", "KEYSLOT", key])
             .trim()
             .parse()
             .expect("a slot");
@@ -112,7 +125,7 @@ impl OwnRedisCluster {
             if self.nodes[i].is_none() {
                 continue;
             }
-            let nodes = cli(p, &["CLUSTER", "NODES"]);
+            let nodes = self.cli(p, &["CLUSTER", "NODES"]);
             if let Some(me) = nodes.lines().find(|l| l.contains("myself,master"))
                 && me.split_whitespace().skip(8).any(|r| in_range(r, slot))
             {
@@ -129,31 +142,25 @@ impl OwnRedisCluster {
             .zip(&self.nodes)
             .filter(|(_, n)| n.is_some())
             .map(|(&p, _)| p)
-            .filter(|&p| cli(p, &["ROLE"]).starts_with("master"))
+            .filter(|&p| self.cli(p, &["ROLE"]).starts_with("master"))
             .collect()
     }
 
     /// Moves `slot` (holding no keys) from master `from` to master `to`, as a resharding
     /// does: importing, migrating, then the new owner announced to every master.
     pub fn move_slot(&self, slot: u16, from: u16, to: u16) {
-        let id = |p: u16| cli(p, &["CLUSTER", "MYID"]).trim().to_string();
+        let id = |p: u16| self.cli(p, &["CLUSTER", "MYID"]).trim().to_string();
         let (from_id, to_id) = (id(from), id(to));
         let slot = slot.to_string();
         let ok = |out: String| assert!(out.trim() == "OK", "CLUSTER SETSLOT: {out}");
-        ok(cli(
-            to,
-            &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id],
-        ));
-        ok(cli(
-            from,
-            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id],
-        ));
+        ok(self.cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]));
+        ok(self.cli(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]));
         for p in [to, from] {
-            ok(cli(p, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]));
+            ok(self.cli(p, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]));
         }
         for p in self.masters() {
             if p != to && p != from {
-                ok(cli(p, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]));
+                ok(self.cli(p, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]));
             }
         }
     }
@@ -173,7 +180,10 @@ impl OwnRedisCluster {
             .iter()
             .zip(&self.nodes)
             .filter(|(_, n)| n.is_some())
-            .all(|(&p, _)| cli(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            .all(|(&p, _)| {
+                self.cli(p, &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            })
     }
 
     /// Whether every running node marks `port` as failed and reports `cluster_state:ok`
@@ -187,13 +197,18 @@ impl OwnRedisCluster {
                 .zip(&self.nodes)
                 .filter(|(_, n)| n.is_some())
                 .all(|(&p, _)| {
-                    cli(p, &["CLUSTER", "NODES"]).lines().any(|l| {
+                    self.cli(p, &["CLUSTER", "NODES"]).lines().any(|l| {
                         l.contains(&tag)
                             && l.split_whitespace()
                                 .nth(2)
                                 .is_some_and(|f| f.split(',').any(|f| f == "fail"))
                     })
                 })
+    }
+
+    /// One `redis-cli` command against a node of this cluster; its stdout.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        cli(self.password.as_deref(), port, args)
     }
 
     fn live_port(&self) -> u16 {
@@ -217,9 +232,18 @@ fn in_range(field: &str, slot: u16) -> bool {
     }
 }
 
+/// `redis-cli`, with the password when there is one.
+fn cli_command(password: Option<&str>) -> Command {
+    let mut c = Command::new("redis-cli");
+    if let Some(pw) = password {
+        c.args(["--no-auth-warning", "-a", pw]);
+    }
+    c
+}
+
 /// One `redis-cli` command against a node; its stdout ("" if it could not run).
-pub fn cli(port: u16, args: &[&str]) -> String {
-    Command::new("redis-cli")
+fn cli(password: Option<&str>, port: u16, args: &[&str]) -> String {
+    cli_command(password)
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())

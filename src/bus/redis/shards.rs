@@ -114,6 +114,7 @@ impl ClusterSide {
 /// that forwards every reply to the link.
 struct Shard {
     id: usize,
+    addr: String,
     write: OwnedWriteHalf,
     reader: JoinHandle<()>,
     last_heard: Instant,
@@ -156,7 +157,7 @@ impl Link<'_> {
         let shard = self.shard_for(&channel).await?;
         resp::send(
             &mut shard.write,
-            "shard",
+            &shard.addr,
             &redis::cmd("SSUBSCRIBE").arg(&channel).to_owned(),
         )
         .await?;
@@ -208,6 +209,7 @@ impl Link<'_> {
                 owner.clone(),
                 Shard {
                     id,
+                    addr: owner.clone(),
                     write: node.write,
                     reader,
                     last_heard: Instant::now(),
