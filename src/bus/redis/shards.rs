@@ -1,10 +1,12 @@
 //! The subscriber link on a Redis Cluster: sharded pub/sub (`SSUBSCRIBE`), one connection per
 //! shard master that serves a channel this replica wants, all run by one task.
 //!
-//! The redis crate's cluster client can subscribe to sharded channels and resubscribes after
-//! a topology change, but it does so silently: nothing tells its caller that messages were
-//! missed in between, and the Hub must then catch up from the Store. So this link is owned
-//! here. It learns the slot map (`slots::discover`), connects to the masters it needs, and
+//! The redis crate's cluster client (1.8) can subscribe to sharded channels (RESP3 pushes) and
+//! resubscribes after a reconnect or a slot-map refresh, but fire-and-forget: the outcome of
+//! a resubscription is not reported, a lost node shows only as a `Disconnection` push among
+//! the messages, and a slot moved under a live connection waits for the next map refresh.
+//! There is no moment at which its caller knows it hears every channel again, which
+//! `/readyz` and the Hub's catch-up (`on_resync`) need. So this link is owned here. It learns the slot map (`slots::discover`), connects to the masters it needs, and
 //! treats anything that could have lost a message as the end of the link: a connection that
 //! drops or stays silent past a ping, an error reply (MOVED, CROSSSLOT, ...), a sharded
 //! channel the server unsubscribed us from (its slot moved), a slot map that changed, a
@@ -227,7 +229,10 @@ impl Link<'_> {
         frame: Frame,
     ) -> Result<(), String> {
         let (id, reply) = frame;
-        let addr = self.addrs.get(&id).cloned().unwrap_or_default();
+        // A shard dropped as idle carries nothing wanted: what it still said does not matter.
+        let Some(addr) = self.addrs.get(&id).cloned() else {
+            return Ok(());
+        };
         let reply = reply.map_err(|e| format!("{addr}: {e}"))?;
         if let Some(s) = self.shards.get_mut(&addr) {
             s.last_heard = Instant::now();
@@ -389,7 +394,12 @@ impl Shared {
                 },
                 _ = sweep.tick() => handler.on_resync(),
                 _ = ping.tick() => {
+                    // What arrived while this task was busy counts as heard.
+                    while let Ok(f) = frames.try_recv() {
+                        link.on_frame(self, handler, f)?;
+                    }
                     link.ping().await?;
+                    link.forget_idle(&wanted);
                     // A changed map may have moved a channel this link hears; rebuilding
                     // from the new map (and resyncing) is simpler than tracking each move,
                     // and maps change rarely.
