@@ -25,6 +25,21 @@ impl OwnRedisCluster {
 
     /// As `start`, every node requiring `password` (clients and replicas alike).
     pub fn start_with(masters: usize, replicas: usize, password: Option<&str>) -> OwnRedisCluster {
+        let version = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let major: u32 = version
+            .split("v=")
+            .nth(1)
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            major >= 7,
+            "the Redis Cluster tests need redis-server 7 or newer (sharded pub/sub): {version}"
+        );
         let n = masters * (1 + replicas);
         let dir = temp_dir("rediscluster");
         let mut c = OwnRedisCluster {
@@ -111,30 +126,6 @@ impl OwnRedisCluster {
         format!("redis+cluster://{}", hosts.join(","))
     }
 
-    /// The port of the master serving `key`'s slot (asked of a running node).
-    pub fn master_of(&self, key: &str) -> u16 {
-        let live = self.live_port();
-        let slot: u16 = self
-            .cli(live, &["CLUSTER", "KEYSLOT", key])
-            .trim()
-            .parse()
-            .expect("a slot");
-        // Each live node says in CLUSTER NODES whether it is `myself,master` and which slot
-        // ranges it serves (fields 9 on).
-        for (i, &p) in self.ports.iter().enumerate() {
-            if self.nodes[i].is_none() {
-                continue;
-            }
-            let nodes = self.cli(p, &["CLUSTER", "NODES"]);
-            if let Some(me) = nodes.lines().find(|l| l.contains("myself,master"))
-                && me.split_whitespace().skip(8).any(|r| in_range(r, slot))
-            {
-                return p;
-            }
-        }
-        panic!("no live master serves slot {slot}")
-    }
-
     /// Ports of the running masters.
     pub fn masters(&self) -> Vec<u16> {
         self.ports
@@ -209,26 +200,6 @@ impl OwnRedisCluster {
     /// One `redis-cli` command against a node of this cluster; its stdout.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
         cli(self.password.as_deref(), port, args)
-    }
-
-    fn live_port(&self) -> u16 {
-        self.ports
-            .iter()
-            .zip(&self.nodes)
-            .find(|(_, n)| n.is_some())
-            .map(|(&p, _)| p)
-            .expect("a live node")
-    }
-}
-
-/// Whether a CLUSTER NODES slot field (`5461-10922` or `42`) holds `slot`.
-fn in_range(field: &str, slot: u16) -> bool {
-    let parse = |s: &str| s.parse::<u16>().ok();
-    match field.split_once('-') {
-        Some((a, b)) => {
-            matches!((parse(a), parse(b)), (Some(a), Some(b)) if a <= slot && slot <= b)
-        }
-        None => parse(field) == Some(slot),
     }
 }
 
