@@ -6,6 +6,7 @@
 # URL, and stops everything it started on Ctrl-C (or SIGTERM).
 #
 #   scripts/cluster.sh [--own] [--release] [--demo] [--replicas N] [--lb-port PORT]
+#                      [--redis-url URL]
 #
 #   --own          always start a private PostgreSQL and Redis, even if the machine's answer
 #   --release      build and run the release binary (default: debug, quicker to build)
@@ -13,6 +14,8 @@
 #                  connects through HAProxy (so they ride out a replica's restart)
 #   --replicas N   how many replicas (default 3, at most 9)
 #   --lb-port PORT where HAProxy listens, the cluster's one address (default 8080)
+#   --redis-url URL use this Redis instead of finding or starting one, e.g. a Redis Cluster:
+#                  redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002
 #
 # Environment: CLUSTER_DIR (default ./cluster-data), CLUSTER_PORT (first replica's port,
 # default 8081), CARAPACE_BIN (a prebuilt binary; skips cargo build). Needs haproxy
@@ -20,7 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-own=0 profile=debug demo=0 n=3 lb_port=8080
+own=0 profile=debug demo=0 n=3 lb_port=8080 given_redis=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --own) own=1 ;;
@@ -28,7 +31,8 @@ while [ $# -gt 0 ]; do
     --demo) demo=1 ;;
     --replicas) n="$2"; shift ;;
     --lb-port) lb_port="$2"; shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --redis-url) given_redis="$2"; shift ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -99,7 +103,15 @@ psql "$pg_server/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = 'cara
 database_url="$pg_server/carapace_cluster"
 
 # --- Redis ---
-if [ "$own" = 0 ] && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+if [ -n "$given_redis" ]; then
+  redis_url="$given_redis"
+  # It may hold a password: show only the nodes.
+  case "$redis_url" in
+    *@*) redis_shown="${redis_url%%://*}://${redis_url##*@}" ;;
+    *) redis_shown="$redis_url" ;;
+  esac
+  echo "== using the given Redis $redis_shown"
+elif [ "$own" = 0 ] && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis_url="redis://127.0.0.1:6379"
   echo "== using the machine's Redis at 127.0.0.1:6379"
 else
@@ -184,7 +196,7 @@ fi
 
 cat <<EOF
 
-== $n replicas up behind HAProxy, one service (database $database_url, bus $redis_url)
+== $n replicas up behind HAProxy, one service (database $database_url, bus ${redis_shown:-$redis_url})
 
    open:     $lb/   the viewer; the API at $lb/api/v1/..., WebSocket ${lb/http/ws}/ws
 EOF

@@ -54,7 +54,8 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// `redis://...`; unset means the in-process bus (a single replica).
+    /// `redis://...` (one Redis) or `redis+cluster://host:port,host:port,...` (seed nodes of
+    /// a Redis Cluster); unset means the in-process bus (a single replica).
     #[arg(long, env = "CARAPACE_REDIS_URL")]
     pub redis_url: Option<String>,
     /// Lifetime of agent JWTs, in seconds.

@@ -146,6 +146,10 @@ impl App {
                 let cluster = store.cluster_id().await?;
                 let redis = RedisBus::open(url, &cluster, &config.replica_id, metrics.clone())
                     .map_err(|e| StartError::Bus(e.to_string()))?;
+                redis
+                    .check()
+                    .await
+                    .map_err(|e| StartError::Bus(e.to_string()))?;
                 tracing::info!(cluster = %cluster, "using the Redis bus");
                 Some(redis)
             }

@@ -4,6 +4,7 @@
 
 pub mod haproxy;
 pub mod infra;
+pub mod redis_cluster;
 
 use carapace::config::Config;
 use carapace::{App, RunningApp};

@@ -3,8 +3,9 @@
 //! unreachable it waits in a bounded queue of pending publishes.
 
 use super::wire::{CONTROL, Wire};
-use super::{COMMAND_TIMEOUT, Shared, link, lock, presence};
+use super::{COMMAND_TIMEOUT, Mode, Shared, link, lock, presence};
 use crate::bus::{Broker, BusError, BusHandler, Control, Event};
+use crate::protocol::Channel;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,11 +46,23 @@ impl RedisBroker {
 }
 
 impl Shared {
+    /// Sharded pub/sub on a cluster, so each channel's traffic stays on its shard.
+    fn publish_verb(&self) -> &'static str {
+        match self.mode {
+            Mode::Single { .. } => "PUBLISH",
+            Mode::Cluster(_) => "SPUBLISH",
+        }
+    }
+
     /// Publishes `payload` on `channel`, or keeps it for later when Redis is unreachable.
     pub(super) async fn send(&self, channel: String, payload: Vec<u8>) {
-        if self.up.load(Ordering::Acquire) {
-            let mut conn = self.conn.clone();
-            let cmd = redis::cmd("PUBLISH").arg(&channel).arg(&payload).to_owned();
+        if self.up.load(Ordering::Acquire)
+            && let Some(mut conn) = self.commands()
+        {
+            let cmd = redis::cmd(self.publish_verb())
+                .arg(&channel)
+                .arg(&payload)
+                .to_owned();
             match timeout(COMMAND_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await {
                 Ok(Ok(_)) => return,
                 Ok(Err(e)) => tracing::debug!(error = %e, "publish failed; kept for later"),
@@ -71,12 +84,18 @@ impl Shared {
             let Some((channel, payload)) = lock(&self.pending).pop_front() else {
                 return;
             };
-            let mut conn = self.conn.clone();
-            let cmd = redis::cmd("PUBLISH").arg(&channel).arg(&payload).to_owned();
-            if !matches!(
-                timeout(COMMAND_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await,
-                Ok(Ok(_))
-            ) {
+            let cmd = redis::cmd(self.publish_verb())
+                .arg(&channel)
+                .arg(&payload)
+                .to_owned();
+            let sent = match self.commands() {
+                Some(mut conn) => matches!(
+                    timeout(COMMAND_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await,
+                    Ok(Ok(_))
+                ),
+                None => false,
+            };
+            if !sent {
                 lock(&self.pending).push_front((channel, payload));
                 return;
             }
@@ -95,9 +114,17 @@ impl Broker for RedisBroker {
             event.frame.as_bytes(),
         );
         let redis_channel = self.shared.names.channel(&event.channel);
+        // On a cluster a topic event goes to the firehose channel too (sharded pub/sub has
+        // no patterns); a replica hearing both drops the second copy by its seq.
+        let firehose = (self.shared.names.tagged.is_some()
+            && matches!(event.channel, Channel::Topic(_)))
+        .then(|| (self.shared.names.firehose(), payload.clone()));
         // Local subscribers first, without the round trip; our echo from Redis is ignored.
         self.handler.on_event(event);
         self.shared.send(redis_channel, payload).await;
+        if let Some((channel, payload)) = firehose {
+            self.shared.send(channel, payload).await;
+        }
         Ok(())
     }
 

@@ -50,7 +50,11 @@ impl SharedLimits for RedisLimits {
         period: Duration,
     ) -> Result<Result<(), Duration>, BusError> {
         let interval = (period.as_millis() as u64 / limit.max(1) as u64).max(1);
-        let mut conn = self.shared.conn.clone();
+        let Some(mut conn) = self.shared.commands() else {
+            return Err(BusError::Unavailable(
+                "redis cluster not reached yet".into(),
+            ));
+        };
         let mut inv = self.script.key(self.shared.names.rate(action, key));
         inv.arg(interval).arg(limit.max(1));
         match timeout(COMMAND_TIMEOUT, inv.invoke_async::<i64>(&mut conn)).await {

@@ -1,9 +1,10 @@
-//! The subscriber link: one Redis pub/sub connection per replica, kept up by a supervisor
-//! task that subscribes to what the Hub wants (`RedisSubscriptions`), hands what it hears
-//! to the handler, and after any loss reconnects and asks the handler to resync.
+//! The subscriber link: one Redis pub/sub connection per replica (on a Redis Cluster, one
+//! per shard master: `shards`), kept up by a supervisor task that subscribes to what the Hub
+//! wants (`RedisSubscriptions`), hands what it hears to the handler, and after any loss
+//! reconnects and asks the handler to resync.
 
 use super::wire::{CONTROL, Wire};
-use super::{BACKOFF_MAX, CONNECT_TIMEOUT, Shared, command, lock, stopped};
+use super::{BACKOFF_MAX, CONNECT_TIMEOUT, Mode, Shared, command, lock, stopped};
 use crate::bus::{BusError, BusHandler, Control, Event, Subscriptions};
 use crate::protocol::Channel;
 use axum::extract::ws::Utf8Bytes;
@@ -17,20 +18,21 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::timeout;
 
 /// The subscriber link pings this often, so a silent Redis is noticed within seconds.
-const PING_EVERY: Duration = Duration::from_secs(1);
+pub(super) const PING_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const CLUSTER_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long `subscribe` waits for Redis to confirm before it returns anyway (the
 /// subscription stays wanted, and a reconnect plus resync cover the rest).
-const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+pub(super) const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 /// Subscription changes waiting for the link; past this the link is rebuilt from scratch.
-const OPS_QUEUE: usize = 1024;
+pub(super) const OPS_QUEUE: usize = 1024;
 /// A replica that dies between commit and publish leaves its event only in the Store; on a
 /// busy channel the next event's gap fill brings it, on a quiet one this periodic catch-up
 /// does (late, but in order).
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
+pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// A change of what the link is subscribed to, applied in the order it was decided.
-enum SubOp {
+pub(super) enum SubOp {
     Subscribe(String, oneshot::Sender<()>),
     Unsubscribe(String),
     PSubscribe(String, oneshot::Sender<()>),
@@ -44,10 +46,10 @@ pub(super) struct Wanted {
     /// The Hub calls `subscribe` on a channel's first local subscriber and `unsubscribe` on
     /// its last, but those calls can cross on their way here, so counting (not a set) keeps
     /// the outcome right.
-    counts: HashMap<String, (usize, bool)>,
+    pub(super) counts: HashMap<String, (usize, bool)>,
     /// The live link's queue; `None` while disconnected (the next link subscribes to
     /// everything in `counts` at once).
-    link: Option<mpsc::Sender<SubOp>>,
+    pub(super) link: Option<mpsc::Sender<SubOp>>,
 }
 
 /// What this replica listens to; the Hub's handle on the link. It does not reach the
@@ -65,11 +67,8 @@ impl RedisSubscriptions {
 #[async_trait::async_trait]
 impl Subscriptions for RedisSubscriptions {
     async fn subscribe(&self, channel: &Channel) -> Result<(), BusError> {
-        let pattern = *channel == Channel::Firehose;
-        if let Some(done) = self
-            .shared
-            .want(self.shared.names.channel(channel), pattern)
-        {
+        let (name, pattern) = self.shared.names.subscription(channel);
+        if let Some(done) = self.shared.want(name, pattern) {
             // Once confirmed, everything published from now on reaches us. When Redis is
             // down the want is recorded anyway: the reconnect subscribes and resyncs.
             let _ = timeout(SUBSCRIBE_WAIT, done).await;
@@ -78,9 +77,8 @@ impl Subscriptions for RedisSubscriptions {
     }
 
     async fn unsubscribe(&self, channel: &Channel) {
-        let pattern = *channel == Channel::Firehose;
-        self.shared
-            .unwant(self.shared.names.channel(channel), pattern);
+        let (name, pattern) = self.shared.names.subscription(channel);
+        self.shared.unwant(name, pattern);
     }
 }
 
@@ -133,7 +131,7 @@ impl Shared {
     }
 
     /// One message from Redis, handed to the Hub unless it is our own echo.
-    fn receive(&self, handler: &dyn BusHandler, payload: &[u8]) {
+    pub(super) fn receive(&self, handler: &dyn BusHandler, payload: &[u8]) {
         let Some(w) = Wire::decode(payload) else {
             self.metrics.bus_errors.inc();
             tracing::warn!("ignoring a malformed bus message");
@@ -164,13 +162,17 @@ impl Shared {
         });
     }
 
-    /// Runs one subscriber connection until it fails (`Err`) or the bus stops (`Ok`).
+    /// Runs one subscriber link until it fails (`Err`) or the bus stops (`Ok`).
     async fn run_link(
         &self,
         handler: &dyn BusHandler,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), String> {
-        let pubsub = timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
+        let client = match &self.mode {
+            Mode::Single { client, .. } => client,
+            Mode::Cluster(cluster) => return self.run_shard_link(cluster, handler, stop).await,
+        };
+        let pubsub = timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| format!("connect: {e}"))?;
@@ -264,6 +266,13 @@ pub(super) async fn supervise(
 ) {
     let mut delay = BACKOFF_MIN;
     let mut ever_up = false;
+    // A cluster usually heals by itself within seconds (a replica takes over), and asking
+    // it again costs one CLUSTER INFO and SLOTS: retry it often. One Redis that went away
+    // needs an operator; there, back off further.
+    let max = match shared.mode {
+        Mode::Single { .. } => BACKOFF_MAX,
+        Mode::Cluster(_) => CLUSTER_BACKOFF_MAX,
+    };
     loop {
         if *stop.borrow() {
             return;
@@ -280,7 +289,7 @@ pub(super) async fn supervise(
                     delay = BACKOFF_MIN;
                     shared.metrics.bus_reconnects.inc();
                     tracing::warn!(error = %e, "redis bus disconnected; reconnecting");
-                } else if !ever_up || delay >= BACKOFF_MAX {
+                } else if !ever_up || delay >= max {
                     // Once per attempt while starting; at the ceiling, once per attempt too
                     // (every few seconds) rather than at every quick retry.
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis unreachable");
@@ -296,6 +305,6 @@ pub(super) async fn supervise(
             _ = stopped(&mut stop) => return,
             _ = tokio::time::sleep(delay + jitter) => {}
         }
-        delay = (delay * 2).min(BACKOFF_MAX);
+        delay = (delay * 2).min(max);
     }
 }

@@ -11,6 +11,16 @@
 //! each other): `ch:<channel>` (e.g. `ch:topic:philosophy`), `control`, `presence:<channel>`,
 //! `rl:<action>:<agent id>`.
 //!
+//! On a Redis Cluster (`redis+cluster://` seed nodes, `target`) events go by sharded pub/sub,
+//! each channel on the shard of its slot, and the subscriber side is `shards` (one connection
+//! per shard master, rebuilt on any sign of loss) instead of `link`'s single connection.
+//! Sharded pub/sub has no patterns, so a topic event is also published on one firehose
+//! channel. Names used together in one command (presence keys, pipelined) and the
+//! deployment-wide channels (control, firehose) carry the hash tag `{<cluster id>}`, so they
+//! share a slot: `carapace:{<id>}:control`, `carapace:{<id>}:firehose`,
+//! `carapace:{<id>}:presence:<channel>`; event channels and rate-limit keys keep their names
+//! and spread over the shards.
+//!
 //! Faults: one supervisor task owns the subscriber connection. When it drops, the bus reports
 //! unhealthy, reconnects with exponential backoff and jitter, subscribes to everything wanted,
 //! then calls `on_resync` so the Hub catches up from the Store: nothing published meanwhile is
@@ -24,6 +34,10 @@ mod broker;
 mod limits;
 mod link;
 mod presence;
+mod resp;
+mod shards;
+mod slots;
+mod target;
 mod wire;
 
 pub use broker::RedisBroker;
@@ -52,37 +66,110 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub enum RedisBusError {
     #[error("invalid Redis URL: {0}")]
     Url(String),
+    #[error("{0}")]
+    NotCluster(String),
 }
 
-/// Key and channel names under the deployment's prefix.
+/// Key and channel names under the deployment's prefix. On a Redis Cluster (`tagged` is the
+/// prefix with the cluster id as hash tag, `carapace:{<id>}:`) the names that meet in one
+/// command (presence keys, pipelined together) and the deployment-wide channels (control,
+/// firehose) share that tag, hence one slot; event channels and rate-limit keys are used one
+/// at a time and keep untagged names, so they spread over the shards.
 struct Names {
     prefix: String,
+    /// `Some` on a Redis Cluster.
+    tagged: Option<String>,
 }
 
 impl Names {
-    fn channel(&self, c: &Channel) -> String {
-        match c {
-            Channel::Firehose => format!("{}ch:topic:*", self.prefix),
-            c => format!("{}ch:{c}", self.prefix),
+    fn new(cluster_id: &str, cluster: bool) -> Names {
+        Names {
+            prefix: format!("carapace:{cluster_id}:"),
+            tagged: cluster.then(|| format!("carapace:{{{cluster_id}}}:")),
         }
     }
+    /// The prefix of names that must share one slot on a cluster.
+    fn together(&self) -> &str {
+        self.tagged.as_deref().unwrap_or(&self.prefix)
+    }
+    /// What to subscribe to for `c`, and whether it is a pattern. A single Redis gives the
+    /// firehose a pattern over every topic channel; sharded pub/sub has no patterns, so on
+    /// a cluster every topic event is also published on one firehose channel.
+    fn subscription(&self, c: &Channel) -> (String, bool) {
+        match (c, &self.tagged) {
+            (Channel::Firehose, None) => (format!("{}ch:topic:*", self.prefix), true),
+            (Channel::Firehose, Some(_)) => (self.firehose(), false),
+            (c, _) => (self.channel(c), false),
+        }
+    }
+    /// The channel an event of `c` (never the firehose) is published on.
+    fn channel(&self, c: &Channel) -> String {
+        format!("{}ch:{c}", self.prefix)
+    }
+    fn firehose(&self) -> String {
+        format!("{}firehose", self.together())
+    }
     fn control(&self) -> String {
-        format!("{}control", self.prefix)
+        format!("{}control", self.together())
     }
     fn presence(&self, c: &Channel) -> String {
-        format!("{}presence:{c}", self.prefix)
+        format!("{}presence:{c}", self.together())
     }
     fn rate(&self, action: &str, agent_id: &str) -> String {
         format!("{}rl:{action}:{agent_id}", self.prefix)
     }
 }
 
+/// Where commands go: one Redis, or a Redis Cluster.
+enum Mode {
+    Single {
+        client: redis::Client,
+        /// Commands (publish, presence, rate limits); reconnects by itself.
+        conn: ConnectionManager,
+    },
+    Cluster(shards::ClusterSide),
+}
+
+/// A connection for one command, whichever the mode.
+#[derive(Clone)]
+enum Commands {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Commands {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Commands::Single(c) => c.req_packed_command(cmd),
+            Commands::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Commands::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Commands::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            Commands::Single(c) => c.get_db(),
+            Commands::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// The Redis side of one replica, shared by its seams and background tasks. None of it
 /// points to the Hub: the handler lives in the broker and its link task only.
 struct Shared {
-    client: redis::Client,
-    /// Commands (publish, presence, rate limits); reconnects by itself.
-    conn: ConnectionManager,
+    mode: Mode,
     names: Names,
     /// This process, on the wire: replica id plus a random tag, so two processes
     /// misconfigured with one replica id still hear each other.
@@ -94,6 +181,25 @@ struct Shared {
     presence: Mutex<presence::Members>,
     presence_wake: Notify,
     metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// A connection for commands; `None` on a cluster not reached yet.
+    fn commands(&self) -> Option<Commands> {
+        match &self.mode {
+            Mode::Single { conn, .. } => Some(Commands::Single(conn.clone())),
+            Mode::Cluster(c) => c.commands().map(Commands::Cluster),
+        }
+    }
+
+    /// Runs a command-ish future on the command connection, under the command timeout.
+    async fn with_commands<T, F>(&self, f: impl FnOnce(Commands) -> F) -> Result<T, String>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.commands().ok_or("redis cluster not reached yet")?;
+        command(f(conn)).await
+    }
 }
 
 /// A poisoned lock only means another thread panicked mid-update of plain data; carry on.
@@ -133,21 +239,28 @@ impl RedisBus {
         metrics: Arc<Metrics>,
     ) -> Result<RedisBus, RedisBusError> {
         // The error text of a bad URL could echo a password: say only what kind it was.
-        // TCP_NODELAY: publishes are small writes sent as they happen, and Nagle would hold
-        // one back until the reply to the one before it comes in.
-        let info = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(|e| RedisBusError::Url(format!("{:?}", e.kind())))?;
-        let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client =
-            redis::Client::open(info).map_err(|e| RedisBusError::Url(format!("{:?}", e.kind())))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(BACKOFF_MAX);
-        let conn = client
-            .get_connection_manager_lazy(config)
-            .map_err(|e| RedisBusError::Url(format!("{:?}", e.kind())))?;
+        let (mode, cluster) = match target::Target::parse(url).map_err(RedisBusError::Url)? {
+            target::Target::Cluster { seeds, auth } => {
+                (Mode::Cluster(shards::ClusterSide::new(seeds, auth)), true)
+            }
+            target::Target::Single(info) => {
+                // TCP_NODELAY: publishes are small writes sent as they happen, and Nagle
+                // would hold one back until the reply to the one before it comes in.
+                let info =
+                    info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+                let client = redis::Client::open(info)
+                    .map_err(|e| RedisBusError::Url(format!("{:?}", e.kind())))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(BACKOFF_MAX);
+                let conn = client
+                    .get_connection_manager_lazy(config)
+                    .map_err(|e| RedisBusError::Url(format!("{:?}", e.kind())))?;
+                (Mode::Single { client, conn }, false)
+            }
+        };
         let mut tag = [0u8; 4];
         let _ = getrandom::fill(&mut tag);
         let origin = format!(
@@ -157,11 +270,8 @@ impl RedisBus {
         );
         Ok(RedisBus {
             shared: Arc::new(Shared {
-                client,
-                conn,
-                names: Names {
-                    prefix: format!("carapace:{cluster_id}:"),
-                },
+                mode,
+                names: Names::new(cluster_id, cluster),
                 origin,
                 wanted: Mutex::new(link::Wanted::default()),
                 up: AtomicBool::new(false),
@@ -171,6 +281,26 @@ impl RedisBus {
                 metrics,
             }),
         })
+    }
+
+    /// On a Redis Cluster, asks the seed nodes once whether they are a cluster: a node that
+    /// says it is not is a configuration error, reported now rather than as a replica that
+    /// never gets ready. Unreachable seeds are not an error here (the replica starts and
+    /// reports not ready until the cluster answers). Nothing to check on a single Redis.
+    pub async fn check(&self) -> Result<(), RedisBusError> {
+        let Mode::Cluster(c) = &self.shared.mode else {
+            return Ok(());
+        };
+        match c.probe().await {
+            Err(e @ slots::DiscoverError::NotCluster(_)) => {
+                Err(RedisBusError::NotCluster(e.to_string()))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "redis cluster not usable yet; starting not ready");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
     }
 
     /// What this replica listens to (for the Hub).
@@ -200,9 +330,7 @@ mod tests {
 
     #[test]
     fn names_live_under_the_cluster_prefix() {
-        let n = Names {
-            prefix: "carapace:c1:".into(),
-        };
+        let n = Names::new("c1", false);
         assert_eq!(
             n.channel(&Channel::topic("rust")),
             "carapace:c1:ch:topic:rust"
@@ -211,11 +339,39 @@ mod tests {
             n.channel(&Channel::agent("sage")),
             "carapace:c1:ch:agent:sage"
         );
-        assert_eq!(n.channel(&Channel::Firehose), "carapace:c1:ch:topic:*");
+        assert_eq!(
+            n.subscription(&Channel::Firehose),
+            ("carapace:c1:ch:topic:*".to_string(), true)
+        );
         assert_eq!(n.control(), "carapace:c1:control");
         assert_eq!(
             n.presence(&Channel::topic("rust")),
             "carapace:c1:presence:topic:rust"
         );
+        assert_eq!(n.rate("post", "a1"), "carapace:c1:rl:post:a1");
+    }
+
+    #[test]
+    fn cluster_names_share_a_slot_where_commands_meet() {
+        let n = Names::new("c1", true);
+        let tag = slots::slot(b"c1");
+        for name in [
+            n.control(),
+            n.firehose(),
+            n.presence(&Channel::topic("rust")),
+            n.presence(&Channel::topic("go")),
+        ] {
+            assert_eq!(slots::slot(name.as_bytes()), tag, "{name}");
+        }
+        assert_eq!(
+            n.subscription(&Channel::Firehose),
+            ("carapace:{c1}:firehose".to_string(), false)
+        );
+        // Event channels spread over the shards.
+        let spread: std::collections::HashSet<u16> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|t| slots::slot(n.channel(&Channel::topic(t)).as_bytes()))
+            .collect();
+        assert!(spread.len() > 3);
     }
 }

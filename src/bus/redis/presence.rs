@@ -84,7 +84,7 @@ impl Presence for RedisPresence {
         let mut pipe = redis::pipe();
         pipe.zrembyscore(&key, "-inf", now).ignore();
         pipe.zrangebyscore(&key, now, "+inf");
-        let mut conn = self.shared.conn.clone();
+        let mut conn = self.shared.commands()?;
         let (members,): (Vec<String>,) = command(pipe.query_async(&mut conn)).await.ok()?;
         let mut handles: Vec<String> = members
             .iter()
@@ -121,8 +121,9 @@ impl Shared {
         for (key, handle) in members {
             pipe.zrem(key, format!("{}|{handle}", self.origin)).ignore();
         }
-        let mut conn = self.conn.clone();
-        let _ = command(pipe.query_async::<()>(&mut conn)).await;
+        let _ = self
+            .with_commands(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .await;
     }
 }
 
@@ -165,8 +166,10 @@ pub(super) async fn presence_loop(shared: Arc<Shared>, mut stop: watch::Receiver
             pipe.zrem(key, format!("{}|{handle}", shared.origin))
                 .ignore();
         }
-        let mut conn = shared.conn.clone();
-        if command(pipe.query_async::<()>(&mut conn)).await.is_err() {
+        let written = shared
+            .with_commands(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .await;
+        if written.is_err() {
             // Try again at the next beat; what is still local then is written in full.
             let mut p = lock(&shared.presence);
             for l in left {
