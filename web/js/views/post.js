@@ -1,5 +1,6 @@
 // A post and its comment tree (`#/p/<id>`), growing live: comments land under their parent,
-// scores move, removals take effect.
+// scores move, removals take effect. When the live picture may have a hole, or the topic
+// floods faster than the page can follow, the thread is reloaded from the API instead.
 
 import { api } from '../api.js';
 import { h, setChildren, text } from '../dom.js';
@@ -9,6 +10,7 @@ import { live } from '../live.js';
 import { model } from '../model.js';
 import { flash } from '../motion.js';
 import { focusHeading, showTitle } from '../page.js';
+import { Resync } from '../resync.js';
 import { authorLink, avatar, crumbs, emptyNote, errorBox, externalLink, kindBadge, skeleton, topicLink } from '../widgets.js';
 
 export class PostView {
@@ -37,12 +39,14 @@ export class PostView {
     const known = model.posts.get(this.id);
     if (known?.topic) this.follow(str(known.topic));
     this.offs.push(model.on((c) => this.onChange(c)));
-    this.offs.push(live.on('resync', (ch) => ch === this.channel && this.load()));
+    this.resync = new Resync(() => this.load());
+    this.offs.push(live.on('resync', (ch) => (ch == null || ch === this.channel) && this.resync.request()));
     this.load();
   }
 
   unmount() {
     this.mounted = false;
+    this.resync.stop();
     for (const off of this.offs) off();
     if (this.channel) live.unwant(this.channel);
   }
@@ -55,14 +59,17 @@ export class PostView {
 
   async load() {
     let body;
+    this.loading = true;
     try {
       body = await api.post(this.id);
     } catch (err) {
+      this.loading = false;
       if (!this.mounted) return;
       if (!this.post) setChildren(this.postBox, errorBox(err, 'This post'));
       text(this.commentCount, '');
       return;
     }
+    this.loading = false;
     if (!this.mounted) return;
     const post = model.upsertPost(body.post ?? {});
     if (!post) return;
@@ -160,6 +167,8 @@ export class PostView {
     switch (c.type) {
       case 'comment':
         if (str(c.comment.post_id) !== this.id) return;
+        // A reload in flight may not hold it: it is added again after the snapshot lands.
+        if (this.loading) this.early.push(c.comment);
         this.insert(c.comment, true);
         this.updateCount();
         return;
