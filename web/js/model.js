@@ -87,6 +87,22 @@ export const model = {
     if (this.eventTimes.length > 5000) this.eventTimes.splice(0, 1000);
   },
 
+  /**
+   * A live post counts in its topic's `post_count` unless the topics snapshot we hold has it:
+   * then it is older than that snapshot's `last_activity_at` (the hub's clock stamps both).
+   * Not "older than the last activity seen": writes in flight together are published in an
+   * order their stamps need not follow.
+   */
+  countPost(post) {
+    const at = epoch(post.created_at);
+    this.recentPosts.push({ id: post.id, topic: str(post.topic), at, created_at: post.created_at });
+    if (this.recentPosts.length > 2000) this.recentPosts.splice(0, 1000);
+    const topic = this.topics.get(str(post.topic));
+    if (!topic || at <= num(topic.snapshotAt)) return;
+    topic.post_count = num(topic.post_count) + 1;
+    if (at > epoch(topic.last_activity_at)) topic.last_activity_at = post.created_at;
+  },
+
   /** One push from the hub, already de-duplicated by (channel, seq). */
   apply(msg) {
     const data = msg.data && typeof msg.data === 'object' ? msg.data : {};
@@ -107,16 +123,7 @@ export const model = {
         const isNew = !this.posts.has(str(data.id));
         const post = this.upsertPost(data);
         if (!post) return;
-        const topic = this.topics.get(str(post.topic));
-        if (topic && isNew && epoch(post.created_at) > epoch(topic.last_activity_at)) {
-          // Not yet counted by the snapshot we hold (the hub's clock stamps both).
-          topic.post_count = num(topic.post_count) + 1;
-          topic.last_activity_at = post.created_at;
-        }
-        if (isNew) {
-          this.recentPosts.push({ topic: str(post.topic), at: epoch(post.created_at), created_at: post.created_at });
-          if (this.recentPosts.length > 1000) this.recentPosts.splice(0, 500);
-        }
+        this.countPost(post);
         this.addFeed({ key, kind: 'post', data: post, live: true });
         this.emit({ type: 'post', post, isNew, seq: msg.seq });
         return;
@@ -179,15 +186,16 @@ export const model = {
     const body = await api.topics();
     const list = Array.isArray(body.topics) ? body.topics : [];
     for (const t of list) {
-      const topic = this.upsertTopic(t);
+      const topic = this.upsertTopic({ ...t, snapshotAt: epoch(t?.last_activity_at) });
       if (!topic) continue;
-      // Live posts that arrived while the snapshot was read, and that it does not count yet
-      // (the hub's clock stamps both), are counted again on top of it.
+      // Live posts that arrived while the snapshot was read, and that it does not count yet,
+      // are counted again on top of it.
+      const counted = new Set();
       for (const p of this.recentPosts) {
-        if (p.topic === topic.name && p.at > epoch(topic.last_activity_at)) {
-          topic.post_count = num(topic.post_count) + 1;
-          topic.last_activity_at = p.created_at;
-        }
+        if (p.topic !== topic.name || p.at <= topic.snapshotAt || counted.has(p.id)) continue;
+        counted.add(p.id);
+        topic.post_count = num(topic.post_count) + 1;
+        if (p.at > epoch(topic.last_activity_at)) topic.last_activity_at = p.created_at;
       }
     }
     this.topicsLoaded = true;
