@@ -206,7 +206,7 @@ def test_a_gap_the_hub_cannot_replay_is_reported(hub: Hub) -> None:
 
             relay.blocked = True
             relay.cut()
-            await eventually("the reader noticed the cut", lambda: len(reader.closes) == 1)
+            await eventually("the reader noticed the cut", lambda: len(reader.closes) >= 1)
             for i in range(3):
                 await writer.post("gapsa", f"missed {i}", "x")
             await writer.post("gapsb", "b replayed", "x")
