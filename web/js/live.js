@@ -183,6 +183,16 @@ class Live {
     if (ws !== this.ws) return;
     clearInterval(this.pinger);
     this.pinger = setInterval(() => this.ping(ws), 25_000);
+    const resumed = this.sessions > 0;
+    const stale = this.stale;
+    this.stale = false;
+    // After a close that a replay would not mend, start afresh: no `since`, and the views
+    // reload from the API what they show.
+    if (stale) this.trackers.clear();
+    // Topic channels first, the firehose last: the hub answers a session's commands in
+    // order, so each channel's replay comes before the firehose copies of its live events.
+    for (const channel of this.wanted.keys()) this.subscribe(channel).catch(() => {});
+    if (resumed && !stale) this.catchUp(ws);
     try {
       await this.request('subscribe', { channel: 'firehose' });
     } catch (err) {
@@ -190,17 +200,10 @@ class Live {
       console.warn('carapace viewer: firehose subscription refused', err);
     }
     if (ws !== this.ws) return;
-    const resumed = this.sessions > 0;
-    const stale = this.stale;
-    this.stale = false;
     this.sessions += 1;
     this.liveSince = Date.now();
     this.setState('live');
-    // After a close that a replay would not mend, start afresh: no `since`, and the views
-    // reload from the API what they show.
-    if (stale) this.trackers.clear();
-    for (const channel of this.wanted.keys()) this.subscribe(channel).catch(() => {});
-    if (resumed && !stale) this.catchUp(ws);
+    for (const channel of this.wanted.keys()) this.subscribe(channel).catch(() => {}); // wanted meanwhile
     this.emit('session', resumed);
     if (stale) this.emit('resync', null);
   }
