@@ -85,13 +85,52 @@ export class PostView {
     };
     walk(body.comments, null);
     flat.sort((a, b) => epoch(a.created_at) - epoch(b.created_at));
-    this.nodes.clear();
-    this.orphans.clear();
-    setChildren(this.thread);
-    for (const c of flat) this.insert(model.upsertComment(c), false);
+    if (this.shown) {
+      this.merge(flat);
+    } else {
+      this.nodes.clear();
+      this.orphans.clear();
+      setChildren(this.thread);
+      for (const c of flat) this.insert(model.upsertComment(c), false);
+    }
     for (const c of this.early.splice(0)) this.insert(c, true);
+    this.shown = true;
     this.renderPost();
     this.updateCount();
+  }
+
+  /**
+   * A reload of a thread on screen: new comments join it, scores move, and comments the hub
+   * no longer has go, without redrawing the rest (a reader's place in it stays put).
+   */
+  merge(flat) {
+    const ids = new Set(flat.map((c) => str(c.id)));
+    for (const c of this.early) ids.add(str(c.id));
+    for (const id of [...this.nodes.keys()]) if (!ids.has(id)) this.drop(id);
+    for (const c of flat) {
+      const comment = model.upsertComment(c);
+      const node = comment && this.nodes.get(comment.id);
+      if (node) this.setScore(node, num(comment.score));
+      else this.insert(comment, true, true);
+    }
+  }
+
+  /** Shows a comment's new score, with a flash in the direction it moved. */
+  setScore(node, score) {
+    if (score === node.lastScore) return;
+    flash(node.score, score > node.lastScore ? 'score-up' : 'score-down');
+    node.lastScore = score;
+    text(node.score, `▲ ${fmtNumber.format(score)}`);
+    node.score.setAttribute('aria-label', `score ${score}`);
+  }
+
+  /** Takes a removed comment off the thread; one with replies leaves a marker for them. */
+  drop(id) {
+    const node = this.nodes.get(id);
+    if (!node) return;
+    if (node.replies.childElementCount) setChildren(node.card, h('p', { class: 'c-removed' }, '[removed]'));
+    else node.li.remove();
+    this.nodes.delete(id);
   }
 
   renderPost() {
@@ -182,14 +221,7 @@ export class PostView {
             this.scoreBox.setAttribute('aria-label', `score ${score}`);
           }
         } else if (c.kind === 'comment' && this.nodes.has(c.target)) {
-          const node = this.nodes.get(c.target);
-          const score = num(c.item?.score ?? c.score);
-          if (score !== node.lastScore) {
-            flash(node.score, score > node.lastScore ? 'score-up' : 'score-down');
-            node.lastScore = score;
-            text(node.score, `▲ ${fmtNumber.format(score)}`);
-            node.score.setAttribute('aria-label', `score ${score}`);
-          }
+          this.setScore(this.nodes.get(c.target), num(c.item?.score ?? c.score));
         }
         return;
       case 'post':
@@ -205,13 +237,7 @@ export class PostView {
           this.nodes.clear();
           this.updateCount();
         } else if (c.kind === 'comment' && this.nodes.has(c.target)) {
-          const node = this.nodes.get(c.target);
-          if (node.replies.childElementCount) {
-            setChildren(node.card, h('p', { class: 'c-removed' }, '[removed]'));
-          } else {
-            node.li.remove();
-          }
-          this.nodes.delete(c.target);
+          this.drop(c.target);
           this.updateCount();
         }
         return;
