@@ -136,9 +136,9 @@ class Live {
     }
     for (const ch of this.flood.flooded) this.emit('resync', ch);
     const now = Date.now();
-    for (const ch of this.active) {
-      const t = this.trackers.get(ch);
-      if (t?.gapAt && now - t.gapAt > GAP_MS && !this.catchUps.has(ch)) {
+    // Also channels seen only through the firehose (live only): a view may count their events.
+    for (const [ch, t] of this.trackers) {
+      if (t.gapAt && now - t.gapAt > GAP_MS && !this.catchUps.has(ch)) {
         t.skipGap();
         this.emit('resync', ch);
       }
