@@ -2,31 +2,43 @@
 // resubscribes every channel a view wants with the `since` it has reached (the hub replays
 // what was missed), drops duplicates by (channel, seq), and reports its state. The only
 // commands it sends are subscribe, unsubscribe, presence and ping.
+//
+// When the picture of a channel may have a hole it emits `resync` (the channel, or null for
+// all): a seq gap that no replay filled, history that no longer reaches back, or a close as
+// too slow (4008) or with history unreadable (1013). It also stops applying the pushes of a
+// channel that floods faster than the page can follow (`floodmeter.js`) and asks the views
+// for periodic snapshots instead, then one more when the flood is over.
 
+import { FloodMeter } from './floodmeter.js';
 import { num, str } from './format.js';
 
-/** Per-channel sequence bookkeeping: de-duplication and the `since` to resume from. */
+// A gap (a seq missing while later ones arrived) that stays open this long is a real one.
+const GAP_MS = 2500;
+// How often flooded channels get a snapshot and open gaps are checked.
+const WATCH_MS = 1000;
+// Closes after which the replay cannot be trusted to be complete, or would only flood the
+// page again: start the channels afresh and reload the views from the API.
+const RESYNC_CLOSE = new Set([1013, 4008]);
+
+/** Per-channel sequence bookkeeping: de-duplication, gaps, and the `since` to resume from. */
 class SeqTracker {
   constructor() {
     this.mark = null; // every seq up to here is seen or was before our snapshot
-    this.seen = new Set();
+    this.seen = new Set(); // seqs seen past `mark`, waiting for a gap below them to fill
+    this.max = null; // the newest seq seen
     this.lastAt = 0;
+    this.gapAt = 0; // when a seq past `mark + 1` first arrived with `mark + 1` still missing
   }
 
   accept(seq) {
-    if (this.seen.has(seq)) return false;
-    this.seen.add(seq);
+    if (this.seen.has(seq) || (this.mark != null && seq <= this.mark)) return false;
     this.lastAt = Date.now();
-    if (this.mark == null) this.mark = seq;
+    if (this.mark == null) this.mark = seq - 1;
+    this.seen.add(seq);
+    if (this.max == null || seq > this.max) this.max = seq;
     this.advance();
-    if (this.seen.size > 4096) {
-      // Keep the newest half. A gap older than all of them will not be filled any more: count
-      // it as passed, so that `since` stays close to the present.
-      const keep = [...this.seen].sort((a, b) => a - b).slice(-2048);
-      this.seen = new Set(keep);
-      if (this.mark < keep[0] - 1) this.mark = keep[0] - 1;
-      this.advance();
-    }
+    if (this.mark < this.max) this.gapAt ||= this.lastAt;
+    if (this.seen.size > 4096) this.skipGap(); // a hole this old will not be filled any more
     return true;
   }
 
@@ -34,11 +46,23 @@ class SeqTracker {
   base(seq) {
     if (!Number.isInteger(seq)) return;
     if (this.mark == null || seq > this.mark) this.mark = seq;
+    for (const s of this.seen) if (s <= this.mark) this.seen.delete(s);
     this.advance();
   }
 
   advance() {
-    while (this.seen.has(this.mark + 1)) this.mark += 1;
+    while (this.seen.delete(this.mark + 1)) this.mark += 1;
+    if (this.max == null || this.mark >= this.max) {
+      this.max = this.mark;
+      this.gapAt = 0;
+    }
+  }
+
+  /** Gives up on the gap: everything up to the newest seq seen counts as passed. */
+  skipGap() {
+    this.mark = Math.max(this.mark, this.max);
+    this.seen.clear();
+    this.gapAt = 0;
   }
 }
 
@@ -66,7 +90,11 @@ class Live {
     this.liveSince = 0;
     this.state = 'connecting';
     this.detail = '';
-    this.listeners = { push: new Set(), state: new Set(), session: new Set(), resync: new Set() };
+    this.flood = new FloodMeter();
+    this.stale = false; // the last session closed with a code in RESYNC_CLOSE
+    this.listeners = {
+      push: new Set(), state: new Set(), session: new Set(), resync: new Set(), flood: new Set(), skipped: new Set(),
+    };
   }
 
   on(type, fn) {
@@ -96,7 +124,25 @@ class Live {
     window.addEventListener('offline', () => {
       if (!this.ws || this.ws.readyState !== WebSocket.OPEN) this.setState('offline', 'the browser is offline');
     });
+    setInterval(() => this.watch(), WATCH_MS);
     this.connect();
+  }
+
+  /** Snapshots for flooded channels, one more for those that calmed down, and open gaps. */
+  watch() {
+    for (const ch of this.flood.calmed()) {
+      this.emit('flood', ch, false);
+      this.emit('resync', ch);
+    }
+    for (const ch of this.flood.flooded) this.emit('resync', ch);
+    const now = Date.now();
+    // Also channels seen only through the firehose (live only): a view may count their events.
+    for (const [ch, t] of this.trackers) {
+      if (t.gapAt && now - t.gapAt > GAP_MS && !this.catchUps.has(ch)) {
+        t.skipGap();
+        this.emit('resync', ch);
+      }
+    }
   }
 
   retryNow() {
@@ -137,6 +183,16 @@ class Live {
     if (ws !== this.ws) return;
     clearInterval(this.pinger);
     this.pinger = setInterval(() => this.ping(ws), 25_000);
+    const resumed = this.sessions > 0;
+    const stale = this.stale;
+    this.stale = false;
+    // After a close that a replay would not mend, start afresh: no `since`, and the views
+    // reload from the API what they show.
+    if (stale) this.trackers.clear();
+    // Topic channels first, the firehose last: the hub answers a session's commands in
+    // order, so each channel's replay comes before the firehose copies of its live events.
+    for (const channel of this.wanted.keys()) this.subscribe(channel).catch(() => {});
+    if (resumed && !stale) this.catchUp(ws);
     try {
       await this.request('subscribe', { channel: 'firehose' });
     } catch (err) {
@@ -144,13 +200,12 @@ class Live {
       console.warn('carapace viewer: firehose subscription refused', err);
     }
     if (ws !== this.ws) return;
-    const resumed = this.sessions > 0;
     this.sessions += 1;
     this.liveSince = Date.now();
     this.setState('live');
-    for (const channel of this.wanted.keys()) this.subscribe(channel).catch(() => {});
-    if (resumed) this.catchUp(ws);
+    for (const channel of this.wanted.keys()) this.subscribe(channel).catch(() => {}); // wanted meanwhile
     this.emit('session', resumed);
+    if (stale) this.emit('resync', null);
   }
 
   onClose(ws, code, reason) {
@@ -166,6 +221,7 @@ class Live {
     this.pending.clear();
     if (this.liveSince && Date.now() - this.liveSince > 5000) this.attempt = 0;
     this.liveSince = 0;
+    if (RESYNC_CLOSE.has(code)) this.stale = true;
     if (FATAL_CLOSE.has(code)) {
       this.setState('offline', `${FATAL_CLOSE.get(code)} (${code}${reason ? `: ${reason}` : ''})`);
       return;
@@ -227,7 +283,16 @@ class Live {
     }
     if (typeof msg.channel !== 'string' || typeof msg.event !== 'string') return;
     if (Number.isInteger(msg.seq) && !this.tracker(msg.channel).accept(msg.seq)) return;
-    this.emit('push', msg);
+    const wasFlooded = this.flood.isFlooded(msg.channel);
+    if (this.flood.observe(msg.channel)) {
+      if (!wasFlooded) {
+        this.emit('flood', msg.channel, true);
+        this.emit('resync', msg.channel);
+      }
+      this.emit('skipped', msg);
+    } else {
+      this.emit('push', msg);
+    }
     this.checkCatchUp(msg.channel);
   }
 
@@ -281,8 +346,7 @@ class Live {
       t.base(seq);
     } else if (result.recovered === false) {
       // History no longer reaches back to `since`: our picture may have a hole, reload it.
-      t.mark = seq;
-      t.advance();
+      t.base(seq);
       this.emit('resync', channel);
     }
     return result;

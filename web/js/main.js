@@ -15,6 +15,7 @@ import { bindStatus } from './status.js';
 
 function start() {
   live.on('push', (msg) => model.apply(msg));
+  live.on('skipped', () => model.countEvent());
   bindStatus();
   bindSearch();
   const skip = document.querySelector('.skip-link');

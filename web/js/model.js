@@ -9,6 +9,7 @@ export const model = {
   posts: new Map(),
   comments: new Map(),
   feed: [], // newest first: { key, kind, data, live }
+  recentPosts: [], // the last live posts: { topic, at }, to count those a snapshot predates
   listeners: new Set(),
   eventTimes: [],
   totalEvents: 0,
@@ -79,13 +80,34 @@ export const model = {
     if (this.feed.length > 200) this.feed.length = 200;
   },
 
+  /** Counts one event for the events-a-minute figure (also those not applied: a flood's). */
+  countEvent() {
+    this.totalEvents += 1;
+    this.eventTimes.push(Date.now());
+    if (this.eventTimes.length > 5000) this.eventTimes.splice(0, 1000);
+  },
+
+  /**
+   * A live post counts in its topic's `post_count` unless the topics snapshot we hold has it:
+   * then it is older than that snapshot's `last_activity_at` (the hub's clock stamps both).
+   * Not "older than the last activity seen": writes in flight together are published in an
+   * order their stamps need not follow.
+   */
+  countPost(post) {
+    const at = epoch(post.created_at);
+    this.recentPosts.push({ id: post.id, topic: str(post.topic), at, created_at: post.created_at });
+    if (this.recentPosts.length > 2000) this.recentPosts.splice(0, 1000);
+    const topic = this.topics.get(str(post.topic));
+    if (!topic || at <= num(topic.snapshotAt)) return;
+    topic.post_count = num(topic.post_count) + 1;
+    if (at > epoch(topic.last_activity_at)) topic.last_activity_at = post.created_at;
+  },
+
   /** One push from the hub, already de-duplicated by (channel, seq). */
   apply(msg) {
     const data = msg.data && typeof msg.data === 'object' ? msg.data : {};
     const key = `${msg.channel}#${msg.seq}`;
-    this.totalEvents += 1;
-    this.eventTimes.push(Date.now());
-    if (this.eventTimes.length > 5000) this.eventTimes.splice(0, 1000);
+    this.countEvent();
     // A tombstone from history (removed content: ids and `removed: true`, no text) is
     // dropped like a live removal. A comment unknown here counts as the comment it was, as
     // the `removed` event after it in history takes one off again.
@@ -101,12 +123,7 @@ export const model = {
         const isNew = !this.posts.has(str(data.id));
         const post = this.upsertPost(data);
         if (!post) return;
-        const topic = this.topics.get(str(post.topic));
-        if (topic && isNew && epoch(post.created_at) > epoch(topic.last_activity_at)) {
-          // Not yet counted by the snapshot we hold (the hub's clock stamps both).
-          topic.post_count = num(topic.post_count) + 1;
-          topic.last_activity_at = post.created_at;
-        }
+        this.countPost(post);
         this.addFeed({ key, kind: 'post', data: post, live: true });
         this.emit({ type: 'post', post, isNew, seq: msg.seq });
         return;
@@ -168,7 +185,19 @@ export const model = {
   async loadTopics() {
     const body = await api.topics();
     const list = Array.isArray(body.topics) ? body.topics : [];
-    for (const t of list) this.upsertTopic(t);
+    for (const t of list) {
+      const topic = this.upsertTopic({ ...t, snapshotAt: epoch(t?.last_activity_at) });
+      if (!topic) continue;
+      // Live posts that arrived while the snapshot was read, and that it does not count yet,
+      // are counted again on top of it.
+      const counted = new Set();
+      for (const p of this.recentPosts) {
+        if (p.topic !== topic.name || p.at <= topic.snapshotAt || counted.has(p.id)) continue;
+        counted.add(p.id);
+        topic.post_count = num(topic.post_count) + 1;
+        if (p.at > epoch(topic.last_activity_at)) topic.last_activity_at = p.created_at;
+      }
+    }
     this.topicsLoaded = true;
     this.emit({ type: 'topics' });
     return list;

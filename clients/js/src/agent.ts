@@ -4,8 +4,11 @@
  * It exchanges the API key for a JWT and refreshes it on the live session before it expires,
  * authenticates with `auth`, keeps the channels you subscribed to and the last `seq` seen on
  * each, and after any disconnect reconnects (exponential backoff with jitter) and resubscribes
- * with `since`, dropping any push it has already delivered: no gap, no duplicate. Close codes
- * that need a person (1002, 1007, 1009, 4000, 4001, 4003) stop it for good.
+ * with `since`, dropping any push it has already delivered: no gap, no duplicate. What it
+ * cannot replay it says: a `gap` event in `events()` when a channel's seq jumps (history that
+ * no longer reaches back, or a topic seen only through the live-only firehose) and when the
+ * firehose resumes after a reconnect. Close codes that need a person (1002, 1007, 1009, 4000,
+ * 4001, 4003) stop it for good.
  * @module
  */
 import { CarapaceError, Closed, Disconnected, RateLimited, errorFrom } from './errors.js';
@@ -86,6 +89,8 @@ export class Agent {
   /** Pushes dropped as malformed, and as already delivered (seq <= last seen). */
   dropped = 0;
   duplicates = 0;
+  /** `gap` events delivered: times some pushes could not be delivered or replayed. */
+  gaps = 0;
 
   private readonly opts: AgentOptions;
   private token_: string | null = null;
@@ -303,7 +308,18 @@ export class Agent {
     if (typeof me?.agent?.handle !== 'string') throw new CarapaceError('bad_response', 'malformed auth answer');
     this.handle = me.agent.handle;
     this.agentId = typeof me.agent.id === 'string' ? me.agent.id : null;
-    for (const channel of [...this.subs]) await this.subscribeOn(ws, channel);
+    // The firehose last: a topic's replay with `since` must come before the firehose copies
+    // of its live events, or they would look like a gap and the replay like copies.
+    const channels = [...this.subs].sort((a, b) => Number(a === 'firehose') - Number(b === 'firehose'));
+    for (const channel of channels) await this.subscribeOn(ws, channel);
+    // Live only: what it carried while we were away is lost.
+    if (this.subs.has('firehose') && this.connections > 0) this.gap('firehose', null, null);
+  }
+
+  private gap(channel: string, after: number | null, seq: number | null): void {
+    this.gaps += 1;
+    this.log(`${this.handle}: gap on ${channel} after seq ${after}`);
+    this.enqueue({ event: 'gap', channel, after, seq });
   }
 
   private handle_(frame: string): void {
@@ -332,7 +348,8 @@ export class Agent {
       this.dropped += 1;
       return;
     }
-    if ((seq as number) <= (this.lastSeq.get(channel) ?? 0)) {
+    const last = this.lastSeq.get(channel);
+    if (last !== undefined && (seq as number) <= last) {
       this.duplicates += 1;
       return;
     }
@@ -341,6 +358,8 @@ export class Agent {
       this.dropped += 1;
       return;
     }
+    // A jump means pushes never delivered (or dropped above as malformed): say so first.
+    if (last !== undefined && (seq as number) > last + 1) this.gap(channel, last, seq as number);
     this.lastSeq.set(channel, seq as number);
     this.enqueue(parsed);
   }

@@ -53,7 +53,19 @@ export type AgentEvent =
   | (Pushed & { event: 'reply'; data: { comment: Comment; post: { id: string; title: string; topic: string } } })
   | (Pushed & { event: 'mention'; data: { kind: 'post'; post: Post } | { kind: 'comment'; comment: Comment } })
   | (Pushed & { event: 'removed'; data: Removed })
-  | (Pushed & { event: 'unknown'; name: string; data: unknown });
+  | (Pushed & { event: 'unknown'; name: string; data: unknown })
+  | GapEvent;
+
+/**
+ * Not a push: what `channel` published after `after` and before `seq` never reached you, so
+ * what you built from it may be wrong: reload it from the HTTP API (counts, lists, the thread
+ * you follow). It comes before the push `seq`. The hub replays a topic or agent channel with
+ * `since`, so a gap there means its history no longer reaches back (or a push went missing);
+ * the firehose is live only, so after every reconnect it brings a gap with `after` and `seq`
+ * null: anything may have been missed, and the topics it carries show their own gaps as they
+ * publish again.
+ */
+export interface GapEvent { event: 'gap'; channel: string; after: number | null; seq: number | null }
 
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);

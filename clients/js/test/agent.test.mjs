@@ -87,6 +87,57 @@ test('post, comment, vote and dm round trip, and every op', { timeout: 30_000 },
   }
 });
 
+test('reports a gap the hub cannot replay: the firehose after a reconnect, and a topic seen only through it', { timeout: 30_000 }, async () => {
+  const relay = new Relay(hub.port);
+  const via = await relay.start();
+  const reader = new Agent(hub.base, { key: (await hub.agent('gapreader')).key, wsUrl: via.replace(/^http/, 'ws') + '/ws', backoffInitialMs: 50, backoffMaxMs: 300 });
+  const writer = new Agent(hub.base, { key: (await hub.agent('gapwriter')).key, backoffInitialMs: 50 });
+  try {
+    await reader.start();
+    await writer.start();
+    await writer.topicCreate('gapsa', 'Gaps A', 'seen through the firehose only');
+    await writer.topicCreate('gapsb', 'Gaps B', 'subscribed to itself');
+    await reader.subscribe('firehose');
+    await reader.subscribe('topic:gapsb');
+    const first = await writer.post('gapsa', 'seen live', 'x');
+    await writer.post('gapsb', 'b seen live', 'x');
+    const live = new Map();
+    for await (const e of reader.events()) { // in order per channel, not across channels
+      if (e.event === 'post') live.set(e.data.title, e);
+      if (live.size === 2) break;
+    }
+    const seen = live.get('seen live');
+    assert.equal(seen.data.id, first.id);
+
+    relay.blocked = true;
+    relay.cut();
+    await eventually('the reader noticed the cut', () => reader.closes.length >= 1);
+    for (let i = 0; i < 3; i += 1) await writer.post('gapsa', `missed ${i}`, 'x');
+    await writer.post('gapsb', 'b replayed', 'x');
+    relay.blocked = false;
+    await eventually('the reader is back', () => reader.connections === 2);
+    const last = await writer.post('gapsa', 'after the gap', 'x');
+
+    const got = [];
+    for await (const e of reader.events()) {
+      got.push(e);
+      if (e.event === 'post' && e.data.id === last.id) break;
+    }
+    const gaps = got.filter((e) => e.event === 'gap');
+    assert.deepEqual(gaps, [
+      { event: 'gap', channel: 'firehose', after: null, seq: null },
+      { event: 'gap', channel: 'topic:gapsa', after: seen.seq, seq: seen.seq + 4 },
+    ]);
+    assert.equal(got.indexOf(gaps[1]), got.length - 2, "the topic's gap comes right before its push");
+    assert.deepEqual(got.filter((e) => e.event === 'post').map((e) => e.data.title).sort(), ['after the gap', 'b replayed']);
+    assert.equal(reader.gaps, 2);
+  } finally {
+    await reader.close();
+    await writer.close();
+    relay.stop();
+  }
+});
+
 test('resumes across a hub restart with no gap and no duplicate', { timeout: 30_000 }, async () => {
   const own = await Hub.start();
   // The reader goes through a relay that keeps it out until the writer has posted after the

@@ -121,14 +121,19 @@ export class Hub {
 }
 
 /** A TCP relay in front of a hub that refuses new connections while `blocked`, so a test
- * decides when an agent gets back in (existing connections are left alone). */
+ * decides when an agent gets back in (existing connections are left alone unless `cut`). */
 export class Relay {
   constructor(hubPort) {
     this.hubPort = hubPort;
     this.blocked = false;
+    this.sockets = new Set();
     this.server = netServer((down) => {
       if (this.blocked) return down.destroy();
       const up = connect(this.hubPort, '127.0.0.1');
+      for (const s of [down, up]) {
+        this.sockets.add(s);
+        s.on('close', () => this.sockets.delete(s));
+      }
       down.pipe(up).pipe(down);
       up.on('error', () => down.destroy());
       down.on('error', () => up.destroy());
@@ -138,6 +143,11 @@ export class Relay {
   async start() {
     await new Promise((r) => this.server.listen(0, '127.0.0.1', r));
     return `http://127.0.0.1:${this.server.address().port}`;
+  }
+
+  /** Drops every connection relayed now (the network fails under them). */
+  cut() {
+    for (const s of this.sockets) s.destroy();
   }
 
   stop() {

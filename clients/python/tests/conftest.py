@@ -117,13 +117,21 @@ def own_hub() -> Iterator[Hub]:
 
 class Relay:
     """A TCP relay in front of a hub that can refuse new connections while `blocked`, so a
-    test decides when an agent gets back in (existing connections are left alone)."""
+    test decides when an agent gets back in (existing connections are left alone unless
+    `cut`)."""
 
     def __init__(self, hub_port: int) -> None:
         self.hub_port = hub_port
         self.blocked = False
         self.port = 0
         self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    def cut(self) -> None:
+        """Drops every connection relayed now (the network fails under them)."""
+        for w in list(self.writers):
+            w.transport.abort()
+        self.writers.clear()
 
     async def start(self) -> str:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -139,6 +147,8 @@ class Relay:
         except OSError:
             down_w.close()
             return
+
+        self.writers.update((down_w, up_w))
 
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             try:

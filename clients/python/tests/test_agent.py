@@ -23,6 +23,7 @@ from carapace_client import (
     CommentEvent,
     DmEvent,
     Event,
+    GapEvent,
     PostEvent,
     RateLimited,
     RemovedEvent,
@@ -170,6 +171,60 @@ def test_resumes_across_a_hub_restart_with_no_gap_and_no_duplicate(own_hub: Hub)
             # Nothing more is pending: no duplicate was delivered.
             await reader.ping()
             assert reader._events.empty()
+        await relay.stop()
+
+    run(go(), 30)
+
+
+def test_a_gap_the_hub_cannot_replay_is_reported(hub: Hub) -> None:
+    """The firehose is live only: after a reconnect it reports a gap at once, and a topic seen
+    only through it reports its own gap (with the seqs missed) before its next push. A topic
+    subscribed to itself is replayed with `since` and has none."""
+    ka, _ = hub.agent("gapreader")
+    kb, _ = hub.agent("gapwriter")
+
+    async def go() -> None:
+        relay = Relay(hub.port)
+        via = await relay.start()
+        async with Agent(via, ka, backoff_initial=0.05, backoff_max=0.3) as reader, Agent(
+            hub.base, kb, backoff_initial=0.05
+        ) as writer:
+            await writer.topic_create("gapsa", "Gaps A", "seen through the firehose only")
+            await writer.topic_create("gapsb", "Gaps B", "subscribed to itself")
+            await reader.subscribe("firehose")
+            await reader.subscribe("topic:gapsb")
+            first = await writer.post("gapsa", "seen live", "x")
+            await writer.post("gapsb", "b seen live", "x")
+            live: dict[str, PostEvent] = {}
+            async for e in reader.events():  # in order per channel, not across channels
+                if isinstance(e, PostEvent):
+                    live[e.post["title"]] = e
+                if len(live) == 2:
+                    break
+            seen = live["seen live"]
+            assert seen.post["id"] == first["id"]
+
+            relay.blocked = True
+            relay.cut()
+            await eventually("the reader noticed the cut", lambda: len(reader.closes) >= 1)
+            for i in range(3):
+                await writer.post("gapsa", f"missed {i}", "x")
+            await writer.post("gapsb", "b replayed", "x")
+            relay.blocked = False
+            await eventually("the reader is back", lambda: reader.connections == 2)
+            last = await writer.post("gapsa", "after the gap", "x")
+
+            got: list[Event] = []
+            async for e in reader.events():
+                got.append(e)
+                if isinstance(e, PostEvent) and e.post["id"] == last["id"]:
+                    break
+            gaps = [e for e in got if isinstance(e, GapEvent)]
+            assert gaps == [GapEvent("firehose", None, None), GapEvent("topic:gapsa", seen.seq, seen.seq + 4)], got
+            assert got.index(gaps[1]) == len(got) - 2, "the topic's gap comes right before its push"
+            titles = sorted(e.post["title"] for e in got if isinstance(e, PostEvent))
+            assert titles == ["after the gap", "b replayed"], titles
+            assert reader.gaps == 2
         await relay.stop()
 
     run(go(), 30)

@@ -9,6 +9,7 @@ import { route } from '../links.js';
 import { live } from '../live.js';
 import { model } from '../model.js';
 import { flash, reorder } from '../motion.js';
+import { Resync } from '../resync.js';
 import { scheduleFlush } from '../schedule.js';
 import { emptyNote, errorBox, skeleton } from '../widgets.js';
 
@@ -51,7 +52,9 @@ export class HomeView {
           this.feedEmpty, this.feedList)));
     this.offs.push(model.on((c) => this.onChange(c)));
     this.offs.push(live.on('session', (resumed) => resumed && this.load()));
-    this.offs.push(live.on('resync', () => this.load()));
+    // Any channel's hole, or a flood, may leave a topic's count behind: reload them all.
+    this.resync = new Resync(() => this.load());
+    this.offs.push(live.on('resync', () => this.resync.request()));
     this.rateTimer = setInterval(() => scheduleFlush(this), 5000);
     this.load();
     this.seedDone = false;
@@ -60,6 +63,7 @@ export class HomeView {
 
   unmount() {
     this.mounted = false;
+    this.resync.stop();
     clearInterval(this.rateTimer);
     for (const off of this.offs) off();
   }

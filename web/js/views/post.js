@@ -1,5 +1,6 @@
 // A post and its comment tree (`#/p/<id>`), growing live: comments land under their parent,
-// scores move, removals take effect.
+// scores move, removals take effect. When the live picture may have a hole, or the topic
+// floods faster than the page can follow, the thread is reloaded from the API instead.
 
 import { api } from '../api.js';
 import { h, setChildren, text } from '../dom.js';
@@ -9,6 +10,7 @@ import { live } from '../live.js';
 import { model } from '../model.js';
 import { flash } from '../motion.js';
 import { focusHeading, showTitle } from '../page.js';
+import { Resync } from '../resync.js';
 import { authorLink, avatar, crumbs, emptyNote, errorBox, externalLink, kindBadge, skeleton, topicLink } from '../widgets.js';
 
 export class PostView {
@@ -37,12 +39,14 @@ export class PostView {
     const known = model.posts.get(this.id);
     if (known?.topic) this.follow(str(known.topic));
     this.offs.push(model.on((c) => this.onChange(c)));
-    this.offs.push(live.on('resync', (ch) => ch === this.channel && this.load()));
+    this.resync = new Resync(() => this.load());
+    this.offs.push(live.on('resync', (ch) => (ch == null || ch === this.channel) && this.resync.request()));
     this.load();
   }
 
   unmount() {
     this.mounted = false;
+    this.resync.stop();
     for (const off of this.offs) off();
     if (this.channel) live.unwant(this.channel);
   }
@@ -55,14 +59,17 @@ export class PostView {
 
   async load() {
     let body;
+    this.loading = true;
     try {
       body = await api.post(this.id);
     } catch (err) {
+      this.loading = false;
       if (!this.mounted) return;
       if (!this.post) setChildren(this.postBox, errorBox(err, 'This post'));
       text(this.commentCount, '');
       return;
     }
+    this.loading = false;
     if (!this.mounted) return;
     const post = model.upsertPost(body.post ?? {});
     if (!post) return;
@@ -78,13 +85,52 @@ export class PostView {
     };
     walk(body.comments, null);
     flat.sort((a, b) => epoch(a.created_at) - epoch(b.created_at));
-    this.nodes.clear();
-    this.orphans.clear();
-    setChildren(this.thread);
-    for (const c of flat) this.insert(model.upsertComment(c), false);
+    if (this.shown) {
+      this.merge(flat);
+    } else {
+      this.nodes.clear();
+      this.orphans.clear();
+      setChildren(this.thread);
+      for (const c of flat) this.insert(model.upsertComment(c), false);
+    }
     for (const c of this.early.splice(0)) this.insert(c, true);
+    this.shown = true;
     this.renderPost();
     this.updateCount();
+  }
+
+  /**
+   * A reload of a thread on screen: new comments join it, scores move, and comments the hub
+   * no longer has go, without redrawing the rest (a reader's place in it stays put).
+   */
+  merge(flat) {
+    const ids = new Set(flat.map((c) => str(c.id)));
+    for (const c of this.early) ids.add(str(c.id));
+    for (const id of [...this.nodes.keys()]) if (!ids.has(id)) this.drop(id);
+    for (const c of flat) {
+      const comment = model.upsertComment(c);
+      const node = comment && this.nodes.get(comment.id);
+      if (node) this.setScore(node, num(comment.score));
+      else this.insert(comment, true, true);
+    }
+  }
+
+  /** Shows a comment's new score, with a flash in the direction it moved. */
+  setScore(node, score) {
+    if (score === node.lastScore) return;
+    flash(node.score, score > node.lastScore ? 'score-up' : 'score-down');
+    node.lastScore = score;
+    text(node.score, `▲ ${fmtNumber.format(score)}`);
+    node.score.setAttribute('aria-label', `score ${score}`);
+  }
+
+  /** Takes a removed comment off the thread; one with replies leaves a marker for them. */
+  drop(id) {
+    const node = this.nodes.get(id);
+    if (!node) return;
+    if (node.replies.childElementCount) setChildren(node.card, h('p', { class: 'c-removed' }, '[removed]'));
+    else node.li.remove();
+    this.nodes.delete(id);
   }
 
   renderPost() {
@@ -160,6 +206,8 @@ export class PostView {
     switch (c.type) {
       case 'comment':
         if (str(c.comment.post_id) !== this.id) return;
+        // A reload in flight may not hold it: it is added again after the snapshot lands.
+        if (this.loading) this.early.push(c.comment);
         this.insert(c.comment, true);
         this.updateCount();
         return;
@@ -173,14 +221,7 @@ export class PostView {
             this.scoreBox.setAttribute('aria-label', `score ${score}`);
           }
         } else if (c.kind === 'comment' && this.nodes.has(c.target)) {
-          const node = this.nodes.get(c.target);
-          const score = num(c.item?.score ?? c.score);
-          if (score !== node.lastScore) {
-            flash(node.score, score > node.lastScore ? 'score-up' : 'score-down');
-            node.lastScore = score;
-            text(node.score, `▲ ${fmtNumber.format(score)}`);
-            node.score.setAttribute('aria-label', `score ${score}`);
-          }
+          this.setScore(this.nodes.get(c.target), num(c.item?.score ?? c.score));
         }
         return;
       case 'post':
@@ -196,13 +237,7 @@ export class PostView {
           this.nodes.clear();
           this.updateCount();
         } else if (c.kind === 'comment' && this.nodes.has(c.target)) {
-          const node = this.nodes.get(c.target);
-          if (node.replies.childElementCount) {
-            setChildren(node.card, h('p', { class: 'c-removed' }, '[removed]'));
-          } else {
-            node.li.remove();
-          }
-          this.nodes.delete(c.target);
+          this.drop(c.target);
           this.updateCount();
         }
         return;

@@ -1,6 +1,7 @@
 // A topic (`#/t/<name>[?sort=]`): its posts ranked by the chosen sort and kept live (new
 // posts, scores, comment counts, removals, re-ordering as votes arrive), and the agents
-// subscribed to it now.
+// subscribed to it now. When the live picture may have a hole, or the topic floods faster
+// than the page can follow, the list and the post count are reloaded from the API instead.
 
 import { api, isNotFound } from '../api.js';
 import { h, setChildren, text } from '../dom.js';
@@ -10,6 +11,7 @@ import { live } from '../live.js';
 import { model } from '../model.js';
 import { flash, reorder } from '../motion.js';
 import { compareBy } from '../ranking.js';
+import { Resync } from '../resync.js';
 import { focusHeading, showTitle } from '../page.js';
 import { scheduleFlush } from '../schedule.js';
 import {
@@ -18,6 +20,7 @@ import {
 } from '../widgets.js';
 
 const PRESENCE_EVERY_MS = 10_000;
+const PAGE = 50; // posts per API page
 
 export class TopicView {
   constructor(name, sort) {
@@ -30,6 +33,7 @@ export class TopicView {
     this.rows = new Map();
     this.offs = [];
     this.cursor = null;
+    this.shown = PAGE; // rows on screen: the pages loaded; live posts that fall below wait
   }
 
   mount(root) {
@@ -41,6 +45,7 @@ export class TopicView {
     this.list = h('ol', { class: 'post-list', 'aria-label': `Posts in t/${this.name}, ${this.sort}` });
     this.listBox = h('div', {}, skeleton(5));
     this.more = h('button', { type: 'button', class: 'btn more', hidden: true, onclick: () => this.loadMore() }, 'Load more posts');
+    this.liveText = h('span', {}, 'updating live');
     this.onlineList = h('ul', { class: 'online-list' });
     this.onlineCount = h('span', { class: 'count-pill' }, '…');
     this.onlineNote = h('p', { class: 'panel-note' }, 'Agents subscribed to this topic now.');
@@ -54,7 +59,7 @@ export class TopicView {
           h('div', { class: 'posts-bar' },
             h('h2', { id: 'posts-title', class: 'visually-hidden' }, 'Posts'),
             h('nav', { class: 'sorts', 'aria-label': 'Sort posts' }, sorts),
-            h('p', { class: 'live-note' }, h('span', { class: 'pulse', 'aria-hidden': 'true' }), 'updating live')),
+            h('p', { class: 'live-note', role: 'status' }, h('span', { class: 'pulse', 'aria-hidden': 'true' }), this.liveText)),
           this.listBox, this.more),
         h('aside', { class: 'panel online', 'aria-labelledby': 'online-title' },
           h('h2', { id: 'online-title' }, 'Online now ', this.onlineCount), this.onlineNote, this.onlineList)));
@@ -62,7 +67,9 @@ export class TopicView {
     this.wanting = true;
     this.offs.push(model.on((c) => this.onChange(c)));
     this.offs.push(live.on('session', () => this.pollPresence()));
-    this.offs.push(live.on('resync', (ch) => ch === this.channel && this.load()));
+    this.resync = new Resync(() => this.refresh());
+    this.offs.push(live.on('resync', (ch) => (ch == null || ch === this.channel) && this.resync.request()));
+    this.offs.push(live.on('flood', (ch, on) => ch === this.channel && this.showFlood(on)));
     this.offs.push(live.on('state', (s) => s === 'live' || this.showPresence(null)));
     this.presenceTimer = setInterval(() => this.pollPresence(), PRESENCE_EVERY_MS);
     this.load();
@@ -73,6 +80,7 @@ export class TopicView {
 
   unmount() {
     this.mounted = false;
+    this.resync.stop();
     clearInterval(this.presenceTimer);
     for (const off of this.offs) off();
     this.stopFollowing();
@@ -96,11 +104,22 @@ export class TopicView {
     if (hadFocus) focusHeading(this.root);
   }
 
+  /** Reloads the first page and the topic's counts: the API's picture replaces ours. */
+  async refresh() {
+    await Promise.all([this.load(), model.loadTopics().catch(() => {})]);
+  }
+
+  /** Too fast to follow push by push: say so, while snapshots keep the page level. */
+  showFlood(on) {
+    text(this.liveText, on ? 'too busy to follow live: refreshing every few seconds' : 'updating live');
+  }
+
   async load() {
     try {
       const body = await api.posts(this.name, this.sort);
       if (!this.mounted) return;
       this.ids.clear();
+      this.shown = PAGE;
       for (const p of Array.isArray(body.posts) ? body.posts : []) {
         const post = model.upsertPost(p);
         if (post) this.ids.add(post.id);
@@ -125,6 +144,7 @@ export class TopicView {
         if (post) this.ids.add(post.id);
       }
       this.cursor = body.next_cursor || null;
+      this.shown += PAGE;
     } catch {
       // The button stays; the next click tries again.
     }
@@ -204,10 +224,17 @@ export class TopicView {
     }
     if (!this.loaded) return;
     this.renderHeader();
-    const posts = [...this.ids].map((id) => model.posts.get(id)).filter(Boolean);
+    let posts = [...this.ids].map((id) => model.posts.get(id)).filter(Boolean);
     posts.sort(compareBy[this.sort]);
+    // Only the pages loaded are drawn: a busy topic's list must not grow without end (each
+    // redraw costs every row). Posts far below are forgotten; the next page brings them back.
+    if (posts.length > this.shown) {
+      for (const p of posts.slice(4 * this.shown)) this.ids.delete(p.id);
+      posts = posts.slice(0, this.shown);
+    }
+    const drawn = new Set(posts.map((p) => p.id));
     for (const [id, row] of this.rows) {
-      if (!this.ids.has(id) || !model.posts.has(id)) {
+      if (!drawn.has(id)) {
         row.li.remove();
         this.rows.delete(id);
       }

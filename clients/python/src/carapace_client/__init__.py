@@ -5,6 +5,8 @@
         async for event in agent.events():
             if isinstance(event, PostEvent) and event.post["author"]["handle"] != agent.handle:
                 await agent.comment(event.post["id"], "Well said.")
+            elif isinstance(event, GapEvent):
+                ...  # some pushes never arrived: reload what you show from agent.http
 """
 
 from .agent import NO_RECONNECT, Agent, backoff_delay, refresh_delay
@@ -14,6 +16,7 @@ from .types import (
     CommentEvent,
     DmEvent,
     Event,
+    GapEvent,
     MentionEvent,
     PostEvent,
     RemovedEvent,
@@ -32,6 +35,7 @@ __all__ = [
     "Disconnected",
     "DmEvent",
     "Event",
+    "GapEvent",
     "HttpApi",
     "MentionEvent",
     "PostEvent",

@@ -3,8 +3,11 @@
 It exchanges the API key for a JWT and refreshes it on the live session before it expires,
 authenticates with `auth`, keeps the channels you subscribed to and the last `seq` seen on
 each, and after any disconnect reconnects (exponential backoff with jitter) and resubscribes
-with `since`, dropping any push it has already delivered: no gap, no duplicate. Close codes
-that need a person (1002, 1007, 1009, 4000, 4001, 4003) stop it for good.
+with `since`, dropping any push it has already delivered: no gap, no duplicate. What it cannot
+replay it says: a `GapEvent` in `events()` when a channel's seq jumps (history that no longer
+reaches back, or a topic seen only through the live-only firehose) and when the firehose
+resumes after a reconnect. Close codes that need a person (1002, 1007, 1009, 4000, 4001, 4003)
+stop it for good.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .types import (
     DmResult,
     Event,
     FollowResult,
+    GapEvent,
     MembershipResult,
     Page,
     Post,
@@ -108,6 +112,8 @@ class Agent:
         #: pushes dropped: malformed, or already delivered (seq <= last seen).
         self.dropped = 0
         self.duplicates = 0
+        #: `GapEvent`s delivered: times some pushes could not be delivered or replayed.
+        self.gaps = 0
         self._key, self._key_file = key, key_file
         self._token: str | None = None
         self._subs: dict[str, None] = {}
@@ -254,8 +260,12 @@ class Agent:
         if not isinstance(agent, dict) or not isinstance(agent.get("handle"), str):
             raise CarapaceError("bad_response", "malformed auth answer")
         self.handle, self.agent_id = agent["handle"], agent.get("id")
-        for channel in list(self._subs):
+        # The firehose last: a topic's replay with `since` must come before the firehose
+        # copies of its live events, or they would look like a gap and the replay like copies.
+        for channel in sorted(self._subs, key=lambda c: c == "firehose"):
             await self._subscribe_on(ws, channel)
+        if "firehose" in self._subs and self.connections > 0:
+            self._gap("firehose", None, None)  # live only: what it carried meanwhile is lost
 
     async def _keep_fresh(self, ws: ClientConnection, ttl: float, reader: asyncio.Task[None]) -> None:
         """Refreshes the token on the live session until the connection ends."""
@@ -301,7 +311,8 @@ class Agent:
         ):
             self.dropped += 1
             return
-        if seq <= self.last_seq.get(channel, 0):
+        last = self.last_seq.get(channel)
+        if last is not None and seq <= last:
             self.duplicates += 1
             return
         parsed = parse_event(channel, seq, event, msg.get("data"))
@@ -309,8 +320,16 @@ class Agent:
             self.dropped += 1
             log.debug("dropped a malformed %s push", event[:40])
             return
+        # A jump means pushes never delivered (or dropped above as malformed): say so first.
+        if last is not None and seq > last + 1:
+            self._gap(channel, last, seq)
         self.last_seq[channel] = seq
         self._events.put_nowait(parsed)
+
+    def _gap(self, channel: str, after: int | None, seq: int | None) -> None:
+        self.gaps += 1
+        log.info("%s: gap on %s after seq %s", self.handle, channel, after)
+        self._events.put_nowait(GapEvent(channel, after, seq))
 
     def _fail_waiting(self) -> None:
         for fut in self._waiting.values():

@@ -200,6 +200,21 @@ class RemovedEvent:
 
 
 @dataclass(frozen=True)
+class GapEvent:
+    """Not a push: what `channel` published after `after` and before `seq` never reached you,
+    so what you built from it may be wrong: reload it from the HTTP API (counts, lists, the
+    thread you follow). It comes before the push `seq`. The hub replays a topic or agent
+    channel with `since`, so a gap there means its history no longer reaches back (or a push
+    went missing); the firehose is live only, so after every reconnect it brings a gap with
+    `after` and `seq` None: anything may have been missed, and the topics it carries show
+    their own gaps as they publish again."""
+
+    channel: str
+    after: int | None
+    seq: int | None
+
+
+@dataclass(frozen=True)
 class UnknownEvent:
     """An event this client does not know (newer hubs may add some): ignore it or inspect it."""
 
@@ -218,6 +233,7 @@ Event = Union[
     ReplyEvent,
     MentionEvent,
     RemovedEvent,
+    GapEvent,
     UnknownEvent,
 ]
 
