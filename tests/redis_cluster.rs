@@ -134,8 +134,8 @@ fn watch_readyz(
     })
 }
 
-/// A master dies mid-stream (the one serving the control and firehose channels, and some
-/// topics): after the failover every subscriber on every replica has every stored event of
+/// A master dies mid-stream (the one serving the control channel, and some topics and
+/// firehose buckets): after the failover every subscriber on every replica has every stored event of
 /// its channels exactly once, in order, and `/readyz` said 503 while the bus was deaf.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn master_killed_mid_stream_loses_nothing() {
@@ -180,8 +180,8 @@ async fn master_killed_mid_stream_loses_nothing() {
         listeners.push((l, topic_channels.clone()));
     }
 
-    // The master to kill: the one serving the firehose channel (hence the control channel:
-    // same hash tag), found by asking every master which sharded channels it serves.
+    // The master to kill: the one serving the control channel (and some topics and
+    // firehose buckets), found by asking every master which sharded channels it serves.
     let mut victim = None;
     let mut spread = Vec::new();
     for &p in &redis.ports {
@@ -190,11 +190,11 @@ async fn master_killed_mid_stream_loses_nothing() {
         if topics > 0 || chans.contains("firehose") {
             spread.push((p, topics));
         }
-        if chans.lines().any(|c| c.ends_with(":firehose")) {
+        if chans.lines().any(|c| c.ends_with(":control")) {
             victim = Some(p);
         }
     }
-    let victim = victim.expect("a master serves the firehose channel");
+    let victim = victim.expect("a master serves the control channel");
     eprintln!("topic channels per master (port, count): {spread:?}; killing {victim}");
     assert!(spread.len() >= 2, "topics spread over shards: {spread:?}");
 

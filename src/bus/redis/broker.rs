@@ -114,11 +114,14 @@ impl Broker for RedisBroker {
             event.frame.as_bytes(),
         );
         let redis_channel = self.shared.names.channel(&event.channel);
-        // On a cluster a topic event goes to the firehose channel too (sharded pub/sub has
+        // On a cluster a topic event goes to its firehose bucket too (sharded pub/sub has
         // no patterns); a replica hearing both drops the second copy by its seq.
-        let firehose = (self.shared.names.tagged.is_some()
-            && matches!(event.channel, Channel::Topic(_)))
-        .then(|| (self.shared.names.firehose(), payload.clone()));
+        let firehose = match (&self.shared.names.tagged, &event.channel) {
+            (Some(_), Channel::Topic(topic)) => {
+                Some((self.shared.names.firehose_of(topic), payload.clone()))
+            }
+            _ => None,
+        };
         // Local subscribers first, without the round trip; our echo from Redis is ignored.
         self.handler.on_event(event);
         self.shared.send(redis_channel, payload).await;

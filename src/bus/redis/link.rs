@@ -67,18 +67,27 @@ impl RedisSubscriptions {
 #[async_trait::async_trait]
 impl Subscriptions for RedisSubscriptions {
     async fn subscribe(&self, channel: &Channel) -> Result<(), BusError> {
-        let (name, pattern) = self.shared.names.subscription(channel);
-        if let Some(done) = self.shared.want(name, pattern) {
-            // Once confirmed, everything published from now on reaches us. When Redis is
-            // down the want is recorded anyway: the reconnect subscribes and resyncs.
-            let _ = timeout(SUBSCRIBE_WAIT, done).await;
-        }
+        let confirmations: Vec<_> = self
+            .shared
+            .names
+            .subscriptions(channel)
+            .into_iter()
+            .filter_map(|(name, pattern)| self.shared.want(name, pattern))
+            .collect();
+        // Once confirmed, everything published from now on reaches us. When Redis is down
+        // the want is recorded anyway: the reconnect subscribes and resyncs.
+        let _ = timeout(
+            SUBSCRIBE_WAIT,
+            futures_util::future::join_all(confirmations),
+        )
+        .await;
         Ok(())
     }
 
     async fn unsubscribe(&self, channel: &Channel) {
-        let (name, pattern) = self.shared.names.subscription(channel);
-        self.shared.unwant(name, pattern);
+        for (name, pattern) in self.shared.names.subscriptions(channel) {
+            self.shared.unwant(name, pattern);
+        }
     }
 }
 

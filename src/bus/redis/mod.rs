@@ -14,12 +14,12 @@
 //! On a Redis Cluster (`redis+cluster://` seed nodes, `target`) events go by sharded pub/sub,
 //! each channel on the shard of its slot, and the subscriber side is `shards` (one connection
 //! per shard master, rebuilt on any sign of loss) instead of `link`'s single connection.
-//! Sharded pub/sub has no patterns, so a topic event is also published on one firehose
-//! channel. Names used together in one command (presence keys, pipelined) and the
-//! deployment-wide channels (control, firehose) carry the hash tag `{<cluster id>}`, so they
-//! share a slot: `carapace:{<id>}:control`, `carapace:{<id>}:firehose`,
-//! `carapace:{<id>}:presence:<channel>`; event channels and rate-limit keys keep their names
-//! and spread over the shards.
+//! Sharded pub/sub has no patterns, so a topic event is also published on its topic's
+//! firehose bucket (`firehose:<n>`, one of 64), and the firehose is a subscription to every
+//! bucket. Names used together in one command (presence keys, pipelined) and the control
+//! channel carry the hash tag `{<cluster id>}`, so they share a slot:
+//! `carapace:{<id>}:control`, `carapace:{<id>}:presence:<channel>`; event channels, firehose
+//! buckets and rate-limit keys keep their names and spread over the shards.
 //!
 //! Faults: one supervisor task owns the subscriber connection. When it drops, the bus reports
 //! unhealthy, reconnects with exponential backoff and jitter, subscribes to everything wanted,
@@ -72,9 +72,9 @@ pub enum RedisBusError {
 
 /// Key and channel names under the deployment's prefix. On a Redis Cluster (`tagged` is the
 /// prefix with the cluster id as hash tag, `carapace:{<id>}:`) the names that meet in one
-/// command (presence keys, pipelined together) and the deployment-wide channels (control,
-/// firehose) share that tag, hence one slot; event channels and rate-limit keys are used one
-/// at a time and keep untagged names, so they spread over the shards.
+/// command (presence keys, pipelined together) and the control channel share that tag,
+/// hence one slot; event channels, firehose buckets and rate-limit keys are used one at a
+/// time and keep untagged names, so they spread over the shards.
 struct Names {
     prefix: String,
     /// `Some` on a Redis Cluster.
@@ -92,22 +92,30 @@ impl Names {
     fn together(&self) -> &str {
         self.tagged.as_deref().unwrap_or(&self.prefix)
     }
-    /// What to subscribe to for `c`, and whether it is a pattern. A single Redis gives the
-    /// firehose a pattern over every topic channel; sharded pub/sub has no patterns, so on
-    /// a cluster every topic event is also published on one firehose channel.
-    fn subscription(&self, c: &Channel) -> (String, bool) {
+    /// What to subscribe to for `c`, each with whether it is a pattern. A single Redis gives
+    /// the firehose a pattern over every topic channel; sharded pub/sub has no patterns, so
+    /// on a cluster the firehose is every one of the firehose buckets.
+    fn subscriptions(&self, c: &Channel) -> Vec<(String, bool)> {
         match (c, &self.tagged) {
-            (Channel::Firehose, None) => (format!("{}ch:topic:*", self.prefix), true),
-            (Channel::Firehose, Some(_)) => (self.firehose(), false),
-            (c, _) => (self.channel(c), false),
+            (Channel::Firehose, None) => vec![(format!("{}ch:topic:*", self.prefix), true)],
+            (Channel::Firehose, Some(_)) => (0..FIREHOSE_BUCKETS)
+                .map(|b| (self.firehose_bucket(b), false))
+                .collect(),
+            (c, _) => vec![(self.channel(c), false)],
         }
     }
     /// The channel an event of `c` (never the firehose) is published on.
     fn channel(&self, c: &Channel) -> String {
         format!("{}ch:{c}", self.prefix)
     }
-    fn firehose(&self) -> String {
-        format!("{}firehose", self.together())
+    /// On a cluster, the firehose channel that also carries `topic`'s events: one of
+    /// `FIREHOSE_BUCKETS`, untagged so that the buckets, like the topics, spread over the
+    /// shards (one firehose channel would carry every topic event on one shard).
+    fn firehose_of(&self, topic: &str) -> String {
+        self.firehose_bucket(firehose_bucket(topic))
+    }
+    fn firehose_bucket(&self, bucket: u32) -> String {
+        format!("{}firehose:{bucket}", self.prefix)
     }
     fn control(&self) -> String {
         format!("{}control", self.together())
@@ -118,6 +126,18 @@ impl Names {
     fn rate(&self, action: &str, agent_id: &str) -> String {
         format!("{}rl:{action}:{agent_id}", self.prefix)
     }
+}
+
+/// How many channels the firehose is split into on a Redis Cluster. Part of the wire
+/// format: every replica of a deployment must agree on it and on `firehose_bucket`.
+const FIREHOSE_BUCKETS: u32 = 64;
+
+/// The firehose bucket of a topic: FNV-1a of its name, stable across processes and builds.
+fn firehose_bucket(topic: &str) -> u32 {
+    let h = topic.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    h % FIREHOSE_BUCKETS
 }
 
 /// Where commands go: one Redis, or a Redis Cluster.
@@ -340,8 +360,8 @@ mod tests {
             "carapace:c1:ch:agent:sage"
         );
         assert_eq!(
-            n.subscription(&Channel::Firehose),
-            ("carapace:c1:ch:topic:*".to_string(), true)
+            n.subscriptions(&Channel::Firehose),
+            vec![("carapace:c1:ch:topic:*".to_string(), true)]
         );
         assert_eq!(n.control(), "carapace:c1:control");
         assert_eq!(
@@ -357,16 +377,30 @@ mod tests {
         let tag = slots::slot(b"c1");
         for name in [
             n.control(),
-            n.firehose(),
             n.presence(&Channel::topic("rust")),
             n.presence(&Channel::topic("go")),
         ] {
             assert_eq!(slots::slot(name.as_bytes()), tag, "{name}");
         }
-        assert_eq!(
-            n.subscription(&Channel::Firehose),
-            ("carapace:{c1}:firehose".to_string(), false)
-        );
+        // The firehose is every bucket; a topic's bucket is one of them, and the buckets
+        // spread over the shards like the topics.
+        let firehose = n.subscriptions(&Channel::Firehose);
+        assert_eq!(firehose.len(), FIREHOSE_BUCKETS as usize);
+        assert!(firehose.iter().all(|(_, pattern)| !pattern));
+        assert!(firehose.contains(&(n.firehose_of("rust"), false)));
+        let masters = [0..5461u16, 5461..10923, 10923..16384];
+        for shard in masters {
+            let on = firehose
+                .iter()
+                .filter(|(name, _)| shard.contains(&slots::slot(name.as_bytes())))
+                .count();
+            assert!(on >= 12, "{on} of 64 buckets on slots {shard:?}");
+        }
+        assert_eq!(firehose_bucket("rust"), firehose_bucket("rust"));
+        let buckets: std::collections::HashSet<u32> = (0..200)
+            .map(|i| firehose_bucket(&format!("t{i}")))
+            .collect();
+        assert!(buckets.len() > 48, "topics spread over the buckets");
         // Event channels spread over the shards.
         let spread: std::collections::HashSet<u16> = ["a", "b", "c", "d", "e", "f"]
             .iter()
