@@ -54,6 +54,8 @@ pub struct SessionDeps {
     pub close_grace: Duration,
     /// Replica-wide shutdown: sessions close with 1012 when it flips.
     pub draining: watch::Receiver<bool>,
+    /// The bus has been down too long (see `bus_watch`): sessions close with 1012.
+    pub bus_lost: watch::Receiver<bool>,
     /// The client's address, for limits on what a session without an agent may do.
     pub client: std::net::IpAddr,
     /// This replica's id, for the session's span.
@@ -198,6 +200,7 @@ impl Session {
     async fn read_loop(&mut self, mut frames: FrameReader) -> PeerEnd {
         let mut closed = self.shared.closed();
         let mut draining = self.deps.draining.clone();
+        let mut bus_lost = self.deps.bus_lost.clone();
         loop {
             let expiry = self.expiry();
             let expired = async {
@@ -210,6 +213,10 @@ impl Session {
                 _ = closed.changed() => return PeerEnd::Gone,
                 _ = async { let _ = draining.wait_for(|d| *d).await.is_ok(); } => {
                     self.shared.close(CloseCode::Draining);
+                    return PeerEnd::Gone;
+                }
+                _ = async { let _ = bus_lost.wait_for(|l| *l).await.is_ok(); } => {
+                    self.shared.close(CloseCode::BusLost);
                     return PeerEnd::Gone;
                 }
                 _ = expired => {

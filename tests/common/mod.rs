@@ -4,6 +4,8 @@
 
 pub mod haproxy;
 pub mod infra;
+pub mod netns;
+pub mod traffic;
 
 use carapace::config::Config;
 use carapace::{App, RunningApp};
