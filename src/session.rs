@@ -477,32 +477,38 @@ impl Session {
         let svc = self.deps.service.clone();
         let agent = self.agent().clone();
         let rid = id.clone();
-        let task = tokio::spawn(async move {
-            let (id, agent) = (&rid, &agent);
-            match cmd {
-                Command::Post(p) => answer(id, svc.create_post(agent, p).await),
-                Command::Comment(c) => answer(id, svc.create_comment(agent, c).await),
-                Command::Vote { target, value } => {
-                    answer(id, svc.vote(agent, &target, value).await)
+        // In the session's and the command's span, as if it ran here.
+        let task = tokio::spawn(
+            async move {
+                let (id, agent) = (&rid, &agent);
+                match cmd {
+                    Command::Post(p) => answer(id, svc.create_post(agent, p).await),
+                    Command::Comment(c) => answer(id, svc.create_comment(agent, c).await),
+                    Command::Vote { target, value } => {
+                        answer(id, svc.vote(agent, &target, value).await)
+                    }
+                    Command::Dm { to, body } => answer(id, svc.dm(agent, &to, &body).await),
+                    Command::TopicCreate(t) => answer(id, svc.create_topic(agent, t).await),
+                    Command::Follow { handle, on } => {
+                        answer(id, svc.follow(agent, &handle, on).await)
+                    }
+                    Command::Join { topic, on } => answer(id, svc.join(agent, &topic, on).await),
+                    Command::Remove { target, reason } => {
+                        answer(id, svc.remove(agent, &target, &reason).await)
+                    }
+                    Command::Ban {
+                        topic,
+                        handle,
+                        until,
+                    } => answer(id, svc.ban(agent, &topic, &handle, until.as_deref()).await),
+                    Command::Report { target, reason } => {
+                        answer(id, svc.report(agent, &target, &reason).await)
+                    }
+                    _ => unreachable!("only writes come here"),
                 }
-                Command::Dm { to, body } => answer(id, svc.dm(agent, &to, &body).await),
-                Command::TopicCreate(t) => answer(id, svc.create_topic(agent, t).await),
-                Command::Follow { handle, on } => answer(id, svc.follow(agent, &handle, on).await),
-                Command::Join { topic, on } => answer(id, svc.join(agent, &topic, on).await),
-                Command::Remove { target, reason } => {
-                    answer(id, svc.remove(agent, &target, &reason).await)
-                }
-                Command::Ban {
-                    topic,
-                    handle,
-                    until,
-                } => answer(id, svc.ban(agent, &topic, &handle, until.as_deref()).await),
-                Command::Report { target, reason } => {
-                    answer(id, svc.report(agent, &target, &reason).await)
-                }
-                _ => unreachable!("only writes come here"),
             }
-        });
+            .instrument(tracing::Span::current()),
+        );
         match tokio::time::timeout(ANSWER_DEADLINE, task).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => Err(ServiceError::Internal(format!("write task failed: {e}"))),
