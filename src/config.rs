@@ -283,5 +283,10 @@ mod tests {
             parse(&["--drain-grace", "1.5"]).drain_grace,
             Duration::from_millis(1500)
         );
+        assert_eq!(parse(&[]).bus_loss_grace, DEFAULT_BUS_LOSS_GRACE);
+        assert_eq!(
+            parse(&["--bus-loss-grace", "0.5"]).bus_loss_grace,
+            Duration::from_millis(500)
+        );
     }
 }
