@@ -16,6 +16,8 @@ command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2
 command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v nats-server >/dev/null || need_apt+=(nats-server)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
+# tests/partitions.rs makes network namespaces (as root) with ip netns and veth links.
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -100,6 +100,12 @@ pub struct ServeArgs {
     /// --redis-url (replicas behind a balancer), 0 without (nowhere else to go).
     #[arg(long, env = "CARAPACE_DRAIN_GRACE", value_parser = parse_grace)]
     pub drain_grace: Option<Duration>,
+    /// Seconds the Redis bus may stay down before the replica closes its sessions with 1012
+    /// so that their clients move to a replica that still hears the others (it answers
+    /// `/readyz` 503 meanwhile and refuses new sessions until the bus is back). Shorter
+    /// outages (a Redis restart) are hidden from sessions. Default: 4.
+    #[arg(long, env = "CARAPACE_BUS_LOSS_GRACE", value_parser = parse_grace)]
+    pub bus_loss_grace: Option<Duration>,
     #[command(flatten)]
     pub limits: Box<crate::abuse::LimitArgs>,
 }
@@ -131,6 +137,8 @@ pub struct Config {
     pub drain_grace: Duration,
     /// How long a draining replica waits for in-flight commands.
     pub drain_timeout: Duration,
+    /// How long the bus may be down before sessions are closed with 1012 (see `bus_watch`).
+    pub bus_loss_grace: Duration,
     /// Egress shards, one thread each, that fan events out and write to sessions (see `egress`).
     pub egress_threads: usize,
     /// Timeouts, throttles and budgets against abuse (see `abuse`).
@@ -167,6 +175,7 @@ impl Config {
                 Duration::ZERO
             }),
             drain_timeout: Duration::from_secs(10),
+            bus_loss_grace: a.bus_loss_grace.unwrap_or(DEFAULT_BUS_LOSS_GRACE),
             egress_threads: a
                 .egress_threads
                 .unwrap_or_else(crate::delivery::egress::Egress::default_threads),
@@ -192,11 +201,18 @@ impl Config {
             close_grace: Duration::from_secs(30),
             drain_grace: Duration::ZERO,
             drain_timeout: Duration::from_secs(5),
+            bus_loss_grace: DEFAULT_BUS_LOSS_GRACE,
             egress_threads: 1,
             limits: test_limits(),
         }
     }
 }
+
+/// The bus link notices a silent Redis within 1 to 3 s (a ping every second, 2 s to answer);
+/// a restarted Redis is back within a few reconnect attempts (100 ms doubling). Four seconds
+/// of a lost bus rides out a restart without cutting sessions, and moves the clients of a
+/// replica cut off from Redis within about 5 to 7 s of the cut.
+pub const DEFAULT_BUS_LOSS_GRACE: Duration = Duration::from_secs(4);
 
 /// Two health-check intervals of deploy/haproxy.cfg (1 s, then 250 ms once a check failed,
 /// two failures to go down), with room for a slow check.
@@ -267,6 +283,11 @@ mod tests {
         assert_eq!(
             parse(&["--drain-grace", "1.5"]).drain_grace,
             Duration::from_millis(1500)
+        );
+        assert_eq!(parse(&[]).bus_loss_grace, DEFAULT_BUS_LOSS_GRACE);
+        assert_eq!(
+            parse(&["--bus-loss-grace", "0.5"]).bus_loss_grace,
+            Duration::from_millis(500)
         );
     }
 }

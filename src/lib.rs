@@ -5,6 +5,7 @@ pub mod abuse;
 pub mod audit;
 pub mod auth;
 pub mod bus;
+pub mod bus_watch;
 pub mod clock;
 pub mod config;
 pub mod data_reseal;
@@ -85,6 +86,8 @@ pub struct App {
     leaving: watch::Sender<bool>,
     /// Flipped after the drain grace: sessions close with 1012, new connections are refused.
     draining: watch::Sender<bool>,
+    /// True while the bus has been down for longer than `Config::bus_loss_grace`.
+    bus_lost: watch::Sender<bool>,
     /// Kept until `run` returns: the session writers run there.
     egress: Egress,
 }
@@ -202,6 +205,7 @@ impl App {
             listener,
             leaving: watch::channel(false).0,
             draining: watch::channel(false).0,
+            bus_lost: watch::channel(false).0,
             egress,
         })
     }
@@ -229,8 +233,14 @@ impl App {
             metrics: self.metrics.clone(),
             leaving: self.leaving.subscribe(),
             draining: self.draining.subscribe(),
+            bus_lost: self.bus_lost.subscribe(),
         };
         let pruner = tokio::spawn(prune_history(self.service.store.clone()));
+        let bus_watch = tokio::spawn(bus_watch::run(
+            self.service.bus.clone(),
+            self.config.bus_loss_grace,
+            self.bus_lost.clone(),
+        ));
         let pacer = tokio::spawn(self.hub.pacer.clone().run(self.metrics.clone()));
         let watcher = tokio::spawn(revocation_watch::run(
             self.service.store.clone(),
@@ -282,6 +292,7 @@ impl App {
         {
             tracing::warn!("drain timeout reached; exiting with sessions still open");
         }
+        bus_watch.abort();
         self.service.bus.close().await;
         pruner.abort();
         pacer.abort();

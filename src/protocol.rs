@@ -127,6 +127,9 @@ pub enum CloseCode {
     InvalidText,
     TooLarge,
     Draining,
+    /// The replica's bus has been down for longer than its grace: it no longer hears the
+    /// other replicas, so its clients are sent to one that does.
+    BusLost,
     /// The history a resubscription needs could not be read (the database is unavailable):
     /// releasing live events without it would skip what came between.
     TryAgain,
@@ -143,7 +146,7 @@ impl CloseCode {
             CloseCode::ProtocolError => 1002,
             CloseCode::InvalidText => 1007,
             CloseCode::TooLarge => 1009,
-            CloseCode::Draining => 1012,
+            CloseCode::Draining | CloseCode::BusLost => 1012,
             CloseCode::TryAgain => 1013,
             CloseCode::ProtocolAbuse => 4000,
             CloseCode::AuthFailed => 4001,
@@ -159,6 +162,7 @@ impl CloseCode {
             CloseCode::InvalidText => "text frame is not UTF-8",
             CloseCode::TooLarge => "frame too large",
             CloseCode::Draining => "replica draining: reconnect and resubscribe with since",
+            CloseCode::BusLost => "replica lost its bus: reconnect and resubscribe with since",
             CloseCode::TryAgain => "history unavailable: reconnect and resubscribe with since",
             CloseCode::ProtocolAbuse => "too many malformed frames",
             CloseCode::AuthFailed => "authentication failed",
@@ -173,6 +177,7 @@ impl CloseCode {
         matches!(
             self,
             CloseCode::Draining
+                | CloseCode::BusLost
                 | CloseCode::TryAgain
                 | CloseCode::TokenExpired
                 | CloseCode::TooSlow

@@ -14,7 +14,7 @@ use crate::protocol::{
     AgentRef, ApiError, Authenticated, Channel, CloseCode, Command, Empty, MAX_SUBSCRIPTIONS,
     Present, Refreshed, RequestId, Subscribed, parse_command, reply_err, reply_ok,
 };
-use crate::service::{AgentCtx, Service, ServiceError};
+use crate::service::{ANSWER_DEADLINE, AgentCtx, Service, ServiceError};
 use crate::telemetry::{close_level, event_at, refusal_level, scrub};
 use crate::websocket::{FrameReader, Incoming, ReadError, Socket};
 use serde_json::Value;
@@ -54,6 +54,8 @@ pub struct SessionDeps {
     pub close_grace: Duration,
     /// Replica-wide shutdown: sessions close with 1012 when it flips.
     pub draining: watch::Receiver<bool>,
+    /// The bus has been down too long (see `bus_watch`): sessions close with 1012.
+    pub bus_lost: watch::Receiver<bool>,
     /// The client's address, for limits on what a session without an agent may do.
     pub client: std::net::IpAddr,
     /// This replica's id, for the session's span.
@@ -222,6 +224,7 @@ impl Session {
     async fn read_loop(&mut self, mut frames: FrameReader) -> PeerEnd {
         let mut closed = self.shared.closed();
         let mut draining = self.deps.draining.clone();
+        let mut bus_lost = self.deps.bus_lost.clone();
         loop {
             let expiry = self.expiry();
             let expired = async {
@@ -234,6 +237,10 @@ impl Session {
                 _ = closed.changed() => return PeerEnd::Gone,
                 _ = async { let _ = draining.wait_for(|d| *d).await.is_ok(); } => {
                     self.shared.close(CloseCode::Draining);
+                    return PeerEnd::Gone;
+                }
+                _ = async { let _ = bus_lost.wait_for(|l| *l).await.is_ok(); } => {
+                    self.shared.close(CloseCode::BusLost);
                     return PeerEnd::Gone;
                 }
                 _ = expired => {
@@ -458,17 +465,13 @@ impl Session {
                 let agents = self.deps.hub.presence(&channel).await;
                 answer(id, Ok(Present { agents }))
             }
-            Command::Post(p) => answer(id, svc.create_post(self.agent(), p).await),
-            Command::Comment(c) => answer(id, svc.create_comment(self.agent(), c).await),
-            Command::Vote { target, value } => {
-                answer(id, svc.vote(self.agent(), &target, value).await)
-            }
-            Command::Dm { to, body } => answer(id, svc.dm(self.agent(), &to, &body).await),
-            Command::TopicCreate(t) => answer(id, svc.create_topic(self.agent(), t).await),
-            Command::Follow { handle, on } => {
-                answer(id, svc.follow(self.agent(), &handle, on).await)
-            }
-            Command::Join { topic, on } => answer(id, svc.join(self.agent(), &topic, on).await),
+            Command::Post(_)
+            | Command::Comment(_)
+            | Command::Vote { .. }
+            | Command::Dm { .. }
+            | Command::TopicCreate(_)
+            | Command::Follow { .. }
+            | Command::Join { .. } => self.write(cmd, id).await,
             Command::Feed(f) => match &self.agent {
                 Some(a) => answer(id, svc.feed(a, f).await),
                 None => Err(ServiceError::Forbidden(
@@ -482,21 +485,58 @@ impl Session {
                     svc.search_anonymous(&self.deps.client.to_string(), q).await,
                 ),
             },
-            Command::Remove { target, reason } => {
-                answer(id, svc.remove(self.agent(), &target, &reason).await)
+            Command::Remove { .. } | Command::Ban { .. } | Command::Report { .. } => {
+                self.write(cmd, id).await
             }
-            Command::Ban {
-                topic,
-                handle,
-                until,
-            } => answer(
-                id,
-                svc.ban(self.agent(), &topic, &handle, until.as_deref())
-                    .await,
-            ),
-            Command::Report { target, reason } => {
-                answer(id, svc.report(self.agent(), &target, &reason).await)
+        }
+    }
+
+    /// Runs a write in a task of its own and waits for its answer at most `ANSWER_DEADLINE`.
+    /// Past that (a statement lost with the network to the database would otherwise hold the
+    /// session until the kernel's TCP timeout, ~15 minutes) the client is answered
+    /// `unavailable` and the write runs on: it is never cancelled midway, since a database
+    /// connection dropped inside a transaction could be handed to the next write in a broken
+    /// state. Its outcome is then unknown to the client, as for an unanswered write.
+    async fn write(&mut self, cmd: Command, id: &RequestId) -> Result<Answer, ServiceError> {
+        let svc = self.deps.service.clone();
+        let agent = self.agent().clone();
+        let rid = id.clone();
+        // In the session's and the command's span, as if it ran here.
+        let task = tokio::spawn(
+            async move {
+                let (id, agent) = (&rid, &agent);
+                match cmd {
+                    Command::Post(p) => answer(id, svc.create_post(agent, p).await),
+                    Command::Comment(c) => answer(id, svc.create_comment(agent, c).await),
+                    Command::Vote { target, value } => {
+                        answer(id, svc.vote(agent, &target, value).await)
+                    }
+                    Command::Dm { to, body } => answer(id, svc.dm(agent, &to, &body).await),
+                    Command::TopicCreate(t) => answer(id, svc.create_topic(agent, t).await),
+                    Command::Follow { handle, on } => {
+                        answer(id, svc.follow(agent, &handle, on).await)
+                    }
+                    Command::Join { topic, on } => answer(id, svc.join(agent, &topic, on).await),
+                    Command::Remove { target, reason } => {
+                        answer(id, svc.remove(agent, &target, &reason).await)
+                    }
+                    Command::Ban {
+                        topic,
+                        handle,
+                        until,
+                    } => answer(id, svc.ban(agent, &topic, &handle, until.as_deref()).await),
+                    Command::Report { target, reason } => {
+                        answer(id, svc.report(agent, &target, &reason).await)
+                    }
+                    _ => unreachable!("only writes come here"),
+                }
             }
+            .instrument(tracing::Span::current()),
+        );
+        match tokio::time::timeout(ANSWER_DEADLINE, task).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => Err(ServiceError::Internal(format!("write task failed: {e}"))),
+            Err(_) => Err(ServiceError::deadline()),
         }
     }
 

@@ -133,7 +133,14 @@ async fn publish(urls: Vec<String>, token: String, n: usize, pause: Duration) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_and_restarted_while_publishing() {
     let mut redis = OwnRedis::start();
-    let mut cl = Cluster::start_on(2, &redis.url(), |c| c.rate_limits = RateLimitMode::Off).await;
+    // The outages here are meant to be hidden from sessions: shorter than the bus-loss grace
+    // after which a replica sends its clients elsewhere. Their length depends on the link's
+    // reconnect backoff (up to ~5 s with jitter), so the grace is set well above it.
+    let mut cl = Cluster::start_on(2, &redis.url(), |c| {
+        c.rate_limits = RateLimitMode::Off;
+        c.bus_loss_grace = Duration::from_secs(30);
+    })
+    .await;
     cl.ready().await;
     let (_, t1) = cl.replicas[0].agent("pub_a").await;
     let (_, t2) = cl.replicas[1].agent("pub_b").await;

@@ -56,6 +56,9 @@ pub struct AppState {
     pub leaving: watch::Receiver<bool>,
     /// Sessions close with 1012 and upgrades are refused.
     pub draining: watch::Receiver<bool>,
+    /// The bus has been down for longer than its grace (see `bus_watch`): sessions close
+    /// with 1012 and upgrades are refused until it is back.
+    pub bus_lost: watch::Receiver<bool>,
 }
 
 routes!(API_ROUTES, api_routes {

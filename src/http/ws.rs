@@ -34,6 +34,10 @@ pub async fn upgrade(
     if draining {
         return Err(ApiError::unavailable("replica is draining"));
     }
+    // Cut off from the other replicas: a session here would miss their events.
+    if *st.bus_lost.borrow() {
+        return Err(ApiError::unavailable("replica has lost its bus"));
+    }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         if !origin_allowed(&st, &headers, origin) {
@@ -67,6 +71,7 @@ pub async fn upgrade(
         queue: st.config.session_queue,
         close_grace: st.config.close_grace,
         draining: st.draining.clone(),
+        bus_lost: st.bus_lost.clone(),
         client: ip,
         replica: st.config.replica_id.as_str().into(),
     };

@@ -50,6 +50,26 @@ pub enum ServiceError {
     Internal(String),
 }
 
+/// How long a session waits for a write's answer before it answers `unavailable` (the write
+/// runs on: see `Session::write`). The pool gives up on a connection it cannot get within
+/// 3 s, but a statement already sent when the network to the database dies would wait for
+/// the kernel's TCP timeout (about 15 minutes). Eight seconds: well above a write's time on
+/// a loaded replica, below the 10 s clients commonly wait for an answer.
+pub const ANSWER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(8);
+
+impl ServiceError {
+    /// The answer to a write that ran past `ANSWER_DEADLINE`.
+    pub fn deadline() -> ServiceError {
+        tracing::warn!(
+            deadline_ms = ANSWER_DEADLINE.as_millis() as u64,
+            "no answer from the database in time"
+        );
+        ServiceError::Unavailable(
+            "no answer from the database in time; a write may or may not have been applied".into(),
+        )
+    }
+}
+
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -26,8 +26,17 @@ impl Haproxy {
     /// Starts haproxy in front of the replicas listening on `replica_ports` (servers `r1`,
     /// `r2`, ... in that order) and waits until it listens and every server passed a check.
     pub fn start(replica_ports: &[u16]) -> Haproxy {
+        let addrs: Vec<String> = replica_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        Self::start_at(&addrs)
+    }
+
+    /// As `start`, for replicas at `host:port` addresses (e.g. in a test host's namespace).
+    pub fn start_at(replicas: &[String]) -> Haproxy {
         assert!(
-            (1..=9).contains(&replica_ports.len()),
+            (1..=9).contains(&replicas.len()),
             "deploy/haproxy.cfg has 1 to 9 servers"
         );
         let dir = temp_dir("haproxy");
@@ -47,8 +56,8 @@ impl Haproxy {
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("log file handle"))
             .stderr(logf);
-        for (i, p) in replica_ports.iter().enumerate() {
-            cmd.env(format!("CARAPACE_{}", i + 1), format!("127.0.0.1:{p}"));
+        for (i, a) in replicas.iter().enumerate() {
+            cmd.env(format!("CARAPACE_{}", i + 1), a);
         }
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!("haproxy does not run ({e}): apt-get install haproxy (scripts/test.sh does)")
@@ -63,7 +72,7 @@ impl Haproxy {
         wait_until("haproxy listens", Duration::from_secs(10), || {
             port_open(port)
         });
-        for i in 1..=replica_ports.len() {
+        for i in 1..=replicas.len() {
             lb.wait_checked_up(i, Duration::from_secs(10));
         }
         lb

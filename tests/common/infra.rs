@@ -103,11 +103,12 @@ pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 
 /// Whether something accepts TCP connections on the loopback `port`.
 pub fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    )
-    .is_ok()
+    addr_open(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Whether something accepts TCP connections at `addr`.
+pub fn addr_open(addr: std::net::SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
 /// A `redis-server` of the test's own on a free loopback port: killed, restarted and
@@ -116,14 +117,22 @@ pub struct OwnRedis {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// Addresses it listens on besides 127.0.0.1.
+    also: Vec<std::net::IpAddr>,
 }
 
 impl OwnRedis {
     pub fn start() -> OwnRedis {
+        Self::start_on(&[])
+    }
+
+    /// As `start`, listening on the addresses `also` as well as 127.0.0.1 (never 0.0.0.0).
+    pub fn start_on(also: &[std::net::IpAddr]) -> OwnRedis {
         let mut r = OwnRedis {
             port: free_port(),
             child: None,
             dir: temp_dir("redis"),
+            also: also.to_vec(),
         };
         r.restart();
         r
@@ -137,7 +146,16 @@ impl OwnRedis {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis is already running");
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .args(self.also.iter().map(|a| a.to_string()))
+            // Protected mode answers only loopback clients when there is no password; the
+            // other addresses are links to test hosts the test made itself.
+            .args([
+                "--protected-mode",
+                if self.also.is_empty() { "yes" } else { "no" },
+            ])
+            .args(["--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -213,10 +231,18 @@ pub struct OwnPostgres {
     pub port: u16,
     dir: PathBuf,
     running: bool,
+    /// Addresses it listens on besides 127.0.0.1.
+    also: Vec<std::net::IpAddr>,
 }
 
 impl OwnPostgres {
     pub fn start() -> OwnPostgres {
+        Self::start_on(&[])
+    }
+
+    /// As `start`, also listening on the addresses `also` (never 0.0.0.0) and trusting
+    /// clients connecting to them from the same /24 (test hosts in namespaces).
+    pub fn start_on(also: &[std::net::IpAddr]) -> OwnPostgres {
         let dir = PathBuf::from(format!("/tmp/carapace-pg-{:x}", rand_u64()));
         std::fs::create_dir_all(&dir).expect("pg dir");
         let _ = Command::new("chown")
@@ -242,10 +268,28 @@ impl OwnPostgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if !also.is_empty() {
+            let hba: String = also
+                .iter()
+                .map(|a| match a {
+                    std::net::IpAddr::V4(v4) => {
+                        let o = v4.octets();
+                        format!("host all all {}.{}.{}.0/24 trust\n", o[0], o[1], o[2])
+                    }
+                    std::net::IpAddr::V6(v6) => format!("host all all {v6}/128 trust\n"),
+                })
+                .collect();
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("pg_hba.conf"))
+                .expect("pg_hba.conf");
+            std::io::Write::write_all(&mut f, hba.as_bytes()).expect("pg_hba.conf written");
+        }
         let mut pg = OwnPostgres {
             port: free_port(),
             dir,
             running: false,
+            also: also.to_vec(),
         };
         pg.start_again();
         pg
@@ -258,8 +302,11 @@ impl OwnPostgres {
     pub fn start_again(&mut self) {
         let data = self.dir.join("data");
         let log = self.dir.join("log");
+        let mut listen = vec!["127.0.0.1".to_string()];
+        listen.extend(self.also.iter().map(|a| a.to_string()));
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off",
+            "-c listen_addresses={} -c port={} -c unix_socket_directories={} -c fsync=off",
+            listen.join(","),
             self.port,
             path(&self.dir)
         );
@@ -345,6 +392,10 @@ pub struct Replica {
     pub args: Vec<String>,
     id: String,
     umask: Option<String>,
+    /// The address it listens on (127.0.0.1 unless it runs in a test host).
+    pub host: std::net::IpAddr,
+    /// What the binary is run through, e.g. `ip netns exec NAME` (empty: run directly).
+    prefix: Vec<String>,
 }
 
 impl Replica {
@@ -358,6 +409,29 @@ impl Replica {
         Self::start_as(Some(umask), id, dir, args)
     }
 
+    /// As `start`, run through `prefix` (e.g. `ip netns exec NAME`) and listening on `host`.
+    pub fn start_in(
+        prefix: &[String],
+        host: std::net::IpAddr,
+        id: &str,
+        dir: &Path,
+        args: &[&str],
+    ) -> Replica {
+        let mut r = Replica {
+            port: free_port(),
+            child: None,
+            log: dir.join(format!("{id}.log")),
+            data_dir: dir.join(id),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            id: id.to_string(),
+            umask: None,
+            host,
+            prefix: prefix.to_vec(),
+        };
+        r.start_again();
+        r
+    }
+
     fn start_as(umask: Option<&str>, id: &str, dir: &Path, args: &[&str]) -> Replica {
         let mut r = Replica {
             port: free_port(),
@@ -367,6 +441,8 @@ impl Replica {
             args: args.iter().map(|a| a.to_string()).collect(),
             id: id.to_string(),
             umask: umask.map(str::to_string),
+            host: std::net::IpAddr::from([127, 0, 0, 1]),
+            prefix: Vec::new(),
         };
         r.start_again();
         r
@@ -375,9 +451,14 @@ impl Replica {
     /// Starts the (stopped) replica again on its port and data dir, with `self.args`.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "replica {} still runs", self.id);
-        let mut cmd = match &self.umask {
-            Some(umask) => umask_command(umask),
-            None => Command::new(env!("CARGO_BIN_EXE_carapace")),
+        let mut cmd = match (&self.umask, self.prefix.split_first()) {
+            (Some(umask), _) => umask_command(umask),
+            (None, Some((first, rest))) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_carapace"));
+                c
+            }
+            (None, None) => Command::new(env!("CARGO_BIN_EXE_carapace")),
         };
         let logf = std::fs::OpenOptions::new()
             .create(true)
@@ -386,7 +467,7 @@ impl Replica {
             .expect("log file");
         let child = cmd
             .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--listen", &self.addr().to_string()])
             .args(["--replica-id", &self.id, "--log-format", "json"])
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -398,8 +479,13 @@ impl Replica {
             .spawn()
             .expect("carapace runs");
         self.child = Some(child);
-        let port = self.port;
-        wait_until("replica start", Duration::from_secs(30), || port_open(port));
+        let addr = self.addr();
+        wait_until("replica start", Duration::from_secs(30), || addr_open(addr));
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.host, self.port)
     }
 
     /// SIGTERM, then waits for the process to exit by itself (it drains: sessions close with
@@ -429,11 +515,11 @@ impl Replica {
     }
 
     pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.addr())
     }
 
     pub fn ws(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
+        format!("ws://{}/ws", self.addr())
     }
 
     pub fn pid(&self) -> u32 {

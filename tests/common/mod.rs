@@ -4,7 +4,9 @@
 
 pub mod haproxy;
 pub mod infra;
+pub mod netns;
 pub mod redis_cluster;
+pub mod traffic;
 
 use carapace::config::Config;
 use carapace::{App, RunningApp};
