@@ -16,6 +16,7 @@ pub mod hub;
 pub mod index_rotation;
 pub mod input_errors;
 pub mod mcp;
+pub mod memory;
 pub mod metrics;
 pub mod private_fs;
 pub mod protocol;
@@ -227,6 +228,7 @@ impl App {
             draining: self.draining.subscribe(),
         };
         let pruner = tokio::spawn(prune_history(self.service.store.clone()));
+        let trimmer = tokio::spawn(memory::trim_after_waves(self.metrics.clone()));
         let pacer = tokio::spawn(self.hub.pacer.clone().run(self.metrics.clone()));
         let watcher = tokio::spawn(revocation_watch::run(
             self.service.store.clone(),
@@ -247,6 +249,7 @@ impl App {
             app,
             self.config.limits.timeouts(),
             self.draining.subscribe(),
+            self.metrics.clone(),
         ));
         shutdown.await;
         let _ = self.leaving.send(true);
@@ -280,6 +283,7 @@ impl App {
         }
         self.service.bus.close().await;
         pruner.abort();
+        trimmer.abort();
         pacer.abort();
         watcher.abort();
         if let Some(mut d) = demo

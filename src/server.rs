@@ -1,8 +1,10 @@
 //! The accept loop: HTTP/1.1 connections served by hyper with the timeouts a slow or greedy
 //! client must not outlast (request head, body reads, idle keep-alive, WebSocket
 //! handshake), the peer address for handlers (`ConnectInfo`), a back-off when the process
-//! runs out of file descriptors, and a graceful drain on shutdown.
+//! runs out of file descriptors, and a graceful drain on shutdown. Open connections are
+//! counted (`carapace_connections`), so that a leak of connection tasks shows in `/metrics`.
 
+use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -61,6 +63,7 @@ pub async fn serve(
     app: Router,
     timeouts: Timeouts,
     mut draining: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) {
     // Each connection task holds a sender; `recv` returns None once all are gone.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -72,11 +75,13 @@ pub async fn serve(
         };
         let (tcp, peer) = match accepted {
             Ok(x) => {
-                backoff.reset();
+                backoff.accepted();
                 x
             }
             Err(e) => {
-                backoff.wait(&e).await;
+                if backoff.wait(&e).await {
+                    metrics.accepts_exhausted.inc();
+                }
                 continue;
             }
         };
@@ -85,13 +90,14 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
+        let open = Open::new(metrics.clone());
         tokio::spawn(connection(
             tcp,
             peer,
             app.clone(),
             timeouts,
             draining.clone(),
-            alive_tx.clone(),
+            (alive_tx.clone(), open),
         ));
     }
     // Closed now, not when the last connection ends: a connection attempt is refused at
@@ -107,7 +113,7 @@ async fn connection(
     app: Router,
     t: Timeouts,
     mut draining: watch::Receiver<bool>,
-    _alive: mpsc::Sender<()>,
+    _alive: (mpsc::Sender<()>, Open),
 ) {
     let conn = Conn {
         accepted: Instant::now(),
@@ -158,37 +164,96 @@ async fn connection(
     }
 }
 
-/// Sleeps after a failed accept. Running out of descriptors (EMFILE, ENFILE) is logged once
-/// per episode and retried with a growing pause, so that sessions already open keep
-/// working while others close; other accept errors (a peer that reset) are retried at once.
+/// One open TCP connection in `carapace_connections`, from its accept until its task ends
+/// (an upgraded connection's task ends with its session).
+struct Open(Arc<Metrics>);
+
+impl Open {
+    fn new(metrics: Arc<Metrics>) -> Open {
+        metrics.connections.inc();
+        Open(metrics)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.connections.dec();
+    }
+}
+
+/// How long after its last refused accept an episode of exhaustion counts as over. A hub at
+/// its descriptor limit accepts one connection whenever another closes and is refused the
+/// next: without this, every such turn would log a new episode, one warning per connection.
+const EPISODE_QUIET: Duration = Duration::from_secs(2);
+
+/// Sleeps after a failed accept. Running out of descriptors (EMFILE, ENFILE) or memory is an
+/// episode, logged once at warn when it begins and once at info when an accept succeeds
+/// `EPISODE_QUIET` after the last refusal (with how many accepts failed and for how long);
+/// meanwhile accepts are retried with a growing pause (10 ms, doubling, at most 1 s), so
+/// that sessions already open keep working while others close and the loop does not spin.
+/// Other accept errors (a peer that reset before its accept) are retried at once.
 #[derive(Default)]
 struct Backoff {
     pause: Option<Duration>,
+    episode: Option<Episode>,
+}
+
+struct Episode {
+    began: Instant,
+    last_refusal: Instant,
+    refused: u64,
 }
 
 impl Backoff {
-    fn reset(&mut self) {
-        if self.pause.take().is_some() {
-            tracing::info!("accepting connections again");
+    fn accepted(&mut self) {
+        // The next refusal starts again from the shortest pause: descriptors came back.
+        self.pause = None;
+        let Some(ep) = &self.episode else {
+            return;
+        };
+        if ep.last_refusal.elapsed() >= EPISODE_QUIET {
+            tracing::info!(
+                refused = ep.refused,
+                for_ms = ep.last_refusal.duration_since(ep.began).as_millis() as u64,
+                "accepting connections again"
+            );
+            self.episode = None;
         }
     }
 
-    async fn wait(&mut self, e: &io::Error) {
+    /// Waits as the error calls for; true when it was an exhaustion (counted in metrics).
+    async fn wait(&mut self, e: &io::Error) -> bool {
         // EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12 (Linux numbering).
         let exhausted = matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12));
         if !exhausted {
             tracing::debug!(error = %e, "accept failed");
-            return;
+            return false;
+        }
+        let now = Instant::now();
+        match &mut self.episode {
+            Some(ep) => {
+                ep.refused += 1;
+                ep.last_refusal = now;
+            }
+            None => {
+                tracing::warn!(
+                    error = %e,
+                    "out of file descriptors: pausing accepts (open sessions go on)"
+                );
+                self.episode = Some(Episode {
+                    began: now,
+                    last_refusal: now,
+                    refused: 1,
+                });
+            }
         }
         let pause = match self.pause {
-            None => {
-                tracing::warn!(error = %e, "out of file descriptors: pausing accepts");
-                Duration::from_millis(10)
-            }
+            None => Duration::from_millis(10),
             Some(p) => (p * 2).min(Duration::from_secs(1)),
         };
         self.pause = Some(pause);
         tokio::time::sleep(pause).await;
+        true
     }
 }
 
