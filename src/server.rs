@@ -97,7 +97,8 @@ pub async fn serve(
             app.clone(),
             timeouts,
             draining.clone(),
-            (alive_tx.clone(), open),
+            alive_tx.clone(),
+            open,
         ));
     }
     // Closed now, not when the last connection ends: a connection attempt is refused at
@@ -113,13 +114,14 @@ async fn connection(
     app: Router,
     t: Timeouts,
     mut draining: watch::Receiver<bool>,
-    _alive: (mpsc::Sender<()>, Open),
+    _alive: mpsc::Sender<()>,
+    open: Open,
 ) {
     let conn = Conn {
         accepted: Instant::now(),
         phase: Arc::new(AtomicU8::new(PHASE_IDLE)),
     };
-    let io = TimedIo::new(tcp, conn.phase.clone(), t);
+    let io = TimedIo::new(tcp, conn.phase.clone(), t, open);
     let meta = conn.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
@@ -164,8 +166,8 @@ async fn connection(
     }
 }
 
-/// One open TCP connection in `carapace_connections`, from its accept until its task ends
-/// (an upgraded connection's task ends with its session).
+/// One open TCP connection in `carapace_connections`, from its accept until its socket is
+/// dropped: it lives in the connection's I/O, which an upgrade hands to the session.
 struct Open(Arc<Metrics>);
 
 impl Open {
@@ -267,16 +269,18 @@ struct TimedIo {
     timer: Option<Pin<Box<Sleep>>>,
     /// The phase the timer was armed for.
     armed: u8,
+    _open: Open,
 }
 
 impl TimedIo {
-    fn new(tcp: TcpStream, phase: Arc<AtomicU8>, t: Timeouts) -> TimedIo {
+    fn new(tcp: TcpStream, phase: Arc<AtomicU8>, t: Timeouts, open: Open) -> TimedIo {
         TimedIo {
             tcp,
             phase,
             t,
             timer: Some(Box::pin(tokio::time::sleep(t.idle))),
             armed: PHASE_IDLE,
+            _open: open,
         }
     }
 

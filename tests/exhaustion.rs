@@ -90,6 +90,15 @@ impl Hub {
         rss_kb(self.pid())
     }
 
+    /// Whether the process runs (not exited, not a zombie).
+    fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid())).is_ok_and(|s| {
+            s.lines()
+                .find(|l| l.starts_with("State:"))
+                .is_some_and(|l| !l.contains('Z'))
+        })
+    }
+
     fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
@@ -268,7 +277,7 @@ async fn out_of_descriptors_spares_open_sessions_and_recovers() {
         log_lines(&log, &["out of file descriptors", "\"level\":\"WARN\""]),
         1
     );
-    assert!(hub.replica.child.is_some(), "the hub is still up");
+    assert!(hub.alive(), "the hub is still up");
 
     // The extra connections go; a new session connects within a bounded time.
     drop(extra);
@@ -473,7 +482,8 @@ async fn disk_full_refuses_writes_as_unavailable_and_loses_nothing() {
     if let Err(e) = &late {
         assert!(e.to_string().contains("503"), "{e}");
     }
-    // The session is still open; reads go on: a list, a replay from history, a ping.
+    // The hub and the session are still up; reads go on: a list, a replay from history.
+    assert!(hub.alive());
     poster.command("ping", json!({})).await.unwrap();
     let listed = titles(&hub.base()).await;
     let mut reader = hub.session(&watcher_token).await;
@@ -523,11 +533,17 @@ async fn disk_full_refuses_writes_as_unavailable_and_loses_nothing() {
         }
     }
     let write_back = back.elapsed();
+    // The agent refused while the disk was full does not exist; the one acknowledged does.
+    let profile =
+        carapace_client::http(&hub.base(), "GET", "/api/v1/agents/late_agent", None, None)
+            .await
+            .unwrap();
+    assert_eq!(profile.status, if late_created { 200 } else { 404 });
     // An audited write too: the chain goes on from the head it had before the disk filled.
     carapace_client::create_agent(
         &hub.base(),
         &owner,
-        &json!({"handle": "late_agent", "name": "late"}),
+        &json!({"handle": "later_agent", "name": "later"}),
     )
     .await
     .expect("an agent created once space is back");
@@ -644,6 +660,8 @@ async fn subscribers_that_never_read_are_cut_and_memory_stays_bounded() {
     let before = hub.rss_kb();
     let m = hub.metrics().await;
     assert_eq!(metric(&m, "carapace_sessions"), n as i64 + 2);
+    // Every session's socket, and the request asking.
+    assert_eq!(metric(&m, "carapace_connections"), n as i64 + 3);
 
     // The reader reads everything on a task of its own while the poster floods.
     let reading = tokio::spawn(async move {
@@ -686,6 +704,7 @@ async fn subscribers_that_never_read_are_cut_and_memory_stays_bounded() {
     let (seqs, _reader) = reading.await.unwrap();
     let log = hub.logs();
     let cut_n = cut(&log);
+    assert!(hub.alive());
     assert_eq!(cut_n, n, "every non-reader cut with 4008");
     // The reading subscriber got every post, in order, no gap, no duplicate.
     assert_eq!(seqs.len(), posted, "the reader got every post");
@@ -741,7 +760,10 @@ async fn subscribers_that_never_read_are_cut_and_memory_stays_bounded() {
     while settle.elapsed() < Duration::from_secs(10) {
         let m = hub.metrics().await;
         after = hub.rss_kb();
-        if metric(&m, "carapace_sessions") == 2 && after <= before + (peak - before) / 2 {
+        if metric(&m, "carapace_sessions") == 2
+            && metric(&m, "carapace_connections") == 3
+            && after <= before + (peak - before) / 2
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -752,11 +774,13 @@ async fn subscribers_that_never_read_are_cut_and_memory_stays_bounded() {
         2,
         "poster and reader remain"
     );
-    // The bound: per session, a full queue (QUEUE slots of an `Outbound`, 48 bytes), the
-    // writer's batch (64 KiB plus one frame) and the session's own state (~16 KiB); the
-    // events themselves are shared between sessions, at most QUEUE x 8 of them behind the
-    // newest, each frame ~FLOOD_BODY + 300 bytes; plus 64 MiB for the allocator's slack.
-    let per_session = QUEUE * 48 + 64 * 1024 + FLOOD_BODY + 300 + 16 * 1024;
+    assert_eq!(metric(&m, "carapace_connections"), 3);
+    // The bound: per session, a full queue twice over (the queue, and what its writer took
+    // from it; QUEUE slots of an `Outbound`, at most 80 bytes), the writer's batch (64 KiB
+    // plus one frame) and the session's own state (~16 KiB); the events themselves are
+    // shared between sessions, at most QUEUE x 8 of them behind the newest, each frame
+    // ~FLOOD_BODY + 300 bytes; plus 64 MiB for the allocator's slack.
+    let per_session = 2 * QUEUE * 80 + 64 * 1024 + FLOOD_BODY + 300 + 16 * 1024;
     let bound_kb = ((n * per_session + QUEUE * 8 * (FLOOD_BODY + 300)) / 1024 + 64 * 1024) as u64;
     println!(
         "non-readers: {n} (rcvbuf 4 KiB, subscribed after {sinks_up:?}), queue {QUEUE}, {posted} posts of {FLOOD_BODY} B in \
