@@ -236,22 +236,37 @@ async fn out_of_descriptors_spares_open_sessions_and_recovers() {
         .expect("prlimit runs");
     assert!(st.success());
 
-    // Connections the kernel completes (the backlog) but the hub cannot all take.
-    let mut extra = Vec::new();
-    for _ in 0..(FD_LIMIT + 100) {
-        extra.push(
-            TcpStream::connect(("127.0.0.1", hub.replica.port))
-                .await
-                .unwrap(),
-        );
-    }
+    // Connections until the hub's accept fails, then a few more that wait in the backlog.
+    // No more than that: once the backlog (128 on Linux for std's listeners) is full, the
+    // kernel drops SYNs and connect() waits on their retransmission for up to a minute.
     let log_has = |what: &str| hub.logs().contains(what);
-    block_in_place(|| {
-        wait_until("EMFILE on accept", Duration::from_secs(10), || {
-            log_has("out of file descriptors")
-        })
-    });
+    let connect = || async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            TcpStream::connect(("127.0.0.1", hub.replica.port)),
+        )
+        .await
+        .expect("connected within 5 s")
+        .expect("connected")
+    };
+    let mut extra = Vec::new();
+    while !log_has("out of file descriptors") {
+        assert!(
+            extra.len() < 2 * FD_LIMIT,
+            "the hub never ran out of descriptors"
+        );
+        extra.push(connect().await);
+        if extra.len() % 8 == 0 {
+            // Time for the hub to take them.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for _ in 0..16 {
+        extra.push(connect().await);
+    }
+    let extra_n = extra.len();
     let at_limit = hub.open_fds();
+    let t_limit = case.elapsed();
     // At the limit with churn: each connection that goes frees one descriptor, the hub takes
     // one more from the backlog and is refused the next. One episode, logged once (it was
     // logged again at every turn); the backoff (10 ms doubling to 1 s) keeps it from spinning.
@@ -260,6 +275,7 @@ async fn out_of_descriptors_spares_open_sessions_and_recovers() {
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
 
+    let t_churn = case.elapsed();
     // Open sessions go on: a post reaches every subscribed session.
     let id = common::post(&mut poster, "general", "still here", "while out of fds").await;
     for w in &mut watchers {
@@ -267,6 +283,7 @@ async fn out_of_descriptors_spares_open_sessions_and_recovers() {
         assert_eq!(p.data["id"], id.as_str());
     }
     poster.command("ping", json!({})).await.unwrap();
+    let t_sessions = case.elapsed();
     let log = hub.logs();
     assert_eq!(
         log_lines(&log, &["out of file descriptors"]),
@@ -322,8 +339,9 @@ async fn out_of_descriptors_spares_open_sessions_and_recovers() {
     println!(
         "fds: limit {FD_LIMIT}, {baseline} open before, {at_limit} at the limit, {} extra \
          connections, {refused} accepts refused (metric), new session {recovered:?} after \
-         they closed; end of episode: {end}; case {:?}",
-        FD_LIMIT + 100,
+         they closed; end of episode: {end}; at the limit after {t_limit:?}, churn done \
+         {t_churn:?}, sessions checked {t_sessions:?}; case {:?}",
+        extra_n,
         case.elapsed()
     );
 }
@@ -721,6 +739,14 @@ async fn subscribers_that_never_read_are_cut_and_memory_stays_bounded() {
     let log = hub.logs();
     let cut_n = cut(&log);
     assert!(hub.alive());
+    if overloaded > 0 {
+        let why: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("database unavailable"))
+            .take(3)
+            .collect();
+        println!("flood posts refused as unavailable, the hub's reasons: {why:#?}");
+    }
     assert_eq!(cut_n, n, "every non-reader cut with 4008");
     // The reading subscriber got every post, in order, no gap, no duplicate.
     assert_eq!(seqs.len(), acked, "the reader got every post stored");
@@ -778,7 +804,7 @@ async fn subscribers_that_never_read_are_cut_and_memory_stays_bounded() {
         after = hub.rss_kb();
         if metric(&m, "carapace_sessions") == 2
             && metric(&m, "carapace_connections") == 3
-            && after <= before + (peak - before) / 2
+            && after <= before + (peak - before) / 4
         {
             break;
         }
