@@ -13,7 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -41,6 +41,22 @@ pub struct Conn {
     /// When the TCP connection was accepted.
     pub accepted: Instant,
     phase: Arc<AtomicU8>,
+    reset: ResetOnDrop,
+}
+
+/// Asks for the connection to end with a reset (SO_LINGER 0) rather than an orderly close
+/// once its socket is dropped. For a client that stopped reading: with unsent data queued
+/// for it, an orderly close leaves the kernel an orphan socket that keeps that data (up to
+/// the send buffer, 1.5 MiB measured) while it probes the zero window, for minutes; a reset
+/// frees it at once. Anything the client could still have read is lost, which is why only
+/// a session whose close grace ran out asks for it.
+#[derive(Clone, Default)]
+pub struct ResetOnDrop(Arc<AtomicBool>);
+
+impl ResetOnDrop {
+    pub fn arm(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 const PHASE_IDLE: u8 = 0;
@@ -52,6 +68,11 @@ impl Conn {
     /// Called once the connection is a WebSocket: the HTTP read timeouts no longer apply.
     pub fn upgraded(&self) {
         self.phase.store(PHASE_UPGRADED, Ordering::Relaxed);
+    }
+
+    /// The handle that turns this connection's close into a reset.
+    pub fn reset_on_drop(&self) -> ResetOnDrop {
+        self.reset.clone()
     }
 }
 
@@ -120,8 +141,9 @@ async fn connection(
     let conn = Conn {
         accepted: Instant::now(),
         phase: Arc::new(AtomicU8::new(PHASE_IDLE)),
+        reset: ResetOnDrop::default(),
     };
-    let io = TimedIo::new(tcp, conn.phase.clone(), t, open);
+    let io = TimedIo::new(tcp, conn.phase.clone(), t, open, conn.reset.clone());
     let meta = conn.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
@@ -270,10 +292,27 @@ struct TimedIo {
     /// The phase the timer was armed for.
     armed: u8,
     _open: Open,
+    reset: ResetOnDrop,
+}
+
+impl Drop for TimedIo {
+    fn drop(&mut self) {
+        if self.reset.0.load(Ordering::Relaxed)
+            && let Err(e) = self.tcp.set_zero_linger()
+        {
+            tracing::debug!(error = %e, "SO_LINGER 0 not set");
+        }
+    }
 }
 
 impl TimedIo {
-    fn new(tcp: TcpStream, phase: Arc<AtomicU8>, t: Timeouts, open: Open) -> TimedIo {
+    fn new(
+        tcp: TcpStream,
+        phase: Arc<AtomicU8>,
+        t: Timeouts,
+        open: Open,
+        reset: ResetOnDrop,
+    ) -> TimedIo {
         TimedIo {
             tcp,
             phase,
@@ -281,6 +320,7 @@ impl TimedIo {
             timer: Some(Box::pin(tokio::time::sleep(t.idle))),
             armed: PHASE_IDLE,
             _open: open,
+            reset,
         }
     }
 
