@@ -2,7 +2,8 @@
 //! client must not outlast (request head, body reads, idle keep-alive, WebSocket
 //! handshake), the peer address for handlers (`ConnectInfo`), a back-off when the process
 //! runs out of file descriptors, and a graceful drain on shutdown. Open connections are
-//! counted (`carapace_connections`), so that a leak of connection tasks shows in `/metrics`.
+//! counted (`carapace_connections`), so that a leak of connection tasks shows in `/metrics`;
+//! a connection whose client stopped reading can be made to end with a reset (`ResetOnDrop`).
 
 use crate::metrics::Metrics;
 use axum::Router;
