@@ -106,6 +106,16 @@ pub struct ServeArgs {
     /// outages (a Redis restart) are hidden from sessions. Default: 4.
     #[arg(long, env = "CARAPACE_BUS_LOSS_GRACE", value_parser = parse_grace)]
     pub bus_loss_grace: Option<Duration>,
+    /// Items a session's outbound queue holds (a reply, or up to 8 events of one channel)
+    /// before the session counts as too slow and is closed with 4008. Each slot of a full
+    /// queue costs a few dozen bytes beside the events (shared between sessions) it holds.
+    #[arg(long, env = "CARAPACE_SESSION_QUEUE", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+    pub session_queue: u32,
+    /// Seconds a closing session may spend sending what it owes and its close frame before
+    /// its connection is dropped (a client that stopped reading never takes them).
+    #[arg(long, env = "CARAPACE_CLOSE_GRACE", default_value = "30", value_parser = parse_grace)]
+    pub close_grace: Duration,
     #[command(flatten)]
     pub limits: Box<crate::abuse::LimitArgs>,
 }
@@ -167,8 +177,8 @@ impl Config {
             rate_limits: a.rate_limits,
             allowed_origins: a.allowed_origins.clone(),
             demo: a.demo,
-            session_queue: 4096,
-            close_grace: Duration::from_secs(30),
+            session_queue: a.session_queue as usize,
+            close_grace: a.close_grace,
             drain_grace: a.drain_grace.unwrap_or(if a.redis_url.is_some() {
                 DEFAULT_DRAIN_GRACE
             } else {
@@ -221,7 +231,7 @@ pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// The longest drain grace accepted: a replica told to stop must not linger for long.
 const MAX_DRAIN_GRACE: Duration = Duration::from_secs(300);
 
-/// `--drain-grace`: seconds, a decimal such as `2` or `0.5`, from 0 to 300.
+/// `--drain-grace` and `--close-grace`: seconds, a decimal such as `2` or `0.5`, from 0 to 300.
 fn parse_grace(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .trim()

@@ -17,6 +17,7 @@ pub mod hub;
 pub mod index_rotation;
 pub mod input_errors;
 pub mod mcp;
+pub mod memory;
 pub mod metrics;
 pub mod private_fs;
 pub mod protocol;
@@ -241,6 +242,7 @@ impl App {
             self.config.bus_loss_grace,
             self.bus_lost.clone(),
         ));
+        let trimmer = tokio::spawn(memory::trim_after_waves(self.metrics.clone()));
         let pacer = tokio::spawn(self.hub.pacer.clone().run(self.metrics.clone()));
         let watcher = tokio::spawn(revocation_watch::run(
             self.service.store.clone(),
@@ -261,6 +263,7 @@ impl App {
             app,
             self.config.limits.timeouts(),
             self.draining.subscribe(),
+            self.metrics.clone(),
         ));
         shutdown.await;
         let _ = self.leaving.send(true);
@@ -295,6 +298,7 @@ impl App {
         bus_watch.abort();
         self.service.bus.close().await;
         pruner.abort();
+        trimmer.abort();
         pacer.abort();
         watcher.abort();
         if let Some(mut d) = demo

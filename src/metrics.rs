@@ -66,6 +66,10 @@ impl Histogram {
 pub struct Metrics {
     pub sessions: Gauge,
     pub subscriptions: Gauge,
+    /// Open TCP connections (HTTP requests and WebSocket sessions alike).
+    pub connections: Gauge,
+    /// Accepts that failed for lack of file descriptors or memory.
+    pub accepts_exhausted: Counter,
     pub frames_in: Counter,
     pub frames_out: Counter,
     pub flushes: Counter,
@@ -102,6 +106,18 @@ impl Metrics {
             "gauge",
             "Channel subscriptions across sessions.",
             self.subscriptions.get().to_string(),
+        );
+        line(
+            "carapace_connections",
+            "gauge",
+            "Open TCP connections (HTTP and WebSocket).",
+            self.connections.get().to_string(),
+        );
+        line(
+            "carapace_accepts_exhausted_total",
+            "counter",
+            "Accepts that failed for lack of file descriptors or memory (the hub paused accepting).",
+            self.accepts_exhausted.get().to_string(),
         );
         line(
             "carapace_frames_in_total",

@@ -1,8 +1,11 @@
 //! The accept loop: HTTP/1.1 connections served by hyper with the timeouts a slow or greedy
 //! client must not outlast (request head, body reads, idle keep-alive, WebSocket
 //! handshake), the peer address for handlers (`ConnectInfo`), a back-off when the process
-//! runs out of file descriptors, and a graceful drain on shutdown.
+//! runs out of file descriptors, and a graceful drain on shutdown. Open connections are
+//! counted (`carapace_connections`), so that a leak of connection tasks shows in `/metrics`;
+//! a connection whose client stopped reading can be made to end with a reset (`ResetOnDrop`).
 
+use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -11,7 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -39,6 +42,22 @@ pub struct Conn {
     /// When the TCP connection was accepted.
     pub accepted: Instant,
     phase: Arc<AtomicU8>,
+    reset: ResetOnDrop,
+}
+
+/// Asks for the connection to end with a reset (SO_LINGER 0) rather than an orderly close
+/// once its socket is dropped. For a client that stopped reading: with unsent data queued
+/// for it, an orderly close leaves the kernel an orphan socket that keeps that data (up to
+/// the send buffer, 1.5 MiB measured) while it probes the zero window, for minutes; a reset
+/// frees it at once. Anything the client could still have read is lost, which is why only
+/// a session whose close grace ran out asks for it.
+#[derive(Clone, Default)]
+pub struct ResetOnDrop(Arc<AtomicBool>);
+
+impl ResetOnDrop {
+    pub fn arm(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 const PHASE_IDLE: u8 = 0;
@@ -51,6 +70,11 @@ impl Conn {
     pub fn upgraded(&self) {
         self.phase.store(PHASE_UPGRADED, Ordering::Relaxed);
     }
+
+    /// The handle that turns this connection's close into a reset.
+    pub fn reset_on_drop(&self) -> ResetOnDrop {
+        self.reset.clone()
+    }
 }
 
 /// Accepts and serves until `draining` turns true, then asks every HTTP connection to
@@ -61,6 +85,7 @@ pub async fn serve(
     app: Router,
     timeouts: Timeouts,
     mut draining: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) {
     // Each connection task holds a sender; `recv` returns None once all are gone.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -72,11 +97,13 @@ pub async fn serve(
         };
         let (tcp, peer) = match accepted {
             Ok(x) => {
-                backoff.reset();
+                backoff.accepted();
                 x
             }
             Err(e) => {
-                backoff.wait(&e).await;
+                if backoff.wait(&e).await {
+                    metrics.accepts_exhausted.inc();
+                }
                 continue;
             }
         };
@@ -85,6 +112,7 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
+        let open = Open::new(metrics.clone());
         tokio::spawn(connection(
             tcp,
             peer,
@@ -92,6 +120,7 @@ pub async fn serve(
             timeouts,
             draining.clone(),
             alive_tx.clone(),
+            open,
         ));
     }
     // Closed now, not when the last connection ends: a connection attempt is refused at
@@ -108,12 +137,14 @@ async fn connection(
     t: Timeouts,
     mut draining: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
+    open: Open,
 ) {
     let conn = Conn {
         accepted: Instant::now(),
         phase: Arc::new(AtomicU8::new(PHASE_IDLE)),
+        reset: ResetOnDrop::default(),
     };
-    let io = TimedIo::new(tcp, conn.phase.clone(), t);
+    let io = TimedIo::new(tcp, conn.phase.clone(), t, open, conn.reset.clone());
     let meta = conn.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
@@ -158,37 +189,96 @@ async fn connection(
     }
 }
 
-/// Sleeps after a failed accept. Running out of descriptors (EMFILE, ENFILE) is logged once
-/// per episode and retried with a growing pause, so that sessions already open keep
-/// working while others close; other accept errors (a peer that reset) are retried at once.
+/// One open TCP connection in `carapace_connections`, from its accept until its socket is
+/// dropped: it lives in the connection's I/O, which an upgrade hands to the session.
+struct Open(Arc<Metrics>);
+
+impl Open {
+    fn new(metrics: Arc<Metrics>) -> Open {
+        metrics.connections.inc();
+        Open(metrics)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.connections.dec();
+    }
+}
+
+/// How long after its last refused accept an episode of exhaustion counts as over. A hub at
+/// its descriptor limit accepts one connection whenever another closes and is refused the
+/// next: without this, every such turn would log a new episode, one warning per connection.
+const EPISODE_QUIET: Duration = Duration::from_secs(2);
+
+/// Sleeps after a failed accept. Running out of descriptors (EMFILE, ENFILE) or memory is an
+/// episode, logged once at warn when it begins and once at info when an accept succeeds
+/// `EPISODE_QUIET` after the last refusal (with how many accepts failed and for how long);
+/// meanwhile accepts are retried with a growing pause (10 ms, doubling, at most 1 s), so
+/// that sessions already open keep working while others close and the loop does not spin.
+/// Other accept errors (a peer that reset before its accept) are retried at once.
 #[derive(Default)]
 struct Backoff {
     pause: Option<Duration>,
+    episode: Option<Episode>,
+}
+
+struct Episode {
+    began: Instant,
+    last_refusal: Instant,
+    refused: u64,
 }
 
 impl Backoff {
-    fn reset(&mut self) {
-        if self.pause.take().is_some() {
-            tracing::info!("accepting connections again");
+    fn accepted(&mut self) {
+        // The next refusal starts again from the shortest pause: descriptors came back.
+        self.pause = None;
+        let Some(ep) = &self.episode else {
+            return;
+        };
+        if ep.last_refusal.elapsed() >= EPISODE_QUIET {
+            tracing::info!(
+                refused = ep.refused,
+                for_ms = ep.last_refusal.duration_since(ep.began).as_millis() as u64,
+                "accepting connections again"
+            );
+            self.episode = None;
         }
     }
 
-    async fn wait(&mut self, e: &io::Error) {
+    /// Waits as the error calls for; true when it was an exhaustion (counted in metrics).
+    async fn wait(&mut self, e: &io::Error) -> bool {
         // EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12 (Linux numbering).
         let exhausted = matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12));
         if !exhausted {
             tracing::debug!(error = %e, "accept failed");
-            return;
+            return false;
+        }
+        let now = Instant::now();
+        match &mut self.episode {
+            Some(ep) => {
+                ep.refused += 1;
+                ep.last_refusal = now;
+            }
+            None => {
+                tracing::warn!(
+                    error = %e,
+                    "out of file descriptors: pausing accepts (open sessions go on)"
+                );
+                self.episode = Some(Episode {
+                    began: now,
+                    last_refusal: now,
+                    refused: 1,
+                });
+            }
         }
         let pause = match self.pause {
-            None => {
-                tracing::warn!(error = %e, "out of file descriptors: pausing accepts");
-                Duration::from_millis(10)
-            }
+            None => Duration::from_millis(10),
             Some(p) => (p * 2).min(Duration::from_secs(1)),
         };
         self.pause = Some(pause);
         tokio::time::sleep(pause).await;
+        true
     }
 }
 
@@ -202,16 +292,36 @@ struct TimedIo {
     timer: Option<Pin<Box<Sleep>>>,
     /// The phase the timer was armed for.
     armed: u8,
+    _open: Open,
+    reset: ResetOnDrop,
+}
+
+impl Drop for TimedIo {
+    fn drop(&mut self) {
+        if self.reset.0.load(Ordering::Relaxed)
+            && let Err(e) = self.tcp.set_zero_linger()
+        {
+            tracing::debug!(error = %e, "SO_LINGER 0 not set");
+        }
+    }
 }
 
 impl TimedIo {
-    fn new(tcp: TcpStream, phase: Arc<AtomicU8>, t: Timeouts) -> TimedIo {
+    fn new(
+        tcp: TcpStream,
+        phase: Arc<AtomicU8>,
+        t: Timeouts,
+        open: Open,
+        reset: ResetOnDrop,
+    ) -> TimedIo {
         TimedIo {
             tcp,
             phase,
             t,
             timer: Some(Box::pin(tokio::time::sleep(t.idle))),
             armed: PHASE_IDLE,
+            _open: open,
+            reset,
         }
     }
 

@@ -52,3 +52,13 @@ pub enum Outbound {
     /// The answer to the client's ping.
     Pong(bytes::Bytes),
 }
+
+#[cfg(test)]
+mod tests {
+    /// docs/OPERATIONS.md ("Exhaustion") counts a stalled session's queue at 80 bytes a slot,
+    /// twice over (the queue, and what the writer took from it): keep that true.
+    #[test]
+    fn a_queue_slot_is_at_most_80_bytes() {
+        assert!(std::mem::size_of::<super::Outbound>() <= 80);
+    }
+}

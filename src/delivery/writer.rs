@@ -94,5 +94,12 @@ pub async fn write_loop(
         out.text(f.as_str());
     }
     out.close(code);
-    let _ = tokio::time::timeout(close_grace, out.shutdown()).await;
+    if tokio::time::timeout(close_grace, out.shutdown())
+        .await
+        .is_err()
+    {
+        // The client took nothing for the whole grace: a reset, not an orphan socket that
+        // keeps its send buffer while the kernel probes a window that never opens.
+        out.reset_on_drop();
+    }
 }

@@ -26,19 +26,30 @@ pub fn spawn(pool: AnyPool) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Failures in a row: a full disk fails every checkpoint until space returns, and one
+        // line per streak says so without a warning every `INTERVAL`.
+        let mut failing = 0u64;
         loop {
             tick.tick().await;
             if pool.is_closed() {
                 break;
             }
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
                 .fetch_all(&pool)
                 .await
             {
-                if pool.is_closed() {
-                    break;
+                Ok(_) if failing > 0 => {
+                    tracing::info!(failed = failing, "WAL checkpoints succeed again");
+                    failing = 0;
                 }
-                tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+                Ok(_) => {}
+                Err(_) if pool.is_closed() => break,
+                Err(e) => {
+                    if failing == 0 {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; retrying every 500 ms");
+                    }
+                    failing += 1;
+                }
             }
         }
     });

@@ -60,22 +60,38 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
-            sqlx::Error::Database(db)
-                if db.code().is_some_and(|c| {
-                    // PostgreSQL: admin shutdown, crash shutdown, cannot connect now, and a
-                    // transaction chosen as a deadlock or serialization victim (rolled back
-                    // whole, so "try again" is the truth); SQLite: busy, locked.
-                    matches!(
-                        c.as_ref(),
-                        "57P01" | "57P02" | "57P03" | "40P01" | "40001" | "5" | "6"
-                    )
-                }) =>
-            {
+            sqlx::Error::Database(db) if passing(db.as_ref()) => {
                 StoreError::Unavailable(e.to_string())
             }
             _ => StoreError::Database(e.to_string()),
         }
     }
+}
+
+/// Whether a database error is a condition of the moment that a retry can outlive, rather
+/// than a fault in the statement. PostgreSQL: admin shutdown, crash shutdown, cannot connect
+/// now, out of disk (53100), memory (53200) or connections (53300), and a transaction chosen
+/// as a deadlock or serialization victim (rolled back whole, so "try again" is the truth).
+fn passing(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        return sqlite_passing(db.code().as_deref());
+    }
+    db.code().is_some_and(|c| {
+        matches!(
+            c.as_ref(),
+            "57P01" | "57P02" | "57P03" | "53100" | "53200" | "53300" | "40P01" | "40001"
+        )
+    })
+}
+
+/// SQLite reports extended result codes (`SQLITE_IOERR_WRITE` is 778); the primary code is
+/// the low byte. Busy (5) and locked (6); out of memory (7); an I/O error (10), say a write
+/// the file system refused; the disk full (13); a file that cannot be opened (14), say for
+/// lack of descriptors. A failed statement or commit leaves the transaction rolled back, so
+/// nothing refused this way is stored.
+fn sqlite_passing(code: Option<&str>) -> bool {
+    code.and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 10 | 13 | 14))
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -330,4 +346,21 @@ pub(crate) fn opt_i64(row: &AnyRow, col: &str) -> Option<i64> {
 
 pub(crate) fn opt_str(row: &AnyRow, col: &str) -> Option<String> {
     row.try_get::<Option<String>, _>(col).ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_passing;
+
+    #[test]
+    fn sqlite_full_io_and_busy_are_passing_and_statement_faults_are_not() {
+        // SQLITE_FULL, SQLITE_IOERR_WRITE, SQLITE_CANTOPEN, SQLITE_BUSY_SNAPSHOT, SQLITE_NOMEM.
+        for c in ["13", "778", "14", "517", "7", "5", "6"] {
+            assert!(sqlite_passing(Some(c)), "{c}");
+        }
+        // SQLITE_ERROR, SQLITE_CONSTRAINT_CHECK, SQLITE_CORRUPT, no code.
+        for c in [Some("1"), Some("275"), Some("11"), Some("x"), None] {
+            assert!(!sqlite_passing(c), "{c:?}");
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use super::{FrameReader, FrameWriter};
 use crate::protocol::ApiError;
-use crate::server::{Conn, handshake_left};
+use crate::server::{Conn, ResetOnDrop, handshake_left};
 use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -96,13 +96,14 @@ impl Upgrade {
             };
             drop(request);
             // From here the session's own rules (pings, token expiry) keep it honest.
-            if let Some(c) = conn {
+            let reset = conn.map(|c| {
                 c.upgraded();
-            }
+                c.reset_on_drop()
+            });
             // The session gets a task of its own: this one's state (the closure's captures,
-            // the handshake's timer, the connection's bookkeeping) is freed now instead of
-            // staying beside the session for as long as it lives.
-            tokio::spawn(session(Socket::new(upgraded, max, read_size)));
+            // the handshake's timer) is freed now instead of staying beside the session for
+            // as long as it lives.
+            tokio::spawn(session(Socket::new(upgraded, max, read_size, reset)));
         });
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -117,7 +118,7 @@ impl Upgrade {
 }
 
 impl Socket {
-    fn new(upgraded: Upgraded, max: usize, read_size: usize) -> Socket {
+    fn new(upgraded: Upgraded, max: usize, read_size: usize, reset: Option<ResetOnDrop>) -> Socket {
         // `axum::serve` hands hyper its connection wrapped in a type of its own, so the
         // upgraded connection cannot be taken back as a bare `TcpStream` and split without a
         // lock; tokio's split locks only for the length of one read or write call, and the
@@ -126,7 +127,7 @@ impl Socket {
         let (r, w) = tokio::io::split(TokioIo::new(upgraded));
         Socket {
             reader: FrameReader::new(Box::new(r), max, read_size),
-            writer: FrameWriter::new(Box::new(w)),
+            writer: FrameWriter::new(Box::new(w)).with_reset(reset),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use super::{MAX_CONTROL_PAYLOAD, OP_CLOSE, OP_PONG, OP_TEXT};
 use crate::protocol::CloseCode;
+use crate::server::ResetOnDrop;
 use std::io;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -17,6 +18,8 @@ pub struct FrameWriter {
     /// How much of `buf` the socket has taken: a flush dropped part-way resumes here.
     sent: usize,
     frames: usize,
+    /// The connection's reset-on-close switch (absent where no TCP connection is under it).
+    reset: Option<ResetOnDrop>,
 }
 
 impl FrameWriter {
@@ -26,6 +29,20 @@ impl FrameWriter {
             buf: Vec::new(),
             sent: 0,
             frames: 0,
+            reset: None,
+        }
+    }
+
+    pub(super) fn with_reset(mut self, reset: Option<ResetOnDrop>) -> FrameWriter {
+        self.reset = reset;
+        self
+    }
+
+    /// Ends the connection with a reset once it is dropped: the client did not take what
+    /// it was sent within the close grace (see `ResetOnDrop`).
+    pub fn reset_on_drop(&self) {
+        if let Some(r) = &self.reset {
+            r.arm();
         }
     }
 
