@@ -510,3 +510,115 @@ async fn a_slot_moved_under_a_subscriber_is_followed() {
     );
     cl.stop().await;
 }
+
+/// A cluster node that knows the slot map (it claims every slot) but answers every other
+/// command with `reply`, such as a MOVED that points back at itself or a CROSSSLOT: a node
+/// broken in a way no retry fixes. Counts the commands it was sent.
+struct BrokenNode {
+    port: u16,
+    commands: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BrokenNode {
+    async fn start(reply: &'static str) -> BrokenNode {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let commands = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = commands.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let _ = BrokenNode::serve(tcp, port, reply, counted).await;
+                });
+            }
+        });
+        BrokenNode {
+            port,
+            commands,
+            task,
+        }
+    }
+
+    async fn serve(
+        tcp: tokio::net::TcpStream,
+        port: u16,
+        reply: &str,
+        counted: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> std::io::Result<()> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let (r, mut w) = tcp.into_split();
+        let mut lines = BufReader::new(r).lines();
+        // Requests are RESP arrays of bulk strings: `*N`, then `$len` and the bytes, N times.
+        while let Some(head) = lines.next_line().await? {
+            let n: usize = head.trim_start_matches('*').parse().unwrap_or(0);
+            let mut args = Vec::with_capacity(n);
+            for _ in 0..n {
+                lines.next_line().await?;
+                args.push(lines.next_line().await?.unwrap_or_default().to_uppercase());
+            }
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = match args.as_slice() {
+                ["PING", ..] => "+PONG\r\n".to_string(),
+                ["CLUSTER", "INFO", ..] => {
+                    let info = "cluster_state:ok\r\ncluster_slots_assigned:16384\r\n";
+                    format!("${}\r\n{info}\r\n", info.len())
+                }
+                ["CLUSTER", "SLOTS", ..] => {
+                    let id = "0123456789abcdef0123456789abcdef01234567";
+                    format!(
+                        "*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n:{port}\r\n${}\r\n{id}\r\n",
+                        id.len()
+                    )
+                }
+                _ => reply.replace("{port}", &port.to_string()),
+            };
+            w.write_all(out.as_bytes()).await?;
+        }
+        Ok(())
+    }
+
+    fn commands(&self) -> usize {
+        self.commands.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for BrokenNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A node that answers MOVED (to itself) or CROSSSLOT forever: the replica starts, says 503
+/// on `/readyz` the whole time instead of pretending to hear, and retries at its backoff
+/// rather than in a hot loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answering_moved_or_crossslot_forever_keeps_the_replica_not_ready() {
+    for reply in [
+        "-MOVED 866 127.0.0.1:{port}\r\n",
+        "-CROSSSLOT Keys in request don't hash to the same slot\r\n",
+    ] {
+        let node = BrokenNode::start(reply).await;
+        let url = format!("redis+cluster://127.0.0.1:{}", node.port);
+        let mut cl = Cluster::start_on(1, &url, |_| {}).await;
+        let watched = Instant::now();
+        while watched.elapsed() < Duration::from_secs(3) {
+            assert_eq!(
+                infra::readyz(&cl.replicas[0].base).await,
+                503,
+                "ready on a node answering {reply:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let sent = node.commands();
+        eprintln!("{reply:?}: {sent} commands in 3 s");
+        assert!(sent > 0, "the replica never reached the node");
+        assert!(
+            sent < 600,
+            "{sent} commands in 3 s: a retry loop without backoff"
+        );
+        cl.stop().await;
+    }
+}
