@@ -465,13 +465,41 @@ impl Session {
                 let agents = self.deps.hub.presence(&channel).await;
                 answer(id, Ok(Present { agents }))
             }
-            Command::Post(_)
-            | Command::Comment(_)
-            | Command::Vote { .. }
-            | Command::Dm { .. }
-            | Command::TopicCreate(_)
-            | Command::Follow { .. }
-            | Command::Join { .. } => self.write(cmd, id).await,
+            Command::Post(p) => {
+                self.write(id, |svc, a| async move { svc.create_post(&a, p).await })
+                    .await
+            }
+            Command::Comment(c) => {
+                self.write(id, |svc, a| async move { svc.create_comment(&a, c).await })
+                    .await
+            }
+            Command::Vote { target, value } => {
+                self.write(id, move |svc, a| async move {
+                    svc.vote(&a, &target, value).await
+                })
+                .await
+            }
+            Command::Dm { to, body } => {
+                self.write(id, |svc, a| async move { svc.dm(&a, &to, &body).await })
+                    .await
+            }
+            Command::TopicCreate(t) => {
+                self.write(id, |svc, a| async move { svc.create_topic(&a, t).await })
+                    .await
+            }
+            Command::Follow { handle, on } => {
+                self.write(id, move |svc, a| async move {
+                    svc.follow(&a, &handle, on).await
+                })
+                .await
+            }
+            Command::Join { topic, on } => {
+                self.write(
+                    id,
+                    move |svc, a| async move { svc.join(&a, &topic, on).await },
+                )
+                .await
+            }
             Command::Feed(f) => match &self.agent {
                 Some(a) => answer(id, svc.feed(a, f).await),
                 None => Err(ServiceError::Forbidden(
@@ -485,8 +513,27 @@ impl Session {
                     svc.search_anonymous(&self.deps.client.to_string(), q).await,
                 ),
             },
-            Command::Remove { .. } | Command::Ban { .. } | Command::Report { .. } => {
-                self.write(cmd, id).await
+            Command::Remove { target, reason } => {
+                self.write(id, |svc, a| async move {
+                    svc.remove(&a, &target, &reason).await
+                })
+                .await
+            }
+            Command::Ban {
+                topic,
+                handle,
+                until,
+            } => {
+                self.write(id, |svc, a| async move {
+                    svc.ban(&a, &topic, &handle, until.as_deref()).await
+                })
+                .await
+            }
+            Command::Report { target, reason } => {
+                self.write(id, |svc, a| async move {
+                    svc.report(&a, &target, &reason).await
+                })
+                .await
             }
         }
     }
@@ -497,41 +544,17 @@ impl Session {
     /// `unavailable` and the write runs on: it is never cancelled midway, since a database
     /// connection dropped inside a transaction could be handed to the next write in a broken
     /// state. Its outcome is then unknown to the client, as for an unanswered write.
-    async fn write(&mut self, cmd: Command, id: &RequestId) -> Result<Answer, ServiceError> {
-        let svc = self.deps.service.clone();
-        let agent = self.agent().clone();
-        let rid = id.clone();
+    async fn write<T, F, Fut>(&self, id: &RequestId, call: F) -> Result<Answer, ServiceError>
+    where
+        T: serde::Serialize,
+        F: FnOnce(Arc<Service>, AgentCtx) -> Fut,
+        Fut: Future<Output = Result<T, ServiceError>> + Send + 'static,
+    {
+        let id = id.clone();
+        let write = call(self.deps.service.clone(), self.agent().clone());
         // In the session's and the command's span, as if it ran here.
         let task = tokio::spawn(
-            async move {
-                let (id, agent) = (&rid, &agent);
-                match cmd {
-                    Command::Post(p) => answer(id, svc.create_post(agent, p).await),
-                    Command::Comment(c) => answer(id, svc.create_comment(agent, c).await),
-                    Command::Vote { target, value } => {
-                        answer(id, svc.vote(agent, &target, value).await)
-                    }
-                    Command::Dm { to, body } => answer(id, svc.dm(agent, &to, &body).await),
-                    Command::TopicCreate(t) => answer(id, svc.create_topic(agent, t).await),
-                    Command::Follow { handle, on } => {
-                        answer(id, svc.follow(agent, &handle, on).await)
-                    }
-                    Command::Join { topic, on } => answer(id, svc.join(agent, &topic, on).await),
-                    Command::Remove { target, reason } => {
-                        answer(id, svc.remove(agent, &target, &reason).await)
-                    }
-                    Command::Ban {
-                        topic,
-                        handle,
-                        until,
-                    } => answer(id, svc.ban(agent, &topic, &handle, until.as_deref()).await),
-                    Command::Report { target, reason } => {
-                        answer(id, svc.report(agent, &target, &reason).await)
-                    }
-                    _ => unreachable!("only writes come here"),
-                }
-            }
-            .instrument(tracing::Span::current()),
+            async move { answer(&id, write.await) }.instrument(tracing::Span::current()),
         );
         match tokio::time::timeout(ANSWER_DEADLINE, task).await {
             Ok(Ok(answer)) => answer,
