@@ -417,22 +417,22 @@ impl Replica {
         dir: &Path,
         args: &[&str],
     ) -> Replica {
-        let mut r = Replica {
-            port: free_port(),
-            child: None,
-            log: dir.join(format!("{id}.log")),
-            data_dir: dir.join(id),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            id: id.to_string(),
-            umask: None,
-            host,
-            prefix: prefix.to_vec(),
-        };
-        r.start_again();
-        r
+        Self::launch(None, host, prefix.to_vec(), id, dir, args)
     }
 
     fn start_as(umask: Option<&str>, id: &str, dir: &Path, args: &[&str]) -> Replica {
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        Self::launch(umask, loopback, Vec::new(), id, dir, args)
+    }
+
+    fn launch(
+        umask: Option<&str>,
+        host: std::net::IpAddr,
+        prefix: Vec<String>,
+        id: &str,
+        dir: &Path,
+        args: &[&str],
+    ) -> Replica {
         let mut r = Replica {
             port: free_port(),
             child: None,
@@ -441,8 +441,8 @@ impl Replica {
             args: args.iter().map(|a| a.to_string()).collect(),
             id: id.to_string(),
             umask: umask.map(str::to_string),
-            host: std::net::IpAddr::from([127, 0, 0, 1]),
-            prefix: Vec::new(),
+            host,
+            prefix,
         };
         r.start_again();
         r

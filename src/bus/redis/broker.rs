@@ -78,6 +78,27 @@ impl Shared {
         out.push_back((channel, payload));
     }
 
+    /// The subscriber side hears everything wanted again: mark the bus up, send what was
+    /// kept meanwhile, have the Hub catch up from the Store, and hand back the link's two
+    /// timers (its ping, and the periodic sweep that catches what nothing else reveals).
+    pub(super) async fn came_up(
+        &self,
+        handler: &dyn BusHandler,
+    ) -> (tokio::time::Interval, tokio::time::Interval) {
+        self.up.store(true, Ordering::Release);
+        self.metrics.bus_up.set(1);
+        self.flush_pending().await;
+        handler.on_resync();
+        let mut ping = tokio::time::interval(link::PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval_at(
+            tokio::time::Instant::now() + link::SWEEP_EVERY,
+            link::SWEEP_EVERY,
+        );
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        (ping, sweep)
+    }
+
     /// Sends what was kept while Redis was unreachable; stops at the first failure.
     pub(super) async fn flush_pending(&self) {
         loop {

@@ -213,20 +213,12 @@ impl Shared {
         }
         .await;
         res?;
-        self.up.store(true, Ordering::Release);
-        self.metrics.bus_up.set(1);
         tracing::info!(
             channels = channels.len(),
             patterns = patterns.len(),
             "redis bus connected"
         );
-        self.flush_pending().await;
-        handler.on_resync();
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweep =
-            tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut ping, mut sweep) = self.came_up(handler).await;
         loop {
             tokio::select! {
                 _ = stopped(stop) => return Ok(()),

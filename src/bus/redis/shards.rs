@@ -15,7 +15,7 @@
 //! Publishing and every other command go through the crate's cluster connection, which
 //! follows MOVED/ASK and refreshes its map by itself.
 
-use super::link::{PING_EVERY, SUBSCRIBE_WAIT, SWEEP_EVERY, SubOp};
+use super::link::{SUBSCRIBE_WAIT, SubOp};
 use super::resp::{self, Auth, Node, Resp, read_value};
 use super::slots::{self, DiscoverError, Topology};
 use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, Shared, lock, stopped};
@@ -23,7 +23,6 @@ use crate::bus::BusHandler;
 use redis::cluster_async::ClusterConnection;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -359,20 +358,12 @@ impl Shared {
                 Err(_) => return Err("shards did not confirm the subscriptions".into()),
             }
         }
-        self.up.store(true, Ordering::Release);
-        self.metrics.bus_up.set(1);
         tracing::info!(
             channels = wanted.len(),
             shards = link.shards.len(),
             "redis cluster bus connected"
         );
-        self.flush_pending().await;
-        handler.on_resync();
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweep =
-            tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut ping, mut sweep) = self.came_up(handler).await;
         loop {
             tokio::select! {
                 _ = stopped(stop) => return Ok(()),
