@@ -16,7 +16,8 @@
 # WINDOW, CONNECTIONS, CLUSTER_SUBSCRIBERS, TARGETS (default "carapace socketio nats raw"),
 # ROUNDS (fanout rounds, interleaved across targets; default 3, 1 with --quick),
 # SHARD_TOPICS and SHARD_PUBLISHERS (the shard runs, default 32 of each), PG_SUBSCRIBERS and
-# PG_PUBLISHERS (the PostgreSQL posts run, default 10 and 64).
+# PG_PUBLISHERS (the PostgreSQL posts runs, default 16 and 64), PG_TOPICS (its second run's
+# topics, default 16; the first posts into one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -52,7 +53,8 @@ CLUSTER_SUBSCRIBERS=${CLUSTER_SUBSCRIBERS:-1000}
 # Shard runs: publisher i posts into topic i, so every topic has its own publisher.
 SHARD_TOPICS=${SHARD_TOPICS:-32}
 SHARD_PUBLISHERS=${SHARD_PUBLISHERS:-$SHARD_TOPICS}
-PG_SUBSCRIBERS=${PG_SUBSCRIBERS:-10}
+PG_SUBSCRIBERS=${PG_SUBSCRIBERS:-16}
+PG_TOPICS=${PG_TOPICS:-16}
 PG_PUBLISHERS=${PG_PUBLISHERS:-64}
 # Paced runs: latency at one load every target sustains (events/s in all; x subscribers =
 # deliveries/s). The cluster target of issue 7 is p99 < 20 ms at 100,000 deliveries/s.
@@ -338,9 +340,11 @@ if [ "$SHARDS" = 1 ]; then
       --duration "$DURATION" --warmup "$WARMUP" --window "$WINDOW"
     run_bench connections connections carapace 1 --subscribers "$CONNECTIONS" --duration 5
     CARAPACE_BUS=pg
-    run_bench "postgres-posts" fanout carapace 1 --subscribers "$PG_SUBSCRIBERS" \
-      --publishers "$PG_PUBLISHERS" --size "$SIZE" --duration "$DURATION" --warmup "$WARMUP" \
-      --window "$WINDOW"
+    for topics in 1 "$PG_TOPICS"; do
+      run_bench "postgres-posts-$topics" fanout carapace 1 --subscribers "$PG_SUBSCRIBERS" \
+        --publishers "$PG_PUBLISHERS" --topics "$topics" --size "$SIZE" --duration "$DURATION" \
+        --warmup "$WARMUP" --window "$WINDOW"
+    done
     CARAPACE_BUS=""
   fi
   for masters in 1 3; do
