@@ -6,19 +6,31 @@
 #
 #   scripts/bench.sh --quick   fanout only, short runs: under five minutes in all
 #   scripts/bench.sh           fanout, connections and cluster, then writes BENCHMARKS.md
+#   scripts/bench.sh --shards  the cluster scenario over 3 replicas on a Redis Cluster of 1
+#                              master, then of 3, and NATS clustering; prints each Redis
+#                              master's SPUBLISH/s and CPU over the measured window
+#   scripts/bench.sh --capacity  the figures of docs/CAPACITY.md: one fanout round, idle
+#                              sessions, posts/s one hub on PostgreSQL takes, then --shards
 #
 # Parameters can be changed through the environment: SUBSCRIBERS, PUBLISHERS, SIZE, DURATION,
 # WINDOW, CONNECTIONS, CLUSTER_SUBSCRIBERS, TARGETS (default "carapace socketio nats raw"),
-# ROUNDS (fanout rounds, interleaved across targets; default 3, 1 with --quick).
+# ROUNDS (fanout rounds, interleaved across targets; default 3, 1 with --quick),
+# SHARD_TOPICS and SHARD_PUBLISHERS (the shard runs, default 32 of each), PG_SUBSCRIBERS and
+# PG_PUBLISHERS (the PostgreSQL posts runs, default 16 and 64), PG_TOPICS (its second run's
+# topics, default 16; the first posts into one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 QUICK=0
+SHARDS=0
+CAPACITY=0
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --shards) SHARDS=1 ;;
+    --capacity) CAPACITY=1; SHARDS=1 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
@@ -38,6 +50,12 @@ else
   ROUNDS=${ROUNDS:-3}
 fi
 CLUSTER_SUBSCRIBERS=${CLUSTER_SUBSCRIBERS:-1000}
+# Shard runs: publisher i posts into topic i, so every topic has its own publisher.
+SHARD_TOPICS=${SHARD_TOPICS:-32}
+SHARD_PUBLISHERS=${SHARD_PUBLISHERS:-$SHARD_TOPICS}
+PG_SUBSCRIBERS=${PG_SUBSCRIBERS:-16}
+PG_TOPICS=${PG_TOPICS:-16}
+PG_PUBLISHERS=${PG_PUBLISHERS:-64}
 # Paced runs: latency at one load every target sustains (events/s in all; x subscribers =
 # deliveries/s). The cluster target of issue 7 is p99 < 20 ms at 100,000 deliveries/s.
 FANOUT_RATE=${FANOUT_RATE:-50}
@@ -112,7 +130,8 @@ REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 SERVER_PIDS=()
 SERVER_ADDRS=()
 
-start_carapace() { # count [redis]
+start_carapace() { # count [redis|pg]: SQLite and the in-process bus; or PostgreSQL with
+  # Redis (a redis:// or redis+cluster:// URL); or "pg", PostgreSQL and the in-process bus
   local n=$1 redis=${2:-} db secrets
   SERVER_PIDS=(); SERVER_ADDRS=()
   secrets="$WORK/carapace-secrets"
@@ -123,7 +142,8 @@ start_carapace() { # count [redis]
     db="carapace_bench_$$_$RANDOM"
     psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db" >/dev/null
     echo "$db" >"$WORK/pgdb"
-    extra=(--database-url "postgres://postgres@127.0.0.1:5432/$db" --redis-url "$redis")
+    extra=(--database-url "postgres://postgres@127.0.0.1:5432/$db")
+    [ "$redis" != pg ] && extra+=(--redis-url "$redis")
   fi
   for i in $(seq 1 "$n"); do
     local port; port=$(free_port)
@@ -178,7 +198,10 @@ start_raw() {
 
 start_target() { # kind count
   case "$1" in
-    carapace) if [ "$2" -gt 1 ]; then start_carapace "$2" "$REDIS_URL"; else start_carapace 1; fi ;;
+    carapace)
+      if [ -n "${CARAPACE_BUS:-}" ]; then start_carapace "$2" "$CARAPACE_BUS"
+      elif [ "$2" -gt 1 ]; then start_carapace "$2" "$REDIS_URL"
+      else start_carapace 1; fi ;;
     socketio) start_socketio "$2" ;;
     nats) start_nats "$2" ;;
     raw) start_raw ;;
@@ -196,24 +219,145 @@ stop_target() {
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 
+# --- a Redis Cluster of our own, and what each master does during a run ---
+SHARD_PORTS=""
+SHARD_PIDS=()
+start_redis_cluster() { # masters
+  local n=$1 ports=() port
+  SHARD_PIDS=()
+  for _ in $(seq 1 "$n"); do
+    # A cluster node also listens on port + 10000 (its bus): both must be free.
+    while :; do
+      port=$(free_port)
+      if [ "$port" -lt 55000 ] && ! (exec 3<>"/dev/tcp/127.0.0.1/$((port + 10000))") 2>/dev/null; then break; fi
+    done
+    mkdir -p "$WORK/rc-$port"
+    redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
+      --cluster-config-file nodes.conf --dir "$WORK/rc-$port" --save "" --appendonly no \
+      --daemonize no >"$WORK/rc-$port.log" 2>&1 &
+    PIDS+=($!); SHARD_PIDS+=($!); ports+=("$port")
+  done
+  for p in "${ports[@]}"; do wait_port "127.0.0.1:$p"; done
+  if [ "$n" -ge 3 ]; then
+    redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 0 \
+      --cluster-yes </dev/null >"$WORK/rc-create.log" 2>&1
+  else # redis-cli --cluster create wants three masters: one node takes every slot itself
+    redis-cli -p "${ports[0]}" CLUSTER ADDSLOTSRANGE 0 16383 >/dev/null
+  fi
+  for _ in $(seq 1 200); do
+    local ok=1
+    for p in "${ports[@]}"; do
+      redis-cli -p "$p" CLUSTER INFO | grep -q "cluster_state:ok" || ok=0
+      redis-cli -p "$p" CLUSTER INFO | grep -q "cluster_known_nodes:$n" || ok=0
+    done
+    [ "$ok" = 1 ] && break
+    sleep 0.1
+  done
+  [ "$ok" = 1 ] || { echo "the Redis Cluster of $n did not come up" >&2; return 1; }
+  SHARD_PORTS="${ports[*]}"
+  CARAPACE_BUS="redis+cluster://$(IFS=,; echo "${ports[*]/#/127.0.0.1:}")"
+}
+
+stop_redis_cluster() {
+  for p in "${SHARD_PIDS[@]}"; do stop_pid "$p"; done
+  SHARD_PIDS=(); SHARD_PORTS=""; CARAPACE_BUS=""
+}
+
+# One line per master: port, SPUBLISH calls, commands processed, CPU ticks (utime + stime).
+shard_sample() {
+  local i=0 ports=($SHARD_PORTS)
+  for p in "${ports[@]}"; do
+    local pid=${SHARD_PIDS[$i]} info spub cmds ticks
+    info=$(redis-cli -p "$p" INFO all | tr -d '\r')
+    spub=$(sed -n 's/^cmdstat_spublish:calls=\([0-9]*\),.*/\1/p' <<<"$info")
+    cmds=$(sed -n 's/^total_commands_processed:\([0-9]*\)$/\1/p' <<<"$info")
+    ticks=$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')
+    echo "$p ${spub:-0} ${cmds:-0} $ticks"
+    i=$((i + 1))
+  done
+}
+
+# Samples every master when the bench's warm-up ends and again when its measured window
+# does, and prints one JSON line per master (also kept with the results).
+sample_window() { # label bench-pid bench-output
+  local label=$1 bp=$2 out=$3
+  for _ in $(seq 1 1200); do
+    grep -q '^publishing for' "$out" 2>/dev/null && break
+    kill -0 "$bp" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  sleep "$WARMUP"
+  local t0 t1; t0=$(date +%s.%N)
+  shard_sample >"$WORK/shards-before"
+  sleep "$DURATION"
+  t1=$(date +%s.%N)
+  shard_sample >"$WORK/shards-after"
+  python3 - "$label" "$t0" "$t1" "$(getconf CLK_TCK)" "$WORK/shards-before" "$WORK/shards-after" <<'PY' | tee -a "$RESULTS"
+import json, sys
+label, t0, t1, hz = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+before = {l.split()[0]: list(map(int, l.split()[1:])) for l in open(sys.argv[5]) if l.strip()}
+after = {l.split()[0]: list(map(int, l.split()[1:])) for l in open(sys.argv[6]) if l.strip()}
+wall = t1 - t0
+for port, (s1, c1, k1) in after.items():
+    s0, c0, k0 = before[port]
+    cores = (k1 - k0) / hz / wall
+    spub = (s1 - s0) / wall
+    print(json.dumps({"label": label, "shard": int(port), "seconds": round(wall, 2),
+                      "spublish_per_s": round(spub), "commands_per_s": round((c1 - c0) / wall),
+                      "cpu_cores": round(cores, 3),
+                      "spublish_per_s_per_core": round(spub / cores) if cores > 0 else None}))
+PY
+}
+
 run_bench() { # label scenario kind replicas bench-args...
   local label=$1 scenario=$2 kind=$3 n=$4; shift 4
   log "$label / $kind"
   start_target "$kind" "$n"
   local addrs; addrs=$(IFS=,; echo "${SERVER_ADDRS[*]}")
-  local out="$WORK/$label-$kind.out"
-  if "$BIN" bench --scenario "$scenario" --target "$kind" --addr "$addrs" \
-      --server-pid "${SERVER_PIDS[0]}" "$@" >"$out" 2>"$WORK/$label-$kind.err"; then
+  local out="$WORK/$label-$kind.out" rc=0
+  "$BIN" bench --scenario "$scenario" --target "$kind" --addr "$addrs" \
+    --server-pid "${SERVER_PIDS[0]}" "$@" >"$out" 2>"$WORK/$label-$kind.err" &
+  local bench_pid=$!
+  if [ -n "${SHARD_PORTS:-}" ] && [ "$kind" = carapace ]; then sample_window "$label" "$bench_pid" "$out"; fi
+  wait "$bench_pid" || rc=$?
+  if [ "$rc" = 0 ]; then
     sed '$d' "$out" >&2
     tail -n 1 "$out"
     tail -n 1 "$out" | sed "s/^{/{\"label\":\"$label\",/" >>"$RESULTS"
   else
-    cat "$out" "$WORK/$scenario-$kind.err" >&2
+    cat "$out" "$WORK/$label-$kind.err" >&2
     echo "{\"label\":\"$label\",\"scenario\":\"$scenario\",\"target\":\"$kind\",\"error\":\"run failed\"}" | tee -a "$RESULTS"
   fi
   stop_target
   sleep 1
 }
+
+if [ "$SHARDS" = 1 ]; then
+  SHARD_ARGS=(--subscribers "$CLUSTER_SUBSCRIBERS" --publishers "$SHARD_PUBLISHERS" --topics "$SHARD_TOPICS"
+              --size "$SIZE" --duration "$DURATION" --warmup "$WARMUP" --window "$WINDOW")
+  if [ "$CAPACITY" = 1 ]; then
+    run_bench fanout fanout carapace 1 --subscribers "$SUBSCRIBERS" --publishers 4 --size "$SIZE" \
+      --duration "$DURATION" --warmup "$WARMUP" --window "$WINDOW"
+    run_bench connections connections carapace 1 --subscribers "$CONNECTIONS" --duration 5
+    CARAPACE_BUS=pg
+    for topics in 1 "$PG_TOPICS"; do
+      run_bench "postgres-posts-$topics" fanout carapace 1 --subscribers "$PG_SUBSCRIBERS" \
+        --publishers "$PG_PUBLISHERS" --topics "$topics" --size "$SIZE" --duration "$DURATION" \
+        --warmup "$WARMUP" --window "$WINDOW"
+    done
+    CARAPACE_BUS=""
+  fi
+  for masters in 1 3; do
+    log "a Redis Cluster of $masters master(s)"
+    start_redis_cluster "$masters"
+    run_bench "shards-$masters" cluster carapace 3 "${SHARD_ARGS[@]}"
+    stop_redis_cluster
+  done
+  run_bench "shards-nats" cluster nats 3 "${SHARD_ARGS[@]}"
+  log "results"
+  cat "$RESULTS"
+  exit 0
+fi
 
 FANOUT=(--subscribers "$SUBSCRIBERS" --publishers "$PUBLISHERS" --size "$SIZE"
         --duration "$DURATION" --warmup "$WARMUP" --window "$WINDOW")

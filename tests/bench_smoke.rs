@@ -129,6 +129,41 @@ async fn fanout_and_connections_against_carapace() {
     assert_eq!(v["target"], "carapace");
     assert_fanout(&v, 20);
 
+    // Spread over three topics: subscriber i hears only topic i % 3, 7 of the 21 each.
+    let v = bench(&[
+        "--addr",
+        &addr,
+        "--subscribers",
+        "21",
+        "--publishers",
+        "3",
+        "--topics",
+        "3",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+    ])
+    .await;
+    assert_fanout(&v, 7);
+    let refused = Command::new(BIN)
+        .args([
+            "bench",
+            "--addr",
+            &addr,
+            "--publishers",
+            "2",
+            "--topics",
+            "3",
+        ])
+        .output()
+        .expect("bench runs");
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("--topics"),
+        "more topics than publishers is refused: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     let v = bench(&[
         "--scenario",
         "connections",

@@ -82,6 +82,10 @@ pub struct BenchArgs {
     /// Connections that publish, each keeping up to `--window` posts in flight.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
+    /// Topics (fanout, cluster): publisher and subscriber `i` use topic `i % N`, so the
+    /// load spreads over a sharded bus. At most --publishers and --subscribers.
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
     /// Payload size in bytes (the post body for Carapace).
     #[arg(long, default_value_t = 256)]
     pub size: usize,
@@ -137,6 +141,7 @@ pub(crate) struct Params {
     scenario: Scenario,
     subscribers: usize,
     publishers: usize,
+    topics: usize,
     size: usize,
     duration: Duration,
     warmup: Duration,
@@ -188,6 +193,11 @@ fn check(args: &BenchArgs, addrs: &[SocketAddr]) -> Result<Params, BenchError> {
     {
         return bad(format!("--publishers must be 1..={MAX_PUBLISHERS}"));
     }
+    if args.scenario != Scenario::Connections
+        && (args.topics == 0 || args.topics > args.publishers || args.topics > args.subscribers)
+    {
+        return bad("--topics must be 1..=min(--publishers, --subscribers)".into());
+    }
     if !(MIN_SIZE..=MAX_SIZE).contains(&args.size) {
         return bad(format!("--size must be {MIN_SIZE}..={MAX_SIZE} bytes"));
     }
@@ -228,6 +238,11 @@ fn check(args: &BenchArgs, addrs: &[SocketAddr]) -> Result<Params, BenchError> {
             0
         } else {
             args.publishers
+        },
+        topics: if args.scenario == Scenario::Connections {
+            1
+        } else {
+            args.topics
         },
         size: args.size,
         duration: Duration::from_secs(args.duration),
@@ -287,8 +302,12 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         Scenario::Connections => params.subscribers.min(16),
         _ => params.publishers,
     };
-    let plan = target::prepare(args.target, addrs[0], agents).await?;
-    println!("topic {}", plan.topic);
+    let plan = target::prepare(args.target, addrs[0], agents, params.topics).await?;
+    if plan.topics.len() == 1 {
+        println!("topic {}", plan.topic);
+    } else {
+        println!("{} topics, {} ..", plan.topics.len(), plan.topic);
+    }
     let report = match params.scenario {
         Scenario::Fanout => fanout::run(&params, &plan, &addrs, &addrs).await?,
         Scenario::Cluster => fanout::run(&params, &plan, &addrs[..1], &addrs[1..]).await?,

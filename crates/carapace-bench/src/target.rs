@@ -45,16 +45,24 @@ impl TargetKind {
     }
 }
 
-/// What setting a target up produced: the topic (room, subject) and, for Carapace, the
+/// What setting a target up produced: the topics (rooms, subjects) and, for Carapace, the
 /// agents' JWTs.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub kind: TargetKind,
+    /// The first topic; the only one unless `--topics` asked for more.
     pub topic: String,
+    /// Every topic of the run (at least one); publisher and subscriber `i` use `i % len`.
+    pub topics: Vec<String>,
     pub tokens: Vec<String>,
 }
 
 impl Plan {
+    /// The topic of publisher or subscriber `i` (round robin).
+    pub fn topic_of(&self, i: usize) -> &str {
+        &self.topics[i % self.topics.len()]
+    }
+
     /// The token of agent `i` (round robin), for Carapace.
     pub fn token(&self, i: usize) -> Option<&str> {
         if self.tokens.is_empty() {
@@ -72,18 +80,26 @@ fn rand_hex() -> String {
 }
 
 /// Sets the target up for a run: for Carapace an owner, `agents` agents with `post` and
-/// `topic:create`, their JWTs and a fresh topic, all through the HTTP API and the protocol.
+/// `topic:create`, their JWTs and `topics` fresh topics, all through the HTTP API and the
+/// protocol.
 pub async fn prepare(
     kind: TargetKind,
     addr: SocketAddr,
     agents: usize,
+    topics: usize,
 ) -> Result<Plan, BenchError> {
     let run = rand_hex();
     let topic = format!("bench-{run}");
+    let topics: Vec<String> = if topics <= 1 {
+        vec![topic.clone()]
+    } else {
+        (0..topics).map(|k| format!("bench-{run}-{k}")).collect()
+    };
     if kind != TargetKind::Carapace {
         return Ok(Plan {
             kind,
-            topic,
+            topic: topics[0].clone(),
+            topics,
             tokens: Vec::new(),
         });
     }
@@ -116,16 +132,19 @@ pub async fn prepare(
     )
     .await
     .map_err(setup)?;
-    c.command(
-        "topic.create",
-        json!({"name": topic, "title": "bench", "description": "carapace bench"}),
-    )
-    .await
-    .map_err(setup)?;
+    for t in &topics {
+        c.command(
+            "topic.create",
+            json!({"name": t, "title": "bench", "description": "carapace bench"}),
+        )
+        .await
+        .map_err(setup)?;
+    }
     c.close().await;
     Ok(Plan {
         kind,
-        topic,
+        topic: topics[0].clone(),
+        topics,
         tokens,
     })
 }
