@@ -782,11 +782,12 @@ async fn chaos_soak_loses_nothing_and_leaks_nothing() {
     soak(false).await;
 }
 
-/// The same soak with the DM probe. It holds a bug: a DM sent while Redis restarts never
-/// reaches its recipient's open session (3 of 82 lost with the CI seed, one per Redis
-/// restart after the first; the recipient received later seqs, so the hub skipped them).
+/// The same soak with the DM probe. It holds a bug: a DM sent while Redis restarts or a
+/// replica is SIGSTOPped can never reach its recipient's open session, which receives the
+/// later ones (CI seed: 3 of 82 lost, at three Redis restarts; seed 7 over 40 s: seqs 20 and
+/// 25 of 54, at a SIGSTOP and a Redis restart). Not diagnosed yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "holds a bug: DMs published across a Redis restart are lost to a live recipient"]
+#[ignore = "holds a bug: DMs sent across a Redis restart or a paused replica are lost to a live recipient"]
 async fn chaos_soak_direct_messages_reach_only_their_recipient() {
     soak(true).await;
 }
