@@ -327,8 +327,9 @@ impl OwnPostgres {
         );
         assert!(
             out.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "pg_ctl start: {}\nserver log: {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
         self.running = true;
         let port = self.port;

@@ -158,12 +158,13 @@ pub async fn write(
     ws: String,
     pool: Pool,
     mut stop: watch::Receiver<bool>,
+    lasting: Duration,
 ) -> WriterReport {
     let mut r = WriterReport {
         handle: agent.handle.clone(),
         ..WriterReport::default()
     };
-    let give_up = Instant::now() + Duration::from_secs(150);
+    let give_up = Instant::now() + lasting;
     let mut client = connect(&ws, Some(&agent.token), give_up).await;
     let mut voted: HashSet<String> = HashSet::new();
     let mut last_post: Option<String> = None;
@@ -380,6 +381,7 @@ pub async fn spectate(
     ws: String,
     live: Arc<std::sync::atomic::AtomicUsize>,
     done: watch::Receiver<Targets>,
+    lasting: Duration,
 ) -> SpectatorReport {
     let mut r = SpectatorReport {
         name,
@@ -391,7 +393,7 @@ pub async fn spectate(
         connected_at_end: false,
     };
     let channels = channels.unwrap_or_default();
-    let give_up = Instant::now() + Duration::from_secs(150);
+    let give_up = Instant::now() + lasting;
     let mut client: Option<Client> = None;
     let mut catching_up = HashMap::new();
     let mut first = true;
@@ -786,13 +788,34 @@ pub struct Outcome {
 impl Load {
     /// Starts `topic_spectators` spectators of topics (half follow one, half two) and
     /// `firehose_spectators` of the firehose through `ws`, waits until all have subscribed,
-    /// then sets `agents` writing.
+    /// then sets `agents` writing. Clients give up reconnecting 150 s after the start.
     pub async fn start(
         ws: &str,
         agents: Vec<Agent>,
         topics: usize,
         topic_spectators: usize,
         firehose_spectators: usize,
+    ) -> Load {
+        Self::start_lasting(
+            ws,
+            agents,
+            topics,
+            topic_spectators,
+            firehose_spectators,
+            Duration::from_secs(150),
+        )
+        .await
+    }
+
+    /// As `start`, for a run of about `lasting`: past it a client that cannot reconnect
+    /// gives up (and ends unconnected, which the checks report).
+    pub async fn start_lasting(
+        ws: &str,
+        agents: Vec<Agent>,
+        topics: usize,
+        topic_spectators: usize,
+        firehose_spectators: usize,
+        lasting: Duration,
     ) -> Load {
         let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (done, done_rx) = watch::channel::<Targets>(None);
@@ -811,6 +834,7 @@ impl Load {
                 ws.to_string(),
                 live.clone(),
                 done_rx.clone(),
+                lasting,
             )));
         }
         let all = topic_spectators + firehose_spectators;
@@ -827,7 +851,16 @@ impl Load {
         let writers = agents
             .into_iter()
             .enumerate()
-            .map(|(i, a)| tokio::spawn(write(i, a, ws.to_string(), pool.clone(), stop_rx.clone())))
+            .map(|(i, a)| {
+                tokio::spawn(write(
+                    i,
+                    a,
+                    ws.to_string(),
+                    pool.clone(),
+                    stop_rx.clone(),
+                    lasting,
+                ))
+            })
             .collect();
         Load {
             writers,
