@@ -50,13 +50,53 @@ pub struct Conn {
 /// for it, an orderly close leaves the kernel an orphan socket that keeps that data (up to
 /// the send buffer, 1.5 MiB measured) while it probes the zero window, for minutes; a reset
 /// frees it at once. Anything the client could still have read is lost, which is why only
-/// a session whose close grace ran out asks for it.
-#[derive(Clone, Default)]
-pub struct ResetOnDrop(Arc<AtomicBool>);
+/// a session whose close grace ran out with data still unsent asks for it.
+#[derive(Clone)]
+pub struct ResetOnDrop {
+    armed: Arc<AtomicBool>,
+    /// The connection's socket, for the size of its send queue. Valid while the connection's
+    /// I/O lives, which every holder of this handle outlives only after it stopped using it.
+    fd: std::os::fd::RawFd,
+}
 
 impl ResetOnDrop {
+    fn new(tcp: &TcpStream) -> ResetOnDrop {
+        use std::os::fd::AsRawFd;
+        ResetOnDrop {
+            armed: Arc::new(AtomicBool::new(false)),
+            fd: tcp.as_raw_fd(),
+        }
+    }
+
     pub fn arm(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.armed.store(true, Ordering::Relaxed);
+    }
+
+    /// Bytes the kernel still holds for the client (not sent, or sent and not acknowledged);
+    /// `None` where that cannot be read. A connection the peer reset holds nothing more.
+    pub fn unsent(&self) -> Option<u32> {
+        // SAFETY: tcp_info is plain integers, for which all-zero bytes are a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: TCP_INFO writes at most `len` bytes into `info`, a live local of that size.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        // TCP_CLOSE: reset by the peer (or fully closed); its counters no longer mean data.
+        if r == 0 && info.tcpi_state == 7 {
+            return Some(0);
+        }
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ on a TCP socket) writes one int through the pointer,
+        // which points to a live local; `fd` is the connection's open socket (see above).
+        let r = unsafe { libc::ioctl(self.fd, libc::TIOCOUTQ, &mut n) };
+        (r == 0).then(|| n.max(0) as u32)
     }
 }
 
@@ -142,7 +182,7 @@ async fn connection(
     let conn = Conn {
         accepted: Instant::now(),
         phase: Arc::new(AtomicU8::new(PHASE_IDLE)),
-        reset: ResetOnDrop::default(),
+        reset: ResetOnDrop::new(&tcp),
     };
     let io = TimedIo::new(tcp, conn.phase.clone(), t, open, conn.reset.clone());
     let meta = conn.clone();
@@ -298,7 +338,7 @@ struct TimedIo {
 
 impl Drop for TimedIo {
     fn drop(&mut self) {
-        if self.reset.0.load(Ordering::Relaxed)
+        if self.reset.armed.load(Ordering::Relaxed)
             && let Err(e) = self.tcp.set_zero_linger()
         {
             tracing::debug!(error = %e, "SO_LINGER 0 not set");

@@ -910,7 +910,16 @@ async fn connect_drop_flood_leaves_no_session_subscription_or_connection_behind(
         ]
         .map(|g| metric(m, g))
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The warm-up session is gone once the hub has closed it (its close may wait up to a
+    // second for the client to take the last frames).
+    let settled = Instant::now();
+    while gauges(&hub.metrics().await)[0] != 0 {
+        assert!(
+            settled.elapsed() < Duration::from_secs(5),
+            "warm-up session still open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let base_gauges = gauges(&hub.metrics().await);
     let before = hub.rss_kb();
 

@@ -15,6 +15,10 @@ use tokio::sync::watch;
 
 /// The writer stops taking from its queue for one write at this many frames or bytes.
 const WRITE_BATCH: usize = 64;
+/// How long a closing connection's last frames may take to be acknowledged once written: a
+/// client that reads takes them within a round trip; a peer that is gone (its socket reset)
+/// or reads nothing would hold the session until the end of its grace.
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
 const WRITE_BYTES: usize = 64 * 1024;
 
 /// Runs until the session closes (its close signal, or its queue's senders all gone).
@@ -94,12 +98,20 @@ pub async fn write_loop(
         out.text(f.as_str());
     }
     out.close(code);
-    if tokio::time::timeout(close_grace, out.shutdown())
-        .await
-        .is_err()
-    {
-        // The client took nothing for the whole grace: a reset, not an orphan socket that
-        // keeps its send buffer while the kernel probes a window that never opens.
+    let grace_ends = tokio::time::Instant::now() + close_grace;
+    // Written is not taken: a close frame that fit in the kernel's send buffer of a client
+    // that reads nothing would stay there. Either way, a client that has not taken it all
+    // by the end of the grace (or within `DRAIN_WAIT` of the write) gets a reset, not an
+    // orphan socket that keeps its send buffer while the kernel probes a window that never
+    // opens.
+    let taken = match tokio::time::timeout_at(grace_ends, out.shutdown()).await {
+        Ok(_) => {
+            let left = grace_ends.saturating_duration_since(tokio::time::Instant::now());
+            out.drained(left.min(DRAIN_WAIT)).await
+        }
+        Err(_) => false,
+    };
+    if !taken {
         out.reset_on_drop();
     }
 }

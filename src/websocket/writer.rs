@@ -5,7 +5,11 @@ use super::{MAX_CONTROL_PAYLOAD, OP_CLOSE, OP_PONG, OP_TEXT};
 use crate::protocol::CloseCode;
 use crate::server::ResetOnDrop;
 use std::io;
+use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// How often a closing connection's send queue is looked at while it drains.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// A buffer larger than this after a write is given back: a burst of large frames should
 /// not stay resident in an idle session.
@@ -43,6 +47,24 @@ impl FrameWriter {
     pub fn reset_on_drop(&self) {
         if let Some(r) = &self.reset {
             r.arm();
+        }
+    }
+
+    /// Waits, at most `within`, until the kernel holds nothing more for the client (the close
+    /// frame and what came before it taken and acknowledged); whether it did. A connection
+    /// the hub cannot look into counts as drained.
+    pub fn drained(&self, within: Duration) -> impl Future<Output = bool> + Send + 'static {
+        let reset = self.reset.clone();
+        async move {
+            let Some(r) = reset else { return true };
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                match r.unsent() {
+                    Some(0) | None => return true,
+                    Some(_) if tokio::time::Instant::now() >= deadline => return false,
+                    Some(_) => tokio::time::sleep(DRAIN_POLL).await,
+                }
+            }
         }
     }
 
