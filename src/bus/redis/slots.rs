@@ -6,22 +6,6 @@ use super::resp::{Auth, Node, Resp};
 
 pub(super) const SLOTS: u32 = 16384;
 
-/// CRC16/XMODEM, the checksum Redis Cluster hashes names with.
-fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= (b as u16) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
 /// The slot of a key or sharded channel: only the part inside the first non-empty `{...}`
 /// counts when there is one, so names sharing a tag share a slot.
 pub(super) fn slot(name: &[u8]) -> u16 {
@@ -30,7 +14,8 @@ pub(super) fn slot(name: &[u8]) -> u16 {
         let close = rest.iter().position(|&b| b == b'}')?;
         (close > 0).then(|| &rest[..close])
     });
-    crc16(tagged.unwrap_or(name)) % SLOTS as u16
+    // CRC16/XMODEM, the checksum Redis Cluster hashes names with.
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(name)) % SLOTS as u16
 }
 
 /// Which master serves which slots, and every node the cluster named.
