@@ -349,10 +349,10 @@ async fn replica_cut_off_from_postgres_refuses_writes_quickly_and_half_writes_no
     // them in order. Live events of town1 show that the bus still carries r2's events.
     let agents = population(&site.replicas[1].base(), 1, 3, 2).await;
     let (r1, r2) = (&site.replicas[0], &site.replicas[1]);
-    let mut a = Client::connect(&r1.ws(), Some(&agents[0].token))
+    let mut a = Client::connect(&r1.ws(), Some(&agents[0].token.jwt))
         .await
         .expect("a on r1");
-    let mut b = Client::connect(&r2.ws(), Some(&agents[1].token))
+    let mut b = Client::connect(&r2.ws(), Some(&agents[1].token.jwt))
         .await
         .expect("b on r2");
     let mut watcher = Client::connect(&r1.ws(), None)
@@ -378,7 +378,7 @@ async fn replica_cut_off_from_postgres_refuses_writes_quickly_and_half_writes_no
             tokio::spawn(busy_writer(
                 n,
                 r1.ws(),
-                agents[2].token.clone(),
+                agents[2].token.jwt.clone(),
                 busy_stopped.clone(),
             ))
         })
@@ -497,7 +497,7 @@ async fn replica_cut_off_from_postgres_refuses_writes_quickly_and_half_writes_no
         .expect("lock");
     let stuck_title = "a stuck".to_string();
     let stuck = {
-        let (ws, token, title) = (r1.ws(), agents[0].token.clone(), stuck_title.clone());
+        let (ws, token, title) = (r1.ws(), agents[0].token.jwt.clone(), stuck_title.clone());
         tokio::spawn(async move {
             let mut c = Client::connect(&ws, Some(&token)).await.expect("a again");
             post(&mut c, &title).await

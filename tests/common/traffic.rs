@@ -46,20 +46,82 @@ pub async fn connect(ws: &str, token: Option<&str>, deadline: Instant) -> Option
     }
 }
 
-/// Whether the connection is still usable: a close already received is read now, before a
-/// command would be sent into it. For a session that receives no pushes (the agents).
-pub async fn still_open(c: &mut Client) -> bool {
-    !matches!(
-        c.next_push(Duration::ZERO).await,
-        Err(e) if !matches!(e, ClientError::Timeout)
-    )
-}
-
-/// The agents, each with its token and home topic, made through the balancer's HTTP API.
+/// The agents, each with its key, token and home topic, made through the balancer's HTTP
+/// API.
 pub struct Agent {
     pub handle: String,
-    pub token: String,
+    pub token: Token,
     pub topic: usize,
+}
+
+/// An agent's API key and the token it last exchanged it for. With `refresh_every` set (a
+/// hub with short-lived tokens) the agent gets a new token that often and moves its open
+/// session onto it with `refresh`, as a well-behaved agent does before its token expires.
+pub struct Token {
+    key: String,
+    pub jwt: String,
+    got: Instant,
+    pub refresh_every: Option<Duration>,
+}
+
+impl Token {
+    pub async fn get(base: &str, key: String) -> Result<Token, ClientError> {
+        let jwt = client::agent_token(base, &key).await?;
+        Ok(Token {
+            key,
+            jwt,
+            got: Instant::now(),
+            refresh_every: None,
+        })
+    }
+
+    fn due(&self) -> bool {
+        self.refresh_every.is_some_and(|d| self.got.elapsed() >= d)
+    }
+
+    /// When due, a new token, and the open session (if any) moved onto it: whether the
+    /// session is still usable. A refusal of `refresh` is kept in `refused`; a token that
+    /// could not be had is tried again at the next call.
+    pub async fn refresh(
+        &mut self,
+        base: &str,
+        session: Option<&mut Client>,
+        refreshes: &mut usize,
+        refused: &mut Vec<String>,
+    ) -> bool {
+        if !self.due() {
+            return true;
+        }
+        let Ok(jwt) = client::agent_token(base, &self.key).await else {
+            return true;
+        };
+        self.jwt = jwt;
+        self.got = Instant::now();
+        let Some(c) = session else { return true };
+        match c.command("refresh", json!({"token": self.jwt})).await {
+            Ok(_) => {
+                *refreshes += 1;
+                true
+            }
+            // Not moved (the database did not answer): the session keeps its older token,
+            // which outlives several refresh periods.
+            Err(e) if e.code() == Some("unavailable") => true,
+            Err(e @ ClientError::Api { .. }) => {
+                refused.push(format!("refresh: {e}"));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// The HTTP base of a `ws://host:port/ws` address.
+pub fn http_base(ws: &str) -> String {
+    let host = ws
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .trim_end_matches("/ws");
+    format!("http://{host}")
 }
 
 pub async fn population(base: &str, owners_n: usize, agents_n: usize, topics: usize) -> Vec<Agent> {
@@ -87,7 +149,7 @@ pub async fn population(base: &str, owners_n: usize, agents_n: usize, topics: us
                 let key = client::create_agent(base, &owner, &spec)
                     .await
                     .expect("agent created");
-                let token = client::agent_token(base, &key).await.expect("token");
+                let token = Token::get(base, key).await.expect("token");
                 Agent {
                     handle,
                     token,
@@ -99,7 +161,7 @@ pub async fn population(base: &str, owners_n: usize, agents_n: usize, topics: us
     }
     let ws = format!("ws://{}/ws", base.trim_start_matches("http://"));
     for (t, creator) in agents.iter().take(topics).enumerate() {
-        let mut c = Client::connect(&ws, Some(&creator.token))
+        let mut c = Client::connect(&ws, Some(&creator.token.jwt))
             .await
             .expect("creator connects");
         c.command(
@@ -143,6 +205,11 @@ pub struct WriterReport {
     pub unavailable: usize,
     pub refused: Vec<String>,
     pub reconnects: usize,
+    /// Sessions moved onto a new token, and sessions the hub closed for an expired token
+    /// (none, while the agent refreshes in time).
+    pub refreshes: usize,
+    pub expired: usize,
+    pub refresh_every: Option<Duration>,
     pub connected_at_end: bool,
 }
 
@@ -162,10 +229,13 @@ pub async fn write(
 ) -> WriterReport {
     let mut r = WriterReport {
         handle: agent.handle.clone(),
+        refresh_every: agent.token.refresh_every,
         ..WriterReport::default()
     };
     let give_up = Instant::now() + lasting;
-    let mut client = connect(&ws, Some(&agent.token), give_up).await;
+    let base = http_base(&ws);
+    let mut agent = agent;
+    let mut client = connect(&ws, Some(&agent.token.jwt), give_up).await;
     let mut voted: HashSet<String> = HashSet::new();
     let mut last_post: Option<String> = None;
     tokio::time::sleep(Duration::from_millis(rand_u64() % 1000)).await;
@@ -177,12 +247,24 @@ pub async fn write(
             _ = tick.tick() => {}
         }
         if let Some(c) = client.as_mut()
-            && !still_open(c).await
+            && !c.is_open().await
+        {
+            r.expired += usize::from(
+                c.closed
+                    .as_ref()
+                    .is_some_and(|(code, _)| *code == Some(4004)),
+            );
+            client = None;
+        }
+        if !agent
+            .token
+            .refresh(&base, client.as_mut(), &mut r.refreshes, &mut r.refused)
+            .await
         {
             client = None;
         }
         if client.is_none() {
-            client = connect(&ws, Some(&agent.token), give_up).await;
+            client = connect(&ws, Some(&agent.token.jwt), give_up).await;
             r.reconnects += 1;
         }
         let Some(c) = client.as_mut() else { continue };
@@ -262,14 +344,14 @@ pub async fn write(
         }
     }
     if let Some(c) = client.as_mut()
-        && !still_open(c).await
+        && !c.is_open().await
     {
         client = None;
     }
     if client.is_none() {
         client = connect(
             &ws,
-            Some(&agent.token),
+            Some(&agent.token.jwt),
             Instant::now() + Duration::from_secs(20),
         )
         .await;
@@ -917,6 +999,12 @@ impl Outcome {
             }
             if !w.connected_at_end {
                 problems.push(format!("{} is not connected at the end", w.handle));
+            }
+            if w.expired > 0 {
+                problems.push(format!(
+                    "{}: {} sessions closed for an expired token though it refreshed every {:?}",
+                    w.handle, w.expired, w.refresh_every
+                ));
             }
         }
         for s in &self.seen {

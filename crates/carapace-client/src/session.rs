@@ -142,6 +142,22 @@ impl Client {
         }
     }
 
+    /// Whether the connection is still open, without waiting and without taking anything:
+    /// a push that was waiting is kept for `next_push`.
+    pub async fn is_open(&mut self) -> bool {
+        if self.closed.is_some() {
+            return false;
+        }
+        match self.read_frame(tokio::time::Instant::now()).await {
+            Ok(v) => {
+                self.keep_push(v);
+                true
+            }
+            Err(ClientError::Timeout) => true,
+            Err(_) => false,
+        }
+    }
+
     /// The next push, waiting up to `timeout`.
     pub async fn next_push(&mut self, timeout: Duration) -> Result<Push, ClientError> {
         if let Some(p) = self.pushes.pop_front() {
