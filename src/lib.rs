@@ -242,6 +242,7 @@ impl App {
             self.config.bus_loss_grace,
             self.bus_lost.clone(),
         ));
+        memory::return_large_blocks();
         let trimmer = tokio::spawn(memory::trim_after_waves(self.metrics.clone()));
         let pacer = tokio::spawn(self.hub.pacer.clone().run(self.metrics.clone()));
         let watcher = tokio::spawn(revocation_watch::run(

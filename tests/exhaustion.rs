@@ -1,5 +1,6 @@
 //! Exhaustion without loss: the real hub binary run out of file descriptors, out of disk,
-//! under subscribers that never read, and under a flood of connects and abrupt drops. Each
+//! under subscribers that never read, under a flood of connects and abrupt drops, and after
+//! a burst of password checks. Each
 //! case owns its hub (and its tmpfs), bounds its time, cleans up on drop, and prints its
 //! figures (`--nocapture`). Sizes come from the environment so that `scripts/exhaustion.sh`
 //! runs the same cases bigger: `CARAPACE_EXHAUST_NONREADERS` (default 1,000) and
@@ -114,11 +115,16 @@ impl Drop for Hub {
 }
 
 fn rss_kb(pid: u32) -> u64 {
+    proc_status_kb(pid, "VmRSS:")
+}
+
+/// A `/proc/<pid>/status` figure in KiB (0 if it cannot be read).
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
@@ -982,5 +988,39 @@ async fn connect_drop_flood_leaves_no_session_subscription_or_connection_behind(
          KiB, peak {peak} KiB, after {after} KiB; sessions closed in the log: {}; case {:?}",
         log_lines(&log, &["session closed"]),
         case.elapsed()
+    );
+}
+
+/// Each password check computes in a 19 MiB buffer. The hub used to keep one per hashing
+/// thread for good (a replica grew by 19 then 38 MiB at its first logins, which the chaos
+/// soak took for a leak); now each buffer goes back to the system when its hash ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_checks_leave_no_memory_behind() {
+    let hub = Hub::start(common::temp_dir("hashes"), &["--rate-limits", "off"]).await;
+    let before = proc_status_kb(hub.pid(), "RssAnon:");
+    hub.agent("hasher").await;
+    let base = hub.base();
+    for _ in 0..4 {
+        // Two at once, so that both hashing threads work.
+        let logins = (0..2).map(|_| {
+            carapace_client::owner_token(
+                &base,
+                "own_hasher",
+                "hasher@example.com",
+                common::ADMIN_PASSWORD,
+            )
+        });
+        for login in futures_util::future::join_all(logins).await {
+            login.expect("the owner logs in");
+        }
+    }
+    let after = proc_status_kb(hub.pid(), "RssAnon:");
+    eprintln!(
+        "anonymous memory: {before} KiB at the start, {after} KiB after a signup and 9 logins"
+    );
+    assert!(
+        after < before + 8 * 1024,
+        "10 password checks left {} KiB behind (one hash buffer is 19 MiB)",
+        after.saturating_sub(before)
     );
 }

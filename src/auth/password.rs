@@ -1,13 +1,12 @@
 //! Owner passwords: argon2id with the crate's recommended parameters, PHC strings at rest.
 //! Hashing is deliberately slow and takes ~19 MiB: callers run it on the few hashing threads
-//! (`abuse::hashing`), and each thread computes in one buffer of its own, kept for its
-//! lifetime, so memory for hashing is that buffer per thread and does not grow with the
-//! number of hashes (a fresh 19 MiB allocation per hash leaves the allocator holding them).
+//! (`abuse::hashing`), so at most that many buffers exist at once; each hash computes in a
+//! buffer of its own, mapped for it and handed back to the system when it ends (see
+//! `memory::return_large_blocks`), so an idle replica holds none.
 
 use super::AuthError;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use std::cell::RefCell;
 
 pub const MIN_PASSWORD_CHARS: usize = 12;
 pub const MAX_PASSWORD_CHARS: usize = 1024;
@@ -15,25 +14,15 @@ pub const MAX_PASSWORD_CHARS: usize = 1024;
 /// The largest argon2 memory cost (KiB) a stored hash may ask for: ours use the default.
 const MAX_M_COST: u32 = 64 * 1024;
 
-thread_local! {
-    static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
-}
-
-/// `argon` over `password` and `salt` into `out`, in this thread's buffer.
+/// `argon` over `password` and `salt` into `out`.
 fn compute(argon: &Argon2, password: &[u8], salt: &[u8], out: &mut [u8]) -> Result<(), AuthError> {
     if argon.params().m_cost() > MAX_M_COST {
         return Err(AuthError::Hash);
     }
-    BLOCKS.with(|cell| {
-        let mut blocks = cell.borrow_mut();
-        let need = argon.params().block_count();
-        if blocks.len() < need {
-            blocks.resize(need, Block::default());
-        }
-        argon
-            .hash_password_into_with_memory(password, salt, out, &mut blocks[..need])
-            .map_err(|_| AuthError::Hash)
-    })
+    let mut blocks = vec![Block::default(); argon.params().block_count()];
+    argon
+        .hash_password_into_with_memory(password, salt, out, &mut blocks)
+        .map_err(|_| AuthError::Hash)
 }
 
 pub fn hash(password: &str) -> Result<String, AuthError> {
