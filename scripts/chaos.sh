@@ -2,7 +2,9 @@
 # The chaos soak of tests/chaos.rs, longer than CI runs it and with a random seed: three
 # replicas behind HAProxy on a Redis and a PostgreSQL of the test's own, under steady load,
 # with faults drawn from the seed (SIGKILL or SIGSTOP a replica, restart Redis or PostgreSQL,
-# revoke or rotate an agent's key). The seed is printed first: pass it back to replay a run.
+# cut a replica off both in its network namespace, revoke or rotate an agent's key) and
+# 30 s tokens that every agent refreshes. The seed is printed first: pass it back to replay
+# a run. Needs root (network namespaces), like the CI run.
 #
 #   scripts/chaos.sh                          # 600 s, random seed
 #   scripts/chaos.sh --seconds 120 --seed 0x2a

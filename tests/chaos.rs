@@ -3,7 +3,9 @@
 //! vote and spectators follow topics and the firehose through it (the load and the checks of
 //! `common::traffic`). Meanwhile faults drawn from a seeded PRNG hit the service one at a
 //! time, a few seconds apart: a replica SIGKILLed and started again, a replica SIGSTOPped and
-//! SIGCONTed, Redis restarted, PostgreSQL restarted, an agent's API key revoked through the
+//! SIGCONTed, Redis restarted, PostgreSQL restarted, a replica cut off from Redis and
+//! PostgreSQL (each replica runs on a test host of its own: a network namespace whose links
+//! are set down), an agent's API key revoked through the
 //! owner API (every replica must refuse it within a second), a key rotated with the agent
 //! going on on the new one. Tokens live 30 s and every agent refreshes its session onto a
 //! new one every 10 s.
@@ -24,6 +26,7 @@ use carapace::clock::now_ms;
 use carapace_client::{self as client, Client};
 use common::haproxy::Haproxy;
 use common::infra::{self, OwnPostgres, OwnRedis, PgDb, Replica};
+use common::netns::TestHost;
 use common::traffic::{Load, PASSWORD, Token, WriterReport, pauses, population};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -39,7 +42,8 @@ const TOPIC_SPECTATORS: usize = 50;
 const FIREHOSE_SPECTATORS: usize = 10;
 const REPLICAS: usize = 3;
 const DEFAULT_SECONDS: u64 = 120;
-const DEFAULT_SEED: u64 = 0xC4A0_5EED;
+/// Draws every kind of fault at least twice in its first 20 (four cuts).
+const DEFAULT_SEED: u64 = 0xC4A0_5EFC;
 /// A (re)started replica's RSS baseline is the highest level it reaches between `WARM_UP`
 /// and `WARMED` after its start, under load: a fresh replica fills up over its first
 /// minute as clients move onto it and the first faults reach it, and an early sample took
@@ -82,6 +86,8 @@ enum Fault {
     PauseReplica(usize, u64),
     RestartRedis,
     RestartPostgres,
+    /// A replica cut off from Redis and PostgreSQL for some seconds (its host's links down).
+    CutReplica(usize, u64),
     RevokeKey,
     RotateKey,
 }
@@ -89,12 +95,13 @@ enum Fault {
 impl Fault {
     fn draw(rng: &mut SplitMix64) -> Fault {
         let r = rng.between(0, REPLICAS as u64 - 1) as usize;
-        match rng.next() % 6 {
+        match rng.next() % 7 {
             0 => Fault::KillReplica(r),
             1 => Fault::PauseReplica(r, rng.between(2, 5)),
             2 => Fault::RestartRedis,
             3 => Fault::RestartPostgres,
-            4 => Fault::RevokeKey,
+            4 => Fault::CutReplica(r, rng.between(2, 6)),
+            5 => Fault::RevokeKey,
             _ => Fault::RotateKey,
         }
     }
@@ -105,6 +112,7 @@ impl Fault {
             Fault::PauseReplica(..) => "SIGSTOP/SIGCONT replica",
             Fault::RestartRedis => "restart Redis",
             Fault::RestartPostgres => "restart PostgreSQL",
+            Fault::CutReplica(..) => "cut replica off Redis and PostgreSQL",
             Fault::RevokeKey => "revoke key",
             Fault::RotateKey => "rotate key",
         }
@@ -120,49 +128,63 @@ struct Service {
     db: PgDb,
     redis: OwnRedis,
     pg: OwnPostgres,
+    /// The replicas' test hosts, in replica order (dropped after them: see `Drop`).
+    hosts: Vec<TestHost>,
     dir: std::path::PathBuf,
 }
 
 impl Service {
     async fn start(token_ttl: u64) -> Service {
-        let pg = OwnPostgres::start();
+        // Each replica on a test host of its own, so that a fault can cut its links.
+        let hosts: Vec<TestHost> = (0..REPLICAS)
+            .map(|_| TestHost::new(&["clients", "redis", "pg"]))
+            .collect();
+        let on = |label: &str| -> Vec<std::net::IpAddr> {
+            hosts.iter().map(|h| h.link(label).host_ip).collect()
+        };
+        let pg = block_in_place(|| OwnPostgres::start_on(&on("pg")));
         let db = PgDb::create_on(&pg.server(), "chaos").await;
-        let redis = OwnRedis::start();
+        let redis = block_in_place(|| OwnRedis::start_on(&on("redis")));
         let dir = common::temp_dir("chaos");
         let secrets = dir.join("secrets");
-        let (redis_url, ttl) = (redis.url(), token_ttl.to_string());
-        let args = [
-            "--database-url",
-            &db.url,
-            "--redis-url",
-            &redis_url,
-            "--secrets-dir",
-            secrets.to_str().expect("UTF-8 temp dir"),
-            "--trusted-proxies",
-            "127.0.0.1",
-            "--token-ttl",
-            &ttl,
-            // Every client of this test comes from 127.0.0.1.
-            "--signups-per-addr-hour",
-            "1000",
-            "--agents-per-addr-hour",
-            "1000",
-            "--anon-ws-per-addr",
-            "1000",
-        ];
-        // The first replica makes the keys and the schema; the others share them.
-        let mut replicas = vec![block_in_place(|| Replica::start("r1", &dir, &args))];
-        infra::wait_ready(&replicas[0].base(), Duration::from_secs(20)).await;
-        for i in 2..=REPLICAS {
-            replicas.push(block_in_place(|| {
-                Replica::start(&format!("r{i}"), &dir, &args)
-            }));
-        }
-        for r in &replicas {
+        let ttl = token_ttl.to_string();
+        let mut replicas = Vec::new();
+        for (i, h) in hosts.iter().enumerate() {
+            let db_url = db
+                .url
+                .replace("127.0.0.1", &h.link("pg").host_ip.to_string());
+            let redis_url = format!("redis://{}:{}", h.link("redis").host_ip, redis.port);
+            // HAProxy reaches the replica from the machine's end of its clients link.
+            let proxy = h.link("clients").host_ip.to_string();
+            let args = [
+                "--database-url",
+                &db_url,
+                "--redis-url",
+                &redis_url,
+                "--secrets-dir",
+                secrets.to_str().expect("UTF-8 temp dir"),
+                "--trusted-proxies",
+                &proxy,
+                "--token-ttl",
+                &ttl,
+                // Every client of this test comes from 127.0.0.1.
+                "--signups-per-addr-hour",
+                "1000",
+                "--agents-per-addr-hour",
+                "1000",
+                "--anon-ws-per-addr",
+                "1000",
+            ];
+            let id = format!("r{}", i + 1);
+            let r = block_in_place(|| {
+                Replica::start_in(&h.prefix(), h.link("clients").ns_ip, &id, &dir, &args)
+            });
+            // The first replica makes the keys and the schema; the others share them.
             infra::wait_ready(&r.base(), Duration::from_secs(20)).await;
+            replicas.push(r);
         }
-        let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
-        let lb = block_in_place(|| Haproxy::start(&ports));
+        let addrs: Vec<String> = replicas.iter().map(|r| r.addr().to_string()).collect();
+        let lb = block_in_place(|| Haproxy::start_at(&addrs));
         Service {
             warm: vec![(Instant::now(), None); replicas.len()],
             replicas,
@@ -170,6 +192,7 @@ impl Service {
             db,
             redis,
             pg,
+            hosts,
             dir,
         }
     }
@@ -805,6 +828,19 @@ async fn inflict(fault: Fault, svc: &mut Service, keys: &mut Keys) -> Result<Str
             svc.pass(Duration::from_secs(2)).await;
             block_in_place(|| svc.pg.start_again());
             Ok("PostgreSQL stopped (fast), down 2 s".into())
+        }
+        Fault::CutReplica(i, secs) => {
+            for link in ["redis", "pg"] {
+                svc.hosts[i].cut(link);
+            }
+            svc.pass(Duration::from_secs(secs)).await;
+            for link in ["redis", "pg"] {
+                svc.hosts[i].heal(link);
+            }
+            Ok(format!(
+                "r{} cut off Redis and PostgreSQL for {secs} s",
+                i + 1
+            ))
         }
         Fault::RevokeKey => keys.revoke_fault(svc).await,
         Fault::RotateKey => keys.rotate_fault(svc).await,
