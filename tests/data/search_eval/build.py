@@ -42,6 +42,30 @@ AUTHORS = {
     "marginalia": (["language", "humour", "philosophy"],
                    ["Margin note:", "A thing I underlined today:", "Reading notes:", "Aside:"],
                    ["Worth a second read.", "Underlined twice.", "Filed under things to remember.", "Discuss."]),
+    "kelpie": (["crabs", "science", "futures"],
+               ["Heads up:", "Noticed this:", "Sharing a thing:", "From my notes:"],
+               ["Cheers, all.", "That's the update.", "More when I have it.", "Thoughts welcome."]),
+    "quill": (["language", "philosophy", "humour"],
+              ["Thought of the day:", "A short one.", "Consider:", "Something I wrote down:"],
+              ["Yours, in ink.", "Make of it what you will.", "End of note.", "Replies open."]),
+    "ledger": (["science", "futures", "philosophy"],
+               ["By the numbers:", "Worth noting:", "Tallying up:", "Quick audit:"],
+               ["Numbers on request.", "Balance checked.", "Noted for the record.", "Corrections welcome."]),
+    "wren": (["humour", "language", "crabs"],
+             ["Tiny observation:", "Chirping in:", "Overheard:", "Well then."],
+             ["Back to my nest.", "That is all.", "Chirp.", "Carry on!"]),
+    "bramble": (["futures", "crabs", "humour"],
+                ["Growing idea:", "From the allotment of my mind:", "Hopeful note:", "Picked this up:"],
+                ["Grow well, friends.", "Roots first, fruit later.", "Back to the soil.", "More in spring."]),
+    "pebble": (["crabs", "philosophy", "science"],
+               ["Small thought:", "Turning this over:", "Skipping a stone:", "A quiet note."],
+               ["Ripples welcome.", "Just a pebble's worth.", "Sit with it.", "Till the next tide."]),
+    "lumen": (["science", "language", "futures"],
+              ["Illuminating:", "Shedding some light:", "Bright idea:", "Spotted:"],
+              ["Lights on.", "Brighter now?", "Share if useful.", "Keep looking."]),
+    "jester": (["humour", "philosophy", "language"],
+               ["Hear ye:", "Serious question, silly answer:", "Bit incoming.", "Allow me:"],
+               ["Bows.", "Exit, pursued by a pun.", "Curtain.", "Thank you, thank you."]),
 }
 
 
@@ -81,7 +105,14 @@ def read_filler():
             if line.startswith("@topic "):
                 topic = line.split()[1]
             elif line.startswith("# "):
-                themes.append((topic, line[2:].strip(), [], []))
+                name = line[2:].strip()
+                known = [t for t in themes if t[0] == topic and t[1] == name]
+                if not known:
+                    themes.append((topic, name, [], []))
+                elif known[0] is not themes[-1]:
+                    # A later file adds sentences to a theme: move it to the end to append.
+                    themes.remove(known[0])
+                    themes.append(known[0])
             elif line.startswith("= "):
                 themes[-1][2].extend(t.strip() for t in line[2:].split("|"))
             elif line.startswith("- "):
@@ -92,52 +123,62 @@ def read_filler():
 
 
 def compose_filler(themes, count, rng):
-    """`count` posts of 1-4 sentences, each from one theme. No two posts have the same set of
-    sentences, a pair of sentences appears in at most three posts, no author has two posts
-    sharing more than one sentence, and a one-sentence post's sentence appears in no other post
-    of its author (the hub's near-duplicate check is per author)."""
-    posts = []
-    combos = set()
-    pair_uses = Counter()
-    author_pairs = defaultdict(set)
-    single_used = set()
-    author_sentences = defaultdict(Counter)
-    author_singles = defaultdict(set)
+    """`count` posts of 1-4 sentences, each from one theme. No two posts share more than one
+    sentence, no post is another post with one sentence more or less, and two posts of one
+    author share a sentence only when both have three or more and differ in title (the hub's
+    near-duplicate check is per author)."""
     per_theme = [count // len(themes) + (1 if i < count % len(themes) else 0) for i in range(len(themes))]
+    posts = []
     for ti, ((topic, _, titles, sentences), want) in enumerate(zip(themes, per_theme)):
-        made, tries = 0, 0
-        while made < want:
-            tries += 1
-            if tries > 20000:
-                raise SystemExit(f"cannot make {want} posts from theme {titles[0]!r} (made {made})")
-            author = rng.choice(authors_of(topic))
-            _, openers, closers = AUTHORS[author]
-            k = rng.choices([1, 2, 3, 4], weights=[15, 50, 30, 5])[0]
-            chosen = [(ti, i) for i in rng.sample(range(len(sentences)), k)]
-            key = frozenset(chosen)
-            pairs = {frozenset(p) for p in itertools.combinations(chosen, 2)}
-            if key in combos or any(pair_uses[p] >= 3 for p in pairs) or pairs & author_pairs[author]:
-                continue
-            if k == 1 and (chosen[0] in single_used or author_sentences[author][chosen[0]]):
-                continue
-            if any(s in author_singles[author] for s in chosen):
-                continue
-            combos.add(key)
-            for p in pairs:
-                pair_uses[p] += 1
-            author_pairs[author] |= pairs
-            if k == 1:
-                single_used.add(chosen[0])
-                author_singles[author].add(chosen[0])
-            author_sentences[author].update(chosen)
-            parts = [sentences[i] for _, i in chosen]
-            if k < 4 and rng.random() < 0.3:
-                parts.insert(0, rng.choice(openers))
-            if len(parts) < 4 and rng.random() < 0.3:
-                parts.append(rng.choice(closers))
-            body = " ".join(parts)
-            posts.append({"topic": topic, "title": rng.choice(titles), "body": body, "author": author})
-            made += 1
+        # Everything the rules look at is within one theme: a theme that gets stuck starts over.
+        for _ in range(50):
+            made = theme_posts(topic, titles, sentences, want, rng)
+            if made is not None:
+                posts.extend(made)
+                break
+        else:
+            raise SystemExit(f"cannot make {want} posts from theme {titles[0]!r}")
+    return posts
+
+
+def theme_posts(topic, titles, sentences, want, rng):
+    """`want` posts from one theme under the rules of `compose_filler`, or None when stuck."""
+    posts = []
+    sets = []  # the sentence sets of the theme's posts
+    pair_uses = Counter()
+    mine = defaultdict(list)  # author -> [(set of sentences, title)]
+    tries = 0
+    while len(posts) < want:
+        tries += 1
+        if tries > 5000:
+            return None
+        author = rng.choice(authors_of(topic))
+        _, openers, closers = AUTHORS[author]
+        k = rng.choices([1, 2, 3, 4], weights=[15, 50, 30, 5])[0]
+        chosen = frozenset(rng.sample(range(len(sentences)), k))
+        pairs = {frozenset(p) for p in itertools.combinations(chosen, 2)}
+        if chosen in sets or any(pair_uses[p] >= 1 for p in pairs):
+            continue
+        if any((chosen <= other or other <= chosen) and abs(len(chosen) - len(other)) < 2 for other in sets):
+            continue
+        used_titles = {t for _, t in mine[author]}
+        fresh = [t for t in titles if t not in used_titles]
+        title = rng.choice(fresh or titles)
+        if any(len(chosen & other) > 1 or (chosen & other and (k < 3 or len(other) < 3 or title == t))
+               for other, t in mine[author]):
+            continue
+        sets.append(chosen)
+        for p in pairs:
+            pair_uses[p] += 1
+        mine[author].append((chosen, title))
+        order = list(chosen)
+        rng.shuffle(order)
+        parts = [sentences[i] for i in order]
+        if k < 4 and rng.random() < 0.3:
+            parts.insert(0, rng.choice(openers))
+        if len(parts) < 4 and rng.random() < 0.3:
+            parts.append(rng.choice(closers))
+        posts.append({"topic": topic, "title": title, "body": " ".join(parts), "author": author})
     return posts
 
 
