@@ -116,6 +116,11 @@ pub struct ServeArgs {
     /// its connection is dropped (a client that stopped reading never takes them).
     #[arg(long, env = "CARAPACE_CLOSE_GRACE", default_value = "30", value_parser = parse_grace)]
     pub close_grace: Duration,
+    /// A sentence-transformers model directory in the Hugging Face layout (config.json,
+    /// tokenizer.json, model.safetensors, modules.json, the pooling config), e.g.
+    /// all-MiniLM-L6-v2, loaded in-process for semantic search. Unset: full-text search only.
+    #[arg(long, env = "CARAPACE_EMBEDDING_MODEL")]
+    pub embedding_model: Option<PathBuf>,
     #[command(flatten)]
     pub limits: Box<crate::abuse::LimitArgs>,
 }
@@ -153,6 +158,8 @@ pub struct Config {
     pub egress_threads: usize,
     /// Timeouts, throttles and budgets against abuse (see `abuse`).
     pub limits: crate::abuse::Limits,
+    /// The embedding model's directory (see `search::embedding`); `None`: full-text only.
+    pub embedding_model: Option<PathBuf>,
 }
 
 impl Config {
@@ -190,6 +197,7 @@ impl Config {
                 .egress_threads
                 .unwrap_or_else(crate::delivery::egress::Egress::default_threads),
             limits: crate::abuse::Limits::from_args(&a.limits),
+            embedding_model: a.embedding_model.clone(),
         }
     }
 
@@ -214,6 +222,7 @@ impl Config {
             bus_loss_grace: DEFAULT_BUS_LOSS_GRACE,
             egress_threads: 1,
             limits: test_limits(),
+            embedding_model: None,
         }
     }
 }

@@ -311,6 +311,8 @@ pub struct Service {
     pub open_signup: bool,
     /// Bounded hashing, the login throttle, anonymous sessions per address.
     pub guard: Arc<crate::abuse::Guard>,
+    /// The sentence-embedding model, when one is configured: semantic search builds on it.
+    pub embedder: Option<Arc<crate::search::embedding::Embedder>>,
 }
 
 impl Service {
