@@ -23,6 +23,7 @@ pub mod private_fs;
 pub mod protocol;
 pub mod ratelimit;
 pub mod revocation_watch;
+pub mod search;
 pub mod server;
 pub mod service;
 pub mod session;
@@ -74,6 +75,8 @@ pub enum StartError {
     Bus(String),
     #[error("cannot start the writer threads: {0}")]
     Egress(std::io::Error),
+    #[error("embedding model: {0}")]
+    Embedding(#[from] search::embedding::EmbedError),
 }
 
 /// One replica, built and bound, not yet serving.
@@ -178,6 +181,26 @@ impl App {
             }
             Some(redis) => redis.start(hub.clone()),
         };
+        let semantic = match &config.embedding_model {
+            None => None,
+            Some(dir) => {
+                let dir = dir.clone();
+                let embedder = tokio::task::spawn_blocking(move || {
+                    search::embedding::Embedder::load(&dir)
+                })
+                .await
+                .map_err(|e| StartError::Bus(format!("loading the model: {e}")))??;
+                let semantic = Arc::new(search::Semantic::new(
+                    Arc::new(embedder),
+                    config.near_duplicate,
+                    metrics.clone(),
+                ));
+                // Searchable from the first request: the stored vectors are loaded now.
+                let n = semantic.index.refresh(&store).await?;
+                tracing::info!(model = %semantic.model(), vectors = n, "semantic search on");
+                Some(semantic)
+            }
+        };
         let service = Arc::new(Service {
             store,
             keys,
@@ -190,6 +213,7 @@ impl App {
                 &config.limits,
                 config.rate_limits == RateLimitMode::Default,
             )),
+            semantic,
         });
         let listener =
             TcpListener::bind(config.listen)
@@ -248,6 +272,15 @@ impl App {
             self.service.store.clone(),
             self.hub.clone(),
         ));
+        // Stops when the replica starts draining: from then on it only finishes requests.
+        let indexer = self.service.semantic.clone().map(|semantic| {
+            let indexer = search::indexer::Indexer::new(
+                self.service.store.clone(),
+                semantic,
+                self.metrics.clone(),
+            );
+            tokio::spawn(indexer.run(self.draining.subscribe()))
+        });
         // The demo agents dial this replica's own address; they stop when draining begins.
         let demo = self.config.demo.then(|| {
             tokio::spawn(demo::run(
@@ -301,6 +334,9 @@ impl App {
         trimmer.abort();
         pacer.abort();
         watcher.abort();
+        if let Some(i) = indexer {
+            i.abort();
+        }
         if let Some(mut d) = demo
             && tokio::time::timeout(Duration::from_secs(2), &mut d)
                 .await
@@ -378,5 +414,6 @@ pub async fn admin_service(
         token_ttl: Duration::from_secs(600),
         open_signup: false,
         guard: Arc::new(abuse::Guard::new(&abuse::Limits::defaults(), true)),
+        semantic: None,
     })
 }
