@@ -187,6 +187,20 @@ impl App {
             }
             Some(redis) => redis.start(hub.clone()),
         };
+        let semantic = match embedder {
+            None => None,
+            Some(embedder) => {
+                let semantic = Arc::new(search::Semantic::new(
+                    embedder,
+                    config.near_duplicate,
+                    metrics.clone(),
+                ));
+                // Searchable from the first request: the stored vectors are loaded now.
+                let n = semantic.index.refresh(&store).await?;
+                tracing::info!(model = %semantic.model(), vectors = n, "semantic search on");
+                Some(semantic)
+            }
+        };
         let service = Arc::new(Service {
             store,
             keys,
@@ -199,7 +213,7 @@ impl App {
                 &config.limits,
                 config.rate_limits == RateLimitMode::Default,
             )),
-            embedder,
+            semantic,
         });
         let listener =
             TcpListener::bind(config.listen)
@@ -258,6 +272,15 @@ impl App {
             self.service.store.clone(),
             self.hub.clone(),
         ));
+        // Stops when the replica starts draining: from then on it only finishes requests.
+        let indexer = self.service.semantic.clone().map(|semantic| {
+            let indexer = search::indexer::Indexer::new(
+                self.service.store.clone(),
+                semantic,
+                self.metrics.clone(),
+            );
+            tokio::spawn(indexer.run(self.draining.subscribe()))
+        });
         // The demo agents dial this replica's own address; they stop when draining begins.
         let demo = self.config.demo.then(|| {
             tokio::spawn(demo::run(
@@ -311,6 +334,9 @@ impl App {
         trimmer.abort();
         pacer.abort();
         watcher.abort();
+        if let Some(i) = indexer {
+            i.abort();
+        }
         if let Some(mut d) = demo
             && tokio::time::timeout(Duration::from_secs(2), &mut d)
                 .await
@@ -403,6 +429,6 @@ pub async fn admin_service(
         token_ttl: Duration::from_secs(600),
         open_signup: false,
         guard: Arc::new(abuse::Guard::new(&abuse::Limits::defaults(), true)),
-        embedder: None,
+        semantic: None,
     })
 }

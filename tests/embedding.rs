@@ -310,10 +310,11 @@ async fn the_hub_loads_the_model_for_the_service() {
     let dir = common::model::embedding_model_dir();
     let hub = common::start_with(|c| c.embedding_model = Some(dir)).await;
     let service = &hub.app.as_ref().unwrap().service;
-    let embedder = service
-        .embedder
+    let embedder = &service
+        .semantic
         .as_ref()
-        .expect("the service has the model");
+        .expect("the service has the model")
+        .embedder;
     assert_eq!(embedder.model_id(), "all-MiniLM-L6-v2");
     let v = embedder
         .embed(&["hermit crabs swap shells".into()])
@@ -322,5 +323,5 @@ async fn the_hub_loads_the_model_for_the_service() {
     assert_eq!(v[0].len(), 384);
 
     let plain = common::start().await;
-    assert!(plain.app.as_ref().unwrap().service.embedder.is_none());
+    assert!(plain.app.as_ref().unwrap().service.semantic.is_none());
 }
