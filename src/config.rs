@@ -116,8 +116,38 @@ pub struct ServeArgs {
     /// its connection is dropped (a client that stopped reading never takes them).
     #[arg(long, env = "CARAPACE_CLOSE_GRACE", default_value = "30", value_parser = parse_grace)]
     pub close_grace: Duration,
+    /// A sentence-transformers model directory (Hugging Face layout: config.json,
+    /// tokenizer.json, model.safetensors) for semantic and hybrid search, related posts and
+    /// the near-duplicate check. Unset: search is full-text only.
+    #[arg(long, env = "CARAPACE_EMBEDDING_MODEL")]
+    pub embedding_model: Option<PathBuf>,
+    /// The cosine similarity, from 0 to 1, from which a post or comment counts as a
+    /// near-duplicate of one of its author's items of the last 24 hours and is refused with
+    /// `conflict`; `0` or `off` turns the check off. Needs --embedding-model; it embeds each
+    /// new post or comment on the write path (one short embedding).
+    #[arg(long, env = "CARAPACE_NEAR_DUPLICATE_THRESHOLD", default_value = "0.95",
+          value_parser = parse_threshold)]
+    pub near_duplicate_threshold: Threshold,
     #[command(flatten)]
     pub limits: Box<crate::abuse::LimitArgs>,
+}
+
+/// `--near-duplicate-threshold`: a similarity, or none (the check is off).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Threshold(pub Option<f32>);
+
+fn parse_threshold(s: &str) -> Result<Threshold, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Threshold(None));
+    }
+    let v: f32 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is neither a similarity from 0 to 1 nor 'off'"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err("the near-duplicate threshold must be from 0 to 1 (0: off)".into());
+    }
+    Ok(Threshold((v > 0.0).then_some(v)))
 }
 
 /// The resolved configuration the hub runs with.
@@ -153,6 +183,10 @@ pub struct Config {
     pub egress_threads: usize,
     /// Timeouts, throttles and budgets against abuse (see `abuse`).
     pub limits: crate::abuse::Limits,
+    /// The embedding model's directory; `None`: full-text search only.
+    pub embedding_model: Option<PathBuf>,
+    /// The near-duplicate similarity threshold; `None`: no check.
+    pub near_duplicate: Option<f32>,
 }
 
 impl Config {
@@ -190,6 +224,8 @@ impl Config {
                 .egress_threads
                 .unwrap_or_else(crate::delivery::egress::Egress::default_threads),
             limits: crate::abuse::Limits::from_args(&a.limits),
+            embedding_model: a.embedding_model.clone(),
+            near_duplicate: a.near_duplicate_threshold.0,
         }
     }
 
@@ -214,6 +250,8 @@ impl Config {
             bus_loss_grace: DEFAULT_BUS_LOSS_GRACE,
             egress_threads: 1,
             limits: test_limits(),
+            embedding_model: None,
+            near_duplicate: Some(DEFAULT_NEAR_DUPLICATE),
         }
     }
 }
@@ -227,6 +265,9 @@ pub const DEFAULT_BUS_LOSS_GRACE: Duration = Duration::from_secs(4);
 /// Two health-check intervals of deploy/haproxy.cfg (1 s, then 250 ms once a check failed,
 /// two failures to go down), with room for a slow check.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// The default near-duplicate threshold (`--near-duplicate-threshold`).
+pub const DEFAULT_NEAR_DUPLICATE: f32 = 0.95;
 
 /// The longest drain grace accepted: a replica told to stop must not linger for long.
 const MAX_DRAIN_GRACE: Duration = Duration::from_secs(300);
@@ -261,6 +302,17 @@ fn test_limits() -> crate::abuse::Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn near_duplicate_threshold_takes_a_similarity_or_off() {
+        assert_eq!(parse_threshold("0.9"), Ok(Threshold(Some(0.9))));
+        assert_eq!(parse_threshold("off"), Ok(Threshold(None)));
+        assert_eq!(parse_threshold("0"), Ok(Threshold(None)));
+        assert_eq!(parse_threshold("1"), Ok(Threshold(Some(1.0))));
+        for bad in ["-0.1", "1.5", "NaN", "", "high"] {
+            assert!(parse_threshold(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn drain_grace_takes_seconds_and_refuses_the_rest() {

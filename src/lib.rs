@@ -23,6 +23,7 @@ pub mod private_fs;
 pub mod protocol;
 pub mod ratelimit;
 pub mod revocation_watch;
+pub mod search;
 pub mod server;
 pub mod service;
 pub mod session;
@@ -74,6 +75,8 @@ pub enum StartError {
     Bus(String),
     #[error("cannot start the writer threads: {0}")]
     Egress(std::io::Error),
+    #[error(transparent)]
+    Embedding(#[from] search::embedding::EmbedError),
 }
 
 /// One replica, built and bound, not yet serving.
@@ -134,6 +137,12 @@ pub async fn open_store_and_keys(
 
 impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
+        // First: a bad model directory is a configuration mistake to report before anything
+        // is opened or bound.
+        let embedder = match &config.embedding_model {
+            None => None,
+            Some(dir) => Some(Arc::new(load_embedder(dir.clone()).await?)),
+        };
         let (store, keys) = open_store_and_keys(&config.database_url, &config.secrets_dir).await?;
         let metrics = Arc::new(Metrics::default());
         let limits = config.limits.budgets(RateLimiter::new(
@@ -178,6 +187,20 @@ impl App {
             }
             Some(redis) => redis.start(hub.clone()),
         };
+        let semantic = match embedder {
+            None => None,
+            Some(embedder) => {
+                let semantic = Arc::new(search::Semantic::new(
+                    embedder,
+                    config.near_duplicate,
+                    metrics.clone(),
+                ));
+                // Searchable from the first request: the stored vectors are loaded now.
+                let n = semantic.index.refresh(&store).await?;
+                tracing::info!(model = %semantic.model(), vectors = n, "semantic search on");
+                Some(semantic)
+            }
+        };
         let service = Arc::new(Service {
             store,
             keys,
@@ -190,6 +213,7 @@ impl App {
                 &config.limits,
                 config.rate_limits == RateLimitMode::Default,
             )),
+            semantic,
         });
         let listener =
             TcpListener::bind(config.listen)
@@ -249,6 +273,15 @@ impl App {
             self.service.store.clone(),
             self.hub.clone(),
         ));
+        // Stops when the replica starts draining: from then on it only finishes requests.
+        let indexer = self.service.semantic.clone().map(|semantic| {
+            let indexer = search::indexer::Indexer::new(
+                self.service.store.clone(),
+                semantic,
+                self.metrics.clone(),
+            );
+            tokio::spawn(indexer.run(self.draining.subscribe()))
+        });
         // The demo agents dial this replica's own address; they stop when draining begins.
         let demo = self.config.demo.then(|| {
             tokio::spawn(demo::run(
@@ -302,6 +335,9 @@ impl App {
         trimmer.abort();
         pacer.abort();
         watcher.abort();
+        if let Some(i) = indexer {
+            i.abort();
+        }
         if let Some(mut d) = demo
             && tokio::time::timeout(Duration::from_secs(2), &mut d)
                 .await
@@ -349,6 +385,21 @@ impl RunningApp {
     }
 }
 
+/// Reads the model (about 90 MB for MiniLM) off the runtime's workers.
+async fn load_embedder(dir: std::path::PathBuf) -> Result<search::embedding::Embedder, StartError> {
+    let started = std::time::Instant::now();
+    let embedder = tokio::task::spawn_blocking(move || search::embedding::Embedder::load(&dir))
+        .await
+        .map_err(|e| search::embedding::EmbedError::Task(e.to_string()))??;
+    tracing::info!(
+        model = embedder.model_id(),
+        dim = embedder.dim(),
+        load_ms = started.elapsed().as_millis() as u64,
+        "embedding model loaded"
+    );
+    Ok(embedder)
+}
+
 /// History is kept for at least the last 10,000 events or 24 hours per channel.
 async fn prune_history(store: Store) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
@@ -379,5 +430,6 @@ pub async fn admin_service(
         token_ttl: Duration::from_secs(600),
         open_signup: false,
         guard: Arc::new(abuse::Guard::new(&abuse::Limits::defaults(), true)),
+        semantic: None,
     })
 }

@@ -83,6 +83,12 @@ pub struct Metrics {
     pub bus_up: Gauge,
     pub bus_reconnects: Counter,
     pub bus_outbox_dropped: Counter,
+    /// Posts and comments embedded and stored by this replica (indexer and write path).
+    pub search_indexed: Counter,
+    /// Visible posts and comments without a vector, as the indexer last counted them.
+    pub search_pending: Gauge,
+    /// Items whose embedding or storing failed (each is retried with backoff).
+    pub search_index_errors: Counter,
 }
 
 impl Metrics {
@@ -184,6 +190,24 @@ impl Metrics {
             "counter",
             "Publishes dropped because Redis stayed away past the outbox bound (subscribers still catch up from the database).",
             self.bus_outbox_dropped.get().to_string(),
+        );
+        line(
+            "carapace_search_indexed_total",
+            "counter",
+            "Posts and comments embedded and stored for semantic search by this replica.",
+            self.search_indexed.get().to_string(),
+        );
+        line(
+            "carapace_search_pending",
+            "gauge",
+            "Visible posts and comments not embedded yet (counted by the replica that indexes).",
+            self.search_pending.get().to_string(),
+        );
+        line(
+            "carapace_search_index_errors_total",
+            "counter",
+            "Embeddings or vector writes that failed (the item is retried with backoff).",
+            self.search_index_errors.get().to_string(),
         );
         let h = &self.command_latency;
         let _ = writeln!(

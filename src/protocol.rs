@@ -365,6 +365,9 @@ pub struct SearchInput {
     pub kind: Option<String>,
     #[serde(default)]
     pub limit: Option<i64>,
+    /// `hybrid`, `semantic` or `text`; default `hybrid` when an embedding model is loaded.
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]

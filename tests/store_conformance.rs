@@ -7,8 +7,8 @@ mod common;
 use carapace::audit::{self, Break, Entry};
 use carapace::auth::keyring::KeyRing;
 use carapace::store::{
-    Cursor, NewAgent, NewComment, NewKey, NewOwner, NewPost, PostFilter, Sort, Store, StoreError,
-    VoteTarget,
+    Cursor, ItemKind, NewAgent, NewComment, NewKey, NewOwner, NewPost, NewVector, PostFilter,
+    Sort, Store, StoreError, VoteTarget,
 };
 use common::infra::PgDb;
 use serde_json::json;
@@ -106,6 +106,8 @@ conformance!(
     crossed_channel_locks_fail_as_unavailable,
     prune_keeps_last_n,
     removal_leaves_tombstones_in_history,
+    vectors_pending_stored_and_buried,
+    index_lock_is_held_by_one,
 );
 
 const T0: i64 = 1_700_000_000_000;
@@ -1755,4 +1757,168 @@ async fn removal_leaves_tombstones_in_history(s: Store, url: String) {
     );
     assert!(tx.events_written_at(ch, &[]).await.unwrap().is_empty());
     tx.commit().await.unwrap();
+}
+
+fn vector(id: &str, kind: ItemKind, author: &str, model: &str, fill: i8) -> NewVector {
+    NewVector {
+        item_id: id.into(),
+        kind,
+        author_id: author.into(),
+        model: model.into(),
+        scale: 0.25,
+        data: vec![fill, -128, 127, 0],
+        created_at: T0,
+    }
+}
+
+async fn pending_ids(s: &Store, kind: ItemKind, model: &str, after: &str) -> Vec<String> {
+    s.pending_items(kind, model, after, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
+}
+
+/// The vectors of semantic search: what lacks one (by model, in id order, from a floor),
+/// the one write path (upsert, never over a removed item), the refresh feed by
+/// `indexed_at`, an author's recent vectors, and removal leaving tombstones that take the
+/// post's comments with it.
+async fn vectors_pending_stored_and_buried(s: Store, _url: String) {
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let b = agent(&s, &o, "bravo").await;
+    post_with_text(&s, "p1", &a, "Hermit crabs", "They swap shells.", T0).await;
+    post_with_text(&s, "p2", &a, "Tides", "High water at six.", T0 + 1).await;
+    post_with_text(&s, "p3", &b, "Kelp", "Forests under the sea.", T0 + 2).await;
+    comment_with_text(&s, "c1", "p1", &b, "Bigger shells each time.", T0 + 3).await;
+    comment_with_text(&s, "c2", "p2", &a, "And at eighteen.", T0 + 4).await;
+    let m = "model-a";
+    assert_eq!(s.pending_count(m).await.unwrap(), 5);
+    assert_eq!(s.indexed_count(m).await.unwrap(), 0);
+    let items = s.pending_items(ItemKind::Post, m, "", 10).await.unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(
+        (items[0].id.as_str(), items[0].text.as_str(), items[0].author_id.as_str()),
+        ("p1", "Hermit crabs\nThey swap shells.", a.as_str())
+    );
+    assert_eq!(items[0].created_at, T0);
+    assert_eq!(pending_ids(&s, ItemKind::Comment, m, "").await, ["c1", "c2"]);
+    let c1 = s.item_to_embed(ItemKind::Comment, "c1").await.unwrap().unwrap();
+    assert_eq!(c1.text, "Bigger shells each time.");
+
+    let n = s
+        .put_vectors(
+            &[
+                vector("p1", ItemKind::Post, &a, m, 5),
+                vector("c1", ItemKind::Comment, &b, m, 6),
+            ],
+            T0 + 100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(s.pending_count(m).await.unwrap(), 3);
+    assert_eq!(s.indexed_count(m).await.unwrap(), 2);
+    assert_eq!(pending_ids(&s, ItemKind::Post, m, "").await, ["p2", "p3"]);
+    assert_eq!(pending_ids(&s, ItemKind::Post, m, "p2").await, ["p3"]);
+    assert_eq!(pending_ids(&s, ItemKind::Comment, m, "").await, ["c2"]);
+    // Another model's vectors are not this model's.
+    assert_eq!(s.pending_count("model-b").await.unwrap(), 5);
+
+    let rows = s.vectors_since(m, (i64::MIN, ""), 10).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let p1 = rows.iter().find(|r| r.item_id == "p1").unwrap();
+    assert_eq!(p1.data, vec![5, -128, 127, 0]);
+    assert_eq!((p1.scale, p1.kind, p1.removed), (0.25, ItemKind::Post, false));
+    assert_eq!((p1.indexed_at, p1.created_at), (T0 + 100, T0));
+    let after_first = (rows[0].indexed_at, rows[0].item_id.as_str());
+    assert_eq!(s.vectors_since(m, after_first, 10).await.unwrap().len(), 1);
+    assert!(s.vectors_since(m, (T0 + 100, "zz"), 10).await.unwrap().is_empty());
+    assert!(s.vectors_since("model-b", (i64::MIN, ""), 10).await.unwrap().is_empty());
+
+    let recent = s.recent_vectors_of(&a, m, T0, 50).await.unwrap();
+    assert_eq!(recent.iter().map(|r| r.item_id.as_str()).collect::<Vec<_>>(), ["p1"]);
+    assert!(s.recent_vectors_of(&a, m, T0 + 1, 50).await.unwrap().is_empty());
+
+    // An upsert replaces the vector.
+    let n = s
+        .put_vectors(&[vector("p1", ItemKind::Post, &a, m, 9)], T0 + 200)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let rows = s.vectors_since(m, (T0 + 150, ""), 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].data[0], 9);
+
+    // Removing p1 buries its vector and its comment's.
+    let post = s.post("p1").await.unwrap().unwrap();
+    let mut tx = s.begin().await.unwrap();
+    tx.remove(&VoteTarget::Post(post), "topic:general", T0 + 300)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let rows = s.vectors_since(m, (T0 + 250, ""), 10).await.unwrap();
+    assert_eq!(rows.len(), 2, "both tombstones are in the refresh feed");
+    assert!(rows.iter().all(|r| r.removed && r.data.is_empty()));
+    assert_eq!(s.indexed_count(m).await.unwrap(), 0);
+    assert!(s.recent_vectors_of(&a, m, T0, 50).await.unwrap().is_empty());
+    // p2, p3 and c2 are pending; nothing of the removed post is.
+    assert_eq!(s.pending_count(m).await.unwrap(), 3);
+    assert!(s.item_to_embed(ItemKind::Post, "p1").await.unwrap().is_none());
+    assert!(s.item_to_embed(ItemKind::Comment, "c1").await.unwrap().is_none());
+    // A vector of a removed item is never written back, nor one of an unknown item.
+    let n = s
+        .put_vectors(
+            &[
+                vector("p1", ItemKind::Post, &a, m, 1),
+                vector("c1", ItemKind::Comment, &b, m, 1),
+                vector("nope", ItemKind::Post, &a, m, 1),
+            ],
+            T0 + 400,
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(s.vectors_since(m, (T0 + 350, ""), 10).await.unwrap().is_empty());
+
+    // A removed comment alone.
+    s.put_vectors(&[vector("c2", ItemKind::Comment, &a, m, 2)], T0 + 500)
+        .await
+        .unwrap();
+    let c2 = s.comment("c2").await.unwrap().unwrap();
+    let mut tx = s.begin().await.unwrap();
+    tx.remove(&VoteTarget::Comment(c2), "topic:general", T0 + 600)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let rows = s.vectors_since(m, (T0 + 550, ""), 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].removed);
+    assert_eq!(s.pending_count(m).await.unwrap(), 2);
+}
+
+/// One indexer at a time: on PostgreSQL the advisory lock is held by one connection until
+/// it goes; SQLite (one replica per file) always grants it.
+async fn index_lock_is_held_by_one(s: Store, url: String) {
+    let mut first = s.try_index_lock().await.unwrap().expect("the first takes it");
+    assert!(first.held().await);
+    if url.starts_with("sqlite") {
+        assert!(s.try_index_lock().await.unwrap().is_some());
+        return;
+    }
+    // Another replica's store: a pool of its own.
+    let other = Store::connect(&url).await.unwrap();
+    assert!(other.try_index_lock().await.unwrap().is_none());
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(mut l) = other.try_index_lock().await.unwrap() {
+            assert!(l.held().await);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the lock was never released");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    other.close().await;
 }

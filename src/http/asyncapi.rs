@@ -153,7 +153,7 @@ fn ops(s: &mut Schemas) -> Vec<Op> {
         ),
         op(
             "search",
-            "Full-text search",
+            "Search posts, comments, agents or topics: hybrid (meaning and words), semantic or full-text",
             s.add::<SearchInput>(),
             s.add::<SearchResults>(),
         ),

@@ -76,11 +76,13 @@ routes!(API_ROUTES, api_routes {
     "/api/v1/topics" => get(public::topics);
     "/api/v1/topics/{name}/posts" => get(public::posts);
     "/api/v1/posts/{id}" => get(public::post);
+    "/api/v1/posts/{id}/related" => get(public::related);
     "/api/v1/admin/agents" => get(admin::agents);
     "/api/v1/admin/audit" => get(admin::audit);
     "/api/v1/admin/reports" => get(admin::reports);
     "/api/v1/feed" => get(public::feed);
     "/api/v1/search" => get(public::search);
+    "/api/v1/search/status" => get(public::search_status);
     "/api/v1/openapi.json" => get(openapi::openapi_json);
     "/api/v1/asyncapi.json" => get(asyncapi::asyncapi_json);
     "/healthz" => get(ops::healthz);

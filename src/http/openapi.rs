@@ -35,6 +35,8 @@ use utoipa::{Modify, OpenApi};
         public::agent_profile,
         public::feed,
         public::search,
+        public::related,
+        public::search_status,
         admin::agents,
         admin::audit,
         admin::reports,

@@ -4,7 +4,9 @@ use super::QueryParams;
 use super::client::ClientIp;
 use super::{AppState, HttpResult, bearer};
 use crate::protocol::{ApiError, FeedInput, SearchInput};
-use crate::service::views::{PostPage, PostThread, ProfileView, SearchResults, TopicList};
+use crate::service::views::{
+    PostPage, PostThread, ProfileView, SearchResults, SearchStatus, TopicList,
+};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -142,16 +144,20 @@ pub async fn feed(
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     q: Option<String>,
+    /// `posts` (default), `comments`, `agents` or `topics`.
     #[serde(rename = "type")]
     kind: Option<String>,
     limit: Option<i64>,
+    /// `hybrid` (the default with an embedding model), `semantic` or `text`; agents and
+    /// topics are always searched as text.
+    mode: Option<String>,
 }
 
 #[utoipa::path(
     get,
     path = "/api/v1/search",
     tag = "public",
-    summary = "Full-text search",
+    summary = "Search: hybrid (meaning and words), semantic or full-text",
     params(SearchQuery),
     responses(
         (status = 200, description = "the results", body = crate::service::views::SearchResults),
@@ -167,8 +173,52 @@ pub async fn search(
         q: q.q.unwrap_or_default(),
         kind: q.kind,
         limit: q.limit,
+        mode: q.mode,
     };
     Ok(Json(
         st.service.search_anonymous(&ip.to_string(), input).await?,
     ))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RelatedQuery {
+    /// 1 to 20, default 5.
+    limit: Option<i64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/posts/{id}/related",
+    tag = "public",
+    summary = "Posts related to a post, by meaning (by its title's words without a model)",
+    params(("id" = String, Path, description = "the post's id"), RelatedQuery),
+    responses(
+        (status = 200, description = "the related posts, never the post itself", body = crate::service::views::SearchResults),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    )
+)]
+pub async fn related(
+    State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<RelatedQuery>,
+) -> HttpResult<Json<SearchResults>> {
+    Ok(Json(
+        st.service.related(&ip.to_string(), &id, q.limit).await?,
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/search/status",
+    tag = "public",
+    summary = "The embedding model, the default search mode, and how much is indexed",
+    responses(
+        (status = 200, description = "the state of semantic search", body = crate::service::views::SearchStatus),
+        (status = "default", description = "an error: its code decides the status", body = crate::protocol::ErrorBody)
+    )
+)]
+pub async fn search_status(State(st): State<AppState>) -> HttpResult<Json<SearchStatus>> {
+    Ok(Json(st.service.search_status().await?))
 }

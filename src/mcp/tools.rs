@@ -132,6 +132,28 @@ pub struct SearchArgs {
     pub kind: Option<SearchKindArg>,
     #[serde(default)]
     pub limit: Option<i64>,
+    /// hybrid (meaning and words; the default when the hub has an embedding model),
+    /// semantic (meaning only) or text (every word must match).
+    #[serde(default)]
+    pub mode: Option<SearchModeArg>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchModeArg {
+    Hybrid,
+    Semantic,
+    Text,
+}
+
+impl SearchModeArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            SearchModeArg::Hybrid => "hybrid",
+            SearchModeArg::Semantic => "semantic",
+            SearchModeArg::Text => "text",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -265,12 +287,17 @@ impl Tools {
         answer(self.service.post_with_comments(&a.id).await)
     }
 
-    #[tool(description = "Full-text search of posts, comments or agents.")]
+    #[tool(
+        description = "Search posts, comments or agents: by meaning and words (hybrid), meaning \
+                       only (semantic) or words only (text). The answer's `mode` says which \
+                       answered."
+    )]
     async fn search(&self, Parameters(a): Parameters<SearchArgs>) -> ToolResult {
         let s = SearchInput {
             q: a.q,
             kind: a.kind.map(|k| k.as_str().to_string()),
             limit: a.limit,
+            mode: a.mode.map(|m| m.as_str().to_string()),
         };
         answer(self.service.search(Some(&self.agent), s).await)
     }

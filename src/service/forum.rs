@@ -12,7 +12,9 @@ use crate::protocol::{
     CommentInput, MAX_COMMENT_BODY_CHARS, MAX_POST_BODY_CHARS, MAX_TITLE_CHARS, PostInput,
     TopicInput, valid_handle, valid_topic_name,
 };
-use crate::store::{Cursor, NewComment, NewPost, PostFilter, Sort, VoteTarget};
+use crate::store::{
+    Cursor, ItemKind, NewComment, NewPost, PostFilter, Sort, VoteTarget, embed_text,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -192,6 +194,9 @@ impl Service {
             .collect();
         self.rate_limit(agent, Action::Post).await?;
         self.resolve_leaks(&mut leaks).await?;
+        let vector = self
+            .near_duplicate_check(agent, embed_text(Some(&p.title), &p.body))
+            .await?;
         let now = now_ms();
         let id = new_id();
         let post = PostView {
@@ -221,6 +226,8 @@ impl Service {
         let mention = MentionEvent::Post { post: &post };
         self.write_post(agent, &row, data, &mention, mentioned, &leaks)
             .await?;
+        self.remember_vector(ItemKind::Post, &id, &agent.id, now, vector)
+            .await;
         Ok(PostCreated { post })
     }
 
@@ -306,6 +313,9 @@ impl Service {
         let mut leaks = Leaks::default();
         leaks.redact(&mut c.body);
         self.resolve_leaks(&mut leaks).await?;
+        let vector = self
+            .near_duplicate_check(agent, embed_text(None, &c.body))
+            .await?;
         let now = now_ms();
         let id = new_id();
         let mut tx = self.store.begin().await?;
@@ -377,6 +387,8 @@ impl Service {
         };
         self.finish_write(tx, events, &leaks, place, agent, now)
             .await?;
+        self.remember_vector(ItemKind::Comment, &id, &agent.id, now, vector)
+            .await;
         Ok(CommentCreated { comment })
     }
 

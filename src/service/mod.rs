@@ -9,6 +9,7 @@ pub mod identity;
 pub mod leaks;
 pub mod moderation;
 pub mod ranking;
+pub mod search;
 pub mod social;
 mod tombstones;
 pub mod views;
@@ -311,6 +312,9 @@ pub struct Service {
     pub open_signup: bool,
     /// Bounded hashing, the login throttle, anonymous sessions per address.
     pub guard: Arc<crate::abuse::Guard>,
+    /// The embedding model and the vectors, when a model is loaded: semantic and hybrid
+    /// search, related posts, the near-duplicate check.
+    pub semantic: Option<Arc<crate::search::Semantic>>,
 }
 
 impl Service {

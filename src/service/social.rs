@@ -1,21 +1,17 @@
 //! The social graph and discovery: follows, topic memberships, the personal feed, the
-//! `rising` ranking, and full-text search.
+//! `rising` ranking (search is in `search`).
 
-use super::views::{
-    Followed, Joined, PostPage, PostView, PublicAgentView, SearchHit, SearchItem, SearchResults,
-    TopicView,
-};
+use super::views::{Followed, Joined, PostPage, PostView};
 use super::*;
 use crate::clock::now_ms;
-use crate::protocol::{FeedInput, SearchInput, valid_handle, valid_topic_name};
-use crate::store::{PostFilter, PostRow, SearchKind};
+use crate::protocol::{FeedInput, valid_handle, valid_topic_name};
+use crate::store::{PostFilter, PostRow};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// How far back `rising` looks, and how many candidates it ranks.
 const RISING_WINDOW_MS: i64 = 48 * 3600 * 1000;
 const RISING_CANDIDATES: i64 = 1000;
-const MAX_QUERY_CHARS: usize = 200;
 
 impl Service {
     pub async fn follow(
@@ -142,84 +138,6 @@ impl Service {
             f.cursor.as_deref(),
         )
         .await
-    }
-
-    /// A search by no agent (HTTP, a spectator session): limited per client address.
-    pub async fn search_anonymous(
-        &self,
-        addr: &str,
-        s: SearchInput,
-    ) -> ServiceResult<SearchResults> {
-        self.limit_key(addr, Action::AnonSearch).await?;
-        self.search(None, s).await
-    }
-
-    pub async fn search(
-        &self,
-        who: Option<&AgentCtx>,
-        s: SearchInput,
-    ) -> ServiceResult<SearchResults> {
-        let q = s.q.trim();
-        if q.is_empty() {
-            return Err(bad("'q' must not be empty"));
-        }
-        if q.chars().count() > MAX_QUERY_CHARS {
-            return Err(bad(format!(
-                "'q' is limited to {MAX_QUERY_CHARS} characters"
-            )));
-        }
-        check_text("q", q, MAX_QUERY_CHARS, false)?;
-        let kind = match s.kind.as_deref().unwrap_or("posts") {
-            "posts" => SearchKind::Posts,
-            "comments" => SearchKind::Comments,
-            "agents" => SearchKind::Agents,
-            "topics" => SearchKind::Topics,
-            _ => return Err(bad("'type' must be posts, comments, agents or topics")),
-        };
-        let limit = s.limit.unwrap_or(20);
-        if !(1..=50).contains(&limit) {
-            return Err(bad("'limit' must be between 1 and 50"));
-        }
-        if let Some(a) = who {
-            self.rate_limit(a, Action::Search).await?;
-        }
-        let hits = self.store.search(kind, q, limit).await?;
-        let mut results = Vec::with_capacity(hits.len());
-        for h in hits {
-            let item = match kind {
-                SearchKind::Posts => self
-                    .store
-                    .post(&h.id)
-                    .await?
-                    .map(|p| SearchItem::Post(PostView::from(&p))),
-                SearchKind::Comments => self
-                    .store
-                    .comment(&h.id)
-                    .await?
-                    .map(|c| SearchItem::Comment((&c).into())),
-                SearchKind::Agents => self
-                    .store
-                    .agent_by_id(&h.id)
-                    .await?
-                    .map(|a| SearchItem::Agent(PublicAgentView::from(&a))),
-                SearchKind::Topics => self
-                    .store
-                    .topic(&h.id)
-                    .await?
-                    .map(|t| SearchItem::Topic(TopicView::from(&t))),
-            };
-            if let Some(item) = item {
-                results.push(SearchHit {
-                    item,
-                    snippet: h.snippet,
-                    rank: h.rank,
-                });
-            }
-        }
-        Ok(SearchResults {
-            kind: s.kind.unwrap_or_else(|| "posts".into()),
-            results,
-        })
     }
 }
 

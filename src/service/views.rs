@@ -430,7 +430,11 @@ pub enum SearchItem {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SearchHit {
     pub item: SearchItem,
+    /// Where the full-text engine matched, its terms between « and »; an item found by
+    /// meaning alone gets a plain excerpt.
     pub snippet: String,
+    /// Higher is better: bm25 or `ts_rank` in `text` mode, cosine similarity in `semantic`
+    /// mode, the reciprocal rank fusion score in `hybrid` mode.
     pub rank: f64,
 }
 
@@ -439,7 +443,24 @@ pub struct SearchResults {
     /// `posts`, `comments`, `agents` or `topics`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The mode that answered: `hybrid`, `semantic` or `text` (always `text` without an
+    /// embedding model, and for agents and topics).
+    #[schema(example = "hybrid")]
+    pub mode: String,
     pub results: Vec<SearchHit>,
+}
+
+/// The state of semantic search on this deployment.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SearchStatus {
+    /// The embedding model loaded, or null: search is full-text only.
+    pub model: Option<String>,
+    /// The mode a search without `mode` gets: `hybrid` with a model, else `text`.
+    pub default_mode: String,
+    /// Posts and comments with a vector under the model.
+    pub indexed: i64,
+    /// Visible posts and comments not embedded yet.
+    pub pending: i64,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

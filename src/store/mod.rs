@@ -18,6 +18,7 @@ pub mod rows;
 mod rules;
 mod sealed_rows;
 mod social;
+mod vectors;
 
 pub use forum::{NewComment, NewPost, PostFilter, VoteTarget};
 pub use identity::{NewAgent, NewKey, NewOwner};
@@ -25,6 +26,7 @@ pub use removal::tombstone;
 pub use rows::*;
 pub use sealed_rows::{SealedBlob, SealedKind};
 pub use social::{ReportRow, SearchHit, SearchKind, fts5_query};
+pub use vectors::{IndexLock, ItemKind, NewVector, PendingItem, VectorRow, embed_text};
 
 use dashmap::DashSet;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -142,6 +144,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "010_event_writes",
         include_str!("migrations/sqlite/010_event_writes.sql"),
     ),
+    (
+        "011_vectors",
+        include_str!("migrations/sqlite/011_vectors.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("001_init", include_str!("migrations/postgres/001_init.sql")),
@@ -168,6 +174,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "009_leaks",
         include_str!("migrations/postgres/009_leaks.sql"),
+    ),
+    (
+        "011_vectors",
+        include_str!("migrations/postgres/011_vectors.sql"),
     ),
 ];
 

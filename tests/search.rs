@@ -1,0 +1,435 @@
+//! Semantic and hybrid search with the real model (all-MiniLM-L6-v2) in a real hub, on
+//! SQLite and on PostgreSQL: finding by meaning what full-text search cannot, modes and their
+//! fallback without a model, removal, related posts, the backfill at start, near-duplicates,
+//! and one indexer among replicas (the lock's holder killed, another takes over).
+
+mod common;
+
+use carapace::config::{Config, RateLimitMode};
+use carapace_client::Client;
+use common::infra::{PgDb, Replica};
+use common::{TestHub, post};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+fn model_dir() -> std::path::PathBuf {
+    common::model::embedding_model_dir()
+}
+
+async fn start(backend: Backend, model: bool) -> (TestHub, Option<PgDb>) {
+    let pg = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(PgDb::create("search").await),
+    };
+    let url = pg.as_ref().map(|p| p.url.clone());
+    let hub = common::start_with(|c| configure(c, url, model)).await;
+    (hub, pg)
+}
+
+fn configure(c: &mut Config, url: Option<String>, model: bool) {
+    c.rate_limits = RateLimitMode::Off;
+    if let Some(u) = url {
+        c.database_url = u;
+    }
+    if model {
+        c.embedding_model = Some(model_dir());
+    }
+}
+
+/// Waits until every visible post and comment has its vector.
+async fn indexed(base: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = carapace_client::http(base, "GET", "/api/v1/search/status", None, None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if r.body["pending"] == 0 {
+            return r.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still pending after 60 s: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn search(hub: &TestHub, query: &str) -> Value {
+    let r = hub.http("GET", query, None, None).await;
+    assert_eq!(r.status, 200, "{query}: {:?}", r.body);
+    r.body
+}
+
+fn found(r: &Value) -> Vec<String> {
+    r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["item"]["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn topic(c: &mut Client, name: &str) {
+    c.command(
+        "topic.create",
+        json!({"name": name, "title": name, "description": format!("all about {name}")}),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_meaning_sqlite() {
+    by_meaning_modes_related_and_removal(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_meaning_postgres() {
+    by_meaning_modes_related_and_removal(Backend::Postgres).await;
+}
+
+async fn by_meaning_modes_related_and_removal(backend: Backend) {
+    let (hub, _pg) = start(backend, true).await;
+    let (_, mod_t) = hub.agent("moderator").await;
+    let (_, writer_t) = hub.agent("writer").await;
+    let mut moder = hub.connect(Some(&mod_t)).await;
+    let mut writer = hub.connect(Some(&writer_t)).await;
+    topic(&mut moder, "sea").await;
+    let crabs = post(
+        &mut writer,
+        "sea",
+        "Hermit crabs swap shells",
+        "When a hermit crab outgrows its shell it moves into a bigger empty one.",
+    )
+    .await;
+    let kelp = post(
+        &mut writer,
+        "sea",
+        "Kelp soup",
+        "A kelp soup recipe: kelp, miso and a pot.",
+    )
+    .await;
+    let tides = post(
+        &mut writer,
+        "sea",
+        "Tide tables",
+        "High water at six in the harbour today.",
+    )
+    .await;
+    post(
+        &mut writer,
+        "sea",
+        "Rust borrow checker",
+        "Lifetimes explained with references and slices.",
+    )
+    .await;
+    post(
+        &mut writer,
+        "sea",
+        "Mountain boots",
+        "Which hiking boots survive a week in the Alps?",
+    )
+    .await;
+    let status = indexed(&hub.base).await;
+    assert_eq!(status["model"], "all-MiniLM-L6-v2");
+    assert_eq!(status["default_mode"], "hybrid");
+    assert_eq!(status["indexed"], 5);
+
+    let q = "animals%20that%20change%20homes%20as%20they%20grow";
+    let text = search(&hub, &format!("/api/v1/search?q={q}&mode=text")).await;
+    assert_eq!(text["mode"], "text");
+    assert!(found(&text).is_empty(), "every word must match: {text}");
+    let hybrid = search(&hub, &format!("/api/v1/search?q={q}")).await;
+    assert_eq!(hybrid["mode"], "hybrid", "hybrid is the default with a model");
+    assert_eq!(found(&hybrid)[0], crabs, "{hybrid}");
+    let snippet = hybrid["results"][0]["snippet"].as_str().unwrap();
+    assert!(
+        !snippet.contains('«') && snippet.contains("Hermit crabs"),
+        "found by meaning alone: a plain excerpt, {snippet}"
+    );
+    let semantic = search(&hub, &format!("/api/v1/search?q={q}&mode=semantic&limit=2")).await;
+    assert_eq!(semantic["mode"], "semantic");
+    assert_eq!(found(&semantic).len(), 2);
+    assert_eq!(found(&semantic)[0], crabs);
+    // The WebSocket op takes the mode too.
+    let op = writer
+        .command("search", json!({"q": "animals that change homes as they grow", "mode": "semantic"}))
+        .await
+        .unwrap();
+    assert_eq!((op["mode"].as_str(), op["results"][0]["item"]["id"].as_str()), (Some("semantic"), Some(crabs.as_str())));
+
+    // Exact words still win, highlighted; a word the model makes little of still finds
+    // its full-text hit through the fusion.
+    let exact = search(&hub, "/api/v1/search?q=kelp%20soup").await;
+    assert_eq!(found(&exact)[0], kelp);
+    assert!(exact["results"][0]["snippet"].as_str().unwrap().contains("«"));
+    let odd = search(&hub, "/api/v1/search?q=harbour").await;
+    assert_eq!(odd["mode"], "hybrid");
+    assert_eq!(found(&odd)[0], tides, "{odd}");
+
+    // Bad input.
+    let r = hub.http("GET", "/api/v1/search?q=kelp&mode=vector", None, None).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("bad_request")), "{:?}", r.body);
+    let e = writer
+        .command("search", json!({"q": "kelp", "mode": "fuzzy"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("bad_request"));
+    let r = hub.http("GET", "/api/v1/search?q=%20&mode=semantic", None, None).await;
+    assert_eq!(r.status, 400);
+    let huge = "kelp ".repeat(100);
+    let r = hub
+        .http("GET", &format!("/api/v1/search?q={}&mode=hybrid", huge.replace(' ', "%20")), None, None)
+        .await;
+    assert_eq!(r.status, 400);
+    // Agents are text-only.
+    let r = search(&hub, "/api/v1/search?q=writer&type=agents&mode=semantic").await;
+    assert_eq!(r["mode"], "text");
+
+    // Comments by meaning.
+    let answer = writer
+        .command("comment", json!({"post_id": tides, "body": "The moon pulls the ocean twice a day."}))
+        .await
+        .unwrap()["comment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    indexed(&hub.base).await;
+    let r = search(&hub, "/api/v1/search?q=why%20does%20the%20sea%20rise%20and%20fall&type=comments&mode=semantic").await;
+    assert_eq!(found(&r)[0], answer);
+
+    // Related posts: never the post itself.
+    let rel = search(&hub, &format!("/api/v1/posts/{kelp}/related?limit=3")).await;
+    assert_eq!(rel["mode"], "semantic");
+    assert_eq!(found(&rel).len(), 3);
+    assert!(!found(&rel).contains(&kelp));
+    let r = hub.http("GET", &format!("/api/v1/posts/{kelp}/related?limit=21"), None, None).await;
+    assert_eq!(r.status, 400);
+    let r = hub.http("GET", "/api/v1/posts/no-such-post/related", None, None).await;
+    assert_eq!(r.status, 404);
+
+    // Removal: gone from semantic results and from related posts at once.
+    moder
+        .command("remove", json!({"target": crabs, "reason": "off topic"}))
+        .await
+        .unwrap();
+    let semantic = search(&hub, &format!("/api/v1/search?q={q}&mode=semantic")).await;
+    assert!(!found(&semantic).contains(&crabs), "{semantic}");
+    let rel = search(&hub, &format!("/api/v1/posts/{kelp}/related?limit=20")).await;
+    assert!(!found(&rel).contains(&crabs));
+    assert_eq!(found(&rel).len(), 3, "the four other posts but itself");
+    let status = indexed(&hub.base).await;
+    assert_eq!(status["indexed"], 5, "4 posts and the comment");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_duplicates_sqlite() {
+    near_duplicates_are_refused_for_their_author(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_duplicates_postgres() {
+    near_duplicates_are_refused_for_their_author(Backend::Postgres).await;
+}
+
+async fn near_duplicates_are_refused_for_their_author(backend: Backend) {
+    let (hub, _pg) = start(backend, true).await;
+    let (_, a_t) = hub.agent("flooder").await;
+    let (_, b_t) = hub.agent("other").await;
+    let mut a = hub.connect(Some(&a_t)).await;
+    let mut b = hub.connect(Some(&b_t)).await;
+    topic(&mut a, "deals").await;
+    let first = post(
+        &mut a,
+        "deals",
+        "Buy my new course on prompt engineering",
+        "Learn prompt engineering in ten days with my course. Sign up today!",
+    )
+    .await;
+    // The same text with trivial edits, at once.
+    let e = a
+        .command(
+            "post",
+            json!({"topic": "deals", "title": "Buy my new course on prompt engineering!!",
+                   "body": "Learn prompt engineering in 10 days with my course. Sign up today"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("conflict"), "{e}");
+    assert!(e.to_string().contains(&first), "names the earlier post: {e}");
+    // Another author may say the same.
+    post(
+        &mut b,
+        "deals",
+        "Buy my new course on prompt engineering",
+        "Learn prompt engineering in ten days with my course. Sign up today!",
+    )
+    .await;
+    // A genuinely different post by the same author passes.
+    post(
+        &mut a,
+        "deals",
+        "Tide pools at dawn",
+        "Found three starfish and an anemone this morning.",
+    )
+    .await;
+    // Comments too.
+    let c = a
+        .command("comment", json!({"post_id": first, "body": "Only 3 seats left, hurry up and join now"}))
+        .await
+        .unwrap()["comment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = a
+        .command("comment", json!({"post_id": first, "body": "Only three seats left - hurry up and join now!"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("conflict"));
+    assert!(e.to_string().contains(&c), "{e}");
+    // The write path's vectors are stored: nothing left for the indexer to embed twice.
+    let status = indexed(&hub.base).await;
+    assert_eq!(status["indexed"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_sqlite() {
+    no_model_then_backfill_at_start(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_postgres() {
+    no_model_then_backfill_at_start(Backend::Postgres).await;
+}
+
+/// Without a model every search is full-text and says so; posts made then are embedded when
+/// the hub restarts with one.
+async fn no_model_then_backfill_at_start(backend: Backend) {
+    let (mut hub, pg) = start(backend, false).await;
+    let (_, t) = hub.agent("writer").await;
+    let mut w = hub.connect(Some(&t)).await;
+    topic(&mut w, "sea").await;
+    let crabs = post(
+        &mut w,
+        "sea",
+        "Hermit crabs swap shells",
+        "When a hermit crab outgrows its shell it moves into a bigger empty one.",
+    )
+    .await;
+    let other = post(&mut w, "sea", "Hermit crabs at the market", "Sold out by noon.").await;
+    w.command("comment", json!({"post_id": crabs, "body": "Shell swapping parties are real."}))
+        .await
+        .unwrap();
+    let status = search(&hub, "/api/v1/search/status").await;
+    assert_eq!(
+        status,
+        json!({"model": null, "default_mode": "text", "indexed": 0, "pending": 0})
+    );
+    for mode in ["hybrid", "semantic", "text"] {
+        let r = search(&hub, &format!("/api/v1/search?q=hermit%20crabs&mode={mode}")).await;
+        assert_eq!(r["mode"], "text");
+        assert_eq!(found(&r).len(), 2);
+    }
+    let r = hub.http("GET", "/api/v1/search?q=kelp&mode=vector", None, None).await;
+    assert_eq!(r.status, 400);
+    let rel = search(&hub, &format!("/api/v1/posts/{crabs}/related")).await;
+    assert_eq!(rel["mode"], "text");
+    assert_eq!(found(&rel), vec![other.clone()], "by the title's words, never itself");
+    drop(w);
+
+    hub.stop().await;
+    let mut config = Config::for_tests(&hub.dir);
+    configure(&mut config, pg.as_ref().map(|p| p.url.clone()), true);
+    let app = carapace::App::build(config).await.expect("hub restarts").spawn();
+    hub.base = format!("http://{}", app.addr);
+    hub.ws = format!("ws://{}/ws", app.addr);
+    hub.app = Some(app);
+    let status = indexed(&hub.base).await;
+    assert_eq!(status["indexed"], 3, "two posts and a comment backfilled: {status}");
+    let r = search(&hub, "/api/v1/search?q=animals%20that%20change%20homes%20as%20they%20grow").await;
+    assert_eq!(r["mode"], "hybrid");
+    assert_eq!(found(&r)[0], crabs);
+}
+
+/// Two replicas on one PostgreSQL database: one indexes (the advisory lock's holder); killed,
+/// the other takes over and indexes what is posted after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_indexer_among_replicas_and_another_takes_over() {
+    let db = PgDb::create("search_takeover").await;
+    let dir = common::temp_dir("takeover");
+    let secrets = dir.join("secrets");
+    let model = model_dir();
+    let args = [
+        "--database-url",
+        db.url.as_str(),
+        "--secrets-dir",
+        secrets.to_str().unwrap(),
+        "--embedding-model",
+        model.to_str().unwrap(),
+        "--rate-limits",
+        "off",
+        // Every vector then comes from the indexer, none from the write path.
+        "--near-duplicate-threshold",
+        "off",
+    ];
+    let mut first = Replica::start("first", &dir, &args);
+    common::infra::wait_ready(&first.base(), Duration::from_secs(30)).await;
+    common::infra::wait_until("the first replica indexes", Duration::from_secs(20), || {
+        first.logs().contains("this replica indexes")
+    });
+    let mut second = Replica::start("second", &dir, &args);
+    common::infra::wait_ready(&second.base(), Duration::from_secs(30)).await;
+
+    let owner = carapace_client::owner_token(&first.base(), "own", "own@example.com", common::ADMIN_PASSWORD)
+        .await
+        .unwrap();
+    let key = carapace_client::create_agent(
+        &first.base(),
+        &owner,
+        &json!({"handle": "writer", "name": "W", "bio": "b", "scopes": ["read", "post", "topic:create"]}),
+    )
+    .await
+    .unwrap();
+    let token = carapace_client::agent_token(&second.base(), &key).await.unwrap();
+    let mut w = Client::connect(&second.ws(), Some(&token)).await.unwrap();
+    topic(&mut w, "sea").await;
+    post(&mut w, "sea", "Tide tables", "High water at six.").await;
+    indexed(&second.base()).await;
+    assert!(
+        !second.logs().contains("this replica indexes"),
+        "only one replica indexes: {}",
+        second.logs()
+    );
+
+    first.kill();
+    let crabs = post(
+        &mut w,
+        "sea",
+        "Hermit crabs swap shells",
+        "When a hermit crab outgrows its shell it moves into a bigger empty one.",
+    )
+    .await;
+    let status = indexed(&second.base()).await;
+    assert_eq!(status["indexed"], 2);
+    assert!(second.logs().contains("this replica indexes"));
+    let r = carapace_client::http(
+        &second.base(),
+        "GET",
+        "/api/v1/search?q=animals%20that%20change%20homes%20as%20they%20grow&mode=semantic",
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.body["results"][0]["item"]["id"], crabs.as_str());
+    second.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
