@@ -110,7 +110,9 @@ impl Layout {
         }
         if config.hidden_size == 0
             || config.num_attention_heads == 0
-            || config.hidden_size % config.num_attention_heads != 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
         {
             return Err(malformed(
                 dir,
