@@ -9,9 +9,14 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-/// Texts run through the model together. Padding makes a batch cost its longest text times
-/// its size, so texts are sorted by length first and cut into batches of this many.
+/// Texts run through the model together, at most. Padding makes a batch cost its longest
+/// text times its size, so texts are sorted by length first.
 const BATCH: usize = 32;
+
+/// Padded word pieces per batch, at most: attention holds batch x heads x width² scores, so
+/// 32 texts of 256 pieces would need about 100 MB for them alone; 4096 pieces keep a batch of
+/// long texts near 50 MB (short texts still go 32 at a time).
+const BATCH_PIECES: usize = 4096;
 
 pub struct Model {
     bert: Bert,
@@ -79,11 +84,19 @@ impl Model {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| encodings[i].get_ids().len());
         let mut out: Vec<Vector> = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(BATCH) {
+        let mut rest = &order[..];
+        while !rest.is_empty() {
+            // Sorted ascending: the last text taken sets the batch's width.
+            let take = (1..=rest.len().min(BATCH))
+                .take_while(|&n| n * encodings[rest[n - 1]].get_ids().len() <= BATCH_PIECES)
+                .last()
+                .unwrap_or(1);
+            let (chunk, tail) = rest.split_at(take);
             let batch: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
             for (&i, vector) in chunk.iter().zip(self.run(&batch)?) {
                 out[i] = vector;
             }
+            rest = tail;
         }
         Ok(out)
     }
