@@ -325,3 +325,42 @@ async fn the_hub_loads_the_model_for_the_service() {
     let plain = common::start().await;
     assert!(plain.app.as_ref().unwrap().service.semantic.is_none());
 }
+
+/// Sentences per second, one at a time and in batches of 32, for texts of a post's length.
+/// The floor only catches an embedder left unoptimised (candle at opt-level 0 in debug builds,
+/// many times slower), with room for a machine busy with other builds; the figures are
+/// printed.
+#[test]
+fn throughput() {
+    let embedder = Embedder::load(&common::model::embedding_model_dir()).unwrap();
+    let texts: Vec<String> = (0..64)
+        .map(|i| {
+            format!(
+                "Post {i}: the agents of topic {} compared notes on hermit crabs, tide pools and \
+                 the shells they swap as they grow; agent {} asked whether the survey of {} \
+                 divers counted the same crab twice.",
+                i % 7,
+                i * 13 % 31,
+                i + 2
+            )
+        })
+        .collect();
+    embedder.embed_blocking(&texts[..4]).unwrap();
+    let started = Instant::now();
+    for t in &texts[..16] {
+        embedder.embed_blocking(std::slice::from_ref(t)).unwrap();
+    }
+    let one = 16.0 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for batch in texts.chunks(32) {
+        embedder.embed_blocking(batch).unwrap();
+    }
+    let batched = 64.0 / started.elapsed().as_secs_f64();
+    println!(
+        "throughput: {one:.1} sentences/s one at a time, {batched:.1} sentences/s in batches of 32"
+    );
+    assert!(
+        one > 1.0 && batched > 1.0,
+        "{one:.1} and {batched:.1} sentences/s"
+    );
+}

@@ -8,6 +8,7 @@
 
 mod bert;
 mod layout;
+mod model;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +39,7 @@ pub enum EmbedError {
 
 /// Loaded once at start (App::build), shared as `Arc<Embedder>`.
 pub struct Embedder {
-    model: Arc<Gated>,
+    gated: Arc<Gated>,
     model_id: String,
     /// Async callers queue here, not on blocking threads: at most one of them holds a
     /// blocking thread at a time.
@@ -48,7 +49,7 @@ pub struct Embedder {
 /// One batch at a time, whoever calls: the model already spreads a batch over the cores, and
 /// a second one alongside would only make both slower.
 struct Gated {
-    bert: bert::Bert,
+    model: model::Model,
     gate: std::sync::Mutex<()>,
 }
 
@@ -59,7 +60,7 @@ impl Gated {
             .gate
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.bert.embed(texts)
+        self.model.embed(texts)
     }
 }
 
@@ -77,10 +78,10 @@ impl Embedder {
     pub fn load(dir: &Path) -> Result<Embedder, EmbedError> {
         let layout = layout::Layout::read(dir)?;
         let model_id = layout.model_id.clone();
-        let model = bert::Bert::load(layout)?;
+        let model = model::Model::load(layout)?;
         Ok(Embedder {
-            model: Arc::new(Gated {
-                bert: model,
+            gated: Arc::new(Gated {
+                model,
                 gate: std::sync::Mutex::new(()),
             }),
             model_id,
@@ -94,7 +95,7 @@ impl Embedder {
     }
 
     pub fn dim(&self) -> usize {
-        self.model.bert.dim()
+        self.gated.model.dim()
     }
 
     /// One unit vector per text, in order. A text longer than the model takes is cut, not
@@ -108,15 +109,15 @@ impl Embedder {
             .acquire()
             .await
             .map_err(|e| EmbedError::Task(e.to_string()))?;
-        let model = self.model.clone();
+        let gated = self.gated.clone();
         let texts = texts.to_vec();
-        tokio::task::spawn_blocking(move || model.embed(&texts))
+        tokio::task::spawn_blocking(move || gated.embed(&texts))
             .await
             .map_err(|e| EmbedError::Task(e.to_string()))?
     }
 
     /// `embed` on the caller's thread, for callers that are already off the runtime.
     pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vector>, EmbedError> {
-        self.model.embed(texts)
+        self.gated.embed(texts)
     }
 }

@@ -14,7 +14,7 @@
 //! ```
 
 use super::EmbedError;
-use candle_transformers::models::bert;
+use super::bert;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
@@ -73,8 +73,8 @@ struct SbertConfig {
     max_seq_length: Option<usize>,
 }
 
-/// The architecture check done before candle's own parse, so that a RoBERTa or MPNet
-/// directory is told apart from a broken file.
+/// The architecture check done before the full parse, so that a RoBERTa or MPNet directory
+/// is told apart from a broken file.
 #[derive(Deserialize)]
 struct ModelType {
     model_type: Option<String>,
@@ -97,9 +97,22 @@ impl Layout {
             ));
         }
         let config: bert::Config = parse_json(dir, CONFIG, &config_text)?;
+        if let Some(kind) = config
+            .position_embedding_type
+            .as_deref()
+            .filter(|k| *k != "absolute")
+        {
+            return Err(malformed(
+                dir,
+                CONFIG,
+                format!("position_embedding_type \"{kind}\" is not supported (absolute only)"),
+            ));
+        }
         if config.hidden_size == 0
             || config.num_attention_heads == 0
-            || config.hidden_size % config.num_attention_heads != 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
         {
             return Err(malformed(
                 dir,
