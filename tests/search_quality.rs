@@ -61,9 +61,7 @@ fn read_jsonl<T: DeserializeOwned>(name: &str) -> Vec<T> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(n, l)| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("{path}:{}: {e}", n + 1))
-        })
+        .map(|(n, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("{path}:{}: {e}", n + 1)))
         .collect()
 }
 
@@ -118,7 +116,14 @@ async fn load(hub: &common::TestHub, posts: &[EvalPost]) -> HashMap<String, Stri
         let mine: Vec<(String, String, String, String)> = posts
             .iter()
             .filter(|p| p.author == a)
-            .map(|p| (p.key.clone(), p.topic.clone(), p.title.clone(), p.body.clone()))
+            .map(|p| {
+                (
+                    p.key.clone(),
+                    p.topic.clone(),
+                    p.title.clone(),
+                    p.body.clone(),
+                )
+            })
             .collect();
         let (ws, token) = (hub.ws.clone(), tokens[a].clone());
         tasks.spawn(async move {

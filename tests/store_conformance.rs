@@ -7,8 +7,8 @@ mod common;
 use carapace::audit::{self, Break, Entry};
 use carapace::auth::keyring::KeyRing;
 use carapace::store::{
-    Cursor, ItemKind, NewAgent, NewComment, NewKey, NewOwner, NewPost, NewVector, PostFilter,
-    Sort, Store, StoreError, VoteTarget,
+    Cursor, ItemKind, NewAgent, NewComment, NewKey, NewOwner, NewPost, NewVector, PostFilter, Sort,
+    Store, StoreError, VoteTarget,
 };
 use common::infra::PgDb;
 use serde_json::json;
@@ -1799,12 +1799,23 @@ async fn vectors_pending_stored_and_buried(s: Store, _url: String) {
     let items = s.pending_items(ItemKind::Post, m, "", 10).await.unwrap();
     assert_eq!(items.len(), 3);
     assert_eq!(
-        (items[0].id.as_str(), items[0].text.as_str(), items[0].author_id.as_str()),
+        (
+            items[0].id.as_str(),
+            items[0].text.as_str(),
+            items[0].author_id.as_str()
+        ),
         ("p1", "Hermit crabs\nThey swap shells.", a.as_str())
     );
     assert_eq!(items[0].created_at, T0);
-    assert_eq!(pending_ids(&s, ItemKind::Comment, m, "").await, ["c1", "c2"]);
-    let c1 = s.item_to_embed(ItemKind::Comment, "c1").await.unwrap().unwrap();
+    assert_eq!(
+        pending_ids(&s, ItemKind::Comment, m, "").await,
+        ["c1", "c2"]
+    );
+    let c1 = s
+        .item_to_embed(ItemKind::Comment, "c1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(c1.text, "Bigger shells each time.");
 
     let n = s
@@ -1830,16 +1841,40 @@ async fn vectors_pending_stored_and_buried(s: Store, _url: String) {
     assert_eq!(rows.len(), 2);
     let p1 = rows.iter().find(|r| r.item_id == "p1").unwrap();
     assert_eq!(p1.data, vec![5, -128, 127, 0]);
-    assert_eq!((p1.scale, p1.kind, p1.removed), (0.25, ItemKind::Post, false));
+    assert_eq!(
+        (p1.scale, p1.kind, p1.removed),
+        (0.25, ItemKind::Post, false)
+    );
     assert_eq!((p1.indexed_at, p1.created_at), (T0 + 100, T0));
     let after_first = (rows[0].indexed_at, rows[0].item_id.as_str());
     assert_eq!(s.vectors_since(m, after_first, 10).await.unwrap().len(), 1);
-    assert!(s.vectors_since(m, (T0 + 100, "zz"), 10).await.unwrap().is_empty());
-    assert!(s.vectors_since("model-b", (i64::MIN, ""), 10).await.unwrap().is_empty());
+    assert!(
+        s.vectors_since(m, (T0 + 100, "zz"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.vectors_since("model-b", (i64::MIN, ""), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let recent = s.recent_vectors_of(&a, m, T0, 50).await.unwrap();
-    assert_eq!(recent.iter().map(|r| r.item_id.as_str()).collect::<Vec<_>>(), ["p1"]);
-    assert!(s.recent_vectors_of(&a, m, T0 + 1, 50).await.unwrap().is_empty());
+    assert_eq!(
+        recent
+            .iter()
+            .map(|r| r.item_id.as_str())
+            .collect::<Vec<_>>(),
+        ["p1"]
+    );
+    assert!(
+        s.recent_vectors_of(&a, m, T0 + 1, 50)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // An upsert replaces the vector.
     let n = s
@@ -1865,8 +1900,18 @@ async fn vectors_pending_stored_and_buried(s: Store, _url: String) {
     assert!(s.recent_vectors_of(&a, m, T0, 50).await.unwrap().is_empty());
     // p2, p3 and c2 are pending; nothing of the removed post is.
     assert_eq!(s.pending_count(m).await.unwrap(), 3);
-    assert!(s.item_to_embed(ItemKind::Post, "p1").await.unwrap().is_none());
-    assert!(s.item_to_embed(ItemKind::Comment, "c1").await.unwrap().is_none());
+    assert!(
+        s.item_to_embed(ItemKind::Post, "p1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.item_to_embed(ItemKind::Comment, "c1")
+            .await
+            .unwrap()
+            .is_none()
+    );
     // A vector of a removed item is never written back, nor one of an unknown item.
     let n = s
         .put_vectors(
@@ -1880,7 +1925,12 @@ async fn vectors_pending_stored_and_buried(s: Store, _url: String) {
         .await
         .unwrap();
     assert_eq!(n, 0);
-    assert!(s.vectors_since(m, (T0 + 350, ""), 10).await.unwrap().is_empty());
+    assert!(
+        s.vectors_since(m, (T0 + 350, ""), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // A removed comment alone.
     s.put_vectors(&[vector("c2", ItemKind::Comment, &a, m, 2)], T0 + 500)
@@ -1901,7 +1951,11 @@ async fn vectors_pending_stored_and_buried(s: Store, _url: String) {
 /// One indexer at a time: on PostgreSQL the advisory lock is held by one connection until
 /// it goes; SQLite (one replica per file) always grants it.
 async fn index_lock_is_held_by_one(s: Store, url: String) {
-    let mut first = s.try_index_lock().await.unwrap().expect("the first takes it");
+    let mut first = s
+        .try_index_lock()
+        .await
+        .unwrap()
+        .expect("the first takes it");
     assert!(first.held().await);
     if url.starts_with("sqlite") {
         assert!(s.try_index_lock().await.unwrap().is_some());
@@ -1917,7 +1971,10 @@ async fn index_lock_is_held_by_one(s: Store, url: String) {
             assert!(l.held().await);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the lock was never released");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was never released"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     other.close().await;

@@ -52,7 +52,10 @@ struct Failure {
     next: Instant,
 }
 
-type Job = (Vec<String>, oneshot::Sender<Result<Vec<Vector>, EmbedError>>);
+type Job = (
+    Vec<String>,
+    oneshot::Sender<Result<Vec<Vector>, EmbedError>>,
+);
 
 /// The model's thread for the indexer.
 struct Worker {
@@ -172,7 +175,9 @@ impl Indexer {
             if checked.elapsed() >= LOCK_RETRY {
                 checked = Instant::now();
                 if !held.held().await {
-                    tracing::warn!("the indexer lock's connection is gone: indexing stops here until the lock is taken again");
+                    tracing::warn!(
+                        "the indexer lock's connection is gone: indexing stops here until the lock is taken again"
+                    );
                     lock = None;
                     continue;
                 }

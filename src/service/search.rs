@@ -10,6 +10,7 @@ use crate::clock::now_ms;
 use crate::protocol::SearchInput;
 use crate::search::hybrid::{FUSE_DEPTH, SearchMode, fuse};
 use crate::search::quantize::{quantize, similarity_f32};
+use crate::search::vectors::Scored;
 use crate::search::{NEAR_DUPLICATE_ITEMS, NEAR_DUPLICATE_WINDOW_MS, Semantic};
 use crate::store::{ItemKind, SearchKind, embed_text};
 
@@ -25,6 +26,27 @@ struct Ranked {
     rank: f64,
 }
 
+impl From<crate::store::SearchHit> for Ranked {
+    fn from(h: crate::store::SearchHit) -> Ranked {
+        Ranked {
+            id: h.id,
+            snippet: Some(h.snippet),
+            rank: h.rank,
+        }
+    }
+}
+
+/// A hit found by meaning alone has no snippet; `resolve` gives it an excerpt.
+impl From<Scored> for Ranked {
+    fn from(h: Scored) -> Ranked {
+        Ranked {
+            id: h.id.to_string(),
+            snippet: None,
+            rank: h.similarity as f64,
+        }
+    }
+}
+
 /// The first `EXCERPT_CHARS` characters of `text`, on one line, "…" where it was cut.
 pub fn excerpt(text: &str) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -35,10 +57,8 @@ pub fn excerpt(text: &str) -> String {
 }
 
 fn parse_mode(mode: Option<&str>) -> ServiceResult<Option<SearchMode>> {
-    mode.map(|m| {
-        SearchMode::parse(m).ok_or_else(|| bad("'mode' must be hybrid, semantic or text"))
-    })
-    .transpose()
+    mode.map(|m| SearchMode::parse(m).ok_or_else(|| bad("'mode' must be hybrid, semantic or text")))
+        .transpose()
 }
 
 impl Service {
@@ -97,17 +117,18 @@ impl Service {
         })
     }
 
-    async fn text_ranked(&self, kind: SearchKind, q: &str, limit: i64) -> ServiceResult<Vec<Ranked>> {
+    async fn text_ranked(
+        &self,
+        kind: SearchKind,
+        q: &str,
+        limit: i64,
+    ) -> ServiceResult<Vec<Ranked>> {
         Ok(self
             .store
             .search(kind, q, limit)
             .await?
             .into_iter()
-            .map(|h| Ranked {
-                id: h.id,
-                snippet: Some(h.snippet),
-                rank: h.rank,
-            })
+            .map(Ranked::from)
             .collect())
     }
 
@@ -136,14 +157,7 @@ impl Service {
         let depth = (limit as usize).max(FUSE_DEPTH) + 10;
         let near = sem.nearest(ik, quantize(&v), depth, None).await;
         if mode == SearchMode::Semantic {
-            let ranked = near
-                .into_iter()
-                .map(|h| Ranked {
-                    id: h.id.to_string(),
-                    snippet: None,
-                    rank: h.similarity as f64,
-                })
-                .collect();
+            let ranked = near.into_iter().map(Ranked::from).collect();
             return Ok((mode, ranked));
         }
         let text = self.store.search(kind, q, FUSE_DEPTH as i64).await?;
@@ -249,20 +263,18 @@ impl Service {
                 let near = sem
                     .nearest(ItemKind::Post, q, limit as usize + 10, Some(id.to_string()))
                     .await;
-                let ranked = near
-                    .into_iter()
-                    .map(|h| Ranked {
-                        id: h.id.to_string(),
-                        snippet: None,
-                        rank: h.similarity as f64,
-                    })
-                    .collect();
+                let ranked = near.into_iter().map(Ranked::from).collect();
                 (SearchMode::Semantic, ranked)
             }
             None => {
-                let mut r = self
-                    .text_ranked(SearchKind::Posts, &post.title, limit + 1)
-                    .await?;
+                // Any of the title's words: all of them would find little but the post.
+                let mut r: Vec<Ranked> = self
+                    .store
+                    .search_any_word(SearchKind::Posts, &post.title, limit + 1)
+                    .await?
+                    .into_iter()
+                    .map(Ranked::from)
+                    .collect();
                 r.retain(|h| h.id != id);
                 (SearchMode::Text, r)
             }

@@ -38,13 +38,29 @@ pub struct SearchHit {
 /// FTS5 query from free text: every word quoted, implicitly AND-ed. Anything that is not a
 /// letter or digit separates words, so operators, quotes and parentheses lose their meaning.
 pub fn fts5_query(q: &str) -> Option<String> {
+    fts5_words(q, " ")
+}
+
+/// `fts5_query` matching any of the words instead of all of them.
+pub fn fts5_any_query(q: &str) -> Option<String> {
+    fts5_words(q, " OR ")
+}
+
+fn fts5_words(q: &str, join: &str) -> Option<String> {
     let words: Vec<String> = q
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .take(16)
         .map(|w| format!("\"{w}\""))
         .collect();
-    (!words.is_empty()).then(|| words.join(" "))
+    (!words.is_empty()).then(|| words.join(join))
+}
+
+/// Whether a full-text search wants every word of the query or any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Words {
+    All,
+    Any,
 }
 
 impl Store {
@@ -91,16 +107,40 @@ impl Store {
             .collect())
     }
 
-    /// Full-text search; `q` is free text from outside.
+    /// Full-text search for items holding every word of `q` (free text from outside).
     pub async fn search(
         &self,
         kind: SearchKind,
         q: &str,
         limit: i64,
     ) -> StoreResult<Vec<SearchHit>> {
+        self.search_words(kind, q, Words::All, limit).await
+    }
+
+    /// Full-text search for items holding any word of `q`, best first: things like a text.
+    pub async fn search_any_word(
+        &self,
+        kind: SearchKind,
+        q: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<SearchHit>> {
+        self.search_words(kind, q, Words::Any, limit).await
+    }
+
+    async fn search_words(
+        &self,
+        kind: SearchKind,
+        q: &str,
+        words: Words,
+        limit: i64,
+    ) -> StoreResult<Vec<SearchHit>> {
         let rows = match self.dialect {
             Dialect::Sqlite => {
-                let Some(fq) = fts5_query(q) else {
+                let fq = match words {
+                    Words::All => fts5_query(q),
+                    Words::Any => fts5_any_query(q),
+                };
+                let Some(fq) = fq else {
                     return Ok(Vec::new());
                 };
                 // bm25 is lower-is-better; negate so callers sort one way on both engines.
@@ -146,11 +186,19 @@ impl Store {
                     SearchKind::Agents => ("agents", "id", "name || ' — ' || bio", ""),
                     SearchKind::Topics => ("topics", "name", "title || ' — ' || description", ""),
                 };
+                // plainto_tsquery ANDs the words; its text form with `|` for `&` ORs them
+                // (the lexemes are quoted, so nothing of `q` becomes an operator).
+                let tsq = match words {
+                    Words::All => "plainto_tsquery('english', $1)",
+                    Words::Any => {
+                        "replace(plainto_tsquery('english', $1)::text, '&', '|')::tsquery"
+                    }
+                };
                 let sql = format!(
-                    "SELECT {id} AS id, ts_headline('english', {text}, plainto_tsquery('english', $1), \
+                    "SELECT {id} AS id, ts_headline('english', {text}, {tsq}, \
                      'StartSel=«, StopSel=», MaxWords=24, MinWords=8') AS snippet, \
-                     CAST(ts_rank(tsv, plainto_tsquery('english', $1)) AS DOUBLE PRECISION) AS rank \
-                     FROM {table} WHERE tsv @@ plainto_tsquery('english', $1) {filter} \
+                     CAST(ts_rank(tsv, {tsq}) AS DOUBLE PRECISION) AS rank \
+                     FROM {table} WHERE tsv @@ {tsq} {filter} \
                      ORDER BY rank DESC LIMIT $2"
                 );
                 sqlx::query(AssertSqlSafe(sql))
@@ -281,7 +329,7 @@ impl WriteTx {
 
 #[cfg(test)]
 mod tests {
-    use super::fts5_query;
+    use super::{fts5_any_query, fts5_query};
 
     #[test]
     fn fts5_queries_are_defanged() {
@@ -295,5 +343,9 @@ mod tests {
             "\"title\" \"foo\" \"bar\" \"baz\""
         );
         assert!(fts5_query("  \"\" ()*:^ ").is_none());
+        assert_eq!(
+            fts5_any_query("crab OR shells").unwrap(),
+            "\"crab\" OR \"OR\" OR \"shells\""
+        );
     }
 }

@@ -114,8 +114,7 @@ impl VectorRow {
     }
 }
 
-const VECTOR_COLS: &str =
-    "item_id, kind, author_id, scale, data, created_at, indexed_at, removed";
+const VECTOR_COLS: &str = "item_id, kind, author_id, scale, data, created_at, indexed_at, removed";
 
 /// The anti-join finding `kind`'s visible items without a vector under model `$2`.
 fn pending_from(kind: ItemKind) -> &'static str {
@@ -134,8 +133,12 @@ fn pending_from(kind: ItemKind) -> &'static str {
 
 fn item_cols(kind: ItemKind) -> &'static str {
     match kind {
-        ItemKind::Post => "p.id AS id, p.author_id AS author_id, p.title AS title, p.body AS body, p.created_at AS created_at",
-        ItemKind::Comment => "c.id AS id, c.author_id AS author_id, c.body AS body, c.created_at AS created_at",
+        ItemKind::Post => {
+            "p.id AS id, p.author_id AS author_id, p.title AS title, p.body AS body, p.created_at AS created_at"
+        }
+        ItemKind::Comment => {
+            "c.id AS id, c.author_id AS author_id, c.body AS body, c.created_at AS created_at"
+        }
     }
 }
 
@@ -315,11 +318,10 @@ impl Store {
 
     /// How many items have a live vector under `model`.
     pub async fn indexed_count(&self, model: &str) -> StoreResult<i64> {
-        let row =
-            sqlx::query("SELECT COUNT(*) AS n FROM vectors WHERE model = $1 AND removed = 0")
-                .bind(model)
-                .fetch_one(&self.read)
-                .await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM vectors WHERE model = $1 AND removed = 0")
+            .bind(model)
+            .fetch_one(&self.read)
+            .await?;
         Ok(row.get("n"))
     }
 
@@ -365,11 +367,7 @@ impl IndexLock {
 impl WriteTx {
     /// Turns the vector of a removed item (and, for a post, its comments' vectors) into
     /// tombstones, in the removal's transaction.
-    pub(super) async fn bury_vectors(
-        &mut self,
-        target: &VoteTarget,
-        now: i64,
-    ) -> StoreResult<()> {
+    pub(super) async fn bury_vectors(&mut self, target: &VoteTarget, now: i64) -> StoreResult<()> {
         let sql = match target {
             VoteTarget::Post(_) => {
                 "UPDATE vectors SET removed = 1, data = $1, scale = 0, indexed_at = $2 \

@@ -26,6 +26,9 @@ const DRAIN_IDLE: Duration = Duration::from_secs(5);
 const DRAIN_MAX: Duration = Duration::from_secs(30);
 /// Events the bench can account for in one run, over all publishers (4 bytes each).
 const MAX_EVENTS: usize = 8 << 20;
+/// Distinct prose fillers with `--prose`: more than the hub's near-duplicate window (the
+/// author's last 50 items) by far.
+const FILLERS: usize = 1024;
 /// A paced send this far behind its time counts as late (the window was full, or the
 /// bench did not get the CPU in time).
 const LATE: Duration = Duration::from_millis(5);
@@ -159,6 +162,11 @@ pub async fn run(
             None => "as fast as the window allows".into(),
         }
     );
+    let fillers: Option<Arc<[String]>> = params.prose.then(|| {
+        crate::prose::Prose::new()
+            .fillers(FILLERS, params.size)
+            .into()
+    });
     let cpu_start = params.cpu();
     let mut tasks = Vec::with_capacity(n_pubs);
     for (p, conn) in pubs.into_iter().enumerate() {
@@ -166,7 +174,10 @@ pub async fn run(
             p,
             conn,
             plan.topic_of(p).to_string(),
-            params.size,
+            Payload {
+                size: params.size,
+                fillers: fillers.clone(),
+            },
             params.window,
             params
                 .rate
@@ -381,6 +392,26 @@ async fn subscriber(
     Some(st)
 }
 
+/// What a publisher puts in its events.
+struct Payload {
+    size: usize,
+    /// With `--prose`: a different text for each event of a publisher (cycled).
+    fillers: Option<Arc<[String]>>,
+}
+
+impl Payload {
+    fn of(&self, mark: &Mark) -> String {
+        match &self.fillers {
+            None => mark.payload(self.size),
+            Some(f) => {
+                // Publishers start at different places in the cycle.
+                let i = (mark.publisher as usize * 131 + mark.n as usize) % f.len();
+                mark.payload_with(self.size, &f[i])
+            }
+        }
+    }
+}
+
 /// One publisher: keeps up to `window` events in flight until `end`, then waits (bounded)
 /// for the last ones to arrive.
 #[allow(clippy::too_many_arguments)]
@@ -388,7 +419,7 @@ async fn publisher(
     p: usize,
     conn: Conn,
     topic: String,
-    size: usize,
+    payload: Payload,
     window: usize,
     interval: Option<Duration>,
     warm_end_ns: u64,
@@ -483,7 +514,7 @@ async fn publisher(
                     sent_ns,
                     warmup,
                 };
-                if let Err(e) = sink.publish(&topic, &mark.payload(size)).await {
+                if let Err(e) = sink.publish(&topic, &payload.of(&mark)).await {
                     break 'run Err(e);
                 }
                 sent += 1;

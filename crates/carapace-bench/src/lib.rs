@@ -10,11 +10,14 @@
 mod connections;
 mod fanout;
 mod proc;
+mod prose;
 pub mod raw;
+mod search;
 mod stats;
 mod target;
 mod wire;
 
+pub use search::{ModeStats, SearchReport};
 pub use target::TargetKind;
 
 use serde::Serialize;
@@ -30,6 +33,8 @@ pub const MAX_SIZE: usize = 32 * 1024;
 /// Room for the marker (`~b:<publisher>:<n>:<ns>:<w>~`).
 pub const MIN_SIZE: usize = 48;
 pub const MAX_WINDOW: usize = 4096;
+pub const MAX_POSTS: usize = 1_000_000;
+pub const MAX_QUERIES: usize = 100_000;
 
 #[derive(Debug, Error)]
 pub enum BenchError {
@@ -50,6 +55,8 @@ pub enum Scenario {
     Fanout,
     Connections,
     Cluster,
+    /// Search latency per mode over seeded posts, and the indexer's throughput (Carapace).
+    Search,
 }
 
 impl Scenario {
@@ -58,6 +65,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Connections => "connections",
             Scenario::Cluster => "cluster",
+            Scenario::Search => "search",
         }
     }
 }
@@ -113,6 +121,20 @@ pub struct BenchArgs {
     /// Handshakes in progress at once.
     #[arg(long, default_value_t = 128)]
     pub connect_concurrency: usize,
+    /// Fanout: fill each Carapace post with generated prose, a different text each, instead
+    /// of `x` (a hub with the near-duplicate check refuses repeated posts).
+    #[arg(long)]
+    pub prose: bool,
+    /// Search: posts to write before measuring (spread over the publishers), 0 to search
+    /// what the hub already holds.
+    #[arg(long, default_value_t = 0)]
+    pub posts: usize,
+    /// Search: queries, each sent once in every mode (text, semantic, hybrid).
+    #[arg(long, default_value_t = 300)]
+    pub queries: usize,
+    /// Search: sessions sending queries at once, one query in flight each.
+    #[arg(long, default_value_t = 1)]
+    pub search_concurrency: usize,
     /// Instead of benchmarking, serve the raw broadcast target on this address until stopped.
     #[arg(long)]
     pub serve_raw: Option<SocketAddr>,
@@ -136,6 +158,14 @@ pub struct Report {
     pub rss_kib_per_conn: f64,
 }
 
+/// What a run reports: deliveries (fanout, connections, cluster) or searches.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Outcome {
+    Delivery(Report),
+    Search(SearchReport),
+}
+
 /// Checked, bounded parameters of one run.
 pub(crate) struct Params {
     scenario: Scenario,
@@ -150,6 +180,10 @@ pub(crate) struct Params {
     server_pid: Option<u32>,
     source_ips: u8,
     connect_concurrency: usize,
+    prose: bool,
+    posts: usize,
+    queries: usize,
+    search_concurrency: usize,
 }
 
 impl Params {
@@ -218,6 +252,20 @@ fn check(args: &BenchArgs, addrs: &[SocketAddr]) -> Result<Params, BenchError> {
     if args.connect_concurrency == 0 || args.connect_concurrency > 4096 {
         return bad("--connect-concurrency must be 1..=4096".into());
     }
+    if args.scenario == Scenario::Search {
+        if args.target != TargetKind::Carapace {
+            return bad("the search scenario measures Carapace only".into());
+        }
+        if args.posts > MAX_POSTS {
+            return bad(format!("--posts must be at most {MAX_POSTS}"));
+        }
+        if args.queries == 0 || args.queries > MAX_QUERIES {
+            return bad(format!("--queries must be 1..={MAX_QUERIES}"));
+        }
+        if args.search_concurrency == 0 || args.search_concurrency > MAX_PUBLISHERS {
+            return bad(format!("--search-concurrency must be 1..={MAX_PUBLISHERS}"));
+        }
+    }
     if args.scenario == Scenario::Cluster && addrs.len() < 2 {
         return bad(
             "cluster needs at least two --addr: publishers' replica, then subscribers'".into(),
@@ -252,11 +300,15 @@ fn check(args: &BenchArgs, addrs: &[SocketAddr]) -> Result<Params, BenchError> {
         server_pid,
         source_ips,
         connect_concurrency: args.connect_concurrency,
+        prose: args.prose,
+        posts: args.posts,
+        queries: args.queries,
+        search_concurrency: args.search_concurrency,
     })
 }
 
 /// Runs one benchmark and prints its report, the JSON line last.
-pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
+pub async fn run(args: BenchArgs) -> Result<Outcome, BenchError> {
     let mut addrs = args.addr.clone();
     // Keeps the in-process raw server alive for the run.
     let (_raw_stop, raw_rx) = tokio::sync::watch::channel(false);
@@ -300,6 +352,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     }
     let agents = match params.scenario {
         Scenario::Connections => params.subscribers.min(16),
+        Scenario::Search => params.publishers.max(params.search_concurrency),
         _ => params.publishers,
     };
     let plan = target::prepare(args.target, addrs[0], agents, params.topics).await?;
@@ -309,15 +362,18 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         println!("{} topics, {} ..", plan.topics.len(), plan.topic);
     }
     let report = match params.scenario {
-        Scenario::Fanout => fanout::run(&params, &plan, &addrs, &addrs).await?,
-        Scenario::Cluster => fanout::run(&params, &plan, &addrs[..1], &addrs[1..]).await?,
-        Scenario::Connections => connections::run(&params, &plan, &addrs).await?,
+        Scenario::Fanout => Outcome::Delivery(fanout::run(&params, &plan, &addrs, &addrs).await?),
+        Scenario::Cluster => {
+            Outcome::Delivery(fanout::run(&params, &plan, &addrs[..1], &addrs[1..]).await?)
+        }
+        Scenario::Connections => Outcome::Delivery(connections::run(&params, &plan, &addrs).await?),
+        Scenario::Search => Outcome::Search(search::run(&params, &plan, addrs[0]).await?),
     };
     Ok(report)
 }
 
 /// The JSON line of a report.
-pub fn json_line(r: &Report) -> String {
+pub fn json_line(r: &Outcome) -> String {
     serde_json::to_string(r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 

@@ -37,10 +37,22 @@ impl Mark {
     /// The payload: the marker padded with `x` to `size` bytes. Only characters that JSON,
     /// Socket.IO and NATS carry verbatim, so the marker can be found without parsing.
     pub fn payload(&self, size: usize) -> String {
+        self.payload_with(size, "")
+    }
+
+    /// The payload: the marker, then `filler` (the caller's: characters carried verbatim),
+    /// then `x` up to `size` bytes. A filler makes each post different.
+    pub fn payload_with(&self, size: usize, filler: &str) -> String {
         let mut s = format!(
             "~b:{}:{}:{}:{}~",
             self.publisher, self.n, self.sent_ns, self.warmup as u8
         );
+        if !filler.is_empty() && s.len() < size {
+            s.push(' ');
+            let room = size.saturating_sub(s.len()).min(filler.len());
+            // Fillers are ASCII, so any byte is a character boundary.
+            s.push_str(&filler[..room]);
+        }
         if s.len() < size {
             s.extend(std::iter::repeat_n('x', size - s.len()));
         }
