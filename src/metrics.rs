@@ -89,6 +89,8 @@ pub struct Metrics {
     pub search_pending: Gauge,
     /// Items whose embedding or storing failed (each is retried with backoff).
     pub search_index_errors: Counter,
+    /// Requests that went on without the model because it stayed busy past their wait.
+    pub search_embed_busy: Counter,
 }
 
 impl Metrics {
@@ -208,6 +210,12 @@ impl Metrics {
             "counter",
             "Embeddings or vector writes that failed (the item is retried with backoff).",
             self.search_index_errors.get().to_string(),
+        );
+        line(
+            "carapace_search_embed_busy_total",
+            "counter",
+            "Queries answered in full text, and posts or comments written without the near-duplicate check, because the model stayed busy past the request's wait.",
+            self.search_embed_busy.get().to_string(),
         );
         let h = &self.command_latency;
         let _ = writeln!(

@@ -522,3 +522,66 @@ async fn one_indexer_among_replicas_and_another_takes_over() {
     second.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A flood of long posts on a hub with the near-duplicate check: the model takes one text
+/// at a time, so most posts would wait seconds for it. Each waits at most the request's
+/// bound, then is written without the check (counted as busy) and embedded later by the
+/// indexer: every post is accepted, none is lost, and the index catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_posts_is_not_held_up_by_a_busy_model() {
+    const WRITERS: usize = 6;
+    const EACH: usize = 10;
+    let (hub, _pg) = start(Backend::Sqlite, true).await;
+    let (_, t) = hub.agent("opener").await;
+    let mut c = hub.connect(Some(&t)).await;
+    topic(&mut c, "flood").await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let (_, token) = hub.agent(&format!("flooder{w}")).await;
+        let mut c = hub.connect(Some(&token)).await;
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..EACH {
+                // About 250 word pieces: the longest text the model reads, so the slowest.
+                let body: String = (0..60)
+                    .map(|k| format!("writer {w} item {i} clause {k} about tides"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let r = c
+                    .command(
+                        "post",
+                        json!({"topic": "flood", "title": format!("w{w} n{i}"), "body": body}),
+                    )
+                    .await;
+                ids.push(r.map(|v| v["post"]["id"].as_str().unwrap().to_string()));
+            }
+            ids
+        });
+    }
+    let mut accepted = 0;
+    while let Some(ids) = tasks.join_next().await {
+        for id in ids.unwrap() {
+            // Posts of one writer differ only in numbers: a refusal here would be a
+            // near-duplicate, which the check may rightly find; anything else is a fault.
+            match id {
+                Ok(_) => accepted += 1,
+                Err(e) => assert!(e.to_string().contains("conflict"), "{e}"),
+            }
+        }
+    }
+    let metrics = common::raw_get(&hub.base, "/metrics").await;
+    let busy = common::metric(&metrics, "carapace_search_embed_busy_total");
+    assert!(
+        busy > 0.0,
+        "{WRITERS} writers at once never found the model busy past its wait"
+    );
+    let status = indexed(&hub.base).await;
+    assert_eq!(
+        status["indexed"], accepted,
+        "every accepted post embedded: {status}"
+    );
+    println!(
+        "{accepted} of {} posts accepted, {busy} written without the check",
+        WRITERS * EACH
+    );
+}

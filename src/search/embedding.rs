@@ -35,6 +35,8 @@ pub enum EmbedError {
     Model(String),
     #[error("the embedding task did not finish: {0}")]
     Task(String),
+    #[error("the model is busy: no answer within {} ms", .0.as_millis())]
+    Busy(std::time::Duration),
 }
 
 /// Loaded once at start (App::build), shared as `Arc<Embedder>`.
@@ -42,8 +44,9 @@ pub struct Embedder {
     gated: Arc<Gated>,
     model_id: String,
     /// Async callers queue here, not on blocking threads: at most one of them holds a
-    /// blocking thread at a time.
-    running: Semaphore,
+    /// blocking thread at a time. The permit goes with the blocking task, so a caller that
+    /// stops waiting (a deadline) does not let a second batch onto a blocking thread beside it.
+    running: Arc<Semaphore>,
 }
 
 /// One batch at a time, whoever calls: the model already spreads a batch over the cores, and
@@ -85,7 +88,7 @@ impl Embedder {
                 gate: std::sync::Mutex::new(()),
             }),
             model_id,
-            running: Semaphore::new(1),
+            running: Arc::new(Semaphore::new(1)),
         })
     }
 
@@ -104,16 +107,20 @@ impl Embedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let _permit = self
+        let permit = self
             .running
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| EmbedError::Task(e.to_string()))?;
         let gated = self.gated.clone();
         let texts = texts.to_vec();
-        tokio::task::spawn_blocking(move || gated.embed(&texts))
-            .await
-            .map_err(|e| EmbedError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            gated.embed(&texts)
+        })
+        .await
+        .map_err(|e| EmbedError::Task(e.to_string()))?
     }
 
     /// `embed` on the caller's thread, for callers that are already off the runtime.

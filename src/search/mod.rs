@@ -15,7 +15,13 @@ use crate::store::{ItemKind, NewVector, Store};
 use embedding::{EmbedError, Embedder};
 use quantize::{Quantized, quantize};
 use std::sync::Arc;
+use std::time::Duration;
 use vectors::{Scored, VectorIndex};
+
+/// How long a request (a query, a new post's near-duplicate check) waits for the model
+/// before it goes on without it: the model runs one batch at a time, the indexer's included,
+/// and a flood must not stall posting or searching behind it.
+pub const REQUEST_EMBED_WAIT: Duration = Duration::from_millis(500);
 
 /// The near-duplicate check's window: the author's items of the last 24 hours, at most 50.
 pub const NEAR_DUPLICATE_WINDOW_MS: i64 = 24 * 3600 * 1000;
@@ -51,9 +57,17 @@ impl Semantic {
         self.index.model()
     }
 
-    /// Embeds one text (a query, or a post on the write path).
+    /// Embeds one text for a request (a query, or a post on the write path), waiting at most
+    /// `REQUEST_EMBED_WAIT`: `EmbedError::Busy` after that, and the caller goes on without.
     pub async fn embed_one(&self, text: String) -> Result<Vec<f32>, EmbedError> {
-        let mut v = self.embedder.embed(&[text]).await?;
+        let mut v =
+            match tokio::time::timeout(REQUEST_EMBED_WAIT, self.embedder.embed(&[text])).await {
+                Ok(v) => v?,
+                Err(_) => {
+                    self.metrics.search_embed_busy.inc();
+                    return Err(EmbedError::Busy(REQUEST_EMBED_WAIT));
+                }
+            };
         v.pop()
             .ok_or_else(|| EmbedError::Model("the model returned no vector".into()))
     }

@@ -8,6 +8,7 @@ use super::views::{
 use super::*;
 use crate::clock::now_ms;
 use crate::protocol::SearchInput;
+use crate::search::embedding::EmbedError;
 use crate::search::hybrid::{FUSE_DEPTH, SearchMode, fuse};
 use crate::search::quantize::{quantize, similarity_f32};
 use crate::search::vectors::Scored;
@@ -53,6 +54,15 @@ pub fn excerpt(text: &str) -> String {
     match flat.char_indices().nth(EXCERPT_CHARS) {
         Some((cut, _)) => format!("{}…", flat[..cut].trim_end()),
         None => flat,
+    }
+}
+
+/// A busy model is load, counted in `carapace_search_embed_busy_total` (a log line per
+/// request would flood the log when it matters); anything else is a fault.
+fn log_embed_failure(e: &EmbedError, what: &str) {
+    match e {
+        EmbedError::Busy(_) => tracing::debug!(error = %e, "embedding {what}"),
+        _ => tracing::warn!(error = %e, "embedding {what}"),
     }
 }
 
@@ -149,7 +159,7 @@ impl Service {
         let v = match sem.embed_one(q.to_string()).await {
             Ok(v) => v,
             Err(e) => {
-                tracing::warn!(error = %e, "embedding a query failed; answering with full-text search");
+                log_embed_failure(&e, "a query; answering with full-text search");
                 return Ok((SearchMode::Text, self.text_ranked(kind, q, limit).await?));
             }
         };
@@ -252,7 +262,7 @@ impl Service {
                 {
                     Ok(v) => Some((sem, quantize(&v))),
                     Err(e) => {
-                        tracing::warn!(error = %e, "embedding a post for related posts failed");
+                        log_embed_failure(&e, "a post for related posts");
                         None
                     }
                 },
@@ -325,7 +335,7 @@ impl Service {
         let v = match sem.embed_one(text).await {
             Ok(v) => v,
             Err(e) => {
-                tracing::warn!(error = %e, "embedding a new item failed; no near-duplicate check");
+                log_embed_failure(&e, "a new item; no near-duplicate check");
                 return Ok(None);
             }
         };

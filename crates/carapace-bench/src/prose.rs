@@ -35,7 +35,7 @@ impl Prose {
 
     pub fn post(&self, rng: &mut Rng) -> (String, String) {
         let title = cut_words(&self.sentence(rng), TITLE_CHARS);
-        let n = 2 + rng.below(4);
+        let n = 1 + rng.below(3);
         let body = (0..n)
             .map(|_| self.sentence(rng))
             .collect::<Vec<_>>()

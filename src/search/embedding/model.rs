@@ -86,9 +86,11 @@ impl Model {
         let mut out: Vec<Vector> = vec![Vec::new(); texts.len()];
         let mut rest = &order[..];
         while !rest.is_empty() {
-            // Sorted ascending: the last text taken sets the batch's width.
+            // Sorted ascending: the last text taken sets the batch's width. A batch stops
+            // where padding would waste more than a quarter of it, plus a little.
+            let len = |n: usize| encodings[rest[n - 1]].get_ids().len();
             let take = (1..=rest.len().min(BATCH))
-                .take_while(|&n| n * encodings[rest[n - 1]].get_ids().len() <= BATCH_PIECES)
+                .take_while(|&n| n * len(n) <= BATCH_PIECES && len(n) <= len(1) * 5 / 4 + 8)
                 .last()
                 .unwrap_or(1);
             let (chunk, tail) = rest.split_at(take);
