@@ -393,8 +393,9 @@ if [ "$SEARCH" = 1 ]; then
         indexer) CARAPACE_FLAGS=(--embedding-model "$MODEL" --near-duplicate-threshold off) ;;
         near-duplicates) CARAPACE_FLAGS=(--embedding-model "$MODEL") ;;
       esac
-      run_bench "post-path-$variant" fanout carapace 1 "${FANOUT[@]}"
-      run_bench "post-path-paced-$variant" fanout carapace 1 "${PACED[@]}"
+      # Prose payloads, different in every post: the near-duplicate check refuses repeats.
+      run_bench "post-path-$variant" fanout carapace 1 "${FANOUT[@]}" --prose
+      run_bench "post-path-paced-$variant" fanout carapace 1 "${PACED[@]}" --prose
     done
   done
   log "results"
