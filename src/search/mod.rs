@@ -15,7 +15,7 @@ use crate::store::{ItemKind, NewVector, Store};
 use embedding::{EmbedError, Embedder};
 use quantize::{Quantized, quantize};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vectors::{Scored, VectorIndex};
 
 /// How long a request (a query, a new post's near-duplicate check) waits for the model
@@ -36,7 +36,21 @@ pub struct Semantic {
     /// of its author's recent items; `None`: no check.
     pub near_duplicate: Option<f32>,
     metrics: Arc<Metrics>,
+    /// The last (indexed, pending) counts and when they were taken.
+    counts: tokio::sync::Mutex<Option<(Instant, Counts)>>,
 }
+
+/// How many items have a vector and how many wait for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub indexed: i64,
+    pub pending: i64,
+    /// When they were counted (ms since the Unix epoch).
+    pub at_ms: i64,
+}
+
+/// The public status counts every row: one count a second at most per replica, whoever asks.
+const COUNTS_FRESH: Duration = Duration::from_secs(1);
 
 impl Semantic {
     pub fn new(
@@ -50,7 +64,28 @@ impl Semantic {
             index,
             near_duplicate,
             metrics,
+            counts: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The index's counts, at most `COUNTS_FRESH` old: anyone may ask for them, and counting
+    /// scans every post and comment.
+    pub async fn counts(&self, store: &Store) -> crate::store::StoreResult<Counts> {
+        // Callers queue here while one counts, then share its answer.
+        let mut cached = self.counts.lock().await;
+        if let Some((at, c)) = *cached
+            && at.elapsed() < COUNTS_FRESH
+        {
+            return Ok(c);
+        }
+        let at_ms = crate::clock::now_ms();
+        let c = Counts {
+            indexed: store.indexed_count(self.model()).await?,
+            pending: store.pending_count(self.model()).await?,
+            at_ms,
+        };
+        *cached = Some((Instant::now(), c));
+        Ok(c)
     }
 
     pub fn model(&self) -> &str {

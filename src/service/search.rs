@@ -306,13 +306,18 @@ impl Service {
                 default_mode: SearchMode::Text.as_str().into(),
                 indexed: 0,
                 pending: 0,
+                counted_at: now_ms(),
             },
-            Some(sem) => SearchStatus {
-                model: Some(sem.model().to_string()),
-                default_mode: SearchMode::Hybrid.as_str().into(),
-                indexed: self.store.indexed_count(sem.model()).await?,
-                pending: self.store.pending_count(sem.model()).await?,
-            },
+            Some(sem) => {
+                let counts = sem.counts(&self.store).await?;
+                SearchStatus {
+                    model: Some(sem.model().to_string()),
+                    default_mode: SearchMode::Hybrid.as_str().into(),
+                    indexed: counts.indexed,
+                    pending: counts.pending,
+                    counted_at: counts.at_ms,
+                }
+            }
         })
     }
 

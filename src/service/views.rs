@@ -461,6 +461,9 @@ pub struct SearchStatus {
     pub indexed: i64,
     /// Visible posts and comments not embedded yet.
     pub pending: i64,
+    /// When `indexed` and `pending` were counted (ms since the Unix epoch): up to a second
+    /// ago, as a replica counts at most once a second.
+    pub counted_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -60,6 +60,8 @@ pub struct SearchReport {
 struct Status {
     indexed: u64,
     pending: u64,
+    /// When the hub counted (ms since the epoch; it keeps a count for up to a second).
+    counted_at: u64,
 }
 
 async fn status(base: &str) -> Result<(Option<String>, Status), BenchError> {
@@ -81,6 +83,7 @@ async fn status(base: &str) -> Result<(Option<String>, Status), BenchError> {
         Status {
             indexed: n("indexed"),
             pending: n("pending"),
+            counted_at: n("counted_at"),
         },
     ))
 }
@@ -204,9 +207,13 @@ async fn wait_indexed(base: &str, model: bool) -> Result<(f64, f64, Status), Ben
     if !model {
         return Ok((0.0, 0.0, first));
     }
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let mut last = first;
     let mut shown = Instant::now();
-    while last.pending > 0 {
+    // Counts from before the call may predate the last posts.
+    while last.pending > 0 || last.counted_at < since {
         if started.elapsed() > INDEX_WAIT {
             return Err(BenchError::Target(format!(
                 "the indexer still had {} items pending after {} s",
