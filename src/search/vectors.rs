@@ -270,6 +270,7 @@ impl VectorIndex {
 mod tests {
     use super::*;
     use crate::search::quantize::quantize;
+    use std::f32::consts::FRAC_1_SQRT_2;
 
     fn row(id: &str, v: &[f32], removed: bool) -> VectorRow {
         let q = quantize(v);
@@ -291,7 +292,7 @@ mod tests {
         ix.apply(&[
             row("x", &[1.0, 0.0, 0.0], false),
             row("y", &[0.0, 1.0, 0.0], false),
-            row("xy", &[0.7071, 0.7071, 0.0], false),
+            row("xy", &[FRAC_1_SQRT_2, FRAC_1_SQRT_2, 0.0], false),
             row("z", &[0.0, 0.0, 1.0], false),
             row("bad-dim", &[1.0, 0.0], false),
         ]);

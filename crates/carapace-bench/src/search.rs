@@ -266,7 +266,7 @@ async fn query(
                 if i >= total {
                     break;
                 }
-                let q = prose.query(&mut Rng::seeded(0x0E41_1E5 ^ i as u64));
+                let q = prose.query(&mut Rng::seeded(0x00E4_11E5 ^ i as u64));
                 for (m, mode) in MODES.iter().enumerate() {
                     let t = Instant::now();
                     let r = c
