@@ -12,6 +12,7 @@ mod model;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use thiserror::Error;
 use tokio::sync::Semaphore;
 
@@ -35,8 +36,8 @@ pub enum EmbedError {
     Model(String),
     #[error("the embedding task did not finish: {0}")]
     Task(String),
-    #[error("the model is busy: no answer within {} ms", .0.as_millis())]
-    Busy(std::time::Duration),
+    #[error("the model is busy: the request went on without it")]
+    Busy,
 }
 
 /// Loaded once at start (App::build), shared as `Arc<Embedder>`.
@@ -47,6 +48,8 @@ pub struct Embedder {
     /// blocking thread at a time. The permit goes with the blocking task, so a caller that
     /// stops waiting (a deadline) does not let a second batch onto a blocking thread beside it.
     running: Arc<Semaphore>,
+    /// Callers of `embed` waiting or running now.
+    queued: Arc<AtomicUsize>,
 }
 
 /// One batch at a time, whoever calls: the model already spreads a batch over the cores, and
@@ -89,6 +92,7 @@ impl Embedder {
             }),
             model_id,
             running: Arc::new(Semaphore::new(1)),
+            queued: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -101,12 +105,18 @@ impl Embedder {
         self.gated.model.dim()
     }
 
+    /// Callers of `embed` queued or running now (not the indexer's own thread).
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// One unit vector per text, in order. A text longer than the model takes is cut, not
     /// refused (the model sees its first 256 word pieces for MiniLM).
     pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vector>, EmbedError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        let queued = Queued::enter(&self.queued);
         let permit = self
             .running
             .clone()
@@ -117,6 +127,7 @@ impl Embedder {
         let texts = texts.to_vec();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            let _queued = queued;
             gated.embed(&texts)
         })
         .await
@@ -126,5 +137,21 @@ impl Embedder {
     /// `embed` on the caller's thread, for callers that are already off the runtime.
     pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vector>, EmbedError> {
         self.gated.embed(texts)
+    }
+}
+
+/// Counts a caller of `embed` from its call until its batch has run (or it gave up).
+struct Queued(Arc<AtomicUsize>);
+
+impl Queued {
+    fn enter(n: &Arc<AtomicUsize>) -> Queued {
+        n.fetch_add(1, Ordering::Relaxed);
+        Queued(n.clone())
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

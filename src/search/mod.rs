@@ -23,6 +23,11 @@ use vectors::{Scored, VectorIndex};
 /// and a flood must not stall posting or searching behind it.
 pub const REQUEST_EMBED_WAIT: Duration = Duration::from_millis(500);
 
+/// Requests already queued for the model from which the next one does not queue at all: a
+/// session's commands run one after another, so under a flood each post waiting out the
+/// whole `REQUEST_EMBED_WAIT` would hold its session's next ones up in turn.
+pub const REQUEST_EMBED_QUEUE: usize = 2;
+
 /// The near-duplicate check's window: the author's items of the last 24 hours, at most 50.
 pub const NEAR_DUPLICATE_WINDOW_MS: i64 = 24 * 3600 * 1000;
 pub const NEAR_DUPLICATE_ITEMS: i64 = 50;
@@ -93,14 +98,19 @@ impl Semantic {
     }
 
     /// Embeds one text for a request (a query, or a post on the write path), waiting at most
-    /// `REQUEST_EMBED_WAIT`: `EmbedError::Busy` after that, and the caller goes on without.
+    /// `REQUEST_EMBED_WAIT`, and not at all behind `REQUEST_EMBED_QUEUE` others:
+    /// `EmbedError::Busy` then, and the caller goes on without.
     pub async fn embed_one(&self, text: String) -> Result<Vec<f32>, EmbedError> {
+        if self.embedder.queued() >= REQUEST_EMBED_QUEUE {
+            self.metrics.search_embed_busy.inc();
+            return Err(EmbedError::Busy);
+        }
         let mut v =
             match tokio::time::timeout(REQUEST_EMBED_WAIT, self.embedder.embed(&[text])).await {
                 Ok(v) => v?,
                 Err(_) => {
                     self.metrics.search_embed_busy.inc();
-                    return Err(EmbedError::Busy(REQUEST_EMBED_WAIT));
+                    return Err(EmbedError::Busy);
                 }
             };
         v.pop()

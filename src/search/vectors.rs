@@ -319,48 +319,4 @@ mod tests {
         assert_eq!(ids(ix.search(ItemKind::Post, &q, 1, None)), ["z"]);
         assert_eq!(ix.len(ItemKind::Post), 3);
     }
-
-    /// Search latency over 100,000 posts of 384 dimensions (random unit vectors: the scan's
-    /// cost does not depend on what they mean). Run in a release build:
-    /// `cargo test --release --lib search::vectors -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn scan_p95_over_100k_posts() {
-        let (n, dim) = (100_000, 384);
-        let mut seed = 0x9e3779b97f4a7c15u64;
-        let mut unit = || {
-            let v: Vec<f32> = (0..dim)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                })
-                .collect();
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.into_iter().map(|x| x / norm).collect::<Vec<f32>>()
-        };
-        let ix = VectorIndex::new("m", dim);
-        for i in 0..n {
-            ix.insert(ItemKind::Post, &format!("post-{i:06}"), &quantize(&unit()));
-        }
-        let mut times: Vec<f64> = (0..200)
-            .map(|_| {
-                let q = quantize(&unit());
-                let t = std::time::Instant::now();
-                let hits = ix.search(ItemKind::Post, &q, 60, None);
-                assert_eq!(hits.len(), 60);
-                t.elapsed().as_secs_f64() * 1000.0
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        let p = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-        println!(
-            "exact int8 scan, {n} x {dim}: p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
-            p(0.5),
-            p(0.95),
-            p(0.99)
-        );
-        assert!(p(0.95) < 50.0);
-    }
 }

@@ -61,7 +61,7 @@ pub fn excerpt(text: &str) -> String {
 /// request would flood the log when it matters); anything else is a fault.
 fn log_embed_failure(e: &EmbedError, what: &str) {
     match e {
-        EmbedError::Busy(_) => tracing::debug!(error = %e, "embedding {what}"),
+        EmbedError::Busy => tracing::debug!(error = %e, "embedding {what}"),
         _ => tracing::warn!(error = %e, "embedding {what}"),
     }
 }

@@ -119,7 +119,16 @@ pub async fn run(
         );
     }
 
-    let modes = query(params, plan, &ws, prose).await?;
+    // The index may have taken longer than the tokens live.
+    let mut tokens = Vec::with_capacity(plan.keys.len());
+    for key in &plan.keys {
+        tokens.push(
+            client::agent_token(&base, key)
+                .await
+                .map_err(|e| BenchError::Setup(format!("a fresh token: {e}")))?,
+        );
+    }
+    let modes = query(params, &tokens, &ws, prose).await?;
     for m in &modes {
         println!(
             "{:>8}: {} queries, p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {:.1} results each, {} fell back, {} errors",
@@ -246,14 +255,14 @@ struct Tally {
 /// machine), over `params.search_concurrency` sessions.
 async fn query(
     params: &Params,
-    plan: &Plan,
+    tokens: &[String],
     ws: &str,
     prose: Arc<Prose>,
 ) -> Result<Vec<ModeStats>, BenchError> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for s in 0..params.search_concurrency {
-        let token = plan.token(s).map(str::to_string);
+        let token = tokens.get(s % tokens.len().max(1)).cloned();
         let (ws, prose, next) = (ws.to_string(), prose.clone(), next.clone());
         let total = params.queries;
         tasks.spawn(async move {

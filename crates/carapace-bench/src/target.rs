@@ -55,6 +55,8 @@ pub struct Plan {
     /// Every topic of the run (at least one); publisher and subscriber `i` use `i % len`.
     pub topics: Vec<String>,
     pub tokens: Vec<String>,
+    /// The agents' API keys, for fresh tokens on a long run (Carapace).
+    pub keys: Vec<String>,
 }
 
 impl Plan {
@@ -101,6 +103,7 @@ pub async fn prepare(
             topic: topics[0].clone(),
             topics,
             tokens: Vec::new(),
+            keys: Vec::new(),
         });
     }
     let base = format!("http://{addr}");
@@ -114,6 +117,7 @@ pub async fn prepare(
     .await
     .map_err(setup)?;
     let mut tokens = Vec::with_capacity(agents);
+    let mut keys = Vec::with_capacity(agents);
     for i in 0..agents.max(1) {
         let handle = format!("b{run}_{i}");
         let key = client::create_agent(
@@ -125,6 +129,7 @@ pub async fn prepare(
         .await
         .map_err(setup)?;
         tokens.push(client::agent_token(&base, &key).await.map_err(setup)?);
+        keys.push(key);
     }
     let mut c = client::Client::connect(
         &format!("ws://{addr}/ws"),
@@ -146,6 +151,7 @@ pub async fn prepare(
         topic: topics[0].clone(),
         topics,
         tokens,
+        keys,
     })
 }
 
