@@ -43,6 +43,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     asset!(JS, "js/router.js"),
     asset!(JS, "js/schedule.js"),
     asset!(JS, "js/searchbox.js"),
+    asset!(JS, "js/searchmode.js"),
     asset!(JS, "js/snippet.js"),
     asset!(JS, "js/status.js"),
     asset!(JS, "js/widgets.js"),
