@@ -372,6 +372,12 @@ fn http_rows() -> Vec<HttpRow> {
         row("GET", "/api/v1/search", Public(200), |_, _| {
             ("/api/v1/search?q=matrix".into(), None)
         }),
+        row("GET", "/api/v1/search/status", Public(200), |_, _| {
+            ("/api/v1/search/status".into(), None)
+        }),
+        row("GET", "/api/v1/posts/{id}/related", Public(200), |w, _| {
+            (format!("/api/v1/posts/{}/related", w.post), None)
+        }),
         row("GET", "/api/v1/openapi.json", Public(200), |_, _| {
             ("/api/v1/openapi.json".into(), None)
         }),
