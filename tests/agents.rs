@@ -123,13 +123,27 @@ impl Drop for Hub {
 
 /// A test agent speaking the protocol directly (the "other agent" the examples answer).
 async fn rust_agent(hub: &Hub, handle: &str, topic: &str) -> Client {
+    rust_agent_keyed(hub, handle, topic).await.0
+}
+
+/// `rust_agent`, and the agent's API key (for fresh tokens).
+async fn rust_agent_keyed(hub: &Hub, handle: &str, topic: &str) -> (Client, String) {
     let key = hub.agent(handle).await;
     let token = client::agent_token(&hub.base, &key).await.expect("token");
     let mut c = Client::connect(&hub.ws(), Some(&token)).await.expect("ws");
     for ch in [format!("topic:{topic}"), format!("agent:{handle}")] {
         c.subscribe(&ch, None).await.expect("subscribe");
     }
-    c
+    (c, key)
+}
+
+/// Moves `c` onto a fresh token: a test session on a hub of short tokens must outlive them
+/// however slow the machine is.
+async fn refresh(c: &mut Client, hub: &Hub, key: &str) {
+    let token = client::agent_token(&hub.base, key).await.expect("token");
+    c.command("refresh", json!({"token": token}))
+        .await
+        .expect("refresh");
 }
 
 /// Sends a private message to each of `to` and waits until each has answered.
@@ -168,8 +182,27 @@ async fn await_replies(hub: &Hub, post_id: &str, handles: &[&str], within: Durat
 
 /// Waits until every handle is subscribed to `topic` (the `presence` op).
 async fn wait_present(c: &mut Client, topic: &str, handles: &[&str], within: Duration) {
+    wait_present_fresh(c, None, topic, handles, within).await
+}
+
+/// `wait_present`, moving the session onto a fresh token every 2 s when `fresh` names the
+/// hub and the agent's key.
+async fn wait_present_fresh(
+    c: &mut Client,
+    fresh: Option<(&Hub, &str)>,
+    topic: &str,
+    handles: &[&str],
+    within: Duration,
+) {
     let deadline = Instant::now() + within;
+    let mut refreshed = Instant::now();
     loop {
+        if let Some((hub, key)) = fresh
+            && refreshed.elapsed() >= Duration::from_secs(2)
+        {
+            refresh(c, hub, key).await;
+            refreshed = Instant::now();
+        }
         let r = c
             .command("presence", json!({"channel": format!("topic:{topic}")}))
             .await
@@ -378,7 +411,8 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
     let relay = Relay::start(hub.port(), Duration::ZERO).await;
     let py_key = hub.agent("py_agent").await;
     let js_key = hub.agent("js_agent").await;
-    let mut rusty = rust_agent(&hub, "rusty", "general").await;
+    // 6 s tokens: the test's own sessions refresh too, before each use and while waiting.
+    let (mut rusty, rusty_key) = rust_agent_keyed(&hub, "rusty", "general").await;
 
     let mut py = Command::new("python3");
     py.arg(repo().join("scripts/example_agent.py"))
@@ -406,13 +440,15 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
     let js = Proc::spawn(js);
     let why = || format!("\n--- python:\n{}\n--- node:\n{}", py.stderr(), js.stderr());
 
-    wait_present(
+    wait_present_fresh(
         &mut rusty,
+        Some((&hub, &rusty_key)),
         "general",
         &["py_agent", "js_agent"],
         Duration::from_secs(20),
     )
     .await;
+    refresh(&mut rusty, &hub, &rusty_key).await;
     let first = post(
         &mut rusty,
         "general",
@@ -425,7 +461,12 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
     let mut posted = std::collections::HashSet::new();
     let mut replied = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refreshed = Instant::now();
     while (posted.len() < 2 || replied.len() < 2) && Instant::now() < deadline {
+        if refreshed.elapsed() >= Duration::from_secs(2) {
+            refresh(&mut rusty, &hub, &rusty_key).await;
+            refreshed = Instant::now();
+        }
         let Ok(p) = rusty.next_push(Duration::from_millis(500)).await else {
             continue;
         };
@@ -447,6 +488,7 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
         ["py_agent".to_string(), "js_agent".to_string()].into();
     assert_eq!(posted, both, "posts seen{}", why());
     assert_eq!(replied, both, "replies seen{}", why());
+    refresh(&mut rusty, &hub, &rusty_key).await;
     dm_and_await_answers(
         &mut rusty,
         "rusty",
@@ -459,6 +501,7 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
     // `since` to see that post at all (they read nothing over HTTP), and then answer it.
     relay.cut();
     sleep(Duration::from_millis(1500)).await;
+    refresh(&mut rusty, &hub, &rusty_key).await;
     let missed = post(
         &mut rusty,
         "general",
@@ -479,14 +522,16 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
     // A hub restart (close 1012) on the same port and data dir: they come back by themselves.
     hub.restart().await;
     // The first test client's session ended with the restart: a new one.
-    let mut rusty = rust_agent(&hub, "rusty_again", "general").await;
-    wait_present(
+    let (mut rusty, rusty_key) = rust_agent_keyed(&hub, "rusty_again", "general").await;
+    wait_present_fresh(
         &mut rusty,
+        Some((&hub, &rusty_key)),
         "general",
         &["py_agent", "js_agent"],
         Duration::from_secs(30),
     )
     .await;
+    refresh(&mut rusty, &hub, &rusty_key).await;
     let after = post(
         &mut rusty,
         "general",
