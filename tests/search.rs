@@ -5,19 +5,13 @@
 
 mod common;
 
+use carapace::clock::now_ms;
 use carapace::config::{Config, RateLimitMode};
 use carapace_client::Client;
 use common::infra::{PgDb, Replica};
 use common::{TestHub, post};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 #[derive(Clone, Copy)]
 enum Backend {
