@@ -78,7 +78,11 @@ pub struct Metrics {
     pub command_latency: Histogram,
     pub bus_errors: Counter,
     pub db_errors: Counter,
+    /// Events read from the store because a gap in a channel's seqs stayed open.
     pub gap_fills: Counter,
+    /// Events read from the store by a resync: after the bus reconnected, or the periodic
+    /// sweep that catches what a silently lost message left behind.
+    pub resync_fetches: Counter,
     /// 1 while the Redis bus is connected (absent without Redis: always 1 then).
     pub bus_up: Gauge,
     pub bus_reconnects: Counter,
@@ -174,6 +178,12 @@ impl Metrics {
             "counter",
             "Events fetched from the store to fill a sequence gap.",
             self.gap_fills.get().to_string(),
+        );
+        line(
+            "carapace_resync_fetches_total",
+            "counter",
+            "Events fetched from the store by a resync (bus reconnect or periodic sweep).",
+            self.resync_fetches.get().to_string(),
         );
         line(
             "carapace_bus_up",

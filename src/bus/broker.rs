@@ -37,6 +37,9 @@ pub trait BusHandler: Send + Sync {
     fn on_control(&self, control: Control);
     /// The bus lost messages (a reconnect): everything live must catch up from the Store.
     fn on_resync(&self);
+    /// The periodic check for a loss nothing else reveals (a replica that died between its
+    /// commit and its publish): channels quiet since the last sweep catch up from the Store.
+    fn on_sweep(&self);
 }
 
 /// The publishing side of the bus. It owns its `BusHandler` from construction on: this

@@ -50,5 +50,6 @@ pub(crate) mod recorder {
             self.controls.lock().unwrap().push(control);
         }
         fn on_resync(&self) {}
+        fn on_sweep(&self) {}
     }
 }

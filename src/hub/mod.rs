@@ -42,6 +42,15 @@ const RETRY_WAIT: Duration = Duration::from_millis(500);
 /// second of a busy two-core replica's writing.
 const MAX_FAN_OUT_BACKLOG: usize = 256 * 1024;
 
+/// Why the Hub reads a channel's events from the Store, counted apart: a gap fill means
+/// the bus delivered out of order or lost a message; a resync is routine after a reconnect
+/// and on the sweep.
+#[derive(Debug, Clone, Copy)]
+enum CatchUp {
+    GapFill,
+    Resync,
+}
+
 /// Why a subscription could not begin.
 #[derive(Debug, Error)]
 pub enum SubscribeError {
@@ -443,6 +452,19 @@ impl Hub {
         });
     }
 
+    /// Catches `todo`'s channels up from the Store, one after another, off the caller.
+    fn spawn_resync(&self, todo: Vec<(Channel, u64)>) {
+        let Some(hub) = self.me.upgrade() else { return };
+        if todo.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for (ch, from) in todo {
+                hub.catch_up(&ch, from, CatchUp::Resync).await;
+            }
+        });
+    }
+
     fn schedule_gap_fill(&self, channel: Channel) {
         let Some(hub) = self.me.upgrade() else { return };
         tokio::spawn(async move {
@@ -452,19 +474,23 @@ impl Hub {
                 .get_mut(&channel)
                 .and_then(|mut st| st.seq.take_gap_fill());
             if let Some(from) = from {
-                hub.catch_up(&channel, from).await;
+                hub.catch_up(&channel, from, CatchUp::GapFill).await;
             }
         });
     }
 
     /// Reads the channel's events after `from` from the History and feeds them through the
     /// normal path, which drops what was delivered already.
-    async fn catch_up(&self, channel: &Channel, mut from: u64) {
+    async fn catch_up(&self, channel: &Channel, mut from: u64, why: CatchUp) {
+        let fetched = match why {
+            CatchUp::GapFill => &self.metrics.gap_fills,
+            CatchUp::Resync => &self.metrics.resync_fetches,
+        };
         loop {
             match self.history.after(channel, from, history::PAGE).await {
                 Ok(events) => {
                     let n = events.len();
-                    self.metrics.gap_fills.add(n as u64);
+                    fetched.add(n as u64);
                     for ev in events {
                         from = ev.seq;
                         self.on_event(ev);
@@ -496,8 +522,8 @@ impl BusHandler for Hub {
             self.channels.entry(channel.clone()).or_insert_with(|| {
                 self.schedule_firehose_start(channel.clone());
                 ChannelState {
-                    subs: Subscribers::default(),
                     seq: Sequence::starting(),
+                    ..ChannelState::default()
                 }
             })
         } else {
@@ -546,16 +572,24 @@ impl BusHandler for Hub {
     }
 
     fn on_resync(&self) {
-        let Some(hub) = self.me.upgrade() else { return };
         let todo: Vec<(Channel, u64)> = self
             .channels
             .iter()
             .filter_map(|e| e.seq.resume_after().map(|from| (e.key().clone(), from)))
             .collect();
-        tokio::spawn(async move {
-            for (ch, from) in todo {
-                hub.catch_up(&ch, from).await;
-            }
-        });
+        self.spawn_resync(todo);
+    }
+
+    fn on_sweep(&self) {
+        let todo: Vec<(Channel, u64)> = self
+            .channels
+            .iter_mut()
+            .filter_map(|mut e| {
+                e.seq
+                    .quiet_since_last_sweep()
+                    .map(|from| (e.key().clone(), from))
+            })
+            .collect();
+        self.spawn_resync(todo);
     }
 }

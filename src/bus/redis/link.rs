@@ -230,7 +230,7 @@ impl Shared {
                     Some(op) => apply(&mut sink, op).await?,
                     None => return Err("subscription queue overflowed; rebuilding".into()),
                 },
-                _ = sweep.tick() => handler.on_resync(),
+                _ = sweep.tick() => handler.on_sweep(),
                 _ = ping.tick() => {
                     // In subscribed mode Redis answers PING with an array, not a status string.
                     command(sink.ping::<redis::Value>()).await?;

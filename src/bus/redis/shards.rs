@@ -383,7 +383,7 @@ impl Shared {
                     }
                     None => return Err("subscription queue overflowed; rebuilding".into()),
                 },
-                _ = sweep.tick() => handler.on_resync(),
+                _ = sweep.tick() => handler.on_sweep(),
                 _ = ping.tick() => {
                     // What arrived while this task was busy counts as heard.
                     while let Ok(f) = frames.try_recv() {
