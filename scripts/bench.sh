@@ -115,7 +115,8 @@ stop_pid() {
 # --- what the servers need ---
 log "building (release)"
 cargo build --release --quiet
-BIN=$ROOT/target/release/carapace
+# CARAPACE_BIN: another build to measure (a before-and-after comparison), same flags.
+BIN=${CARAPACE_BIN:-$ROOT/target/release/carapace}
 
 if ! command -v nats-server >/dev/null || ! command -v redis-server >/dev/null || ! command -v node >/dev/null; then
   log "installing nats-server, redis-server, nodejs"

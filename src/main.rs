@@ -231,8 +231,28 @@ fn init_telemetry(
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    keep_model_threads_ours();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run())
+}
+
+/// candle runs its elementwise kernels on a global thread of its own, made by whichever
+/// thread first uses the model: with a request's priority or the niced indexer's, by chance,
+/// and spinning between kernels. With `CANDLE_NUM_THREADS=1` there is no such thread, and
+/// every kernel runs on the threads of the pass that calls it (src/search/embedding.rs).
+/// An operator's own setting stands.
+fn keep_model_threads_ours() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: called first thing in `main`, before any other thread exists.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => serve(cli.serve).await,

@@ -5,7 +5,7 @@
 
 mod common;
 
-use carapace::search::embedding::{EmbedError, Embedder, Vector};
+use carapace::search::embedding::{EmbedError, Embedder, Priority, Vector};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -100,7 +100,10 @@ async fn matches_the_reference_implementation_alone_and_in_batches() {
 
     // One text at a time: no padding at all.
     let worst = compare(&reference, |t| {
-        embedder.embed_blocking(&[t.to_string()]).unwrap().remove(0)
+        embedder
+            .embed_blocking(&[t.to_string()], Priority::Background)
+            .unwrap()
+            .remove(0)
     });
     println!("one by one: largest deviation from the reference {worst:.2e}");
 

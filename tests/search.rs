@@ -422,16 +422,7 @@ async fn no_model_then_backfill_at_start(backend: Backend) {
     );
     drop(w);
 
-    hub.stop().await;
-    let mut config = Config::for_tests(&hub.dir);
-    configure(&mut config, pg.as_ref().map(|p| p.url.clone()), true);
-    let app = carapace::App::build(config)
-        .await
-        .expect("hub restarts")
-        .spawn();
-    hub.base = format!("http://{}", app.addr);
-    hub.ws = format!("ws://{}/ws", app.addr);
-    hub.app = Some(app);
+    restart_with_model(&mut hub, pg.as_ref()).await;
     let status = indexed(&hub.base).await;
     assert_eq!(
         status["indexed"], 3,
@@ -444,6 +435,71 @@ async fn no_model_then_backfill_at_start(backend: Backend) {
     .await;
     assert_eq!(r["mode"], "hybrid");
     assert_eq!(found(&r)[0], crabs);
+}
+
+/// Stops `hub` and starts it again on the same data, now with the model: its indexer
+/// backfills everything written before.
+async fn restart_with_model(hub: &mut TestHub, pg: Option<&PgDb>) {
+    hub.stop().await;
+    let mut config = Config::for_tests(&hub.dir);
+    configure(&mut config, pg.map(|p| p.url.clone()), true);
+    let app = carapace::App::build(config)
+        .await
+        .expect("hub restarts")
+        .spawn();
+    hub.base = format!("http://{}", app.addr);
+    hub.ws = format!("ws://{}/ws", app.addr);
+    hub.app = Some(app);
+}
+
+/// Queries during a backfill get the model before the indexer's next pass: they are
+/// answered by meaning, not sent back to full text for a busy model (as they were when the
+/// indexer held the model for a whole batch at a time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_go_before_the_indexer_during_a_backfill() {
+    const POSTS: usize = 150;
+    let (mut hub, _pg) = start(Backend::Sqlite, false).await;
+    let (_, t) = hub.agent("writer").await;
+    let mut w = hub.connect(Some(&t)).await;
+    topic(&mut w, "tides").await;
+    for i in 0..POSTS {
+        // About 100 word pieces each: one post per indexer pass.
+        let body: String = (0..12)
+            .map(|k| format!("note {i} on tide {k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        post(&mut w, "tides", &format!("Tide log {i}"), &body).await;
+    }
+    drop(w);
+    restart_with_model(&mut hub, None).await;
+    let (mut modes, mut asked) = (std::collections::BTreeMap::new(), 0);
+    loop {
+        let status = search(&hub, "/api/v1/search/status").await;
+        if status["pending"] == 0 || asked == 40 {
+            break;
+        }
+        let r = search(
+            &hub,
+            "/api/v1/search?q=when%20the%20sea%20comes%20back%20in",
+        )
+        .await;
+        *modes
+            .entry(r["mode"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+        asked += 1;
+    }
+    let status = search(&hub, "/api/v1/search/status").await;
+    println!("{asked} queries during the backfill answered in {modes:?}; then {status}");
+    assert!(
+        asked >= 10,
+        "the backfill ended before 10 queries: {status}"
+    );
+    let hybrid = modes.get("hybrid").copied().unwrap_or(0);
+    assert!(
+        hybrid * 10 >= asked * 9,
+        "queries fell back to full text behind the indexer: {modes:?}"
+    );
+    indexed(&hub.base).await;
 }
 
 /// Two replicas on one PostgreSQL database: one indexes (the advisory lock's holder); killed,

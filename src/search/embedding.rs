@@ -3,12 +3,18 @@
 //! nothing fetched over the network. It owns the model and when it runs; what is embedded,
 //! stored and ranked belongs to the rest of `search`.
 //!
-//! The model is CPU-bound: `embed` runs it on tokio's blocking pool, one batch at a time behind
-//! a semaphore, so that neither the runtime's workers nor the cores are taken over by it.
+//! The model is CPU-bound and runs one forward pass at a time (`gate`), requests before the
+//! indexer. Its passes spread over threads of their own: requests' at normal priority, the
+//! indexer's niced, so that on a busy machine the hub's threads win over the indexer (which
+//! lags instead) but not over someone's query. Requests queue on a semaphore, not on blocking
+//! threads, so neither the runtime's workers nor tokio's blocking pool fill up with them.
 
 mod bert;
+mod gate;
 mod layout;
 mod model;
+
+pub use gate::Priority;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +46,12 @@ pub enum EmbedError {
     Busy,
 }
 
+/// Padded word pieces in one of the indexer's forward passes. A request waits for the pass
+/// that is running, and on this model larger passes hardly raise the indexer's throughput
+/// (a CPU does about as many pieces a second either way), so passes stay short: one or two
+/// posts, tens of milliseconds on two cores. (Requests embed one text.)
+const BACKGROUND_PIECES: usize = 128;
+
 /// Loaded once at start (App::build), shared as `Arc<Embedder>`.
 pub struct Embedder {
     gated: Arc<Gated>,
@@ -52,22 +64,48 @@ pub struct Embedder {
     queued: Arc<AtomicUsize>,
 }
 
-/// One batch at a time, whoever calls: the model already spreads a batch over the cores, and
-/// a second one alongside would only make both slower.
+/// The model, whose turns the gate hands out, and the threads its passes run on.
 struct Gated {
     model: model::Model,
-    gate: std::sync::Mutex<()>,
+    gate: gate::Gate,
+    requests: rayon::ThreadPool,
+    background: rayon::ThreadPool,
 }
 
 impl Gated {
-    fn embed(&self, texts: &[String]) -> Result<Vec<Vector>, EmbedError> {
-        // A panic inside the model leaves nothing half-written behind the gate.
-        let _turn = self
-            .gate
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.model.embed(texts)
+    /// Blocks the calling thread until `texts` are embedded, on `who`'s threads and turns.
+    fn embed(&self, texts: &[String], who: Priority) -> Result<Vec<Vector>, EmbedError> {
+        let (pool, pieces) = match who {
+            Priority::Request => (&self.requests, model::BATCH_PIECES),
+            Priority::Background => (&self.background, BACKGROUND_PIECES),
+        };
+        // The kernels split each pass over the pool they are called from.
+        pool.install(|| self.model.embed(texts, pieces, || self.gate.enter(who)))
     }
+}
+
+/// A pool of one thread per core for the model's passes; `nice` lowers its threads' CPU
+/// priority by that much.
+fn pool(name: &'static str, nice: i32) -> Result<rayon::ThreadPool, EmbedError> {
+    rayon::ThreadPoolBuilder::new()
+        .thread_name(move |i| format!("carapace-{name}-{i}"))
+        .start_handler(move |_| lower_priority(nice))
+        .build()
+        .map_err(|e| EmbedError::Model(format!("cannot start the model's threads: {e}")))
+}
+
+/// Lowers the calling thread's CPU priority by `nice` (Linux: priorities are per thread).
+fn lower_priority(nice: i32) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if nice != 0 {
+        // SAFETY: setpriority on this thread's own id; no memory is touched.
+        unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = nice;
 }
 
 impl std::fmt::Debug for Embedder {
@@ -88,7 +126,10 @@ impl Embedder {
         Ok(Embedder {
             gated: Arc::new(Gated {
                 model,
-                gate: std::sync::Mutex::new(()),
+                gate: gate::Gate::default(),
+                requests: pool("model", 0)?,
+                // The hub's own threads win the CPU when both want it.
+                background: pool("indexer", 10)?,
             }),
             model_id,
             running: Arc::new(Semaphore::new(1)),
@@ -110,8 +151,8 @@ impl Embedder {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// One unit vector per text, in order. A text longer than the model takes is cut, not
-    /// refused (the model sees its first 256 word pieces for MiniLM).
+    /// One unit vector per text, in order, for a request. A text longer than the model takes
+    /// is cut, not refused (the model sees its first 256 word pieces for MiniLM).
     pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vector>, EmbedError> {
         if texts.is_empty() {
             return Ok(Vec::new());
@@ -128,15 +169,20 @@ impl Embedder {
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _queued = queued;
-            gated.embed(&texts)
+            gated.embed(&texts, Priority::Request)
         })
         .await
         .map_err(|e| EmbedError::Task(e.to_string()))?
     }
 
-    /// `embed` on the caller's thread, for callers that are already off the runtime.
-    pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vector>, EmbedError> {
-        self.gated.embed(texts)
+    /// `embed` blocking the caller's thread, for callers that are already off the runtime:
+    /// the indexer (`Priority::Background`), or a tool.
+    pub fn embed_blocking(
+        &self,
+        texts: &[String],
+        who: Priority,
+    ) -> Result<Vec<Vector>, EmbedError> {
+        self.gated.embed(texts, who)
     }
 }
 

@@ -8,13 +8,14 @@
 //!   state are one loop; the floor trails the clock by `LOOKBACK_MS` for transactions that
 //!   commit after younger ones, and drops to zero every `SWEEP_EVERY` as a safety net. An
 //!   item whose embedding or write fails is logged and retried with backoff apart from the
-//!   rest. The model runs on a thread of its own at a lower CPU priority, so the hub's own
-//!   threads come first on a busy machine (the indexer lags instead).
+//!   rest. The model runs its passes for the indexer at a lower CPU priority and only when
+//!   no request waits for it (`embedding`), so the hub's own threads and queries come first
+//!   on a busy machine (the indexer lags instead).
 //! - refreshing this replica's in-memory vectors from the Store (vectors indexed by another
 //!   replica, tombstones of removed items).
 
 use super::Semantic;
-use super::embedding::{EmbedError, Embedder, Vector};
+use super::embedding::{EmbedError, Embedder, Priority, Vector};
 use super::quantize::quantize;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
@@ -68,10 +69,9 @@ impl Worker {
         std::thread::Builder::new()
             .name("carapace-indexer".into())
             .spawn(move || {
-                lower_priority();
                 // Ends when the indexer (the sender) is gone.
                 while let Ok((texts, reply)) = rx.recv() {
-                    let _ = reply.send(embedder.embed_blocking(&texts));
+                    let _ = reply.send(embedder.embed_blocking(&texts, Priority::Background));
                 }
             })?;
         Ok(Worker { jobs })
@@ -84,16 +84,6 @@ impl Worker {
             .map_err(|_| EmbedError::Model("the indexer's model thread has stopped".into()))?;
         rx.await
             .map_err(|_| EmbedError::Model("the indexer's model thread has stopped".into()))?
-    }
-}
-
-/// Nice 10 for the calling thread: the hub's threads win the CPU when both want it.
-fn lower_priority() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: setpriority on this thread's own id; no memory is touched.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
     }
 }
 

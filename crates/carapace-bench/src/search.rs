@@ -2,7 +2,8 @@
 //! agents' Markov chain over their shipped corpora), waits until the hub's indexer has
 //! embedded everything (`GET /api/v1/search/status`), then sends `--queries` searches in each
 //! mode over WebSocket sessions and reports per-mode latency. The indexer's throughput is read
-//! off the status while it catches up after the seeding.
+//! off the status while it catches up after the seeding, and the same queries run meanwhile
+//! too: what a searcher sees while the indexer has the model busy.
 
 use crate::prose::Prose;
 use crate::stats::Histogram;
@@ -14,7 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The modes measured, in the order each query is sent in.
@@ -53,6 +54,9 @@ pub struct SearchReport {
     pub indexer_items_per_s: f64,
     pub concurrency: usize,
     pub modes: Vec<ModeStats>,
+    /// The queries sent while the indexer caught up (empty without a model), stopped when
+    /// it had: fewer than `--queries` if it caught up first.
+    pub while_indexing: Vec<ModeStats>,
 }
 
 /// The hub's `GET /api/v1/search/status`.
@@ -111,27 +115,65 @@ pub async fn run(
     let seed_posts_per_s = seeded as f64 / seed_secs.max(1e-9);
     println!("seeded {seeded} posts in {seed_secs:.1} s ({seed_posts_per_s:.0} posts/s)");
 
-    let (catch_up, rate, after) = wait_indexed(&base, model.is_some()).await?;
+    // Queries run beside the catch-up until it ends; their sessions open with tokens taken
+    // now, the ones after it with fresh tokens (the index may outlive the first ones).
+    let indexing = Arc::new(AtomicBool::new(model.is_some()));
+    let busy = async {
+        if model.is_none() {
+            return Ok(Vec::new());
+        }
+        let tokens = fresh_tokens(&base, plan).await?;
+        query(params, &tokens, &ws, prose.clone(), Some(indexing.clone())).await
+    };
+    let caught_up = async {
+        let r = wait_indexed(&base, model.is_some()).await;
+        indexing.store(false, Ordering::Relaxed);
+        r
+    };
+    let (while_indexing, caught_up) = tokio::join!(busy, caught_up);
+    let (catch_up, rate, after) = caught_up?;
+    let while_indexing = while_indexing?;
     if model.is_some() {
         println!(
             "indexer caught up {catch_up:.1} s after the seeding ({rate:.0} items/s); {} indexed",
             after.indexed
         );
+        print_modes("while indexing", &while_indexing);
     }
 
-    // The index may have taken longer than the tokens live.
+    let tokens = fresh_tokens(&base, plan).await?;
+    let modes = query(params, &tokens, &ws, prose, None).await?;
+    print_modes("idle", &modes);
+    Ok(SearchReport {
+        scenario: "search",
+        model,
+        indexed: after.indexed,
+        seeded,
+        seed_posts_per_s,
+        index_catch_up_s: catch_up,
+        indexer_items_per_s: rate,
+        concurrency: params.search_concurrency,
+        modes,
+        while_indexing,
+    })
+}
+
+async fn fresh_tokens(base: &str, plan: &Plan) -> Result<Vec<String>, BenchError> {
     let mut tokens = Vec::with_capacity(plan.keys.len());
     for key in &plan.keys {
         tokens.push(
-            client::agent_token(&base, key)
+            client::agent_token(base, key)
                 .await
                 .map_err(|e| BenchError::Setup(format!("a fresh token: {e}")))?,
         );
     }
-    let modes = query(params, &tokens, &ws, prose).await?;
-    for m in &modes {
+    Ok(tokens)
+}
+
+fn print_modes(when: &str, modes: &[ModeStats]) {
+    for m in modes {
         println!(
-            "{:>8}: {} queries, p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {:.1} results each, {} fell back, {} errors",
+            "{when}, {:>8}: {} queries, p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {:.1} results each, {} fell back, {} errors",
             m.mode,
             m.queries,
             m.p50_ms,
@@ -143,17 +185,6 @@ pub async fn run(
             m.errors
         );
     }
-    Ok(SearchReport {
-        scenario: "search",
-        model,
-        indexed: after.indexed,
-        seeded,
-        seed_posts_per_s,
-        index_catch_up_s: catch_up,
-        indexer_items_per_s: rate,
-        concurrency: params.search_concurrency,
-        modes,
-    })
 }
 
 /// Posts `params.posts` posts over the publishers' sessions, one in flight each.
@@ -252,18 +283,19 @@ struct Tally {
 }
 
 /// Sends `params.queries` queries, each in every mode in turn (so the modes see the same
-/// machine), over `params.search_concurrency` sessions.
+/// machine), over `params.search_concurrency` sessions; no new one once `until` turns false.
 async fn query(
     params: &Params,
     tokens: &[String],
     ws: &str,
     prose: Arc<Prose>,
+    until: Option<Arc<AtomicBool>>,
 ) -> Result<Vec<ModeStats>, BenchError> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for s in 0..params.search_concurrency {
         let token = tokens.get(s % tokens.len().max(1)).cloned();
-        let (ws, prose, next) = (ws.to_string(), prose.clone(), next.clone());
+        let (ws, prose, next, until) = (ws.to_string(), prose.clone(), next.clone(), until.clone());
         let total = params.queries;
         tasks.spawn(async move {
             let mut c = client::Client::connect(&ws, token.as_deref())
@@ -271,6 +303,9 @@ async fn query(
                 .map_err(|e| BenchError::Setup(e.to_string()))?;
             let mut tallies = vec![Tally::default(); MODES.len()];
             loop {
+                if until.as_ref().is_some_and(|u| !u.load(Ordering::Relaxed)) {
+                    break;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
                     break;

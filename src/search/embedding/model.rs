@@ -15,8 +15,8 @@ const BATCH: usize = 32;
 
 /// Padded word pieces per batch, at most: attention holds batch x heads x width² scores, so
 /// 32 texts of 256 pieces would need about 100 MB for them alone; 4096 pieces keep a batch of
-/// long texts near 50 MB (short texts still go 32 at a time).
-const BATCH_PIECES: usize = 4096;
+/// long texts near 50 MB (short texts still go 32 at a time). A caller may ask for less.
+pub const BATCH_PIECES: usize = 4096;
 
 pub struct Model {
     bert: Bert,
@@ -73,7 +73,15 @@ impl Model {
         self.dim
     }
 
-    pub fn embed(&self, texts: &[String]) -> Result<Vec<Vector>, EmbedError> {
+    /// One unit vector per text, in order, in forward passes of at most `max_pieces` padded
+    /// word pieces. `each_pass` is called before each pass, and what it returns is held
+    /// through it (a turn at the model).
+    pub fn embed<Turn>(
+        &self,
+        texts: &[String],
+        max_pieces: usize,
+        mut each_pass: impl FnMut() -> Turn,
+    ) -> Result<Vec<Vector>, EmbedError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -90,12 +98,16 @@ impl Model {
             // where padding would waste more than a quarter of it, plus a little.
             let len = |n: usize| encodings[rest[n - 1]].get_ids().len();
             let take = (1..=rest.len().min(BATCH))
-                .take_while(|&n| n * len(n) <= BATCH_PIECES && len(n) <= len(1) * 5 / 4 + 8)
+                .take_while(|&n| n * len(n) <= max_pieces && len(n) <= len(1) * 5 / 4 + 8)
                 .last()
                 .unwrap_or(1);
             let (chunk, tail) = rest.split_at(take);
             let batch: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
-            for (&i, vector) in chunk.iter().zip(self.run(&batch)?) {
+            let vectors = {
+                let _turn = each_pass();
+                self.run(&batch)?
+            };
+            for (&i, vector) in chunk.iter().zip(vectors) {
                 out[i] = vector;
             }
             rest = tail;
