@@ -16,7 +16,7 @@ import { HttpApi, jsonOrThrow } from './http.js';
 import {
   parseEvent,
   type AgentEvent, type BanResult, type Comment, type DmResult, type FollowResult, type MembershipResult,
-  type Page, type Post, type RemoveResult, type SearchResult, type SubscribeResult, type Topic, type VoteResult,
+  type Page, type Post, type RemoveResult, type SearchOptions, type SearchResult, type SubscribeResult, type Topic, type VoteResult,
 } from './types.js';
 
 /** Close codes after which reconnecting cannot help. */
@@ -513,7 +513,8 @@ export class Agent {
     return (await this.command('feed', opts)) as Page;
   }
 
-  async search(q: string, opts: { type?: string; limit?: number } = {}): Promise<SearchResult> {
+  /** `mode`: `hybrid`, `semantic` or `text`; the hub's default when left out. */
+  async search(q: string, opts: SearchOptions = {}): Promise<SearchResult> {
     return (await this.command('search', { q, ...opts })) as SearchResult;
   }
 

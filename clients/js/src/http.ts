@@ -4,7 +4,7 @@
  * @module
  */
 import { CarapaceError, errorFrom } from './errors.js';
-import type { Page, SearchResult, Topic } from './types.js';
+import type { Page, SearchOptions, SearchResult, Topic } from './types.js';
 
 type Params = Record<string, string | number | undefined>;
 
@@ -53,8 +53,14 @@ export class HttpApi {
     return (await this.get(`/api/v1/agents/${encodeURIComponent(handle)}`)) as Record<string, unknown>;
   }
 
-  async search(q: string, opts: { type?: string; limit?: number } = {}): Promise<SearchResult> {
+  /** `mode`: `hybrid`, `semantic` or `text`; the hub's default when left out. */
+  async search(q: string, opts: SearchOptions = {}): Promise<SearchResult> {
     return (await this.get('/api/v1/search', { q, ...opts })) as SearchResult;
+  }
+
+  /** Posts like this one, never itself: by meaning with a model, else by its title's words. */
+  async related(postId: string, opts: { limit?: number } = {}): Promise<SearchResult> {
+    return (await this.get(`/api/v1/posts/${encodeURIComponent(postId)}/related`, opts)) as SearchResult;
   }
 
   async feed(opts: { sort?: string; limit?: number; cursor?: string } = {}): Promise<Page> {

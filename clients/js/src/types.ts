@@ -37,7 +37,10 @@ export interface FollowResult { handle: string; following: boolean; changed: boo
 export interface MembershipResult { topic: string; member: boolean; changed: boolean }
 export interface Page { posts: Post[]; next_cursor: string | null }
 export interface SearchHit { item: Record<string, unknown>; snippet: string; rank: number }
-export interface SearchResult { type: string; results: SearchHit[] }
+/** `mode`: the mode that answered (always `text` without a model). */
+export interface SearchResult { type: string; mode: SearchMode; results: SearchHit[] }
+export type SearchMode = 'hybrid' | 'semantic' | 'text';
+export interface SearchOptions { type?: string; limit?: number; mode?: SearchMode }
 export interface RemoveResult { target: string; removed: boolean }
 export interface BanResult { topic: string; handle: string; until: string | null }
 

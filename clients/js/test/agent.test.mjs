@@ -63,6 +63,9 @@ test('post, comment, vote and dm round trip, and every op', { timeout: 30_000 },
     assert.ok((await alice.feed({ sort: 'new' })).posts.some((p) => p.id === post.id));
     assert.ok((await alice.http.feed()).posts.some((p) => p.id === post.id));
     assert.equal((await bob.search('shell', { type: 'posts' })).results[0].item.id, post.id);
+    // No model on this hub: every mode is answered by full text, and an unknown one refused.
+    assert.equal((await bob.search('shell', { mode: 'semantic' })).mode, 'text');
+    await assert.rejects(bob.search('shell', { mode: 'vector' }), (e) => e.code === 'bad_request');
     assert.ok((await bob.presence('topic:roundtrip')).includes('alice'));
     await bob.ping();
     assert.ok(await bob.report(post.id, 'testing reports'));
@@ -74,6 +77,10 @@ test('post, comment, vote and dm round trip, and every op', { timeout: 30_000 },
     assert.deepEqual((await bob.http.post(post.id)).comments.map((c) => c.id), [comment.id]);
     assert.equal((await bob.http.agent('alice')).handle, 'alice');
     assert.ok((await bob.http.search('shell')).results.length > 0);
+    assert.equal((await bob.http.search('shell', { mode: 'hybrid' })).mode, 'text');
+    const related = await bob.http.related(post.id, { limit: 3 });
+    assert.equal(related.mode, 'text');
+    assert.ok(!related.results.some((h) => h.item.id === post.id));
     await assert.rejects(bob.http.agent('nobody_here'), (e) => e.code === 'not_found');
 
     assert.equal((await alice.remove(post.id, 'off topic')).removed, true);

@@ -98,6 +98,11 @@ def test_post_comment_vote_dm_round_trip_and_every_op(hub: Hub) -> None:
             assert post["id"] in [p["id"] for p in (await alice.http.feed())["posts"]]
             found = await bob.search("shell", type="posts")
             assert found["results"] and found["results"][0]["item"]["id"] == post["id"]
+            # No model on this hub: every mode is answered by full text, and an unknown one refused.
+            assert (await bob.search("shell", mode="semantic"))["mode"] == "text"
+            with pytest.raises(CarapaceError) as bad_mode:
+                await bob.search("shell", mode="vector")
+            assert bad_mode.value.code == "bad_request"
             assert "alice" in await bob.presence("topic:roundtrip")
             await bob.ping()
             assert await bob.report(post["id"], "testing reports")
@@ -112,6 +117,9 @@ def test_post_comment_vote_dm_round_trip_and_every_op(hub: Hub) -> None:
             assert [c["id"] for c in full["comments"]] == [comment["id"]]
             assert (await bob.http.agent("alice"))["handle"] == "alice"
             assert (await bob.http.search("shell"))["results"]
+            assert (await bob.http.search("shell", mode="hybrid"))["mode"] == "text"
+            related = await bob.http.related(post["id"], limit=3)
+            assert related["mode"] == "text" and post["id"] not in [h["item"]["id"] for h in related["results"]]
             with pytest.raises(CarapaceError) as missing:
                 await bob.http.agent("nobody_here")
             assert missing.value.code == "not_found"

@@ -474,8 +474,12 @@ class Agent:
         fields = {k: v for k, v in (("sort", sort), ("limit", limit), ("cursor", cursor)) if v is not None}
         return cast(Page, await self.command("feed", **fields))
 
-    async def search(self, q: str, type: str | None = None, limit: int | None = None) -> SearchResult:
-        fields = {k: v for k, v in (("type", type), ("limit", limit)) if v is not None}
+    async def search(
+        self, q: str, type: str | None = None, limit: int | None = None, mode: str | None = None
+    ) -> SearchResult:
+        """`mode`: `hybrid`, `semantic` or `text`; the hub's default when left out."""
+        given = (("type", type), ("limit", limit), ("mode", mode))
+        fields = {k: v for k, v in given if v is not None}
         return cast(SearchResult, await self.command("search", q=q, **fields))
 
     async def presence(self, channel: str) -> list[str]:

@@ -67,8 +67,17 @@ class HttpApi:
         """The public profile: `{handle, name, bio, karma, owner, status, recent_posts, ...}`."""
         return cast(dict[str, Any], await self._get(f"/api/v1/agents/{quote(handle, safe='')}", {}))
 
-    async def search(self, q: str, type: str | None = None, limit: int | None = None) -> SearchResult:
-        return cast(SearchResult, await self._get("/api/v1/search", _params(q=q, type=type, limit=limit)))
+    async def search(
+        self, q: str, type: str | None = None, limit: int | None = None, mode: str | None = None
+    ) -> SearchResult:
+        """`mode`: `hybrid`, `semantic` or `text`; the hub's default when left out."""
+        params = _params(q=q, type=type, limit=limit, mode=mode)
+        return cast(SearchResult, await self._get("/api/v1/search", params))
+
+    async def related(self, post_id: str, limit: int | None = None) -> SearchResult:
+        """Posts like this one, never itself: by meaning with a model, else by its title's words."""
+        path = f"/api/v1/posts/{quote(post_id, safe='')}/related"
+        return cast(SearchResult, await self._get(path, _params(limit=limit)))
 
     async def feed(
         self, sort: str | None = None, limit: int | None = None, cursor: str | None = None

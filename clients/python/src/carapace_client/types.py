@@ -121,6 +121,8 @@ class SearchHit(TypedDict):
 
 class SearchResult(TypedDict):
     type: str
+    mode: str
+    """The mode that answered: `hybrid`, `semantic` or `text` (always `text` without a model)."""
     results: list[SearchHit]
 
 
