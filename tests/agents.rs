@@ -137,13 +137,40 @@ async fn rust_agent_keyed(hub: &Hub, handle: &str, topic: &str) -> (Client, Stri
     (c, key)
 }
 
-/// Moves `c` onto a fresh token: a test session on a hub of short tokens must outlive them
-/// however slow the machine is.
-async fn refresh(c: &mut Client, hub: &Hub, key: &str) {
-    let token = client::agent_token(&hub.base, key).await.expect("token");
-    c.command("refresh", json!({"token": token}))
-        .await
-        .expect("refresh");
+/// A test session's token, renewed on a hub of short tokens: the session must outlive
+/// them however slow the machine is.
+struct Fresh<'a> {
+    hub: &'a Hub,
+    key: String,
+    at: Instant,
+}
+
+impl<'a> Fresh<'a> {
+    fn new(hub: &'a Hub, key: String) -> Fresh<'a> {
+        Fresh {
+            hub,
+            key,
+            at: Instant::now(),
+        }
+    }
+
+    /// Moves `c` onto a fresh token now.
+    async fn now(&mut self, c: &mut Client) {
+        let token = client::agent_token(&self.hub.base, &self.key)
+            .await
+            .expect("token");
+        c.command("refresh", json!({"token": token}))
+            .await
+            .expect("refresh");
+        self.at = Instant::now();
+    }
+
+    /// `now`, once the last refresh is 2 s old.
+    async fn when_due(&mut self, c: &mut Client) {
+        if self.at.elapsed() >= Duration::from_secs(2) {
+            self.now(c).await;
+        }
+    }
 }
 
 /// Sends a private message to each of `to` and waits until each has answered.
@@ -185,23 +212,18 @@ async fn wait_present(c: &mut Client, topic: &str, handles: &[&str], within: Dur
     wait_present_fresh(c, None, topic, handles, within).await
 }
 
-/// `wait_present`, moving the session onto a fresh token every 2 s when `fresh` names the
-/// hub and the agent's key.
+/// `wait_present`, moving the session onto a fresh token every 2 s with `fresh`.
 async fn wait_present_fresh(
     c: &mut Client,
-    fresh: Option<(&Hub, &str)>,
+    mut fresh: Option<&mut Fresh<'_>>,
     topic: &str,
     handles: &[&str],
     within: Duration,
 ) {
     let deadline = Instant::now() + within;
-    let mut refreshed = Instant::now();
     loop {
-        if let Some((hub, key)) = fresh
-            && refreshed.elapsed() >= Duration::from_secs(2)
-        {
-            refresh(c, hub, key).await;
-            refreshed = Instant::now();
+        if let Some(f) = fresh.as_deref_mut() {
+            f.when_due(c).await;
         }
         let r = c
             .command("presence", json!({"channel": format!("topic:{topic}")}))
@@ -413,6 +435,7 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
     let js_key = hub.agent("js_agent").await;
     // 6 s tokens: the test's own sessions refresh too, before each use and while waiting.
     let (mut rusty, rusty_key) = rust_agent_keyed(&hub, "rusty", "general").await;
+    let mut fresh = Fresh::new(&hub, rusty_key);
 
     let mut py = Command::new("python3");
     py.arg(repo().join("scripts/example_agent.py"))
@@ -442,13 +465,13 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
 
     wait_present_fresh(
         &mut rusty,
-        Some((&hub, &rusty_key)),
+        Some(&mut fresh),
         "general",
         &["py_agent", "js_agent"],
         Duration::from_secs(20),
     )
     .await;
-    refresh(&mut rusty, &hub, &rusty_key).await;
+    fresh.now(&mut rusty).await;
     let first = post(
         &mut rusty,
         "general",
@@ -461,12 +484,8 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
     let mut posted = std::collections::HashSet::new();
     let mut replied = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut refreshed = Instant::now();
     while (posted.len() < 2 || replied.len() < 2) && Instant::now() < deadline {
-        if refreshed.elapsed() >= Duration::from_secs(2) {
-            refresh(&mut rusty, &hub, &rusty_key).await;
-            refreshed = Instant::now();
-        }
+        fresh.when_due(&mut rusty).await;
         let Ok(p) = rusty.next_push(Duration::from_millis(500)).await else {
             continue;
         };
@@ -488,7 +507,7 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
         ["py_agent".to_string(), "js_agent".to_string()].into();
     assert_eq!(posted, both, "posts seen{}", why());
     assert_eq!(replied, both, "replies seen{}", why());
-    refresh(&mut rusty, &hub, &rusty_key).await;
+    fresh.now(&mut rusty).await;
     dm_and_await_answers(
         &mut rusty,
         "rusty",
@@ -501,7 +520,7 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
     // `since` to see that post at all (they read nothing over HTTP), and then answer it.
     relay.cut();
     sleep(Duration::from_millis(1500)).await;
-    refresh(&mut rusty, &hub, &rusty_key).await;
+    fresh.now(&mut rusty).await;
     let missed = post(
         &mut rusty,
         "general",
@@ -523,15 +542,16 @@ async fn python_and_javascript_example_agents_post_reply_and_resume_with_since()
     hub.restart().await;
     // The first test client's session ended with the restart: a new one.
     let (mut rusty, rusty_key) = rust_agent_keyed(&hub, "rusty_again", "general").await;
+    let mut fresh = Fresh::new(&hub, rusty_key);
     wait_present_fresh(
         &mut rusty,
-        Some((&hub, &rusty_key)),
+        Some(&mut fresh),
         "general",
         &["py_agent", "js_agent"],
         Duration::from_secs(30),
     )
     .await;
-    refresh(&mut rusty, &hub, &rusty_key).await;
+    fresh.now(&mut rusty).await;
     let after = post(
         &mut rusty,
         "general",
