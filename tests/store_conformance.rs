@@ -1674,6 +1674,18 @@ async fn removal_leaves_tombstones_in_history(s: Store, url: String) {
     assert!(s.post("p1").await.unwrap().is_none());
     assert!(s.comment("c1").await.unwrap().is_none());
     assert!(s.comment("c3").await.unwrap().is_none());
+    // A page of search results is read in one query: the visible ones only.
+    let posts = s.posts_by_ids(&["p1", "p2", "zz"]).await.unwrap();
+    assert_eq!(
+        posts.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["p2"]
+    );
+    let comments = s.comments_by_ids(&["c1", "c2", "c3"]).await.unwrap();
+    assert_eq!(
+        comments.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["c2"]
+    );
+    assert!(s.posts_by_ids(&[]).await.unwrap().is_empty());
     let listed = |v: Vec<carapace::store::PostRow>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
     for sort in [Sort::Hot, Sort::New, Sort::Top] {
         let page = s
@@ -1709,10 +1721,10 @@ async fn removal_leaves_tombstones_in_history(s: Store, url: String) {
     use sqlx::Row;
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
     let sql = match s.dialect() {
-        // Of p1, p2 and c2, c3: only p2 and c2.
+        // Of p1, p2 and c1 (under p1), c2, c3: only p2 and c2.
         carapace::store::Dialect::Sqlite => {
             "SELECT (SELECT COUNT(*) FROM posts_fts WHERE id IN ('p1', 'p2')) + \
-             (SELECT COUNT(*) FROM comments_fts WHERE id IN ('c2', 'c3')) AS n"
+             (SELECT COUNT(*) FROM comments_fts WHERE id IN ('c1', 'c2', 'c3')) AS n"
         }
         carapace::store::Dialect::Postgres => {
             "SELECT COUNT(*) AS n FROM pg_indexes WHERE indexname IN ('posts_tsv', 'comments_tsv') \

@@ -14,6 +14,7 @@ use crate::search::quantize::{quantize, similarity_f32};
 use crate::search::vectors::Scored;
 use crate::search::{NEAR_DUPLICATE_ITEMS, NEAR_DUPLICATE_WINDOW_MS, Semantic};
 use crate::store::{ItemKind, SearchKind, embed_text};
+use std::collections::HashMap;
 
 const MAX_QUERY_CHARS: usize = 200;
 /// A plain excerpt (a hit found by meaning alone) is cut to this many characters.
@@ -143,7 +144,8 @@ impl Service {
     }
 
     /// Posts or comments ranked in `mode`; answers in `text` when the query cannot be
-    /// embedded.
+    /// embedded. In hybrid mode the full-text search runs while the query is embedded and
+    /// the vectors scanned: the answer waits for the slower of the two, not for both.
     async fn ranked(
         &self,
         sem: &Semantic,
@@ -153,37 +155,48 @@ impl Service {
         mode: SearchMode,
         limit: i64,
     ) -> ServiceResult<(SearchMode, Vec<Ranked>)> {
-        if mode == SearchMode::Text {
-            return Ok((mode, self.text_ranked(kind, q, limit).await?));
-        }
-        let v = match sem.embed_one(q.to_string()).await {
-            Ok(v) => v,
-            Err(e) => {
-                log_embed_failure(&e, "a query; answering with full-text search");
-                return Ok((SearchMode::Text, self.text_ranked(kind, q, limit).await?));
-            }
-        };
         // Extra candidates stand in for items removed since this replica's last refresh.
         let depth = (limit as usize).max(FUSE_DEPTH) + 10;
-        let near = sem.nearest(ik, quantize(&v), depth, None).await;
-        if mode == SearchMode::Semantic {
-            let ranked = near.into_iter().map(Ranked::from).collect();
-            return Ok((mode, ranked));
+        let nearest = async {
+            let v = sem.embed_one(q.to_string()).await?;
+            Ok::<_, EmbedError>(sem.nearest(ik, quantize(&v), depth, None).await)
+        };
+        match mode {
+            SearchMode::Text => Ok((mode, self.text_ranked(kind, q, limit).await?)),
+            SearchMode::Semantic => match nearest.await {
+                Ok(near) => Ok((mode, near.into_iter().map(Ranked::from).collect())),
+                Err(e) => {
+                    log_embed_failure(&e, "a query; answering with full-text search");
+                    Ok((SearchMode::Text, self.text_ranked(kind, q, limit).await?))
+                }
+            },
+            SearchMode::Hybrid => {
+                let (near, text) =
+                    tokio::join!(nearest, self.store.search(kind, q, FUSE_DEPTH as i64));
+                let text = text?;
+                let near = match near {
+                    Ok(near) => near,
+                    Err(e) => {
+                        log_embed_failure(&e, "a query; answering with full-text search");
+                        let ranked = text.into_iter().map(Ranked::from).collect();
+                        return Ok((SearchMode::Text, ranked));
+                    }
+                };
+                let fused = fuse(
+                    text.iter().map(|h| h.id.as_str()),
+                    near.iter().take(FUSE_DEPTH).map(|h| &*h.id),
+                );
+                let ranked = fused
+                    .into_iter()
+                    .map(|f| Ranked {
+                        snippet: f.text_rank.map(|r| text[r].snippet.clone()),
+                        id: f.id,
+                        rank: f.score,
+                    })
+                    .collect();
+                Ok((mode, ranked))
+            }
         }
-        let text = self.store.search(kind, q, FUSE_DEPTH as i64).await?;
-        let fused = fuse(
-            text.iter().map(|h| h.id.as_str()),
-            near.iter().take(FUSE_DEPTH).map(|h| &*h.id),
-        );
-        let ranked = fused
-            .into_iter()
-            .map(|f| Ranked {
-                snippet: f.text_rank.map(|r| text[r].snippet.clone()),
-                id: f.id,
-                rank: f.score,
-            })
-            .collect();
-        Ok((mode, ranked))
     }
 
     /// Reads the items of `ranked` in order, skipping any no longer visible, up to `limit`.
@@ -194,40 +207,68 @@ impl Service {
         limit: usize,
     ) -> ServiceResult<Vec<SearchHit>> {
         let mut results = Vec::with_capacity(limit.min(ranked.len()));
-        for h in ranked {
-            if results.len() >= limit {
-                break;
-            }
-            let found = match kind {
-                SearchKind::Posts => self.store.post(&h.id).await?.map(|p| {
-                    let ex = || excerpt(&format!("{} — {}", p.title, p.body));
-                    (SearchItem::Post(PostView::from(&p)), ex())
-                }),
-                SearchKind::Comments => self
-                    .store
-                    .comment(&h.id)
-                    .await?
-                    .map(|c| (SearchItem::Comment((&c).into()), excerpt(&c.body))),
-                SearchKind::Agents => self
-                    .store
-                    .agent_by_id(&h.id)
-                    .await?
-                    .map(|a| (SearchItem::Agent(PublicAgentView::from(&a)), String::new())),
-                SearchKind::Topics => self
-                    .store
-                    .topic(&h.id)
-                    .await?
-                    .map(|t| (SearchItem::Topic(TopicView::from(&t)), String::new())),
-            };
-            if let Some((item, plain)) = found {
-                results.push(SearchHit {
-                    item,
-                    snippet: h.snippet.unwrap_or(plain),
-                    rank: h.rank,
-                });
+        let mut rest = ranked.into_iter().peekable();
+        while results.len() < limit && rest.peek().is_some() {
+            // A page at a time, a few more than are missing: some may be gone since they
+            // were ranked.
+            let page: Vec<Ranked> = rest.by_ref().take(limit - results.len() + 5).collect();
+            let ids: Vec<&str> = page.iter().map(|h| h.id.as_str()).collect();
+            let mut found = self.items(kind, &ids).await?;
+            for h in page {
+                if results.len() >= limit {
+                    break;
+                }
+                if let Some((item, plain)) = found.remove(&h.id) {
+                    results.push(SearchHit {
+                        item,
+                        snippet: h.snippet.unwrap_or(plain),
+                        rank: h.rank,
+                    });
+                }
             }
         }
         Ok(results)
+    }
+
+    /// The visible items among `ids`, each with a plain excerpt (for a hit without a
+    /// snippet), by id. Posts and comments in one query.
+    async fn items(
+        &self,
+        kind: SearchKind,
+        ids: &[&str],
+    ) -> ServiceResult<HashMap<String, (SearchItem, String)>> {
+        let mut found = HashMap::with_capacity(ids.len());
+        match kind {
+            SearchKind::Posts => {
+                for p in self.store.posts_by_ids(ids).await? {
+                    let ex = excerpt(&format!("{} — {}", p.title, p.body));
+                    found.insert(p.id.clone(), (SearchItem::Post(PostView::from(&p)), ex));
+                }
+            }
+            SearchKind::Comments => {
+                for c in self.store.comments_by_ids(ids).await? {
+                    let ex = excerpt(&c.body);
+                    found.insert(c.id.clone(), (SearchItem::Comment((&c).into()), ex));
+                }
+            }
+            SearchKind::Agents => {
+                for id in ids {
+                    if let Some(a) = self.store.agent_by_id(id).await? {
+                        let item = SearchItem::Agent(PublicAgentView::from(&a));
+                        found.insert(id.to_string(), (item, String::new()));
+                    }
+                }
+            }
+            SearchKind::Topics => {
+                for id in ids {
+                    if let Some(t) = self.store.topic(id).await? {
+                        let item = SearchItem::Topic(TopicView::from(&t));
+                        found.insert(id.to_string(), (item, String::new()));
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Posts like post `id` (never itself, never a removed one), by meaning with a model,

@@ -214,6 +214,44 @@ impl Store {
         Ok(row.as_ref().map(CommentRow::from_row))
     }
 
+    /// The visible posts among `ids` (in no particular order): one query for a page of
+    /// search results instead of one each.
+    pub async fn posts_by_ids(&self, ids: &[&str]) -> StoreResult<Vec<PostRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {POST_COLS} FROM posts p JOIN agents a ON a.id = p.author_id \
+             WHERE p.id IN ({}) AND p.removed_at IS NULL",
+            placeholders(ids.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&self.read).await?;
+        Ok(rows.iter().map(PostRow::from_row).collect())
+    }
+
+    /// The visible comments among `ids` (on visible posts), in no particular order.
+    pub async fn comments_by_ids(&self, ids: &[&str]) -> StoreResult<Vec<CommentRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {COMMENT_COLS} FROM comments c JOIN posts p ON p.id = c.post_id \
+             JOIN agents a ON a.id = c.author_id WHERE c.id IN ({}) AND c.removed_at IS NULL \
+             AND p.removed_at IS NULL",
+            placeholders(ids.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&self.read).await?;
+        Ok(rows.iter().map(CommentRow::from_row).collect())
+    }
+
     /// Every visible comment of a post, oldest first (the caller builds the tree).
     pub async fn comments_of_post(&self, post_id: &str) -> StoreResult<Vec<CommentRow>> {
         let sql = format!(
@@ -539,4 +577,12 @@ impl WriteTx {
         .await?;
         Ok(())
     }
+}
+
+/// `$1, $2, …, $n`: the placeholders of an `IN` list of `n` bound values.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -18,6 +18,7 @@ pub mod rows;
 mod rules;
 mod sealed_rows;
 mod social;
+mod stop_words;
 mod vectors;
 
 pub use forum::{NewComment, NewPost, PostFilter, VoteTarget};
@@ -147,6 +148,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     (
         "011_vectors",
         include_str!("migrations/sqlite/011_vectors.sql"),
+    ),
+    (
+        "012_fts_visible",
+        include_str!("migrations/sqlite/012_fts_visible.sql"),
     ),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
