@@ -217,39 +217,53 @@ impl Store {
     /// The visible posts among `ids` (in no particular order): one query for a page of
     /// search results instead of one each.
     pub async fn posts_by_ids(&self, ids: &[&str]) -> StoreResult<Vec<PostRow>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT {POST_COLS} FROM posts p JOIN agents a ON a.id = p.author_id \
-             WHERE p.id IN ({}) AND p.removed_at IS NULL",
-            placeholders(ids.len())
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for id in ids {
-            q = q.bind(*id);
-        }
-        let rows = q.fetch_all(&self.read).await?;
+        let rows = self
+            .read_in(
+                |list| {
+                    format!(
+                        "SELECT {POST_COLS} FROM posts p JOIN agents a ON a.id = p.author_id \
+                         WHERE p.id IN ({list}) AND p.removed_at IS NULL"
+                    )
+                },
+                ids,
+            )
+            .await?;
         Ok(rows.iter().map(PostRow::from_row).collect())
     }
 
     /// The visible comments among `ids` (on visible posts), in no particular order.
     pub async fn comments_by_ids(&self, ids: &[&str]) -> StoreResult<Vec<CommentRow>> {
+        let rows = self
+            .read_in(
+                |list| {
+                    format!(
+                        "SELECT {COMMENT_COLS} FROM comments c JOIN posts p ON p.id = c.post_id \
+                         JOIN agents a ON a.id = c.author_id WHERE c.id IN ({list}) \
+                         AND c.removed_at IS NULL AND p.removed_at IS NULL"
+                    )
+                },
+                ids,
+            )
+            .await?;
+        Ok(rows.iter().map(CommentRow::from_row).collect())
+    }
+
+    /// Runs the query `sql` makes of an `IN` list's placeholders (`$1, $2, …`), with `ids`
+    /// bound to them; none for no ids.
+    async fn read_in(
+        &self,
+        sql: impl FnOnce(&str) -> String,
+        ids: &[&str],
+    ) -> StoreResult<Vec<AnyRow>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT {COMMENT_COLS} FROM comments c JOIN posts p ON p.id = c.post_id \
-             JOIN agents a ON a.id = c.author_id WHERE c.id IN ({}) AND c.removed_at IS NULL \
-             AND p.removed_at IS NULL",
-            placeholders(ids.len())
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        let list: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let mut q = sqlx::query(AssertSqlSafe(sql(&list.join(", "))));
         for id in ids {
             q = q.bind(*id);
         }
-        let rows = q.fetch_all(&self.read).await?;
-        Ok(rows.iter().map(CommentRow::from_row).collect())
+        Ok(q.fetch_all(&self.read).await?)
     }
 
     /// Every visible comment of a post, oldest first (the caller builds the tree).
@@ -577,12 +591,4 @@ impl WriteTx {
         .await?;
         Ok(())
     }
-}
-
-/// `$1, $2, …, $n`: the placeholders of an `IN` list of `n` bound values.
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
