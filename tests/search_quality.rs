@@ -168,6 +168,12 @@ async fn hybrid_search_understands_paraphrases_and_keeps_exact_phrases() {
         status["model"].is_string() && status["default_mode"] == "hybrid",
         "{status}"
     );
+    assert!(
+        status["indexed"]
+            .as_u64()
+            .is_some_and(|n| n as usize >= posts.len()),
+        "fewer vectors than posts: {status}"
+    );
 
     // ranked[mode][query] = the keys of the top K posts.
     let t1 = Instant::now();
