@@ -106,6 +106,7 @@ conformance!(
     crossed_channel_locks_fail_as_unavailable,
     prune_keeps_last_n,
     removal_leaves_tombstones_in_history,
+    search_ranks_only_the_newest_matches_of_common_words,
     vectors_pending_stored_and_buried,
     index_lock_is_held_by_one,
 );
@@ -1790,6 +1791,36 @@ async fn pending_ids(s: &Store, kind: ItemKind, model: &str, after: &str) -> Vec
         .into_iter()
         .map(|i| i.id)
         .collect()
+}
+
+/// A full-text search ranks at most `RANKED_MATCHES` matches, the newest: a query of common
+/// words scores that many items, not every item holding them.
+async fn search_ranks_only_the_newest_matches_of_common_words(s: Store, _url: String) {
+    use carapace::store::{RANKED_MATCHES, SearchKind};
+    let o = owner(&s, 1).await;
+    let a = agent(&s, &o, "alpha").await;
+    let first = |q: &'static str| {
+        let s = s.clone();
+        async move {
+            let hits = s.search(SearchKind::Posts, q, 10).await.unwrap();
+            hits.into_iter().map(|h| h.id).collect::<Vec<_>>()
+        }
+    };
+    // The oldest post holds the word most often: the best match while it is ranked.
+    let oldest = "Albatross albatross";
+    post_with_text(&s, "p0000", &a, oldest, "albatross petrel albatross", T0).await;
+    post_with_text(&s, "p0001", &a, "Sea birds", "an albatross glides", T0 + 1).await;
+    assert_eq!(first("albatross").await, ["p0000", "p0001"]);
+    for i in 2..=RANKED_MATCHES {
+        let id = format!("p{i:04}");
+        post_with_text(&s, &id, &a, "Sea birds", "an albatross glides", T0 + i).await;
+    }
+    // RANKED_MATCHES + 1 matches: the oldest is not among the newest RANKED_MATCHES.
+    let hits = first("albatross").await;
+    assert_eq!(hits.len(), 10);
+    assert!(!hits.contains(&"p0000".to_string()), "{hits:?}");
+    // Its rarer words still find it.
+    assert_eq!(first("albatross petrel").await, ["p0000"]);
 }
 
 /// The vectors of semantic search: what lacks one (by model, in id order, from a floor),

@@ -26,7 +26,7 @@ pub use identity::{NewAgent, NewKey, NewOwner};
 pub use removal::tombstone;
 pub use rows::*;
 pub use sealed_rows::{SealedBlob, SealedKind};
-pub use social::{ReportRow, SearchHit, SearchKind, fts5_query};
+pub use social::{RANKED_MATCHES, ReportRow, SearchHit, SearchKind, fts5_query};
 pub use vectors::{IndexLock, ItemKind, NewVector, PendingItem, VectorRow, embed_text};
 
 use dashmap::DashSet;

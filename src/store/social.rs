@@ -27,6 +27,11 @@ pub struct ReportRow {
     pub created_at: i64,
 }
 
+/// The most matches a full-text search ranks: when more items hold the words (a query of
+/// common words only), the newest this many of them. Ranking scores every match, so without
+/// a bound one such query over 100,000 posts took ~50-100 ms; the bound keeps it near 10.
+pub const RANKED_MATCHES: i64 = 2000;
+
 /// One search result: the id of what matched, a snippet with «highlighted» terms, its rank
 /// (higher is better).
 #[derive(Debug, Clone)]
@@ -160,10 +165,15 @@ impl Store {
                     SearchKind::Agents => "agents_fts",
                     SearchKind::Topics => "topics_fts",
                 };
+                // The floor: the rowid of the RANKED_MATCHES-th newest match, found by walking
+                // the matches newest first without scoring them (0 when there are fewer).
                 let sql = format!(
                     "SELECT f.id AS id, snippet({table}, -1, '«', '»', '…', 16) AS snippet, \
                      -bm25({table}) AS rank FROM {table} f WHERE {table} MATCH $1 \
-                     ORDER BY rank DESC LIMIT $2"
+                     AND f.rowid >= coalesce((SELECT rowid FROM {table} WHERE {table} MATCH $1 \
+                     ORDER BY rowid DESC LIMIT 1 OFFSET {}), 0) \
+                     ORDER BY rank DESC LIMIT $2",
+                    RANKED_MATCHES - 1
                 );
                 sqlx::query(AssertSqlSafe(sql))
                     .bind(fq)
@@ -198,12 +208,21 @@ impl Store {
                         "replace(plainto_tsquery('english', $1)::text, '&', '|')::tsquery"
                     }
                 };
+                // The floor: the RANKED_MATCHES-th newest match's id (ids are UUIDv7, in
+                // creation order; topics' names are not, and few topics match so many). The
+                // matches are gathered from the GIN index first (MATERIALIZED), so a rare word
+                // never sends the planner down the id index testing every row.
                 let sql = format!(
-                    "SELECT {id} AS id, ts_headline('english', {text}, {tsq}, \
+                    "WITH m AS MATERIALIZED (SELECT {id} AS id FROM {table} \
+                     WHERE tsv @@ {tsq} {filter}) \
+                     SELECT {id} AS id, ts_headline('english', {text}, {tsq}, \
                      'StartSel=«, StopSel=», MaxWords=24, MinWords=8') AS snippet, \
                      CAST(ts_rank(tsv, {tsq}) AS DOUBLE PRECISION) AS rank \
                      FROM {table} WHERE tsv @@ {tsq} {filter} \
-                     ORDER BY rank DESC LIMIT $2"
+                     AND {id} >= coalesce((SELECT id FROM m ORDER BY id DESC \
+                     LIMIT 1 OFFSET {}), '') \
+                     ORDER BY rank DESC LIMIT $2",
+                    RANKED_MATCHES - 1
                 );
                 sqlx::query(AssertSqlSafe(sql))
                     .bind(q)
