@@ -3,11 +3,12 @@
 //! nothing fetched over the network. It owns the model and when it runs; what is embedded,
 //! stored and ranked belongs to the rest of `search`.
 //!
-//! The model is CPU-bound and runs one forward pass at a time (`gate`), requests before the
-//! indexer. Its passes spread over threads of their own: requests' at normal priority, the
-//! indexer's niced, so that on a busy machine the hub's threads win over the indexer (which
-//! lags instead) but not over someone's query. Requests queue on a semaphore, not on blocking
-//! threads, so neither the runtime's workers nor tokio's blocking pool fill up with them.
+//! The model is CPU-bound. Its passes run on threads of their own: requests' on one thread
+//! at normal priority, the indexer's on one per core in the kernel's idle scheduling class,
+//! so that the indexer only ever uses CPU that neither the hub nor a query wants (it lags
+//! instead). A request never waits for the indexer, and the indexer starts no pass while a
+//! request runs or waits (`gate`). Requests queue on a semaphore, not on blocking threads, so
+//! neither the runtime's workers nor tokio's blocking pool fill up with them.
 
 mod bert;
 mod gate;
@@ -84,28 +85,44 @@ impl Gated {
     }
 }
 
-/// A pool of one thread per core for the model's passes; `nice` lowers its threads' CPU
-/// priority by that much.
-fn pool(name: &'static str, nice: i32) -> Result<rayon::ThreadPool, EmbedError> {
+/// How the kernel schedules a pool's threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Like the hub's own threads.
+    Normal,
+    /// Only when no normal thread wants the CPU (Linux `SCHED_IDLE`).
+    Idle,
+}
+
+/// A pool of `threads` threads (0: one per core) for the model's passes.
+fn pool(name: &'static str, class: Class, threads: usize) -> Result<rayon::ThreadPool, EmbedError> {
     rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
         .thread_name(move |i| format!("carapace-{name}-{i}"))
-        .start_handler(move |_| lower_priority(nice))
+        .start_handler(move |_| {
+            if class == Class::Idle {
+                idle_class();
+            }
+        })
         .build()
         .map_err(|e| EmbedError::Model(format!("cannot start the model's threads: {e}")))
 }
 
-/// Lowers the calling thread's CPU priority by `nice` (Linux: priorities are per thread).
-fn lower_priority(nice: i32) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if nice != 0 {
-        // SAFETY: setpriority on this thread's own id; no memory is touched.
+/// Moves the calling thread into the idle scheduling class (Linux: per thread), or, where
+/// that is refused, to the lowest priority of the normal class.
+fn idle_class() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: both calls change only this thread's scheduling (0: the calling thread);
+        // `param` outlives the call.
         unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
+            if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+                let tid = libc::syscall(libc::SYS_gettid);
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+            }
         }
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = nice;
 }
 
 impl std::fmt::Debug for Embedder {
@@ -127,9 +144,12 @@ impl Embedder {
             gated: Arc::new(Gated {
                 model,
                 gate: gate::Gate::default(),
-                requests: pool("model", 0)?,
-                // The hub's own threads win the CPU when both want it.
-                background: pool("indexer", 10)?,
+                // A request embeds one text: split over threads, its small kernels cost more
+                // in hand-offs between them than they save, and a thread preempted by the
+                // hub's holds the others up. One thread leaves the other cores to the hub and
+                // to the full-text query that runs beside a hybrid search's embedding.
+                requests: pool("model", Class::Normal, 1)?,
+                background: pool("indexer", Class::Idle, 0)?,
             }),
             model_id,
             running: Arc::new(Semaphore::new(1)),

@@ -1,5 +1,7 @@
-//! Turns at the model, one forward pass at a time, requests first: a query or a new post
-//! waits for the pass that is running, never behind the indexer's queue of them.
+//! Turns at the model: a request (a query, a new post's check) never waits for the indexer,
+//! and the indexer starts a pass only while no request runs or waits. A request that comes
+//! during one of the indexer's passes runs beside it: the indexer's threads are in the
+//! kernel's idle class (`embedding`), so the request's take the CPU from them at once.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -8,49 +10,45 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 pub enum Priority {
     /// A request someone waits for (a query, a post's near-duplicate check).
     Request,
-    /// The indexer: goes only when no request waits.
+    /// The indexer: goes only when no request runs or waits.
     Background,
 }
 
 #[derive(Default)]
 pub struct Gate {
-    state: Mutex<State>,
-    changed: Condvar,
+    /// Requests waiting for or running a pass.
+    requests: Mutex<usize>,
+    idle: Condvar,
 }
 
-#[derive(Default)]
-struct State {
-    running: bool,
-    requests_waiting: usize,
+/// Held through one forward pass.
+pub struct Turn<'a> {
+    gate: &'a Gate,
+    who: Priority,
 }
-
-/// Held through one forward pass; the next waiter goes when it drops.
-pub struct Turn<'a>(&'a Gate);
 
 impl Gate {
-    /// Blocks until it is `who`'s turn.
+    /// Returns at once for a request; blocks the indexer until no request runs or waits.
     pub fn enter(&self, who: Priority) -> Turn<'_> {
-        let mut s = self.lock();
-        if who == Priority::Request {
-            s.requests_waiting += 1;
+        let mut requests = self.lock();
+        match who {
+            Priority::Request => *requests += 1,
+            Priority::Background => {
+                while *requests > 0 {
+                    requests = self
+                        .idle
+                        .wait(requests)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+            }
         }
-        while s.running || (who == Priority::Background && s.requests_waiting > 0) {
-            s = self
-                .changed
-                .wait(s)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-        if who == Priority::Request {
-            s.requests_waiting -= 1;
-        }
-        s.running = true;
-        Turn(self)
+        Turn { gate: self, who }
     }
 
     // Nothing is ever left half-changed under this lock, so a panic elsewhere while it was
     // held leaves a valid state.
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
+    fn lock(&self) -> MutexGuard<'_, usize> {
+        self.requests
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -58,8 +56,13 @@ impl Gate {
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        self.0.lock().running = false;
-        self.0.changed.notify_all();
+        if self.who == Priority::Request {
+            let mut requests = self.gate.lock();
+            *requests -= 1;
+            if *requests == 0 {
+                self.gate.idle.notify_all();
+            }
+        }
     }
 }
 
@@ -89,23 +92,25 @@ mod tests {
     }
 
     #[test]
-    fn a_request_goes_before_background_work_that_waited_longer() {
+    fn a_request_never_waits_and_the_indexer_waits_for_requests() {
         let gate = Arc::new(Gate::default());
         let (got, order) = mpsc::channel();
-        let first = waiter(&gate, Priority::Background, "running", &got);
-        assert_eq!(order.recv().unwrap(), "running");
         let bg = waiter(&gate, Priority::Background, "background", &got);
-        std::thread::sleep(Duration::from_millis(50));
-        let rq = waiter(&gate, Priority::Request, "request", &got);
-        std::thread::sleep(Duration::from_millis(50));
-        // Nobody gets in beside the running pass.
-        assert!(order.try_recv().is_err());
-        drop(first);
-        assert_eq!(order.recv().unwrap(), "request");
-        assert!(order.recv_timeout(Duration::from_millis(50)).is_err());
-        drop(rq);
         assert_eq!(order.recv().unwrap(), "background");
+        // A request goes in beside the indexer's running pass.
+        let rq = waiter(&gate, Priority::Request, "request", &got);
+        assert_eq!(order.recv().unwrap(), "request");
         drop(bg);
+        // The indexer's next pass waits for the request to finish.
+        let bg2 = waiter(&gate, Priority::Background, "background again", &got);
+        assert!(order.recv_timeout(Duration::from_millis(100)).is_err());
+        let rq2 = waiter(&gate, Priority::Request, "second request", &got);
+        assert_eq!(order.recv().unwrap(), "second request");
+        drop(rq);
+        assert!(order.recv_timeout(Duration::from_millis(100)).is_err());
+        drop(rq2);
+        assert_eq!(order.recv().unwrap(), "background again");
+        drop(bg2);
     }
 
     #[test]
