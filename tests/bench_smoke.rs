@@ -48,6 +48,7 @@ async fn bench(args: &[&str]) -> Value {
         "p99_ms",
         "p999_ms",
         "lost",
+        "refused",
         "rss_kib_per_conn",
     ] {
         assert!(v.get(k).is_some(), "JSON line lacks '{k}': {last}");

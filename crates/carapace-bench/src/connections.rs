@@ -118,6 +118,7 @@ pub async fn run(params: &Params, plan: &Plan, addrs: &[SocketAddr]) -> Result<R
         p99_ms: hist.quantile_ms(0.99),
         p999_ms: hist.quantile_ms(0.999),
         lost: 0,
+        refused: 0,
         rss_kib_per_conn: (per_conn * 100.0).round() / 100.0,
     })
 }

@@ -40,6 +40,8 @@ struct Shared {
     counts: Vec<Box<[AtomicU32]>>,
     /// Per publisher: woken when one of its events reached every subscriber.
     done: Vec<Notify>,
+    /// Per publisher: the event numbers the target refused as near-duplicates.
+    refused: Vec<Mutex<Vec<usize>>>,
     error: Mutex<Option<String>>,
     failed: AtomicBool,
 }
@@ -91,6 +93,7 @@ pub async fn run(
             .map(|_| (0..per_pub).map(|_| AtomicU32::new(0)).collect())
             .collect(),
         done: (0..n_pubs).map(|_| Notify::new()).collect(),
+        refused: (0..n_pubs).map(|_| Mutex::new(Vec::new())).collect(),
         error: Mutex::new(None),
         failed: AtomicBool::new(false),
     });
@@ -218,6 +221,7 @@ pub async fn run(
     let mut published = 0u64;
     let mut expected = 0u64;
     let mut lost = 0u64;
+    let mut refused = 0u64;
     let mut gave_up = 0u64;
     let mut late = 0u64;
     for (p, s) in pstats.iter().enumerate() {
@@ -226,8 +230,14 @@ pub async fn run(
         let Some(first) = s.first_measured else {
             continue;
         };
-        published += (s.sent - first) as u64;
-        expected += (s.sent - first) as u64 * u64::from(shared.expected[p]);
+        let no = shared.refused[p]
+            .lock()
+            .map(|r| r.iter().filter(|&&n| n >= first && n < s.sent).count())
+            .unwrap_or(0);
+        refused += no as u64;
+        published += (s.sent - first - no) as u64;
+        expected += (s.sent - first - no) as u64 * u64::from(shared.expected[p]);
+        // A refused event is marked complete by the publisher's reader: not counted here.
         for c in &shared.counts[p][first..s.sent] {
             lost += u64::from(shared.expected[p].saturating_sub(c.load(Ordering::Acquire)));
         }
@@ -246,7 +256,7 @@ pub async fn run(
         println!("paced sends more than {} ms late: {late}", LATE.as_millis());
     }
     println!(
-        "published {published} events, delivered {} of {} (lost {lost}, out of order {}, stalled {gave_up}, subscribers closed {closed})",
+        "published {published} events, delivered {} of {} (lost {lost}, refused as near-duplicates {refused}, out of order {}, stalled {gave_up}, subscribers closed {closed})",
         total.delivered, expected, total.out_of_order
     );
     println!(
@@ -292,6 +302,7 @@ pub async fn run(
         p99_ms: total.hist.quantile_ms(0.99),
         p999_ms: total.hist.quantile_ms(0.999),
         lost,
+        refused,
         rss_kib_per_conn: (per_conn * 100.0).round() / 100.0,
     })
 }
@@ -429,6 +440,8 @@ async fn publisher(
     let (mut sink, mut stream) = conn.split();
     let (pong_tx, mut pong_rx) = mpsc::channel(16);
     let reader_shared = shared.clone();
+    // Event n is the post sent with command id `first_id + n`.
+    let first_id = sink.next_id();
     // Set before this side closes: the target's answering Close frame is then no failure.
     let closing = Arc::new(AtomicBool::new(false));
     let reader_closing = closing.clone();
@@ -443,6 +456,17 @@ async fn publisher(
             }
             if h.closed {
                 break;
+            }
+            if let Some(n) = h.refused.and_then(|id| id.checked_sub(first_id)) {
+                let n = n as usize;
+                if let Some(c) = reader_shared.counts[p].get(n) {
+                    // Nobody will receive it: it no longer holds the publisher's window.
+                    c.store(reader_shared.expected[p], Ordering::Release);
+                    if let Ok(mut r) = reader_shared.refused[p].lock() {
+                        r.push(n);
+                    }
+                    reader_shared.done[p].notify_one();
+                }
             }
             if let Some(r) = h.reply {
                 let _ = pong_tx.try_send(r);

@@ -155,6 +155,8 @@ pub struct Report {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub lost: u64,
+    /// Measured posts the target refused as near-duplicates (never delivered, not lost).
+    pub refused: u64,
     pub rss_kib_per_conn: f64,
 }
 

@@ -162,6 +162,9 @@ pub struct Handled {
     pub reply: Option<Message>,
     /// The target refused something (a command error, `-ERR`).
     pub error: Option<String>,
+    /// Carapace refused a post as a near-duplicate of its author's (`conflict`): the
+    /// command's id. A refusal by design, not a loss.
+    pub refused: Option<u64>,
     /// The target closed the connection.
     pub closed: bool,
 }
@@ -347,6 +350,17 @@ impl Conn {
     }
 }
 
+/// The id of a command Carapace answered with `conflict`: `{"id":7,"error":{"code":"conflict",…`.
+fn refused_id(t: &[u8]) -> Option<u64> {
+    let rest = t.strip_prefix(b"{\"id\":")?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    let (id, after) = rest.split_at(end);
+    if !after.starts_with(b",\"error\":{\"code\":\"conflict\"") {
+        return None;
+    }
+    std::str::from_utf8(id).ok()?.parse().ok()
+}
+
 pub struct ConnSink {
     sink: futures_util::stream::SplitSink<Ws, Message>,
     kind: TargetKind,
@@ -354,6 +368,11 @@ pub struct ConnSink {
 }
 
 impl ConnSink {
+    /// The id the next command will carry (Carapace).
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
     /// Queues the frame that publishes `payload` on `topic`, without flushing.
     pub async fn publish(&mut self, topic: &str, payload: &str) -> Result<(), BenchError> {
         let m = match self.kind {
@@ -446,6 +465,8 @@ fn handle(
                         }
                     } else if t.starts_with(b"{\"error\"") {
                         h.error = Some(String::from_utf8_lossy(t).into_owned());
+                    } else {
+                        h.refused = refused_id(t);
                     }
                 }
                 TargetKind::Socketio => {
@@ -539,6 +560,17 @@ fn nats_feed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_conflict_answer_is_a_refusal() {
+        let conflict =
+            br#"{"id":7,"error":{"code":"conflict","message":"near-duplicate of your post 1"}}"#;
+        assert_eq!(refused_id(conflict), Some(7));
+        let other = br#"{"id":7,"error":{"code":"bad_request","message":"x"}}"#;
+        assert_eq!(refused_id(other), None);
+        assert_eq!(refused_id(br#"{"id":8,"ok":true}"#), None);
+        assert_eq!(refused_id(br#"{"channel":"topic:a","seq":1}"#), None);
+    }
 
     #[test]
     fn nats_stream_split_anywhere() {
