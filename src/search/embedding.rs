@@ -3,12 +3,12 @@
 //! nothing fetched over the network. It owns the model and when it runs; what is embedded,
 //! stored and ranked belongs to the rest of `search`.
 //!
-//! The model is CPU-bound. Its passes run on threads of their own: requests' on one thread
-//! at normal priority, the indexer's on one per core in the kernel's idle scheduling class,
-//! so that the indexer only ever uses CPU that neither the hub nor a query wants (it lags
-//! instead). A request never waits for the indexer, and the indexer starts no pass while a
-//! request runs or waits (`gate`). Requests queue on a semaphore, not on blocking threads, so
-//! neither the runtime's workers nor tokio's blocking pool fill up with them.
+//! The model is CPU-bound. Its passes run on threads of their own, one per core: requests'
+//! at normal priority, the indexer's in the kernel's idle scheduling class, so that the
+//! indexer only ever uses CPU that neither the hub nor a query wants (it lags instead). A
+//! request never waits for the indexer, and the indexer starts no pass while a request runs
+//! or waits (`gate`). Requests queue on a semaphore, not on blocking threads, so neither the
+//! runtime's workers nor tokio's blocking pool fill up with them.
 
 mod bert;
 mod gate;
@@ -94,10 +94,9 @@ enum Class {
     Idle,
 }
 
-/// A pool of `threads` threads (0: one per core) for the model's passes.
-fn pool(name: &'static str, class: Class, threads: usize) -> Result<rayon::ThreadPool, EmbedError> {
+/// A pool of one thread per core for the model's passes.
+fn pool(name: &'static str, class: Class) -> Result<rayon::ThreadPool, EmbedError> {
     rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
         .thread_name(move |i| format!("carapace-{name}-{i}"))
         .start_handler(move |_| {
             if class == Class::Idle {
@@ -144,12 +143,8 @@ impl Embedder {
             gated: Arc::new(Gated {
                 model,
                 gate: gate::Gate::default(),
-                // A request embeds one text: split over threads, its small kernels cost more
-                // in hand-offs between them than they save, and a thread preempted by the
-                // hub's holds the others up. One thread leaves the other cores to the hub and
-                // to the full-text query that runs beside a hybrid search's embedding.
-                requests: pool("model", Class::Normal, 1)?,
-                background: pool("indexer", Class::Idle, 0)?,
+                requests: pool("model", Class::Normal)?,
+                background: pool("indexer", Class::Idle)?,
             }),
             model_id,
             running: Arc::new(Semaphore::new(1)),
