@@ -6,8 +6,8 @@
 //! The model is CPU-bound. Its passes run on threads of their own, one per core: requests'
 //! at normal priority, the indexer's in the kernel's idle scheduling class, so that the
 //! indexer only ever uses CPU that neither the hub nor a query wants (it lags instead). A
-//! request never waits for the indexer, and the indexer starts no pass while a request runs
-//! or waits (`gate`). Requests queue on a semaphore, not on blocking threads, so neither the
+//! request never waits for the indexer, and the indexer starts no pass while a request's
+//! pass runs (`gate`). Requests queue on a semaphore, not on blocking threads, so neither the
 //! runtime's workers nor tokio's blocking pool fill up with them.
 
 mod bert;
@@ -47,10 +47,10 @@ pub enum EmbedError {
     Busy,
 }
 
-/// Padded word pieces in one of the indexer's forward passes. A request waits for the pass
-/// that is running, and on this model larger passes hardly raise the indexer's throughput
-/// (a CPU does about as many pieces a second either way), so passes stay short: one or two
-/// posts, tens of milliseconds on two cores. (Requests embed one text.)
+/// Padded word pieces in one of the indexer's forward passes. The indexer looks at the gate
+/// between passes, and on this model larger passes hardly raise its throughput (a CPU does
+/// about as many pieces a second either way), so passes stay short: one or two posts, tens
+/// of milliseconds on two cores. (Requests embed one text.)
 const BACKGROUND_PIECES: usize = 128;
 
 /// Loaded once at start (App::build), shared as `Arc<Embedder>`.

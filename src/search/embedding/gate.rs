@@ -1,5 +1,5 @@
 //! Turns at the model: a request (a query, a new post's check) never waits for the indexer,
-//! and the indexer starts a pass only while no request runs or waits. A request that comes
+//! and the indexer starts a pass only while no request's pass runs. A request that comes
 //! during one of the indexer's passes runs beside it: the indexer's threads are in the
 //! kernel's idle class (`embedding`), so the request's take the CPU from them at once.
 
@@ -10,13 +10,13 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 pub enum Priority {
     /// A request someone waits for (a query, a post's near-duplicate check).
     Request,
-    /// The indexer: goes only when no request runs or waits.
+    /// The indexer: goes only when no request's pass runs.
     Background,
 }
 
 #[derive(Default)]
 pub struct Gate {
-    /// Requests waiting for or running a pass.
+    /// Requests' passes running now.
     requests: Mutex<usize>,
     idle: Condvar,
 }
@@ -28,7 +28,7 @@ pub struct Turn<'a> {
 }
 
 impl Gate {
-    /// Returns at once for a request; blocks the indexer until no request runs or waits.
+    /// Returns at once for a request; blocks the indexer until no request's pass runs.
     pub fn enter(&self, who: Priority) -> Turn<'_> {
         let mut requests = self.lock();
         match who {
