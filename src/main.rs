@@ -242,9 +242,9 @@ fn main() -> anyhow::Result<()> {
 
 /// candle runs its elementwise kernels on a global thread of its own, made by whichever
 /// thread first uses the model: with a request's priority or the idle-class indexer's, by
-/// chance, and spinning between kernels. With `CANDLE_NUM_THREADS=1` there is no such thread, and
-/// every kernel runs on the threads of the pass that calls it (src/search/embedding.rs).
-/// An operator's own setting stands.
+/// chance, and spinning between kernels. With `CANDLE_NUM_THREADS=1` there is no such
+/// thread, and every kernel runs on the threads of the pass that calls it
+/// (src/search/embedding.rs). An operator's own setting stands.
 fn keep_model_threads_ours() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // SAFETY: called first thing in `main`, before any other thread exists.

@@ -1799,7 +1799,7 @@ async fn search_ranks_only_the_newest_matches_of_common_words(s: Store, _url: St
     use carapace::store::{RANKED_MATCHES, SearchKind};
     let o = owner(&s, 1).await;
     let a = agent(&s, &o, "alpha").await;
-    let first = |q: &'static str| {
+    let found = |q: &'static str| {
         let s = s.clone();
         async move {
             let hits = s.search(SearchKind::Posts, q, 10).await.unwrap();
@@ -1810,17 +1810,17 @@ async fn search_ranks_only_the_newest_matches_of_common_words(s: Store, _url: St
     let oldest = "Albatross albatross";
     post_with_text(&s, "p0000", &a, oldest, "albatross petrel albatross", T0).await;
     post_with_text(&s, "p0001", &a, "Sea birds", "an albatross glides", T0 + 1).await;
-    assert_eq!(first("albatross").await, ["p0000", "p0001"]);
+    assert_eq!(found("albatross").await, ["p0000", "p0001"]);
     for i in 2..=RANKED_MATCHES {
         let id = format!("p{i:04}");
         post_with_text(&s, &id, &a, "Sea birds", "an albatross glides", T0 + i).await;
     }
     // RANKED_MATCHES + 1 matches: the oldest is not among the newest RANKED_MATCHES.
-    let hits = first("albatross").await;
+    let hits = found("albatross").await;
     assert_eq!(hits.len(), 10);
     assert!(!hits.contains(&"p0000".to_string()), "{hits:?}");
     // Its rarer words still find it.
-    assert_eq!(first("albatross petrel").await, ["p0000"]);
+    assert_eq!(found("albatross petrel").await, ["p0000"]);
 }
 
 /// The vectors of semantic search: what lacks one (by model, in id order, from a floor),
