@@ -128,6 +128,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CARAPACE_NEAR_DUPLICATE_THRESHOLD", default_value = "0.95",
           value_parser = parse_threshold)]
     pub near_duplicate_threshold: Threshold,
+    /// The share of the cores, above 0 and up to 1, from which the hub's own threads count
+    /// as busy: the indexer then starts no pass (one every 10 s regardless) and catches up
+    /// when the load drops. `off`: the indexer only runs in the kernel's idle class.
+    #[arg(long, env = "CARAPACE_INDEX_YIELD_SHARE", default_value = "0.15",
+          value_parser = parse_share)]
+    pub index_yield_share: Share,
     #[command(flatten)]
     pub limits: Box<crate::abuse::LimitArgs>,
 }
@@ -135,6 +141,24 @@ pub struct ServeArgs {
 /// `--near-duplicate-threshold`: a similarity, or none (the check is off).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Threshold(pub Option<f32>);
+
+/// `--index-yield-share`: a share of the cores, or none (the indexer never yields).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Share(pub Option<f64>);
+
+fn parse_share(s: &str) -> Result<Share, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Share(None));
+    }
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is neither a share of the cores from 0 to 1 nor 'off'"))?;
+    if !(v > 0.0 && v <= 1.0) {
+        return Err("the share must be above 0 and at most 1 (or 'off')".into());
+    }
+    Ok(Share(Some(v)))
+}
 
 fn parse_threshold(s: &str) -> Result<Threshold, String> {
     let s = s.trim();
@@ -187,6 +211,8 @@ pub struct Config {
     pub embedding_model: Option<PathBuf>,
     /// The near-duplicate similarity threshold; `None`: no check.
     pub near_duplicate: Option<f32>,
+    /// The share of the cores from which the indexer yields to the hub; `None`: never.
+    pub index_yield_share: Option<f64>,
 }
 
 impl Config {
@@ -226,6 +252,7 @@ impl Config {
             limits: crate::abuse::Limits::from_args(&a.limits),
             embedding_model: a.embedding_model.clone(),
             near_duplicate: a.near_duplicate_threshold.0,
+            index_yield_share: a.index_yield_share.0,
         }
     }
 
@@ -252,6 +279,9 @@ impl Config {
             limits: test_limits(),
             embedding_model: None,
             near_duplicate: Some(DEFAULT_NEAR_DUPLICATE),
+            // A test's hub shares its process with the test's clients and with the hubs of
+            // the tests running beside it, whose CPU would count as its own.
+            index_yield_share: None,
         }
     }
 }
@@ -311,6 +341,16 @@ mod tests {
         assert_eq!(parse_threshold("1"), Ok(Threshold(Some(1.0))));
         for bad in ["-0.1", "1.5", "NaN", "", "high"] {
             assert!(parse_threshold(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn index_yield_share_takes_a_share_of_the_cores_or_off() {
+        assert_eq!(parse_share("0.15"), Ok(Share(Some(0.15))));
+        assert_eq!(parse_share("1"), Ok(Share(Some(1.0))));
+        assert_eq!(parse_share("OFF"), Ok(Share(None)));
+        for bad in ["0", "-0.1", "1.5", "NaN", "", "half"] {
+            assert!(parse_share(bad).is_err(), "{bad:?} accepted");
         }
     }
 

@@ -279,6 +279,7 @@ impl App {
                 self.service.store.clone(),
                 semantic,
                 self.metrics.clone(),
+                self.config.index_yield_share,
             );
             tokio::spawn(indexer.run(self.draining.subscribe()))
         });

@@ -93,6 +93,8 @@ pub struct Metrics {
     pub search_pending: Gauge,
     /// Items whose embedding or storing failed (each is retried with backoff).
     pub search_index_errors: Counter,
+    /// Pauses of the indexer (250 ms each) because the hub's own threads were busy.
+    pub search_index_yields: Counter,
     /// Requests that went on without the model because it stayed busy past their wait.
     pub search_embed_busy: Counter,
 }
@@ -220,6 +222,12 @@ impl Metrics {
             "counter",
             "Embeddings or vector writes that failed (the item is retried with backoff).",
             self.search_index_errors.get().to_string(),
+        );
+        line(
+            "carapace_search_index_yields_total",
+            "counter",
+            "Pauses of the indexer (250 ms each) because the hub's own threads used more than --index-yield-share of the cores.",
+            self.search_index_yields.get().to_string(),
         );
         line(
             "carapace_search_embed_busy_total",

@@ -628,6 +628,122 @@ async fn a_flood_of_posts_is_not_held_up_by_a_busy_model() {
     );
 }
 
+/// A hub kept busy by fan-out (four writers posting every 40 ms, each post to 300 reading
+/// subscribers) yields: with the default `--index-yield-share` the indexer pauses instead of
+/// running passes beside it (counted), and once the load is gone it catches up with
+/// everything. The hub runs as its own process, so only its own threads count as its load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_yields_to_a_busy_hub_and_catches_up_after() {
+    const SUBSCRIBERS: usize = 300;
+    const WRITERS: usize = 4;
+    const EACH: usize = 100;
+    let dir = common::temp_dir("yield");
+    let model = model_dir();
+    let hub = Replica::start(
+        "yield",
+        &dir,
+        &[
+            "--embedding-model",
+            model.to_str().unwrap(),
+            "--rate-limits",
+            "off",
+            // The check on the write path would embed every post: only the indexer does.
+            "--near-duplicate-threshold",
+            "off",
+        ],
+    );
+    common::infra::wait_ready(&hub.base(), Duration::from_secs(30)).await;
+    let base = hub.base();
+    let owner =
+        carapace_client::owner_token(&base, "own", "own@example.com", common::ADMIN_PASSWORD)
+            .await
+            .unwrap();
+    let token = |handle: &'static str| {
+        let (base, owner) = (base.clone(), owner.clone());
+        async move {
+            let key = carapace_client::create_agent(
+                &base,
+                &owner,
+                &json!({"handle": handle, "name": handle, "scopes": ["read", "post", "topic:create"]}),
+            )
+            .await
+            .unwrap();
+            carapace_client::agent_token(&base, &key).await.unwrap()
+        }
+    };
+    let (writer, reader) = (token("writer").await, token("reader").await);
+    let mut w = Client::connect(&hub.ws(), Some(&writer)).await.unwrap();
+    topic(&mut w, "busy").await;
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..SUBSCRIBERS {
+        let mut r = Client::connect(&hub.ws(), Some(&reader)).await.unwrap();
+        r.subscribe("topic:busy", None).await.unwrap();
+        // Reads until the pushes stop for two seconds after the flood.
+        readers.spawn(async move {
+            let mut n = 0usize;
+            while r.next_push(Duration::from_secs(2)).await.is_ok() {
+                n += 1;
+            }
+            n
+        });
+    }
+    let yields = |m: &str| common::metric(m, "carapace_search_index_yields_total");
+    let before = yields(&common::raw_get(&base, "/metrics").await);
+    let flood = std::time::Instant::now();
+    let mut writers = tokio::task::JoinSet::new();
+    for k in 0..WRITERS {
+        let mut c = Client::connect(&hub.ws(), Some(&writer)).await.unwrap();
+        writers.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(40));
+            for n in 0..EACH {
+                tick.tick().await;
+                let body = format!("writer {k} note {n} on the tides of the northern harbour");
+                c.command(
+                    "post",
+                    json!({"topic": "busy", "title": format!("w{k} n{n}"), "body": body}),
+                )
+                .await
+                .expect("a post of the flood");
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.unwrap();
+    }
+    let flood = flood.elapsed();
+    let during = common::raw_get(&base, "/metrics").await;
+    let (yielded, indexed) = (
+        yields(&during) - before,
+        common::metric(&during, "carapace_search_indexed_total"),
+    );
+    let mut delivered = 0;
+    while let Some(n) = readers.join_next().await {
+        delivered += n.unwrap();
+    }
+    let posted = WRITERS * EACH;
+    assert_eq!(
+        delivered,
+        posted * SUBSCRIBERS,
+        "every subscriber got every post"
+    );
+    assert!(
+        yielded > 0.0,
+        "{posted} posts to {SUBSCRIBERS} subscribers in {flood:?} and the indexer never \
+         yielded ({indexed} embedded meanwhile)"
+    );
+    let status = wait_indexed(&base, INDEX_WAIT).await;
+    assert_eq!(
+        status["indexed"], posted,
+        "every post embedded after the flood: {status}"
+    );
+    println!(
+        "{posted} posts to {SUBSCRIBERS} subscribers in {flood:?}: the indexer paused {yielded} \
+         times and had embedded {indexed} by the flood's end; all {posted} after it"
+    );
+    drop(hub);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A query in a language MiniLM was hardly trained on (Finnish): the vector ranking is
 /// noise, but hybrid search still puts the post that holds its words first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,8 +18,8 @@ mod model;
 pub use gate::Priority;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use tokio::sync::Semaphore;
 
@@ -63,6 +63,8 @@ pub struct Embedder {
     running: Arc<Semaphore>,
     /// Callers of `embed` waiting or running now.
     queued: Arc<AtomicUsize>,
+    /// The kernel's thread ids of the indexer's pool, as its threads start.
+    background_threads: Arc<Mutex<Vec<i32>>>,
 }
 
 /// The model, whose turns the gate hands out, and the threads its passes run on.
@@ -94,13 +96,21 @@ enum Class {
     Idle,
 }
 
-/// A pool of one thread per core for the model's passes.
-fn pool(name: &'static str, class: Class) -> Result<rayon::ThreadPool, EmbedError> {
+/// A pool of one thread per core for the model's passes; each thread adds its kernel id to
+/// `ids` as it starts.
+fn pool(
+    name: &'static str,
+    class: Class,
+    ids: Arc<Mutex<Vec<i32>>>,
+) -> Result<rayon::ThreadPool, EmbedError> {
     rayon::ThreadPoolBuilder::new()
         .thread_name(move |i| format!("carapace-{name}-{i}"))
         .start_handler(move |_| {
             if class == Class::Idle {
                 idle_class();
+            }
+            if let Some(tid) = thread_id() {
+                ids.lock().unwrap_or_else(|e| e.into_inner()).push(tid);
             }
         })
         .build()
@@ -124,6 +134,19 @@ fn idle_class() {
     }
 }
 
+/// The calling thread's id in the kernel (`/proc/self/task/<id>`), on Linux.
+fn thread_id() -> Option<i32> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid takes no argument and cannot fail.
+        Some(unsafe { libc::syscall(libc::SYS_gettid) } as i32)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
 impl std::fmt::Debug for Embedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Embedder")
@@ -139,16 +162,18 @@ impl Embedder {
         let layout = layout::Layout::read(dir)?;
         let model_id = layout.model_id.clone();
         let model = model::Model::load(layout)?;
+        let background_threads = Arc::new(Mutex::new(Vec::new()));
         Ok(Embedder {
             gated: Arc::new(Gated {
                 model,
                 gate: gate::Gate::default(),
-                requests: pool("model", Class::Normal)?,
-                background: pool("indexer", Class::Idle)?,
+                requests: pool("model", Class::Normal, Arc::default())?,
+                background: pool("indexer", Class::Idle, background_threads.clone())?,
             }),
             model_id,
             running: Arc::new(Semaphore::new(1)),
             queued: Arc::new(AtomicUsize::new(0)),
+            background_threads,
         })
     }
 
@@ -159,6 +184,15 @@ impl Embedder {
 
     pub fn dim(&self) -> usize {
         self.gated.model.dim()
+    }
+
+    /// The kernel's ids of the threads the indexer's passes run on (empty off Linux), so that
+    /// their CPU time can be told from the hub's own.
+    pub fn background_threads(&self) -> Vec<i32> {
+        self.background_threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Callers of `embed` queued or running now (not the indexer's own thread).

@@ -9,12 +9,15 @@
 //!   commit after younger ones, and drops to zero every `SWEEP_EVERY` as a safety net. An
 //!   item whose embedding or write fails is logged and retried with backoff apart from the
 //!   rest. The model runs its passes for the indexer at a lower CPU priority and only when
-//!   no request waits for it (`embedding`), so the hub's own threads and queries come first
-//!   on a busy machine (the indexer lags instead).
+//!   no request waits for it (`embedding`), and no pass starts while the hub's own threads
+//!   take more than `--index-yield-share` of the machine (`busy`; one pass every `MAX_YIELD`
+//!   regardless), so the hub's own threads and queries come first on a busy machine (the
+//!   indexer lags instead).
 //! - refreshing this replica's in-memory vectors from the Store (vectors indexed by another
 //!   replica, tombstones of removed items).
 
 use super::Semantic;
+use super::busy::HubLoad;
 use super::embedding::{EmbedError, Embedder, Priority, Vector};
 use super::quantize::quantize;
 use crate::clock::now_ms;
@@ -38,12 +41,18 @@ const SWEEP_EVERY: Duration = Duration::from_secs(600);
 const COUNT_EVERY: Duration = Duration::from_secs(2);
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// The pause while the hub is busy, and how long the indexer yields at most before it runs
+/// one pass regardless: under a load that never ends the index still moves, slowly.
+const BUSY_PAUSE: Duration = Duration::from_millis(250);
+const MAX_YIELD: Duration = Duration::from_secs(10);
 
 /// The indexer of one replica, built with the `Semantic` it feeds.
 pub struct Indexer {
     store: Store,
     semantic: Arc<Semantic>,
     metrics: Arc<Metrics>,
+    /// The share of the cores from which the hub counts as busy (`busy`); `None`: never.
+    yield_share: Option<f64>,
 }
 
 /// An item whose embedding failed, waiting for its retry.
@@ -99,11 +108,17 @@ pub fn id_floor(ms: i64) -> String {
 }
 
 impl Indexer {
-    pub fn new(store: Store, semantic: Arc<Semantic>, metrics: Arc<Metrics>) -> Indexer {
+    pub fn new(
+        store: Store,
+        semantic: Arc<Semantic>,
+        metrics: Arc<Metrics>,
+        yield_share: Option<f64>,
+    ) -> Indexer {
         Indexer {
             store,
             semantic,
             metrics,
+            yield_share,
         }
     }
 
@@ -145,6 +160,9 @@ impl Indexer {
         let mut checked = Instant::now();
         let mut swept = Instant::now();
         let mut counted: Option<Instant> = None;
+        let embedder = self.semantic.embedder.clone();
+        let mut load = HubLoad::new(move || embedder.background_threads());
+        let mut yielding: Option<Instant> = None;
         loop {
             let Some(held) = lock.as_mut() else {
                 match self.store.try_index_lock().await {
@@ -176,12 +194,6 @@ impl Indexer {
                 swept = Instant::now();
                 floors.clear();
             }
-            let mut did = 0;
-            for kind in [ItemKind::Post, ItemKind::Comment] {
-                let floor = floors.entry(kind).or_default();
-                did += self.round(kind, floor, &mut failed, worker).await;
-            }
-            did += self.retry_due(&mut failed, worker).await;
             if counted.is_none_or(|c| c.elapsed() >= COUNT_EVERY) {
                 counted = Some(Instant::now());
                 match self.store.pending_count(self.semantic.model()).await {
@@ -189,6 +201,21 @@ impl Indexer {
                     Err(e) => tracing::warn!(error = %e, "counting pending items failed"),
                 }
             }
+            let busy = self
+                .yield_share
+                .is_some_and(|share| load.share_since_last() >= share);
+            if busy && yielding.get_or_insert_with(Instant::now).elapsed() < MAX_YIELD {
+                self.metrics.search_index_yields.inc();
+                tokio::time::sleep(BUSY_PAUSE).await;
+                continue;
+            }
+            yielding = None;
+            let mut did = 0;
+            for kind in [ItemKind::Post, ItemKind::Comment] {
+                let floor = floors.entry(kind).or_default();
+                did += self.round(kind, floor, &mut failed, worker).await;
+            }
+            did += self.retry_due(&mut failed, worker).await;
             if did == 0 {
                 tokio::time::sleep(IDLE_POLL).await;
             }

@@ -1,9 +1,10 @@
 //! Search that understands meaning: sentence embeddings computed in-process (`embedding`),
 //! int8 vectors (`quantize`) stored with the posts and comments and held in memory by every
-//! replica (`vectors`), a background indexer (`indexer`), and the fusion of the full-text
-//! and vector rankings (`hybrid`). `Semantic` is what the Service holds when a model is
-//! loaded; without one, search is full-text only.
+//! replica (`vectors`), a background indexer (`indexer`) that yields to a busy hub (`busy`),
+//! and the fusion of the full-text and vector rankings (`hybrid`). `Semantic` is what the
+//! Service holds when a model is loaded; without one, search is full-text only.
 
+pub mod busy;
 pub mod embedding;
 pub mod hybrid;
 pub mod indexer;
