@@ -43,6 +43,19 @@ fn configure(c: &mut Config, url: Option<String>, model: bool) {
     }
 }
 
+/// A hub binary's flags for the model, rate limits off, and every vector from the indexer:
+/// none from the write path (the near-duplicate check off).
+fn indexer_only_args(model: &str) -> [&str; 6] {
+    [
+        "--embedding-model",
+        model,
+        "--rate-limits",
+        "off",
+        "--near-duplicate-threshold",
+        "off",
+    ]
+}
+
 /// How long a test's indexer may take to catch up.
 const INDEX_WAIT: Duration = Duration::from_secs(60);
 
@@ -491,19 +504,13 @@ async fn one_indexer_among_replicas_and_another_takes_over() {
     let dir = common::temp_dir("takeover");
     let secrets = dir.join("secrets");
     let model = model_dir();
-    let args = [
+    let mut args = vec![
         "--database-url",
         db.url.as_str(),
         "--secrets-dir",
         secrets.to_str().unwrap(),
-        "--embedding-model",
-        model.to_str().unwrap(),
-        "--rate-limits",
-        "off",
-        // Every vector then comes from the indexer, none from the write path.
-        "--near-duplicate-threshold",
-        "off",
     ];
+    args.extend(indexer_only_args(model.to_str().unwrap()));
     let mut first = Replica::start("first", &dir, &args);
     common::infra::wait_ready(&first.base(), Duration::from_secs(30)).await;
     common::infra::wait_until("the first replica indexes", Duration::from_secs(20), || {
@@ -639,19 +646,7 @@ async fn the_indexer_yields_to_a_busy_hub_and_catches_up_after() {
     const EACH: usize = 100;
     let dir = common::temp_dir("yield");
     let model = model_dir();
-    let hub = Replica::start(
-        "yield",
-        &dir,
-        &[
-            "--embedding-model",
-            model.to_str().unwrap(),
-            "--rate-limits",
-            "off",
-            // The check on the write path would embed every post: only the indexer does.
-            "--near-duplicate-threshold",
-            "off",
-        ],
-    );
+    let hub = Replica::start("yield", &dir, &indexer_only_args(model.to_str().unwrap()));
     common::infra::wait_ready(&hub.base(), Duration::from_secs(30)).await;
     let base = hub.base();
     let owner =

@@ -1,9 +1,9 @@
 //! How much of the machine the hub's own work has taken between two looks: the process's
 //! CPU time less that of the indexer's threads, as a share of the cores the process may use.
 //! The indexer yields to a busy hub with it: even in the kernel's idle class its passes cost
-//! a saturated hub fan-out throughput (they share the caches and the memory bandwidth, and
-//! fill every gap the hub's threads leave), so while the hub takes more than a share of the
-//! machine (`--index-yield-share`) the indexer starts no pass, and lags instead.
+//! the hub fan-out throughput and latency (they share the caches and the memory bandwidth,
+//! and fill every gap the hub's threads leave), so while the hub takes more than a share of
+//! the machine (`--index-yield-share`) the indexer starts no pass, and lags instead.
 //!
 //! CPU time, not the async runtime's busy time: fan-out runs on the egress shards' own
 //! runtimes, and a request's model pass on the model's threads; the process clock counts

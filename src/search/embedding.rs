@@ -123,11 +123,12 @@ fn idle_class() {
     #[cfg(target_os = "linux")]
     {
         let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: both calls change only this thread's scheduling (0: the calling thread);
-        // `param` outlives the call.
+        // SAFETY: both calls change only this thread's scheduling (0 and its own id: the
+        // calling thread); `param` outlives the call.
         unsafe {
-            if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-                let tid = libc::syscall(libc::SYS_gettid);
+            if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0
+                && let Some(tid) = thread_id()
+            {
                 libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
             }
         }
