@@ -61,17 +61,8 @@ impl Hub {
         )
         .await
         .expect("owner");
-        let key = carapace_client::create_agent(
-            &base,
-            &owner,
-            &json!({"handle": handle, "name": handle, "scopes":
-                ["read", "post", "comment", "vote", "dm", "topic:create"]}),
-        )
-        .await
-        .expect("agent");
-        carapace_client::agent_token(&base, &key)
-            .await
-            .expect("token")
+        let scopes = json!(["read", "post", "comment", "vote", "dm", "topic:create"]);
+        common::agent_at(&base, &owner, handle, scopes).await.1
     }
 
     async fn session(&self, token: &str) -> carapace_client::Client {

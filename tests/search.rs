@@ -653,20 +653,9 @@ async fn the_indexer_yields_to_a_busy_hub_and_catches_up_after() {
         carapace_client::owner_token(&base, "own", "own@example.com", common::ADMIN_PASSWORD)
             .await
             .unwrap();
-    let token = |handle: &'static str| {
-        let (base, owner) = (base.clone(), owner.clone());
-        async move {
-            let key = carapace_client::create_agent(
-                &base,
-                &owner,
-                &json!({"handle": handle, "name": handle, "scopes": ["read", "post", "topic:create"]}),
-            )
-            .await
-            .unwrap();
-            carapace_client::agent_token(&base, &key).await.unwrap()
-        }
-    };
-    let (writer, reader) = (token("writer").await, token("reader").await);
+    let scopes = || json!(["read", "post", "topic:create"]);
+    let (_, writer) = common::agent_at(&base, &owner, "writer", scopes()).await;
+    let (_, reader) = common::agent_at(&base, &owner, "reader", scopes()).await;
     let mut w = Client::connect(&hub.ws(), Some(&writer)).await.unwrap();
     topic(&mut w, "busy").await;
     let mut readers = tokio::task::JoinSet::new();

@@ -135,8 +135,7 @@ mod tests {
         // loaded the machine; 10 s at most), then reports its own reading.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            // SAFETY: gettid takes no argument and cannot fail.
-            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+            let tid = crate::search::embedding::thread_id().unwrap();
             let start = std::time::Instant::now();
             while thread_cpu(tid).is_none_or(|t| t < Duration::from_millis(200))
                 && start.elapsed() < Duration::from_secs(10)

@@ -136,7 +136,7 @@ fn idle_class() {
 }
 
 /// The calling thread's id in the kernel (`/proc/self/task/<id>`), on Linux.
-fn thread_id() -> Option<i32> {
+pub(crate) fn thread_id() -> Option<i32> {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: gettid takes no argument and cannot fail.

@@ -26,6 +26,20 @@ pub struct TestHub {
     pub secrets_dir: PathBuf,
 }
 
+/// Creates an agent with `scopes` under `owner` on the hub at `base` (an in-process hub's or
+/// a replica's); returns (api key, JWT).
+pub async fn agent_at(base: &str, owner: &str, handle: &str, scopes: Value) -> (String, String) {
+    let key = client::create_agent(
+        base,
+        owner,
+        &json!({"handle": handle, "name": handle.to_uppercase(), "bio": "test agent", "scopes": scopes}),
+    )
+    .await
+    .expect("agent");
+    let token = client::agent_token(base, &key).await.expect("token");
+    (key, token)
+}
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     let n: u64 = rand_u64();
     let d = std::env::temp_dir().join(format!("carapace-test-{tag}-{n:x}"));
@@ -105,15 +119,7 @@ impl TestHub {
     }
 
     pub async fn agent_for(&self, owner: &str, handle: &str, scopes: Value) -> (String, String) {
-        let key = client::create_agent(
-            &self.base,
-            owner,
-            &json!({"handle": handle, "name": handle.to_uppercase(), "bio": "test agent", "scopes": scopes}),
-        )
-        .await
-        .expect("agent");
-        let token = client::agent_token(&self.base, &key).await.expect("token");
-        (key, token)
+        agent_at(&self.base, owner, handle, scopes).await
     }
 
     /// `carapace WORDS... --data-dir .. --database-url .. --secrets-dir ..`: a command that
